@@ -1,0 +1,407 @@
+//! The in-memory backend: the reference implementation and test oracle.
+//!
+//! Semantics match the SQL backends (the conformance and differential suites prove it):
+//! writers are serialized like SQLite's (one write transaction at a time, waiting up to the
+//! busy timeout), readers share; uncommitted writes are invisible to other transactions
+//! because a writer excludes them; rollback (explicit or on drop) replays an undo log.
+
+use std::any::Any;
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
+
+use crate::backend::{Backend, BeginOptions, BoxFuture, BoxStream, Capabilities, Transaction};
+use crate::deadline::Deadline;
+use crate::entity::{EntityDef, Record};
+use crate::error::{Error, Result, TransientKind};
+use crate::eval::{compare, eval, is_after};
+use crate::query::Select;
+use crate::spec::Pred;
+use crate::value::Value;
+
+/// An id wrapper with a total order, for the row maps.
+#[derive(Debug, Clone)]
+struct Key(Value);
+
+impl PartialEq for Key {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o) == Ordering::Equal
+    }
+}
+impl Eq for Key {}
+impl PartialOrd for Key {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Key {
+    fn cmp(&self, o: &Self) -> Ordering {
+        self.0.total_cmp(&o.0)
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    tables: HashMap<String, BTreeMap<Key, Record>>,
+}
+
+/// The in-memory backend. Cheap to clone (clones share data).
+#[derive(Debug, Clone)]
+pub struct MemoryBackend {
+    state: Arc<RwLock<State>>,
+    busy_timeout: Duration,
+    caps: Capabilities,
+}
+
+impl Default for MemoryBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryBackend {
+    /// An empty store.
+    pub fn new() -> Self {
+        MemoryBackend {
+            state: Arc::new(RwLock::new(State::default())),
+            busy_timeout: Duration::from_secs(5),
+            caps: Capabilities {
+                regex: true,
+                json_contains: true,
+                concurrent_writers: false,
+                server_side_cancel: false,
+            },
+        }
+    }
+
+    /// How long a writer waits for another writer before failing with a transient
+    /// `Busy` error (default 5 s).
+    #[must_use]
+    pub fn with_busy_timeout(mut self, timeout: Duration) -> Self {
+        self.busy_timeout = timeout;
+        self
+    }
+}
+
+impl Backend for MemoryBackend {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    fn begin<'a>(&'a self, opts: &'a BeginOptions) -> BoxFuture<'a, Result<Box<dyn Transaction>>> {
+        Box::pin(async move {
+            let wait = match opts.deadline {
+                Some(d) => d.remaining().min(self.busy_timeout),
+                None => self.busy_timeout,
+            };
+            let guard = if opts.read_only {
+                tokio::time::timeout(wait, self.state.clone().read_owned())
+                    .await
+                    .map(Guard::Read)
+            } else {
+                tokio::time::timeout(wait, self.state.clone().write_owned())
+                    .await
+                    .map(Guard::Write)
+            };
+            let guard = guard.map_err(|_| match opts.deadline {
+                Some(d) if d.is_expired() => Error::DeadlineExceeded {
+                    operation: "uow.begin",
+                },
+                _ => Error::Transient {
+                    kind: TransientKind::Busy,
+                },
+            })?;
+            Ok(Box::new(MemoryTx {
+                guard: Some(guard),
+                undo: Vec::new(),
+                savepoints: Vec::new(),
+                deadline: None,
+            }) as Box<dyn Transaction>)
+        })
+    }
+
+    fn prepare<'a>(&'a self, def: &'a EntityDef) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let mut s = self.state.write().await;
+            s.tables.entry(def.table.to_owned()).or_default();
+            Ok(())
+        })
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
+enum Guard {
+    Read(OwnedRwLockReadGuard<State>),
+    Write(OwnedRwLockWriteGuard<State>),
+}
+
+struct Undo {
+    table: String,
+    key: Key,
+    before: Option<Record>,
+}
+
+struct MemoryTx {
+    guard: Option<Guard>,
+    undo: Vec<Undo>,
+    savepoints: Vec<(String, usize)>,
+    deadline: Option<Deadline>,
+}
+
+impl MemoryTx {
+    fn state(&self) -> &State {
+        match self.guard.as_ref() {
+            Some(Guard::Read(g)) => g,
+            Some(Guard::Write(g)) => g,
+            None => unreachable_state(),
+        }
+    }
+
+    fn state_mut(&mut self) -> Result<&mut State> {
+        match self.guard.as_mut() {
+            Some(Guard::Write(g)) => Ok(g),
+            _ => Err(Error::ReadOnly {
+                operation: "write",
+            }),
+        }
+    }
+
+    fn check(&self, op: &'static str) -> Result<()> {
+        Deadline::check(self.deadline, op)
+    }
+
+    fn table<'s>(&'s self, def: &EntityDef) -> Option<&'s BTreeMap<Key, Record>> {
+        self.state().tables.get(def.table)
+    }
+
+    fn write(&mut self, def: &EntityDef, key: Key, after: Option<Record>) -> Result<()> {
+        let table = def.table.to_owned();
+        let rows = self.state_mut()?.tables.entry(table.clone()).or_default();
+        let before = match after {
+            Some(r) => rows.insert(key.clone(), r),
+            None => rows.remove(&key),
+        };
+        self.undo.push(Undo { table, key, before });
+        Ok(())
+    }
+
+    fn undo_to(&mut self, mark: usize) {
+        let entries: Vec<Undo> = self.undo.drain(mark..).collect();
+        if let Some(Guard::Write(g)) = self.guard.as_mut() {
+            for u in entries.into_iter().rev() {
+                let rows = g.tables.entry(u.table).or_default();
+                match u.before {
+                    Some(r) => {
+                        rows.insert(u.key, r);
+                    }
+                    None => {
+                        rows.remove(&u.key);
+                    }
+                }
+            }
+        }
+    }
+
+    fn matching(&self, def: &EntityDef, filter: &Pred) -> Vec<&Record> {
+        self.table(def)
+            .map(|t| t.values().filter(|r| eval(filter, r) == Some(true)).collect())
+            .unwrap_or_default()
+    }
+
+    fn run_select(&self, def: &EntityDef, plan: &Select) -> Vec<Record> {
+        let mut rows = self.matching(def, &plan.filter);
+        if let Some(after) = &plan.after {
+            rows.retain(|r| is_after(r, after, &plan.order));
+        }
+        rows.sort_by(|a, b| compare(a, b, &plan.order));
+        let skip = plan
+            .offset
+            .map_or(0, |o| usize::try_from(o).unwrap_or(usize::MAX));
+        let take = plan
+            .limit
+            .map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX));
+        rows.into_iter().skip(skip).take(take).cloned().collect()
+    }
+}
+
+fn unreachable_state() -> ! {
+    // The guard is only taken by commit/rollback, which consume the transaction.
+    panic!("larder memory transaction used after it finished")
+}
+
+impl Drop for MemoryTx {
+    fn drop(&mut self) {
+        // Not committed: undo every write while we still hold the write lock.
+        self.undo_to(0);
+    }
+}
+
+fn conflict(def: &EntityDef, id: &Value, expected: u64, actual: Option<u64>) -> Error {
+    match actual {
+        None => Error::NotFound {
+            entity: def.name,
+            id: id.display_id(),
+        },
+        Some(actual) => Error::Conflict {
+            entity: def.name,
+            id: id.display_id(),
+            expected,
+            actual: Some(actual),
+        },
+    }
+}
+
+impl Transaction for MemoryTx {
+    fn set_deadline(&mut self, deadline: Option<Deadline>) {
+        self.deadline = deadline;
+    }
+
+    fn insert<'a>(&'a mut self, def: &'a EntityDef, record: &'a Record) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            self.check("repository.insert")?;
+            let key = Key(record.id.clone());
+            if self.table(def).is_some_and(|t| t.contains_key(&key)) {
+                return Err(Error::AlreadyExists {
+                    entity: def.name,
+                    id: record.id.display_id(),
+                });
+            }
+            self.write(def, key, Some(record.clone()))
+        })
+    }
+
+    fn update<'a>(
+        &'a mut self,
+        def: &'a EntityDef,
+        record: &'a Record,
+        expected: u64,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            self.check("repository.update")?;
+            let key = Key(record.id.clone());
+            let actual = self.table(def).and_then(|t| t.get(&key)).map(|r| r.version);
+            if actual != Some(expected) {
+                return Err(conflict(def, &record.id, expected, actual));
+            }
+            self.write(def, key, Some(record.clone()))
+        })
+    }
+
+    fn delete<'a>(
+        &'a mut self,
+        def: &'a EntityDef,
+        id: &'a Value,
+        expected: u64,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            self.check("repository.delete")?;
+            let key = Key(id.clone());
+            let actual = self.table(def).and_then(|t| t.get(&key)).map(|r| r.version);
+            if actual != Some(expected) {
+                return Err(conflict(def, id, expected, actual));
+            }
+            self.write(def, key, None)
+        })
+    }
+
+    fn get_many<'a>(&'a mut self, def: &'a EntityDef, ids: &'a [Value]) -> BoxFuture<'a, Result<Vec<Record>>> {
+        Box::pin(async move {
+            self.check("repository.get")?;
+            let Some(t) = self.table(def) else {
+                return Ok(Vec::new());
+            };
+            Ok(ids
+                .iter()
+                .filter_map(|id| t.get(&Key(id.clone())).cloned())
+                .collect())
+        })
+    }
+
+    fn count<'a>(&'a mut self, def: &'a EntityDef, filter: &'a Pred) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(async move {
+            self.check("repository.count")?;
+            Ok(self.matching(def, filter).len() as u64)
+        })
+    }
+
+    fn select<'a>(&'a mut self, def: &'a EntityDef, plan: &'a Select) -> BoxFuture<'a, Result<Vec<Record>>> {
+        Box::pin(async move {
+            self.check("repository.find")?;
+            Ok(self.run_select(def, plan))
+        })
+    }
+
+    fn stream<'a>(&'a mut self, def: &'a EntityDef, plan: Select) -> BoxStream<'a, Result<Record>> {
+        let rows = match self.check("repository.stream") {
+            Ok(()) => self.run_select(def, &plan).into_iter().map(Ok).collect(),
+            Err(e) => vec![Err(e)],
+        };
+        Box::pin(futures_util::stream::iter(rows))
+    }
+
+    fn savepoint<'a>(&'a mut self, name: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            self.savepoints.push((name.to_owned(), self.undo.len()));
+            Ok(())
+        })
+    }
+
+    fn release_savepoint<'a>(&'a mut self, name: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let pos = self.savepoints.iter().rposition(|(n, _)| n == name);
+            match pos {
+                Some(i) => {
+                    self.savepoints.truncate(i);
+                    Ok(())
+                }
+                None => Err(Error::InvalidQuery(format!("no savepoint `{name}`"))),
+            }
+        })
+    }
+
+    fn rollback_to_savepoint<'a>(&'a mut self, name: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let pos = self.savepoints.iter().rposition(|(n, _)| n == name);
+            match pos {
+                Some(i) => {
+                    let mark = self.savepoints[i].1;
+                    self.savepoints.truncate(i + 1);
+                    self.undo_to(mark);
+                    Ok(())
+                }
+                None => Err(Error::InvalidQuery(format!("no savepoint `{name}`"))),
+            }
+        })
+    }
+
+    fn commit(mut self: Box<Self>) -> BoxFuture<'static, Result<()>> {
+        Box::pin(async move {
+            Deadline::check(self.deadline, "uow.commit")?;
+            self.undo.clear();
+            self.guard = None;
+            Ok(())
+        })
+    }
+
+    fn rollback(mut self: Box<Self>) -> BoxFuture<'static, Result<()>> {
+        Box::pin(async move {
+            self.undo_to(0);
+            self.guard = None;
+            Ok(())
+        })
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}

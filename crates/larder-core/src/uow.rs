@@ -1,0 +1,644 @@
+//! The store and the unit of work.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tracing::Instrument;
+
+use crate::audit::{AuditRecord, AuditSink};
+use crate::backend::{Backend, BeginOptions, BoxFuture, Capabilities, Transaction};
+use crate::deadline::{Deadline, bounded};
+use crate::entity::Entity;
+use crate::error::{AsLarderError, Error, Result};
+use crate::repo::Repo;
+use crate::spec::Limits;
+
+/// Store-wide policy: limits, audit, tracing detail, retries.
+#[derive(Clone, Default)]
+pub struct StoreConfig {
+    /// Input limits (page size cap, list lengths, …).
+    pub limits: Limits,
+    /// Receives one record per operation.
+    pub audit: Option<Arc<dyn AuditSink>>,
+    /// Record `db.query.text` on spans (off by default: queries can be large; values are
+    /// never included, only the parameterized SQL).
+    pub record_query_text: bool,
+    /// Deadline applied to every unit of work that does not set its own.
+    pub default_deadline: Option<Duration>,
+    /// Retry policy of [`Store::transaction`].
+    pub transaction: TransactionOptions,
+}
+
+impl fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("limits", &self.limits)
+            .field("audit", &self.audit.is_some())
+            .field("record_query_text", &self.record_query_text)
+            .field("default_deadline", &self.default_deadline)
+            .field("transaction", &self.transaction)
+            .finish()
+    }
+}
+
+/// Retry policy for [`Store::transaction`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransactionOptions {
+    /// How many times to run the closure again after a retryable failure (0: never).
+    pub max_retries: u32,
+    /// Also retry on an optimistic [`Error::Conflict`] (the closure must re-read what it
+    /// changes, so that the retry works on fresh data).
+    pub retry_on_conflict: bool,
+    /// First backoff; doubled on each retry, with jitter, capped at 50× this value.
+    pub backoff: Duration,
+}
+
+impl Default for TransactionOptions {
+    fn default() -> Self {
+        TransactionOptions {
+            max_retries: 3,
+            retry_on_conflict: false,
+            backoff: Duration::from_millis(2),
+        }
+    }
+}
+
+impl TransactionOptions {
+    /// Sets the retry budget.
+    #[must_use]
+    pub fn with_max_retries(mut self, n: u32) -> Self {
+        self.max_retries = n;
+        self
+    }
+
+    /// Opts in to retrying optimistic conflicts.
+    #[must_use]
+    pub fn with_retry_on_conflict(mut self, yes: bool) -> Self {
+        self.retry_on_conflict = yes;
+        self
+    }
+}
+
+/// Options of one unit of work.
+#[derive(Debug, Clone, Default)]
+pub struct UowOptions {
+    read_only: bool,
+    deadline: Option<Deadline>,
+    actor: Option<Arc<str>>,
+    correlation_id: Option<Arc<str>>,
+}
+
+impl UowOptions {
+    /// Read-only: writes fail with [`Error::ReadOnly`]; backends use a cheaper transaction.
+    #[must_use]
+    pub fn read_only(mut self) -> Self {
+        self.read_only = true;
+        self
+    }
+
+    /// Bounds the whole unit of work, commit included.
+    #[must_use]
+    pub fn with_deadline(mut self, deadline: Deadline) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// Bounds the whole unit of work to `timeout` from now.
+    #[must_use]
+    pub fn with_timeout(self, timeout: Duration) -> Self {
+        self.with_deadline(Deadline::after(timeout))
+    }
+
+    /// Who is acting (recorded on every span and audit record).
+    #[must_use]
+    pub fn with_actor(mut self, actor: impl Into<Arc<str>>) -> Self {
+        self.actor = Some(actor.into());
+        self
+    }
+
+    /// The request's correlation id (recorded on every span and audit record).
+    #[must_use]
+    pub fn with_correlation_id(mut self, id: impl Into<Arc<str>>) -> Self {
+        self.correlation_id = Some(id.into());
+        self
+    }
+}
+
+/// A handle to a storage backend; cheap to clone. Opens units of work.
+///
+/// Build one with `larder::open(url)` or `larder::Settings`; in core,
+/// [`Store::new`] wraps any [`Backend`].
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<StoreInner>,
+}
+
+struct StoreInner {
+    backend: Arc<dyn Backend>,
+    config: StoreConfig,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.inner.backend)
+            .field("config", &self.inner.config)
+            .finish()
+    }
+}
+
+impl Store {
+    /// Wraps a backend with the default configuration.
+    pub fn new(backend: Arc<dyn Backend>) -> Store {
+        Store::with_config(backend, StoreConfig::default())
+    }
+
+    /// Wraps a backend.
+    pub fn with_config(backend: Arc<dyn Backend>, config: StoreConfig) -> Store {
+        Store {
+            inner: Arc::new(StoreInner { backend, config }),
+        }
+    }
+
+    /// An in-memory store (the reference backend; nothing survives the process).
+    pub fn memory() -> Store {
+        Store::new(Arc::new(crate::memory::MemoryBackend::new()))
+    }
+
+    /// The backend name (`sqlite`, `postgresql`, `memory`).
+    pub fn backend_name(&self) -> &'static str {
+        self.inner.backend.name()
+    }
+
+    /// The backend's capabilities.
+    pub fn capabilities(&self) -> &Capabilities {
+        self.inner.backend.capabilities()
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &StoreConfig {
+        &self.inner.config
+    }
+
+    /// The backend itself.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.inner.backend
+    }
+
+    /// Creates `T`'s table and indexes if they are missing (idempotent). For production
+    /// schemas prefer migrations; `larder_sql::ddl` renders the same DDL for a migration file.
+    pub async fn register<T: Entity>(&self) -> Result<()> {
+        let def = T::def();
+        def.validate()?;
+        let span = tracing::info_span!(
+            "larder.store.register",
+            db.system.name = self.backend_name(),
+            db.operation.name = "register",
+            db.collection.name = def.table,
+        );
+        self.inner.backend.prepare(def).instrument(span).await
+    }
+
+    /// Opens a read-write unit of work.
+    pub async fn begin(&self) -> Result<Uow> {
+        self.begin_with(UowOptions::default()).await
+    }
+
+    /// Opens a read-only unit of work.
+    pub async fn read(&self) -> Result<Uow> {
+        self.begin_with(UowOptions::default().read_only()).await
+    }
+
+    /// Opens a unit of work with options.
+    pub async fn begin_with(&self, opts: UowOptions) -> Result<Uow> {
+        let deadline = opts.deadline.or_else(|| {
+            self.inner
+                .config
+                .default_deadline
+                .map(Deadline::after)
+        });
+        let span = tracing::info_span!(
+            "larder.uow.begin",
+            db.system.name = self.backend_name(),
+            db.operation.name = "begin",
+            larder.read_only = opts.read_only,
+            larder.actor = opts.actor.as_deref(),
+            larder.correlation_id = opts.correlation_id.as_deref(),
+            error.type = tracing::field::Empty,
+        );
+        let begin = BeginOptions {
+            read_only: opts.read_only,
+            deadline,
+        };
+        let res = bounded(deadline, "uow.begin", self.inner.backend.begin(&begin))
+            .instrument(span.clone())
+            .await;
+        let tx = match res {
+            Ok(tx) => tx,
+            Err(e) => {
+                span.record("error.type", e.kind());
+                return Err(e);
+            }
+        };
+        Ok(Uow {
+            tx: Some(tx),
+            store: self.clone(),
+            read_only: opts.read_only,
+            deadline,
+            actor: opts.actor,
+            correlation_id: opts.correlation_id,
+            hooks: Hooks::default(),
+            savepoints: 0,
+        })
+    }
+
+    /// Runs `f` in a unit of work: commits on `Ok`, rolls back on `Err` (and on panic, by
+    /// drop), and retries the whole closure on transient failures (serialization failure,
+    /// deadlock, busy) up to [`TransactionOptions::max_retries`] times, with backoff.
+    ///
+    /// ```
+    /// # use larder_core::{Store, Error};
+    /// # async fn demo(store: Store) -> Result<(), Error> {
+    /// let n: u64 = store
+    ///     .transaction(|uow| Box::pin(async move {
+    ///         // … repository calls through `uow` …
+    ///         Ok::<_, Error>(1)
+    ///     }))
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn transaction<R, E, F>(&self, f: F) -> Result<R, E>
+    where
+        F: for<'u> FnMut(&'u mut Uow) -> BoxFuture<'u, Result<R, E>>,
+        E: From<Error> + AsLarderError,
+    {
+        let opts = self.inner.config.transaction.clone();
+        self.transaction_with(UowOptions::default(), &opts, f).await
+    }
+
+    /// [`Store::transaction`] with explicit unit-of-work options and retry policy.
+    pub async fn transaction_with<R, E, F>(
+        &self,
+        uow_opts: UowOptions,
+        opts: &TransactionOptions,
+        mut f: F,
+    ) -> Result<R, E>
+    where
+        F: for<'u> FnMut(&'u mut Uow) -> BoxFuture<'u, Result<R, E>>,
+        E: From<Error> + AsLarderError,
+    {
+        let mut attempt = 0u32;
+        loop {
+            let result = async {
+                let mut uow = self.begin_with(uow_opts.clone()).await?;
+                let r = f(&mut uow).await?;
+                uow.commit().await?;
+                Ok::<R, E>(r)
+            }
+            .await;
+            match result {
+                Ok(r) => return Ok(r),
+                Err(e) => {
+                    let retry = e.as_larder_error().is_some_and(|le| {
+                        le.is_transient()
+                            || (opts.retry_on_conflict && matches!(le, Error::Conflict { .. }))
+                    });
+                    if !retry || attempt >= opts.max_retries {
+                        return Err(e);
+                    }
+                    attempt += 1;
+                    tracing::debug!(attempt, "larder: retrying transaction");
+                    tokio::time::sleep(backoff(opts.backoff, attempt)).await;
+                }
+            }
+        }
+    }
+
+    /// Closes the backend's pool.
+    pub async fn close(&self) {
+        self.inner.backend.close().await;
+    }
+}
+
+fn backoff(base: Duration, attempt: u32) -> Duration {
+    let exp = base.saturating_mul(1u32 << attempt.min(6)).min(base * 50);
+    // Jitter from the clock's sub-microsecond noise: enough to de-synchronize retriers
+    // without pulling in a random number generator.
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let frac = f64::from(nanos % 1000) / 1000.0;
+    exp.mul_f64(0.5 + frac)
+}
+
+type PreCommitHook = Box<dyn for<'a> FnOnce(&'a mut Uow) -> BoxFuture<'a, Result<()>> + Send>;
+type PlainHook = Box<dyn FnOnce() + Send>;
+
+#[derive(Default)]
+struct Hooks {
+    pre_commit: Vec<PreCommitHook>,
+    post_commit: Vec<PlainHook>,
+    pre_rollback: Vec<PlainHook>,
+    post_rollback: Vec<PlainHook>,
+}
+
+impl Hooks {
+    fn lens(&self) -> [usize; 4] {
+        [
+            self.pre_commit.len(),
+            self.post_commit.len(),
+            self.pre_rollback.len(),
+            self.post_rollback.len(),
+        ]
+    }
+
+    fn truncate(&mut self, l: [usize; 4]) {
+        self.pre_commit.truncate(l[0]);
+        self.post_commit.truncate(l[1]);
+        self.pre_rollback.truncate(l[2]);
+        self.post_rollback.truncate(l[3]);
+    }
+}
+
+/// A unit of work: one database transaction and everything done in it.
+///
+/// It commits only through [`Uow::commit`]. [`Uow::rollback`], an error in a pre-commit
+/// hook, a panic, or simply dropping it rolls the transaction back (on drop the rollback is
+/// queued on the connection, because `Drop` cannot await; no other transaction ever sees
+/// its writes). Repositories are borrowed from it with [`Uow::repo`].
+///
+/// # What happens on commit
+///
+/// 1. pre-commit hooks run in registration order, inside the transaction (they may write;
+///    hooks they register run too); the first error rolls everything back and is returned;
+/// 2. the backend commits (bounded by the deadline);
+/// 3. post-commit hooks run. If the commit itself fails, post-rollback hooks run instead.
+pub struct Uow {
+    tx: Option<Box<dyn Transaction>>,
+    store: Store,
+    read_only: bool,
+    deadline: Option<Deadline>,
+    actor: Option<Arc<str>>,
+    correlation_id: Option<Arc<str>>,
+    hooks: Hooks,
+    savepoints: u32,
+}
+
+impl fmt::Debug for Uow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Uow")
+            .field("backend", &self.store.backend_name())
+            .field("open", &self.tx.is_some())
+            .field("read_only", &self.read_only)
+            .field("deadline", &self.deadline)
+            .field("actor", &self.actor)
+            .field("correlation_id", &self.correlation_id)
+            .field("savepoints", &self.savepoints)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Uow {
+    /// A repository for `T` working in this unit of work.
+    pub fn repo<T: Entity>(&mut self) -> Repo<'_, T> {
+        Repo::new(self)
+    }
+
+    /// The store this unit of work belongs to.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Whether writes are refused.
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// The unit of work's deadline.
+    pub fn deadline(&self) -> Option<Deadline> {
+        self.deadline
+    }
+
+    /// The actor recorded on spans and audit records.
+    pub fn actor(&self) -> Option<&str> {
+        self.actor.as_deref()
+    }
+
+    /// The correlation id recorded on spans and audit records.
+    pub fn correlation_id(&self) -> Option<&str> {
+        self.correlation_id.as_deref()
+    }
+
+    /// Runs `hook` inside the transaction just before commit. An error rolls back.
+    pub fn on_pre_commit<H>(&mut self, hook: H)
+    where
+        H: for<'a> FnOnce(&'a mut Uow) -> BoxFuture<'a, Result<()>> + Send + 'static,
+    {
+        self.hooks.pre_commit.push(Box::new(hook));
+    }
+
+    /// Runs `hook` after a successful commit.
+    pub fn on_post_commit(&mut self, hook: impl FnOnce() + Send + 'static) {
+        self.hooks.post_commit.push(Box::new(hook));
+    }
+
+    /// Runs `hook` before a rollback (explicit, on error, or on drop).
+    pub fn on_pre_rollback(&mut self, hook: impl FnOnce() + Send + 'static) {
+        self.hooks.pre_rollback.push(Box::new(hook));
+    }
+
+    /// Runs `hook` after a rollback (explicit, on error, on drop, or a failed commit).
+    pub fn on_post_rollback(&mut self, hook: impl FnOnce() + Send + 'static) {
+        self.hooks.post_rollback.push(Box::new(hook));
+    }
+
+    /// Runs `f` in a nested scope backed by a savepoint: on `Ok` the scope's work stays
+    /// part of the unit of work, on `Err` it is undone (and hooks registered inside it are
+    /// dropped) while the rest of the unit of work goes on.
+    pub async fn savepoint<R, E, F>(&mut self, f: F) -> Result<R, E>
+    where
+        F: for<'u> FnOnce(&'u mut Uow) -> BoxFuture<'u, Result<R, E>>,
+        E: From<Error>,
+    {
+        self.savepoints += 1;
+        let name = format!("larder_sp_{}", self.savepoints);
+        let hooks_before = self.hooks.lens();
+        let deadline = self.deadline;
+        let span = self.span_for("larder.uow.savepoint");
+        let tx = self.tx_mut()?;
+        tx.set_deadline(deadline);
+        let r = bounded(deadline, "uow.savepoint", tx.savepoint(&name))
+            .instrument(span)
+            .await;
+        if let Err(e) = r {
+            self.savepoints -= 1;
+            return Err(e.into());
+        }
+        let result = f(self).await;
+        let end = match &result {
+            Ok(_) => {
+                let tx = self.tx_mut()?;
+                bounded(deadline, "uow.release_savepoint", tx.release_savepoint(&name)).await
+            }
+            Err(_) => {
+                self.hooks.truncate(hooks_before);
+                let tx = self.tx_mut()?;
+                bounded(deadline, "uow.rollback_to_savepoint", tx.rollback_to_savepoint(&name))
+                    .await
+            }
+        };
+        self.savepoints -= 1;
+        end?;
+        result
+    }
+
+    /// Commits the unit of work. See the type docs for the order of events.
+    pub async fn commit(mut self) -> Result<()> {
+        let span = self.span_for("larder.uow.commit");
+        async {
+            // Pre-commit hooks may register further hooks: drain until none are left.
+            while !self.hooks.pre_commit.is_empty() {
+                let hooks = std::mem::take(&mut self.hooks.pre_commit);
+                for hook in hooks {
+                    if let Err(e) = hook(&mut self).await {
+                        let _ = self.finish_rollback().await;
+                        self.audit("uow.commit", Err(e.kind()));
+                        return Err(e);
+                    }
+                }
+            }
+            let Some(tx) = self.tx.take() else {
+                return Err(Error::Closed("unit of work"));
+            };
+            let r = bounded(self.deadline, "uow.commit", tx.commit()).await;
+            match r {
+                Ok(()) => {
+                    self.audit("uow.commit", Ok(()));
+                    for hook in std::mem::take(&mut self.hooks.post_commit) {
+                        hook();
+                    }
+                    Ok(())
+                }
+                Err(e) => {
+                    tracing::Span::current().record("error.type", e.kind());
+                    self.audit("uow.commit", Err(e.kind()));
+                    for hook in std::mem::take(&mut self.hooks.post_rollback) {
+                        hook();
+                    }
+                    Err(e)
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Rolls the unit of work back.
+    pub async fn rollback(mut self) -> Result<()> {
+        let span = self.span_for("larder.uow.rollback");
+        let r = self.finish_rollback().instrument(span).await;
+        self.audit("uow.rollback", r.as_ref().map(|_| ()).map_err(Error::kind));
+        r
+    }
+
+    async fn finish_rollback(&mut self) -> Result<()> {
+        for hook in std::mem::take(&mut self.hooks.pre_rollback) {
+            hook();
+        }
+        let r = match self.tx.take() {
+            Some(tx) => tx.rollback().await,
+            None => Ok(()),
+        };
+        for hook in std::mem::take(&mut self.hooks.post_rollback) {
+            hook();
+        }
+        r
+    }
+
+    pub(crate) fn tx_mut(&mut self) -> Result<&mut Box<dyn Transaction>> {
+        self.tx.as_mut().ok_or(Error::Closed("unit of work"))
+    }
+
+    /// The backend transaction, for backend extension traits (raw driver access inside
+    /// this unit of work). Returns `None` after commit or rollback.
+    pub fn backend_transaction(&mut self) -> Option<&mut (dyn Transaction + 'static)> {
+        self.tx.as_deref_mut()
+    }
+
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.store.inner.config.limits
+    }
+
+    pub(crate) fn audit(&self, operation: &'static str, outcome: Result<(), &'static str>) {
+        self.audit_full(operation, None, None, 0, outcome);
+    }
+
+    pub(crate) fn audit_full(
+        &self,
+        operation: &'static str,
+        collection: Option<&'static str>,
+        entity_id: Option<String>,
+        rows: u64,
+        outcome: Result<(), &'static str>,
+    ) {
+        if let Some(sink) = &self.store.inner.config.audit {
+            sink.record(AuditRecord {
+                at: SystemTime::now(),
+                actor: self.actor.clone(),
+                correlation_id: self.correlation_id.clone(),
+                operation,
+                collection,
+                entity_id,
+                rows,
+                outcome,
+            });
+        }
+    }
+
+    fn span_for(&self, name: &'static str) -> tracing::Span {
+        // Span names must be literals; one arm per unit-of-work operation.
+        macro_rules! s {
+            ($n:literal, $op:literal) => {
+                tracing::info_span!(
+                    $n,
+                    db.system.name = self.store.backend_name(),
+                    db.operation.name = $op,
+                    larder.actor = self.actor.as_deref(),
+                    larder.correlation_id = self.correlation_id.as_deref(),
+                    error.type = tracing::field::Empty,
+                )
+            };
+        }
+        match name {
+            "larder.uow.commit" => s!("larder.uow.commit", "commit"),
+            "larder.uow.rollback" => s!("larder.uow.rollback", "rollback"),
+            _ => s!("larder.uow.savepoint", "savepoint"),
+        }
+    }
+}
+
+impl Drop for Uow {
+    fn drop(&mut self) {
+        if self.tx.is_some() {
+            for hook in std::mem::take(&mut self.hooks.pre_rollback) {
+                hook();
+            }
+            // Dropping the backend transaction queues its rollback on the connection
+            // (sqlx's `Transaction` does the same): the next user of the connection, or the
+            // pool, completes it before anything else runs. Nothing was committed.
+            self.tx = None;
+            tracing::debug!(
+                target: "larder::uow",
+                actor = self.actor.as_deref(),
+                correlation_id = self.correlation_id.as_deref(),
+                "unit of work dropped without commit: rolled back"
+            );
+            self.audit("uow.rollback", Ok(()));
+            for hook in std::mem::take(&mut self.hooks.post_rollback) {
+                hook();
+            }
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! The SQLite pool and how connections are configured.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use larder_core::backend::{Backend, BeginOptions, BoxFuture, Capabilities, Transaction};
+use larder_core::settings::{Settings, Synchronous};
+use larder_core::{EntityDef, Error, Result};
+use larder_sql::{Dialect, ddl};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+use crate::error::{BACKEND, map};
+use crate::uow::SqliteTransaction;
+
+/// The SQLite backend: a pool of connections to one database file.
+#[derive(Debug, Clone)]
+pub struct SqliteBackend {
+    pool: SqlitePool,
+    caps: Capabilities,
+    record_query_text: bool,
+}
+
+const DEFAULT_MAX_CONNECTIONS: u32 = 4;
+
+impl SqliteBackend {
+    /// Opens (creating if missing) the database named by `settings.database_url`:
+    /// `sqlite://path/to/file.db`, `sqlite:relative.db` or `sqlite::memory:`.
+    pub async fn connect(settings: &Settings) -> Result<SqliteBackend> {
+        let url = settings.database_url.expose();
+        let mut opts = SqliteConnectOptions::from_str(url)
+            .map_err(|e| {
+                Error::Configuration(format!(
+                    "invalid sqlite url `{}`: {}",
+                    settings.database_url,
+                    larder_core::settings::redact_url(&e.to_string())
+                ))
+            })?
+            .create_if_missing(true)
+            .foreign_keys(true)
+            .busy_timeout(settings.sqlite.busy_timeout)
+            .synchronous(match settings.sqlite.synchronous {
+                Synchronous::Full => SqliteSynchronous::Full,
+                Synchronous::Normal => SqliteSynchronous::Normal,
+            })
+            .with_regexp();
+        if !url.contains(":memory:") && !url.contains("mode=memory") {
+            opts = opts.journal_mode(SqliteJournalMode::Wal);
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(settings.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS).max(1))
+            .min_connections(settings.min_connections)
+            .acquire_timeout(settings.acquire_timeout)
+            .idle_timeout(Some(Duration::from_secs(600)))
+            .connect_with(opts)
+            .await
+            .map_err(|e| map(e, "connect"))?;
+        Ok(SqliteBackend::from_pool(pool).with_record_query_text(settings.record_query_text))
+    }
+
+    /// Wraps an existing pool. The caller is responsible for its pragmas; prefer
+    /// [`SqliteBackend::connect`].
+    pub fn from_pool(pool: SqlitePool) -> SqliteBackend {
+        SqliteBackend {
+            pool,
+            caps: Capabilities::default()
+                .with_regex(true)
+                .with_server_side_cancel(true),
+            record_query_text: false,
+        }
+    }
+
+    /// Records `db.query.text` on spans.
+    #[must_use]
+    pub fn with_record_query_text(mut self, yes: bool) -> Self {
+        self.record_query_text = yes;
+        self
+    }
+
+    /// The sqlx pool (for raw SQL outside larder; inside a unit of work use
+    /// [`SqliteUowExt`](crate::SqliteUowExt)).
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// Wraps the backend into a store.
+    pub fn into_store(self, config: larder_core::StoreConfig) -> larder_core::Store {
+        larder_core::Store::with_config(Arc::new(self), config)
+    }
+}
+
+impl Backend for SqliteBackend {
+    fn name(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    fn begin<'a>(&'a self, opts: &'a BeginOptions) -> BoxFuture<'a, Result<Box<dyn Transaction>>> {
+        Box::pin(async move {
+            // Writers take the write lock up front (BEGIN IMMEDIATE): a read-then-write
+            // transaction can then never fail with SQLITE_BUSY on its first write.
+            let tx = if opts.read_only {
+                self.pool.begin().await
+            } else {
+                self.pool.begin_with("BEGIN IMMEDIATE").await
+            }
+            .map_err(|e| map(e, "uow.begin"))?;
+            let mut tx = SqliteTransaction::new(tx, self.record_query_text);
+            tx.set_deadline(opts.deadline);
+            Ok(Box::new(tx) as Box<dyn Transaction>)
+        })
+    }
+
+    fn prepare<'a>(&'a self, def: &'a EntityDef) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let stmts = ddl::create_table(def, Dialect::Sqlite)?;
+            let mut tx = self
+                .pool
+                .begin_with("BEGIN IMMEDIATE")
+                .await
+                .map_err(|e| map(e, "store.register"))?;
+            for s in stmts {
+                // DDL built from a validated registry (see larder_sql::ddl).
+                sqlx::query(sqlx::AssertSqlSafe(s))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| map(e, "store.register"))?;
+            }
+            tx.commit().await.map_err(|e| map(e, "store.register"))
+        })
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.pool.close())
+    }
+}
