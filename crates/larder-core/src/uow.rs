@@ -292,9 +292,18 @@ impl Store {
         loop {
             let result = async {
                 let mut uow = self.begin_with(uow_opts.clone()).await?;
-                let r = f(&mut uow).await?;
-                uow.commit().await?;
-                Ok::<R, E>(r)
+                match f(&mut uow).await {
+                    Ok(r) => {
+                        uow.commit().await?;
+                        Ok::<R, E>(r)
+                    }
+                    Err(e) => {
+                        // Roll back now rather than on drop, so the connection is clean
+                        // before we return (or retry).
+                        let _ = uow.rollback().await;
+                        Err(e)
+                    }
+                }
             }
             .await;
             match result {

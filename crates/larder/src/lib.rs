@@ -1,4 +1,192 @@
-//! stub — being written
+//! # larder
+//!
+//! The persistence layer of a Rust domain service: a **unit of work** that owns one
+//! transaction, generic **repositories** with **specification** queries, keyset pagination,
+//! streaming and **optimistic concurrency**, on embedded SQLite (the default: no server),
+//! PostgreSQL, or in memory — all behind one API that passes one conformance suite.
+//!
+//! ```
+//! use larder::{Entity, Query, Order, field};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Debug, Clone, Serialize, Deserialize, Entity)]
+//! #[larder(table = "orders", document)]
+//! struct Purchase {
+//!     id: String,
+//!     #[larder(indexed)]
+//!     status: String,
+//!     #[larder(indexed)]
+//!     total_cents: i64,
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> larder::Result<()> {
+//! let store = larder::open("memory://").await?; // or "sqlite://app.db", "postgres://…"
+//! store.register::<Purchase>().await?;
+//!
+//! let mut uow = store.begin().await?;
+//! uow.repo::<Purchase>()
+//!     .insert(&Purchase { id: "o-1".into(), status: "open".into(), total_cents: 4_200 })
+//!     .await?;
+//! uow.commit().await?;
+//!
+//! let mut uow = store.read().await?;
+//! let page = uow
+//!     .repo::<Purchase>()
+//!     .find(&Query::new(field("status").eq("open")).order_by(Order::desc("total_cents")))
+//!     .await?;
+//! assert_eq!(page.items.len(), 1);
+//! # Ok(()) }
+//! ```
+//!
+//! ## Why a unit of work and not `&PgPool` everywhere?
+//!
+//! Every write a use case makes (several repositories, later the event log and the outbox)
+//! must commit or vanish together. A [`Uow`] owns the transaction; it commits only when
+//! you say so and rolls back on error, on panic and on drop. Hooks run around commit and
+//! rollback, a deadline bounds the whole thing, and every operation inside is traced and
+//! audited with the unit of work's actor and correlation id.
+//!
+//! ## Feature flags
+//!
+//! - `sqlite` (default): the embedded SQLite backend.
+//! - `postgres`: the PostgreSQL backend.
+//! - `derive` (default): `#[derive(Entity)]`.
+//!
+//! The memory backend is always available (`memory://`).
+#![deny(rustdoc::broken_intra_doc_links)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod blocking;
+
+use std::sync::Arc;
+
+pub use larder_core::{
+    AsLarderError, AuditRecord, AuditSink, Capabilities, DatabaseUrl, Deadline, Direction,
+    Entity, EntityDef, Error, FieldDef, FieldRef, FieldType, FieldValue, Json, Limits,
+    MemoryAuditSink, Nulls, Order, Page, Query, Record, Repo, Result, Settings, Spec, Storage,
+    Store, StoreConfig, TracingAuditSink, TransactionOptions, TransientKind, Uow, UowOptions,
+    Value, Versioned, field,
+};
+
+/// `#[derive(Entity)]`: maps a struct to a document or to columns.
+///
+/// ```ignore
+/// #[derive(Serialize, Deserialize, Entity)]
+/// #[larder(table = "orders", document)]       // omit `document` for mapped columns
+/// struct Order {
+///     id: Uuid,                                // or mark another field `#[larder(id)]`
+///     #[larder(indexed)]                       // queryable, indexed column
+///     status: String,
+///     #[larder(column = "total")]              // columns mode: store under another name
+///     total_cents: i64,
+///     #[larder(skip)]                          // columns mode: not stored
+///     cache: Vec<u8>,
+///     #[larder(with = "money", type = "text")] // custom conversion
+///     price: Money,
+/// }
+/// ```
+#[cfg(feature = "derive")]
+#[cfg_attr(docsrs, doc(cfg(feature = "derive")))]
+pub use larder_derive::Entity;
+
+/// Specifications: filters over registered fields, with a builder and a JSON form.
+pub mod spec {
+    pub use larder_core::spec::{FieldExpr, Limits, Spec, escape_like, field};
+}
+
+/// Queries, ordering, pages and cursors.
+pub mod query {
+    pub use larder_core::query::{Direction, Nulls, Order, Page, Query};
+}
+
+/// Settings and secret-safe URLs.
+pub mod settings {
+    pub use larder_core::settings::{
+        DatabaseUrl, Settings, SqliteSettings, Synchronous, redact_url,
+    };
+}
+
+/// The audit trail.
+pub mod audit {
+    pub use larder_core::audit::{AuditRecord, AuditSink, MemoryAuditSink, TracingAuditSink};
+}
+
+/// For backend implementors: the storage contract and the in-memory reference backend.
+pub mod backend {
+    pub use larder_core::backend::{
+        Backend, BeginOptions, BoxFuture, BoxStream, Capabilities, Transaction,
+    };
+    pub use larder_core::memory::MemoryBackend;
+}
+
+/// SQL rendering shared by the SQL backends: DDL for an entity (for migration files).
+pub mod sql {
+    pub use larder_sql::{Dialect, ddl};
+}
+
+/// The SQLite backend (`sqlite://path`), with raw connection access in a unit of work.
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+pub mod sqlite {
+    pub use larder_sqlite::{SqliteBackend, SqliteTransaction, SqliteUowExt};
+}
+
+/// The PostgreSQL backend (`postgres://…`), with raw connection access in a unit of work.
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub mod postgres {
+    pub use larder_postgres::{PgBackend, PgTransaction, PgUowExt};
+}
+
+/// Opens a store from a URL: `sqlite://path/to.db` (created if missing), `postgres://…`
+/// (also `postgresql://`), or `memory://`. Other settings take their defaults.
+pub async fn open(url: &str) -> Result<Store> {
+    connect(&Settings::from_url(url)).await
+}
+
+/// Opens the store described by the environment (and the TOML file named by
+/// `LARDER_CONFIG`): see [`settings`]. With nothing configured this is
+/// `sqlite://larder.db` in the working directory.
+pub async fn from_env() -> Result<Store> {
+    connect(&Settings::from_env()?).await
+}
+
+/// Builds the store that `settings` describe: settings are the client factory.
+pub async fn connect(settings: &Settings) -> Result<Store> {
+    let config = settings.store_config();
+    let scheme = settings.database_url.scheme();
+    match scheme.as_str() {
+        "memory" => Ok(Store::with_config(
+            Arc::new(larder_core::memory::MemoryBackend::new()),
+            config,
+        )),
+        #[cfg(feature = "sqlite")]
+        "sqlite" => Ok(larder_sqlite::SqliteBackend::connect(settings)
+            .await?
+            .into_store(config)),
+        #[cfg(feature = "postgres")]
+        "postgres" | "postgresql" => Ok(larder_postgres::PgBackend::connect(settings)
+            .await?
+            .into_store(config)),
+        #[cfg(not(feature = "sqlite"))]
+        "sqlite" => Err(not_compiled("sqlite")),
+        #[cfg(not(feature = "postgres"))]
+        "postgres" | "postgresql" => Err(not_compiled("postgres")),
+        _ => Err(Error::Configuration(format!(
+            "unsupported database url `{}`: expected sqlite://, postgres:// or memory://",
+            settings.database_url
+        ))),
+    }
+}
+
+#[allow(dead_code)]
+fn not_compiled(feature: &str) -> Error {
+    Error::Configuration(format!(
+        "this backend is not compiled in: enable larder's `{feature}` feature"
+    ))
+}
+
 #[doc(hidden)]
 pub mod __private {
     //! Macro plumbing for `#[derive(Entity)]` (semver-exempt).
@@ -9,6 +197,3 @@ pub mod __private {
         decode_body,
     };
 }
-#[cfg(feature = "derive")]
-pub use larder_derive::Entity;
-pub use larder_core::*;

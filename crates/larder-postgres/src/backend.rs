@@ -1,0 +1,133 @@
+//! The PostgreSQL pool.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use larder_core::backend::{Backend, BeginOptions, BoxFuture, Capabilities, Transaction};
+use larder_core::settings::Settings;
+use larder_core::{EntityDef, Error, Result};
+use larder_sql::{Dialect, ddl};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+
+use crate::error::{BACKEND, map};
+use crate::uow::PgTransaction;
+
+/// The PostgreSQL backend: a pool of connections to one database.
+#[derive(Debug, Clone)]
+pub struct PgBackend {
+    pool: PgPool,
+    caps: Capabilities,
+    record_query_text: bool,
+}
+
+const DEFAULT_MAX_CONNECTIONS: u32 = 8;
+
+impl PgBackend {
+    /// Connects to `settings.database_url` (`postgres://user:password@host:port/db?…`).
+    pub async fn connect(settings: &Settings) -> Result<PgBackend> {
+        let opts = PgConnectOptions::from_str(settings.database_url.expose()).map_err(|_| {
+            // sqlx's message may quote the URL: say what is wrong without it.
+            Error::Configuration(format!(
+                "invalid postgresql url `{}`",
+                settings.database_url
+            ))
+        })?;
+        Self::connect_with(opts, settings).await
+    }
+
+    /// Connects with explicit connection options (e.g. a `search_path`), taking pool
+    /// settings from `settings`.
+    pub async fn connect_with(opts: PgConnectOptions, settings: &Settings) -> Result<PgBackend> {
+        let pool = PgPoolOptions::new()
+            .max_connections(settings.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS).max(1))
+            .min_connections(settings.min_connections)
+            .acquire_timeout(settings.acquire_timeout)
+            .idle_timeout(Some(Duration::from_secs(600)))
+            .connect_with(opts.application_name("larder"))
+            .await
+            .map_err(|e| map(e, "connect"))?;
+        Ok(PgBackend::from_pool(pool).with_record_query_text(settings.record_query_text))
+    }
+
+    /// Wraps an existing pool.
+    pub fn from_pool(pool: PgPool) -> PgBackend {
+        PgBackend {
+            pool,
+            caps: Capabilities::default()
+                .with_regex(true)
+                .with_json_contains(true)
+                .with_concurrent_writers(true)
+                .with_server_side_cancel(true),
+            record_query_text: false,
+        }
+    }
+
+    /// Records `db.query.text` on spans.
+    #[must_use]
+    pub fn with_record_query_text(mut self, yes: bool) -> Self {
+        self.record_query_text = yes;
+        self
+    }
+
+    /// The sqlx pool (for raw SQL outside larder; inside a unit of work use
+    /// [`PgUowExt`](crate::PgUowExt)).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Wraps the backend into a store.
+    pub fn into_store(self, config: larder_core::StoreConfig) -> larder_core::Store {
+        larder_core::Store::with_config(Arc::new(self), config)
+    }
+}
+
+impl Backend for PgBackend {
+    fn name(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    fn begin<'a>(&'a self, opts: &'a BeginOptions) -> BoxFuture<'a, Result<Box<dyn Transaction>>> {
+        Box::pin(async move {
+            let tx = if opts.read_only {
+                self.pool.begin_with("BEGIN READ ONLY").await
+            } else {
+                self.pool.begin().await
+            }
+            .map_err(|e| map(e, "uow.begin"))?;
+            let mut tx = PgTransaction::new(tx, self.record_query_text);
+            tx.set_deadline(opts.deadline);
+            Ok(Box::new(tx) as Box<dyn Transaction>)
+        })
+    }
+
+    fn prepare<'a>(&'a self, def: &'a EntityDef) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let stmts = ddl::create_table(def, Dialect::Postgres)?;
+            let mut tx = self.pool.begin().await.map_err(|e| map(e, "store.register"))?;
+            // Concurrent `CREATE TABLE IF NOT EXISTS` can still collide in the catalog;
+            // serialize registrations of the same table.
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+                .bind(format!("larder.register.{}", def.table))
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| map(e, "store.register"))?;
+            for s in stmts {
+                // DDL built from a validated registry (see larder_sql::ddl).
+                sqlx::query(sqlx::AssertSqlSafe(s))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| map(e, "store.register"))?;
+            }
+            tx.commit().await.map_err(|e| map(e, "store.register"))
+        })
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.pool.close())
+    }
+}

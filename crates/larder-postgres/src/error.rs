@@ -1,0 +1,43 @@
+//! Classifying PostgreSQL errors (SQLSTATE) into larder's vocabulary.
+
+use larder_core::{Error, TransientKind};
+
+pub(crate) const BACKEND: &str = "postgresql";
+
+/// Maps a sqlx error; `operation` names the call for `DeadlineExceeded`.
+pub(crate) fn map(e: sqlx::Error, operation: &'static str) -> Error {
+    if let sqlx::Error::Database(db) = &e
+        && let Some(code) = db.code()
+    {
+        match code.as_ref() {
+            "40001" => {
+                return Error::Transient {
+                    kind: TransientKind::Serialization,
+                };
+            }
+            "40P01" => {
+                return Error::Transient {
+                    kind: TransientKind::Deadlock,
+                };
+            }
+            "55P03" => {
+                return Error::Transient {
+                    kind: TransientKind::Busy,
+                };
+            }
+            // query_canceled: our statement_timeout fired.
+            "57014" => return Error::DeadlineExceeded { operation },
+            _ => {}
+        }
+    }
+    match e {
+        sqlx::Error::PoolTimedOut => Error::Backend {
+            backend: BACKEND,
+            source: "timed out waiting for a pooled connection".into(),
+        },
+        sqlx::Error::PoolClosed => Error::Closed("postgresql pool"),
+        // Connection errors can carry the DSN in their message: never pass them through.
+        sqlx::Error::Configuration(_) => Error::Configuration("invalid postgresql connection options".into()),
+        other => Error::backend(BACKEND, other),
+    }
+}
