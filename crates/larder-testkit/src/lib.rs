@@ -1,1 +1,91 @@
-//! stub
+//! larder-testkit: the conformance suite every larder backend must pass, and per-test
+//! database helpers.
+//!
+//! **Not semver-stable.** The rules live in [`suite`], one `pub async fn` per rule; the
+//! [`conformance!`] macro stamps one named `#[tokio::test]` per rule for a backend
+//! factory from [`backends`], so a failure reads `postgres::update_with_stale_version_conflicts`.
+//! Backend differences are declared [`larder::Capabilities`] that rules consult; nothing is
+//! skipped silently.
+//!
+//! Each test gets its own database (a temporary SQLite file, a fresh PostgreSQL schema
+//! named after the test), so tests run in parallel.
+//!
+//! PostgreSQL tests read `LARDER_TEST_POSTGRES_URL` and skip with a printed reason when it
+//! is not set, unless `LARDER_REQUIRE_BACKENDS=1`, which turns the skip into a failure (CI).
+#![deny(rustdoc::broken_intra_doc_links)]
+
+pub mod backends;
+pub mod entities;
+pub mod suite;
+
+pub use backends::TestDb;
+
+/// Stamps the whole conformance suite for a backend factory in [`backends`]
+/// (`memory`, `sqlite`, `postgres`): `larder_testkit::conformance!(sqlite);`
+#[macro_export]
+macro_rules! conformance {
+    ($backend:ident) => {
+        mod $backend {
+            $crate::__stamp!($backend;
+                // unit of work
+                commit_makes_writes_visible,
+                rollback_discards_writes,
+                drop_without_commit_rolls_back,
+                panic_inside_a_unit_of_work_rolls_back,
+                read_only_unit_of_work_rejects_writes,
+                hooks_run_around_commit_in_order,
+                failing_pre_commit_hook_rolls_back,
+                rollback_hooks_run_on_drop,
+                pre_commit_hook_can_write_in_the_transaction,
+                savepoint_error_undoes_only_the_inner_scope,
+                savepoint_success_keeps_inner_work,
+                transaction_helper_commits_on_ok_and_rolls_back_on_err,
+                transaction_helper_retries_conflicts_only_when_opted_in,
+                finished_unit_of_work_is_closed,
+                // repository
+                insert_and_get_round_trip_documents,
+                insert_and_get_round_trip_mapped_columns,
+                duplicate_insert_is_already_exists_and_uow_stays_usable,
+                update_with_stale_version_conflicts,
+                update_of_missing_entity_is_not_found,
+                delete_checks_the_version,
+                get_many_keeps_input_order_and_skips_missing,
+                exists_and_count,
+                save_bumps_the_version,
+                // specifications
+                specification_operators_select_the_expected_rows,
+                unknown_fields_and_bad_values_are_typed_errors,
+                unsupported_operators_are_declared_and_typed,
+                // ordering and pagination
+                find_orders_by_several_keys_with_id_tie_break,
+                keyset_pagination_visits_every_row_once,
+                offset_pagination_matches_keyset_pages,
+                page_size_over_the_cap_is_rejected,
+                foreign_cursor_is_rejected,
+                stream_yields_every_match_in_order,
+                stream_honours_limit_and_cursor,
+                // deadlines and observability
+                expired_deadline_fails_before_any_io,
+                uow_deadline_bounds_later_calls_and_store_stays_healthy,
+                audit_sink_receives_one_record_per_operation,
+                wrappers_forward_through_arc_dyn_backend,
+            );
+        }
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __stamp {
+    ($backend:ident; $($rule:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $rule() {
+            let name = concat!(stringify!($backend), "::", stringify!($rule));
+            let Some(db) = $crate::backends::$backend(name).await else {
+                return;
+            };
+            $crate::suite::$rule(&db).await;
+            db.finish().await;
+        }
+    )*};
+}

@@ -1,0 +1,889 @@
+//! The conformance rules: one function per rule, run against every backend.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use larder::{
+    Deadline, Error, MemoryAuditSink, Order, Query, Spec, Store, StoreConfig,
+    TransactionOptions, UowOptions, field,
+};
+use serde_json::json;
+
+use crate::backends::TestDb;
+use crate::entities::{Account, Item};
+
+async fn setup(db: &TestDb) -> &Store {
+    db.store.register::<Item>().await.expect("register items");
+    db.store.register::<Account>().await.expect("register accounts");
+    &db.store
+}
+
+async fn insert_items(store: &Store, items: &[Item]) {
+    let mut uow = store.begin().await.unwrap();
+    for it in items {
+        uow.repo::<Item>().insert(it).await.unwrap();
+    }
+    uow.commit().await.unwrap();
+}
+
+async fn get_item(store: &Store, id: &str) -> Option<Item> {
+    let mut uow = store.read().await.unwrap();
+    let r = uow
+        .repo::<Item>()
+        .get(&id.to_owned())
+        .await
+        .unwrap()
+        .map(|v| v.value);
+    uow.commit().await.unwrap();
+    r
+}
+
+fn ids(items: &[larder::Versioned<Item>]) -> Vec<String> {
+    items.iter().map(|v| v.id.clone()).collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// unit of work
+
+/// Writes become visible to other units of work only after commit.
+pub async fn commit_makes_writes_visible(db: &TestDb) {
+    let store = setup(db).await;
+    let mut uow = store.begin().await.unwrap();
+    uow.repo::<Item>().insert(&Item::new("a", "alpha", 1)).await.unwrap();
+    // Read-your-writes inside the unit of work.
+    assert!(uow.repo::<Item>().exists(&"a".to_owned()).await.unwrap());
+    uow.commit().await.unwrap();
+    assert_eq!(get_item(store, "a").await.unwrap().name, "alpha");
+}
+
+/// An explicit rollback discards every write.
+pub async fn rollback_discards_writes(db: &TestDb) {
+    let store = setup(db).await;
+    let mut uow = store.begin().await.unwrap();
+    uow.repo::<Item>().insert(&Item::new("a", "alpha", 1)).await.unwrap();
+    uow.rollback().await.unwrap();
+    assert_eq!(get_item(store, "a").await, None);
+}
+
+/// Dropping a unit of work without commit rolls it back.
+pub async fn drop_without_commit_rolls_back(db: &TestDb) {
+    let store = setup(db).await;
+    {
+        let mut uow = store.begin().await.unwrap();
+        uow.repo::<Item>().insert(&Item::new("a", "alpha", 1)).await.unwrap();
+    }
+    assert_eq!(get_item(store, "a").await, None);
+    // The connection is reusable for writes afterwards.
+    insert_items(store, &[Item::new("b", "beta", 2)]).await;
+    assert!(get_item(store, "b").await.is_some());
+}
+
+/// A panic while a unit of work is open rolls it back.
+pub async fn panic_inside_a_unit_of_work_rolls_back(db: &TestDb) {
+    let store = setup(db).await.clone();
+    let s2 = store.clone();
+    let r = tokio::spawn(async move {
+        let mut uow = s2.begin().await.unwrap();
+        uow.repo::<Item>().insert(&Item::new("a", "alpha", 1)).await.unwrap();
+        panic!("boom (expected by the test)");
+    })
+    .await;
+    assert!(r.unwrap_err().is_panic());
+    assert_eq!(get_item(&store, "a").await, None);
+}
+
+/// Read-only units of work refuse writes before touching the database.
+pub async fn read_only_unit_of_work_rejects_writes(db: &TestDb) {
+    let store = setup(db).await;
+    let mut uow = store.read().await.unwrap();
+    let e = uow.repo::<Item>().insert(&Item::new("a", "alpha", 1)).await;
+    assert!(matches!(e, Err(Error::ReadOnly { .. })), "{e:?}");
+    let e = uow.repo::<Item>().delete(&"a".to_owned(), 1).await;
+    assert!(matches!(e, Err(Error::ReadOnly { .. })), "{e:?}");
+    assert_eq!(uow.repo::<Item>().count(&Spec::all()).await.unwrap(), 0);
+    uow.commit().await.unwrap();
+}
+
+type Log = Arc<Mutex<Vec<&'static str>>>;
+
+fn push(log: &Log, s: &'static str) -> impl FnOnce() + Send + 'static {
+    let log = log.clone();
+    move || log.lock().unwrap().push(s)
+}
+
+/// pre-commit runs before, post-commit after; rollback hooks do not run on commit.
+pub async fn hooks_run_around_commit_in_order(db: &TestDb) {
+    let store = setup(db).await;
+    let log: Log = Log::default();
+    let mut uow = store.begin().await.unwrap();
+    let l = log.clone();
+    uow.on_pre_commit(move |_uow| {
+        Box::pin(async move {
+            l.lock().unwrap().push("pre_commit");
+            Ok(())
+        })
+    });
+    uow.on_post_commit(push(&log, "post_commit"));
+    uow.on_pre_rollback(push(&log, "pre_rollback"));
+    uow.on_post_rollback(push(&log, "post_rollback"));
+    uow.repo::<Item>().insert(&Item::new("a", "alpha", 1)).await.unwrap();
+    uow.commit().await.unwrap();
+    assert_eq!(*log.lock().unwrap(), ["pre_commit", "post_commit"]);
+}
+
+/// A failing pre-commit hook rolls back and its error is returned.
+pub async fn failing_pre_commit_hook_rolls_back(db: &TestDb) {
+    let store = setup(db).await;
+    let log: Log = Log::default();
+    let mut uow = store.begin().await.unwrap();
+    uow.repo::<Item>().insert(&Item::new("a", "alpha", 1)).await.unwrap();
+    uow.on_pre_commit(|_uow| {
+        Box::pin(async { Err(Error::callback("pre-commit hook", "invariant violated")) })
+    });
+    uow.on_post_commit(push(&log, "post_commit"));
+    uow.on_post_rollback(push(&log, "post_rollback"));
+    let e = uow.commit().await;
+    assert!(matches!(e, Err(Error::Callback { .. })), "{e:?}");
+    assert_eq!(*log.lock().unwrap(), ["post_rollback"]);
+    assert_eq!(get_item(store, "a").await, None);
+}
+
+/// Rollback hooks also run when a unit of work is dropped.
+pub async fn rollback_hooks_run_on_drop(db: &TestDb) {
+    let store = setup(db).await;
+    let log: Log = Log::default();
+    {
+        let mut uow = store.begin().await.unwrap();
+        uow.on_pre_rollback(push(&log, "pre_rollback"));
+        uow.on_post_rollback(push(&log, "post_rollback"));
+        uow.on_post_commit(push(&log, "post_commit"));
+    }
+    assert_eq!(*log.lock().unwrap(), ["pre_rollback", "post_rollback"]);
+}
+
+/// A pre-commit hook writes inside the same transaction.
+pub async fn pre_commit_hook_can_write_in_the_transaction(db: &TestDb) {
+    let store = setup(db).await;
+    let mut uow = store.begin().await.unwrap();
+    uow.on_pre_commit(|uow| {
+        Box::pin(async move {
+            uow.repo::<Item>().insert(&Item::new("audit", "from hook", 0)).await?;
+            Ok(())
+        })
+    });
+    uow.commit().await.unwrap();
+    assert!(get_item(store, "audit").await.is_some());
+}
+
+/// A failing savepoint scope is undone; the outer work commits.
+pub async fn savepoint_error_undoes_only_the_inner_scope(db: &TestDb) {
+    let store = setup(db).await;
+    let log: Log = Log::default();
+    let mut uow = store.begin().await.unwrap();
+    uow.repo::<Item>().insert(&Item::new("outer", "o", 1)).await.unwrap();
+    let l2 = log.clone();
+    let r: Result<(), Error> = uow
+        .savepoint(|uow| {
+            Box::pin(async move {
+                uow.repo::<Item>().insert(&Item::new("inner", "i", 2)).await?;
+                uow.on_post_commit(push(&l2, "inner hook"));
+                Err(Error::callback("scope", "changed my mind"))
+            })
+        })
+        .await;
+    assert!(r.is_err());
+    assert!(!uow.repo::<Item>().exists(&"inner".to_owned()).await.unwrap());
+    uow.on_post_commit(push(&log, "outer hook"));
+    uow.commit().await.unwrap();
+    assert!(get_item(store, "outer").await.is_some());
+    assert!(get_item(store, "inner").await.is_none());
+    assert_eq!(*log.lock().unwrap(), ["outer hook"], "hooks of an undone scope are dropped");
+}
+
+/// A successful savepoint scope (nested twice) keeps its work.
+pub async fn savepoint_success_keeps_inner_work(db: &TestDb) {
+    let store = setup(db).await;
+    let mut uow = store.begin().await.unwrap();
+    uow.savepoint(|uow| {
+        Box::pin(async move {
+            uow.repo::<Item>().insert(&Item::new("l1", "x", 1)).await?;
+            uow.savepoint(|uow| {
+                Box::pin(async move {
+                    uow.repo::<Item>().insert(&Item::new("l2", "y", 2)).await?;
+                    Ok::<_, Error>(())
+                })
+            })
+            .await
+        })
+    })
+    .await
+    .unwrap();
+    uow.commit().await.unwrap();
+    assert!(get_item(store, "l1").await.is_some());
+    assert!(get_item(store, "l2").await.is_some());
+}
+
+/// `transaction` commits on Ok and rolls back on Err.
+pub async fn transaction_helper_commits_on_ok_and_rolls_back_on_err(db: &TestDb) {
+    let store = setup(db).await;
+    let v: u64 = store
+        .transaction(|uow| {
+            Box::pin(async move {
+                uow.repo::<Item>().insert(&Item::new("ok", "x", 1)).await?;
+                Ok::<_, Error>(7)
+            })
+        })
+        .await
+        .unwrap();
+    assert_eq!(v, 7);
+    let r: Result<(), Error> = store
+        .transaction(|uow| {
+            Box::pin(async move {
+                uow.repo::<Item>().insert(&Item::new("err", "x", 1)).await?;
+                Err(Error::callback("test", "fail"))
+            })
+        })
+        .await;
+    assert!(r.is_err());
+    assert!(get_item(store, "ok").await.is_some());
+    assert!(get_item(store, "err").await.is_none());
+}
+
+/// A stale read conflicts; with `retry_on_conflict` the closure runs again on fresh data.
+pub async fn transaction_helper_retries_conflicts_only_when_opted_in(db: &TestDb) {
+    let store = setup(db).await;
+    insert_items(store, &[Item::new("c", "x", 0)]).await;
+    // Make the first attempt stale: bump the version behind the closure's back once.
+    let attempts = Arc::new(Mutex::new(0));
+    let run = |opts: TransactionOptions| {
+        let attempts = attempts.clone();
+        let store = store.clone();
+        async move {
+            store
+                .transaction_with(UowOptions::default(), &opts, |uow| {
+                    let attempts = attempts.clone();
+                    Box::pin(async move {
+                        let mut item = uow.repo::<Item>().require(&"c".to_owned()).await?;
+                        let first = {
+                            let mut a = attempts.lock().unwrap();
+                            *a += 1;
+                            *a == 1
+                        };
+                        if first {
+                            // Simulate a concurrent writer: our copy's version is stale.
+                            item.version += 100;
+                        }
+                        item.qty += 1;
+                        uow.repo::<Item>().save(&mut item).await?;
+                        Ok::<_, Error>(())
+                    })
+                })
+                .await
+        }
+    };
+    let e = run(TransactionOptions::default()).await;
+    assert!(matches!(e, Err(Error::Conflict { .. })), "{e:?}");
+    *attempts.lock().unwrap() = 0;
+    run(TransactionOptions::default().with_retry_on_conflict(true))
+        .await
+        .unwrap();
+    assert_eq!(*attempts.lock().unwrap(), 2);
+    assert_eq!(get_item(store, "c").await.unwrap().qty, 1);
+}
+
+/// Hooks and writes after commit are impossible; the type system consumes the unit of
+/// work, and the escape hatch reports `Closed`.
+pub async fn finished_unit_of_work_is_closed(db: &TestDb) {
+    let store = setup(db).await;
+    let mut uow = store.begin().await.unwrap();
+    assert!(uow.backend_transaction().is_some());
+    uow.commit().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------
+// repository
+
+fn rich_item() -> Item {
+    Item {
+        id: "r-1".into(),
+        name: "Ünïcødé \"quoted\" 'single' %_\\".into(),
+        qty: -42,
+        price: Some(19.99),
+        active: false,
+        tag: Some("t".into()),
+        meta: Some(json!({"k": [1, 2, {"n": null}], "s": "v"})),
+        note: "body only".into(),
+    }
+}
+
+/// Documents round-trip exactly, every field type included.
+pub async fn insert_and_get_round_trip_documents(db: &TestDb) {
+    let store = setup(db).await;
+    let it = rich_item();
+    let mut uow = store.begin().await.unwrap();
+    let v = uow.repo::<Item>().insert(&it).await.unwrap();
+    assert_eq!(v.version, 1);
+    uow.commit().await.unwrap();
+    let mut uow = store.read().await.unwrap();
+    let got = uow.repo::<Item>().require(&it.id).await.unwrap();
+    assert_eq!(got.version, 1);
+    assert_eq!(got.value, it);
+    // Indexed fields are queryable with the same values.
+    let page = uow
+        .repo::<Item>()
+        .find(&Query::new(field("name").eq(it.name.clone()).and(field("price").eq(19.99))))
+        .await
+        .unwrap();
+    assert_eq!(ids(&page.items), ["r-1"]);
+}
+
+/// Mapped-column entities round-trip (renamed column, UUID, skipped field reset).
+pub async fn insert_and_get_round_trip_mapped_columns(db: &TestDb) {
+    let store = setup(db).await;
+    let a = Account {
+        id: 7,
+        owner: "ada".into(),
+        balance: 1_000,
+        external_ref: Some(uuid::Uuid::from_u128(0x1234)),
+        cached: Some("not stored".into()),
+    };
+    let mut uow = store.begin().await.unwrap();
+    uow.repo::<Account>().insert(&a).await.unwrap();
+    let got = uow.repo::<Account>().require(&7).await.unwrap();
+    assert_eq!(got.owner, "ada");
+    assert_eq!(got.balance, 1_000);
+    assert_eq!(got.external_ref, a.external_ref);
+    assert_eq!(got.cached, None, "skipped fields are not stored");
+    let n = uow
+        .repo::<Account>()
+        .count(&field("balance").ge(1_000).and(field("external_ref").eq(a.external_ref.unwrap())))
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    uow.commit().await.unwrap();
+}
+
+/// A duplicate id is `AlreadyExists`, and the unit of work can go on and commit.
+pub async fn duplicate_insert_is_already_exists_and_uow_stays_usable(db: &TestDb) {
+    let store = setup(db).await;
+    insert_items(store, &[Item::new("a", "alpha", 1)]).await;
+    let mut uow = store.begin().await.unwrap();
+    let e = uow.repo::<Item>().insert(&Item::new("a", "again", 2)).await;
+    assert!(
+        matches!(&e, Err(Error::AlreadyExists { entity: "item", id }) if id == "a"),
+        "{e:?}"
+    );
+    uow.repo::<Item>().insert(&Item::new("b", "beta", 2)).await.unwrap();
+    uow.commit().await.unwrap();
+    assert_eq!(get_item(store, "a").await.unwrap().name, "alpha");
+    assert!(get_item(store, "b").await.is_some());
+}
+
+/// Updating with a stale version fails with both versions named.
+pub async fn update_with_stale_version_conflicts(db: &TestDb) {
+    let store = setup(db).await;
+    insert_items(store, &[Item::new("a", "alpha", 1)]).await;
+    let mut uow = store.begin().await.unwrap();
+    let mut it = uow.repo::<Item>().require(&"a".to_owned()).await.unwrap();
+    it.qty = 2;
+    assert_eq!(uow.repo::<Item>().update(&it, 1).await.unwrap(), 2);
+    let e = uow.repo::<Item>().update(&it, 1).await;
+    assert!(
+        matches!(e, Err(Error::Conflict { expected: 1, actual: Some(2), .. })),
+        "{e:?}"
+    );
+    // The unit of work is still usable after a conflict.
+    assert_eq!(uow.repo::<Item>().update(&it, 2).await.unwrap(), 3);
+    uow.commit().await.unwrap();
+    assert_eq!(get_item(store, "a").await.unwrap().qty, 2);
+}
+
+/// Updating a missing entity is `NotFound`.
+pub async fn update_of_missing_entity_is_not_found(db: &TestDb) {
+    let store = setup(db).await;
+    let mut uow = store.begin().await.unwrap();
+    let e = uow.repo::<Item>().update(&Item::new("nope", "x", 1), 1).await;
+    assert!(matches!(e, Err(Error::NotFound { .. })), "{e:?}");
+    let e = uow.repo::<Item>().require(&"nope".to_owned()).await;
+    assert!(matches!(e, Err(Error::NotFound { .. })), "{e:?}");
+}
+
+/// Delete checks the version; deleting twice is `NotFound`.
+pub async fn delete_checks_the_version(db: &TestDb) {
+    let store = setup(db).await;
+    insert_items(store, &[Item::new("a", "alpha", 1)]).await;
+    let mut uow = store.begin().await.unwrap();
+    let e = uow.repo::<Item>().delete(&"a".to_owned(), 5).await;
+    assert!(
+        matches!(e, Err(Error::Conflict { expected: 5, actual: Some(1), .. })),
+        "{e:?}"
+    );
+    uow.repo::<Item>().delete(&"a".to_owned(), 1).await.unwrap();
+    let e = uow.repo::<Item>().delete(&"a".to_owned(), 1).await;
+    assert!(matches!(e, Err(Error::NotFound { .. })), "{e:?}");
+    uow.commit().await.unwrap();
+    assert_eq!(get_item(store, "a").await, None);
+}
+
+/// `get_many` returns found entities in the order asked.
+pub async fn get_many_keeps_input_order_and_skips_missing(db: &TestDb) {
+    let store = setup(db).await;
+    insert_items(store, &[Item::new("a", "1", 1), Item::new("b", "2", 2), Item::new("c", "3", 3)]).await;
+    let mut uow = store.read().await.unwrap();
+    let got = uow
+        .repo::<Item>()
+        .get_many(&["c".into(), "missing".into(), "a".into()])
+        .await
+        .unwrap();
+    assert_eq!(ids(&got), ["c", "a"]);
+    assert!(uow.repo::<Item>().get_many(&[]).await.unwrap().is_empty());
+}
+
+/// `exists` and `count`.
+pub async fn exists_and_count(db: &TestDb) {
+    let store = setup(db).await;
+    insert_items(store, &[Item::new("a", "x", 1), Item::new("b", "x", 2), Item::new("c", "y", 3)]).await;
+    let mut uow = store.read().await.unwrap();
+    let mut repo = uow.repo::<Item>();
+    assert!(repo.exists(&"b".to_owned()).await.unwrap());
+    assert!(!repo.exists(&"z".to_owned()).await.unwrap());
+    assert_eq!(repo.count(&field("name").eq("x")).await.unwrap(), 2);
+    assert_eq!(repo.count(&Spec::all()).await.unwrap(), 3);
+}
+
+/// `save` updates with the carried version and bumps it.
+pub async fn save_bumps_the_version(db: &TestDb) {
+    let store = setup(db).await;
+    insert_items(store, &[Item::new("a", "x", 1)]).await;
+    let mut uow = store.begin().await.unwrap();
+    let mut it = uow.repo::<Item>().require(&"a".to_owned()).await.unwrap();
+    it.qty = 10;
+    uow.repo::<Item>().save(&mut it).await.unwrap();
+    it.qty = 11;
+    uow.repo::<Item>().save(&mut it).await.unwrap();
+    assert_eq!(it.version, 3);
+    uow.commit().await.unwrap();
+    let got = get_item(store, "a").await.unwrap();
+    assert_eq!(got.qty, 11);
+}
+
+// ---------------------------------------------------------------------------------------
+// specifications
+
+fn dataset() -> Vec<Item> {
+    let mut v = Vec::new();
+    let rows: [(&str, &str, i64, Option<f64>, bool, Option<&str>, Option<serde_json::Value>); 8] = [
+        ("i1", "apple", 5, Some(1.5), true, Some("fruit"), Some(json!({"color": "red", "tags": ["a", "b"]}))),
+        ("i2", "Apricot", 3, None, true, Some("fruit"), Some(json!(["x", "y"]))),
+        ("i3", "banana", 12, Some(0.25), false, None, Some(json!({}))),
+        ("i4", "50% off", 0, Some(9.0), true, Some(""), None),
+        ("i5", "under_score", -2, Some(-1.0), false, Some("misc"), Some(json!([]))),
+        ("i6", "back\\slash", 7, None, true, None, Some(json!({"color": "green"}))),
+        ("i7", "Ünïcode", 100, Some(100.0), false, Some("misc"), Some(json!([1, 2, 3]))),
+        ("i8", "cherry", 5, Some(2.0), true, Some("fruit"), Some(json!({"n": 1}))),
+    ];
+    for (id, name, qty, price, active, tag, meta) in rows {
+        v.push(Item {
+            id: id.into(),
+            name: name.into(),
+            qty,
+            price,
+            active,
+            tag: tag.map(Into::into),
+            meta,
+            note: String::new(),
+        });
+    }
+    v
+}
+
+/// Each operator selects exactly the rows SQL semantics say (three-valued logic included).
+pub async fn specification_operators_select_the_expected_rows(db: &TestDb) {
+    let store = setup(db).await;
+    insert_items(store, &dataset()).await;
+    let caps = store.capabilities().clone();
+    let mut cases: Vec<(Spec, Vec<&str>)> = vec![
+        (field("qty").eq(5), vec!["i1", "i8"]),
+        (field("qty").ne(5), vec!["i2", "i3", "i4", "i5", "i6", "i7"]),
+        (field("qty").lt(3), vec!["i4", "i5"]),
+        (field("qty").le(3), vec!["i2", "i4", "i5"]),
+        (field("qty").gt(12), vec!["i7"]),
+        (field("qty").ge(12), vec!["i3", "i7"]),
+        (field("price").gt(1.0), vec!["i1", "i4", "i7", "i8"]),
+        // NULL prices match neither a comparison nor its negation.
+        (field("price").gt(1.0).not(), vec!["i3", "i5"]),
+        (field("price").is_null(), vec!["i2", "i6"]),
+        (field("price").is_not_null(), vec!["i1", "i3", "i4", "i5", "i7", "i8"]),
+        (field("tag").is_in(["fruit", "misc"]), vec!["i1", "i2", "i5", "i7", "i8"]),
+        (field("tag").not_in(["fruit"]), vec!["i4", "i5", "i7"]),
+        (field("tag").is_in(Vec::<String>::new()), vec![]),
+        (field("tag").not_in(Vec::<String>::new()), vec!["i1", "i2", "i3", "i4", "i5", "i6", "i7", "i8"]),
+        (field("qty").between(3, 7), vec!["i1", "i2", "i6", "i8"]),
+        (field("qty").not_between(3, 7), vec!["i3", "i4", "i5", "i7"]),
+        (field("name").like("a%"), vec!["i1"]),
+        (field("name").ilike("a%"), vec!["i1", "i2"]),
+        (field("name").like("_pple"), vec!["i1"]),
+        (field("name").contains("%"), vec!["i4"]),
+        (field("name").contains("_"), vec!["i5"]),
+        (field("name").contains("\\"), vec!["i6"]),
+        (field("name").icontains("AN"), vec!["i3"]),
+        (field("name").starts_with("ch"), vec!["i8"]),
+        (field("name").ends_with("ana"), vec!["i3"]),
+        (field("name").eq("Ünïcode"), vec!["i7"]),
+        (field("tag").is_empty(), vec!["i4"]),
+        (field("meta").is_empty(), vec!["i3", "i5"]),
+        (field("meta").json_has_key("color"), vec!["i1", "i6"]),
+        (field("meta").json_has_key("x"), vec!["i2"]),
+        (field("active").eq(false), vec!["i3", "i5", "i7"]),
+        (
+            field("active").eq(true).and(field("qty").gt(4).or(field("tag").is_null())),
+            vec!["i1", "i6", "i8"],
+        ),
+        (Spec::Or { of: vec![] }, vec![]),
+        (Spec::And { of: vec![] }, vec!["i1", "i2", "i3", "i4", "i5", "i6", "i7", "i8"]),
+        (field("id").is_in(["i2", "i9"]), vec!["i2"]),
+    ];
+    if caps.regex {
+        cases.push((field("name").regex("^[a-c].*a$"), vec!["i3"]));
+    }
+    if caps.json_contains {
+        cases.push((field("meta").json_contains(json!({"color": "red"})), vec!["i1"]));
+        cases.push((field("meta").json_contains(json!(["y"])), vec!["i2"]));
+    }
+    let mut uow = store.read().await.unwrap();
+    for (spec, expected) in cases {
+        let page = uow
+            .repo::<Item>()
+            .find(&Query::new(spec.clone()).with_limit(100))
+            .await
+            .unwrap_or_else(|e| panic!("{spec:?}: {e}"));
+        assert_eq!(ids(&page.items), expected, "{}", serde_json::to_string(&spec).unwrap());
+        let n = uow.repo::<Item>().count(&spec).await.unwrap();
+        assert_eq!(n, expected.len() as u64, "count of {spec:?}");
+    }
+}
+
+/// Unknown fields, wrong types, hostile names: typed errors, nothing sent.
+pub async fn unknown_fields_and_bad_values_are_typed_errors(db: &TestDb) {
+    let store = setup(db).await;
+    let mut uow = store.read().await.unwrap();
+    let mut repo = uow.repo::<Item>();
+    let e = repo.count(&field("name; DROP TABLE items").eq(1)).await;
+    assert!(matches!(e, Err(Error::UnknownField { .. })), "{e:?}");
+    let e = repo.count(&field("note").eq("x")).await;
+    assert!(matches!(e, Err(Error::UnknownField { .. })), "body-only fields are not queryable: {e:?}");
+    let e = repo.count(&field("qty").eq("many")).await;
+    assert!(matches!(e, Err(Error::TypeMismatch { .. })), "{e:?}");
+    let e = repo.count(&field("qty").eq(larder::Value::Null)).await;
+    assert!(matches!(e, Err(Error::InvalidQuery(_))), "{e:?}");
+    let e = repo.count(&field("tag").is_in([larder::Value::Null])).await;
+    assert!(matches!(e, Err(Error::InvalidQuery(_))), "{e:?}");
+    let e = repo
+        .find(&Query::all().order_by(Order::asc("qty; --")))
+        .await;
+    assert!(matches!(e, Err(Error::UnknownField { .. })), "{e:?}");
+    let e = repo.find(&Query::all().order_by(Order::asc("meta"))).await;
+    assert!(matches!(e, Err(Error::InvalidQuery(_))), "{e:?}");
+}
+
+/// Operators a backend lacks are declared in its capabilities and fail with
+/// `Unsupported` before any I/O.
+pub async fn unsupported_operators_are_declared_and_typed(db: &TestDb) {
+    let store = setup(db).await;
+    let caps = store.capabilities().clone();
+    let mut uow = store.read().await.unwrap();
+    let e = uow
+        .repo::<Item>()
+        .count(&field("meta").json_contains(json!({"a": 1})))
+        .await;
+    if caps.json_contains {
+        assert!(e.is_ok(), "{e:?}");
+    } else {
+        assert!(matches!(e, Err(Error::Unsupported { operation: "json_contains", .. })), "{e:?}");
+    }
+    let e = uow.repo::<Item>().count(&field("name").regex("^a")).await;
+    if caps.regex {
+        assert!(e.is_ok(), "{e:?}");
+    } else {
+        assert!(matches!(e, Err(Error::Unsupported { operation: "regex", .. })), "{e:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// ordering and pagination
+
+fn many_items(n: usize) -> Vec<Item> {
+    (0..n)
+        .map(|i| {
+            let i64i = i64::try_from(i).unwrap();
+            Item {
+                id: format!("m{i:03}"),
+                name: ["kiwi", "Lime", "apple", "fig", "date"][i % 5].into(),
+                qty: i64i % 7,
+                price: (i % 4 != 0).then(|| f64::from(u32::try_from(i % 9).unwrap()) / 2.0),
+                active: i % 3 == 0,
+                tag: (i % 5 != 1).then(|| format!("t{}", i % 3)),
+                meta: None,
+                note: String::new(),
+            }
+        })
+        .collect()
+}
+
+/// Multi-key ordering with a total tie-break on id, nulls placed as asked.
+pub async fn find_orders_by_several_keys_with_id_tie_break(db: &TestDb) {
+    let store = setup(db).await;
+    let data = many_items(40);
+    insert_items(store, &data).await;
+    let mut uow = store.read().await.unwrap();
+    let q = Query::all()
+        .order_by(Order::asc("qty"))
+        .order_by(Order::desc("price").with_nulls(larder::Nulls::Last))
+        .with_limit(1000);
+    let got = uow.repo::<Item>().find(&q).await.unwrap();
+    let mut expected = data.clone();
+    expected.sort_by(|a, b| {
+        a.qty
+            .cmp(&b.qty)
+            .then_with(|| match (a.price, b.price) {
+                (None, None) => std::cmp::Ordering::Equal,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (Some(x), Some(y)) => y.partial_cmp(&x).unwrap(),
+            })
+            .then_with(|| a.id.cmp(&b.id))
+    });
+    let expected_ids: Vec<String> = expected.into_iter().map(|i| i.id).collect();
+    assert_eq!(ids(&got.items), expected_ids);
+    // Text orders byte-wise: uppercase before lowercase.
+    let q = Query::all().order_by(Order::asc("name")).with_limit(1);
+    let first = uow.repo::<Item>().find(&q).await.unwrap();
+    assert_eq!(first.items[0].name, "Lime");
+}
+
+fn orderings() -> Vec<Vec<Order>> {
+    use larder::Nulls;
+    vec![
+        vec![],
+        vec![Order::asc("name")],
+        vec![Order::desc("price")],
+        vec![Order::asc("price").with_nulls(Nulls::First)],
+        vec![Order::asc("tag"), Order::desc("qty")],
+        vec![Order::desc("tag").with_nulls(Nulls::Last), Order::asc("price")],
+        vec![Order::desc("active"), Order::desc("id")],
+    ]
+}
+
+/// Keyset pages visit every matching row exactly once, in the full query's order, for
+/// ascending, descending and nullable keys.
+pub async fn keyset_pagination_visits_every_row_once(db: &TestDb) {
+    let store = setup(db).await;
+    insert_items(store, &many_items(57)).await;
+    let mut uow = store.read().await.unwrap();
+    for order in orderings() {
+        for filter in [Spec::all(), field("qty").ne(3)] {
+            let base = Query {
+                filter: filter.clone(),
+                order: order.clone(),
+                ..Query::default()
+            };
+            let full = uow
+                .repo::<Item>()
+                .find(&base.clone().with_limit(1000))
+                .await
+                .unwrap();
+            assert!(full.next.is_none());
+            let mut seen = Vec::new();
+            let mut q = base.clone().with_limit(7);
+            loop {
+                let page = uow.repo::<Item>().find(&q).await.unwrap();
+                assert!(page.items.len() <= 7);
+                seen.extend(ids(&page.items));
+                match page.next {
+                    Some(c) => q = base.clone().with_limit(7).with_after(c),
+                    None => break,
+                }
+            }
+            assert_eq!(seen, ids(&full.items), "order {order:?} filter {filter:?}");
+        }
+    }
+}
+
+/// Offset pages equal keyset pages.
+pub async fn offset_pagination_matches_keyset_pages(db: &TestDb) {
+    let store = setup(db).await;
+    insert_items(store, &many_items(23)).await;
+    let mut uow = store.read().await.unwrap();
+    let base = Query::all().order_by(Order::desc("price"));
+    let full = uow.repo::<Item>().find(&base.clone().with_limit(100)).await.unwrap();
+    let mut seen = Vec::new();
+    for page in 0..5u64 {
+        let p = uow
+            .repo::<Item>()
+            .find(&base.clone().with_limit(5).with_offset(page * 5))
+            .await
+            .unwrap();
+        seen.extend(ids(&p.items));
+    }
+    assert_eq!(seen, ids(&full.items));
+    let e = uow
+        .repo::<Item>()
+        .find(&base.clone().with_offset(1).with_after("x"))
+        .await;
+    assert!(matches!(e, Err(Error::InvalidQuery(_))), "{e:?}");
+}
+
+/// The page-size cap is enforced with a typed error.
+pub async fn page_size_over_the_cap_is_rejected(db: &TestDb) {
+    let store = setup(db).await;
+    let mut uow = store.read().await.unwrap();
+    let cap = store.config().limits.max_page_size;
+    let e = uow.repo::<Item>().find(&Query::all().with_limit(cap + 1)).await;
+    assert!(matches!(e, Err(Error::LimitExceeded { what: "page size", .. })), "{e:?}");
+    let e = uow.repo::<Item>().find(&Query::all().with_limit(0)).await;
+    assert!(matches!(e, Err(Error::InvalidQuery(_))), "{e:?}");
+}
+
+/// A cursor from another ordering, or garbage, is `InvalidCursor`.
+pub async fn foreign_cursor_is_rejected(db: &TestDb) {
+    let store = setup(db).await;
+    insert_items(store, &many_items(5)).await;
+    let mut uow = store.read().await.unwrap();
+    let p = uow
+        .repo::<Item>()
+        .find(&Query::all().order_by(Order::asc("name")).with_limit(2))
+        .await
+        .unwrap();
+    let c = p.next.unwrap();
+    let e = uow
+        .repo::<Item>()
+        .find(&Query::all().order_by(Order::asc("qty")).with_after(c))
+        .await;
+    assert!(matches!(e, Err(Error::InvalidCursor(_))), "{e:?}");
+    for junk in ["", "%%%", "eyJvIjoiMSJ9", &"A".repeat(10_000)] {
+        let e = uow.repo::<Item>().find(&Query::all().with_after(junk)).await;
+        assert!(
+            matches!(e, Err(Error::InvalidCursor(_) | Error::LimitExceeded { .. })),
+            "{junk:.20}: {e:?}"
+        );
+    }
+}
+
+/// `stream` yields every match in query order.
+pub async fn stream_yields_every_match_in_order(db: &TestDb) {
+    let store = setup(db).await;
+    insert_items(store, &many_items(120)).await;
+    let mut uow = store.read().await.unwrap();
+    for order in orderings() {
+        let q = Query {
+            filter: field("qty").ge(2),
+            order,
+            ..Query::default()
+        };
+        let full = uow.repo::<Item>().find(&q.clone().with_limit(1000)).await.unwrap();
+        let streamed: Vec<String> = uow
+            .repo::<Item>()
+            .stream(&q)
+            .map(|r| r.unwrap().id.clone())
+            .collect()
+            .await;
+        assert_eq!(streamed, ids(&full.items));
+    }
+}
+
+/// `stream` respects `limit` and starts after a cursor.
+pub async fn stream_honours_limit_and_cursor(db: &TestDb) {
+    let store = setup(db).await;
+    insert_items(store, &many_items(30)).await;
+    let mut uow = store.read().await.unwrap();
+    let q = Query::all().order_by(Order::asc("name"));
+    let first = uow.repo::<Item>().find(&q.clone().with_limit(10)).await.unwrap();
+    let rest: Vec<String> = uow
+        .repo::<Item>()
+        .stream(&q.clone().with_after(first.next.clone().unwrap()))
+        .map(|r| r.unwrap().id.clone())
+        .collect()
+        .await;
+    let full = uow.repo::<Item>().find(&q.clone().with_limit(100)).await.unwrap();
+    assert_eq!(rest, ids(&full.items)[10..]);
+    let limited = uow.repo::<Item>().stream(&q.with_limit(4)).count().await;
+    assert_eq!(limited, 4);
+}
+
+// ---------------------------------------------------------------------------------------
+// deadlines and observability
+
+/// An already expired deadline fails fast with `DeadlineExceeded`.
+pub async fn expired_deadline_fails_before_any_io(db: &TestDb) {
+    let store = setup(db).await;
+    let mut uow = store.read().await.unwrap();
+    let past = Deadline::after(Duration::ZERO);
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    let e = uow.repo::<Item>().with_deadline(past).count(&Spec::all()).await;
+    assert!(matches!(e, Err(Error::DeadlineExceeded { .. })), "{e:?}");
+    // Without the per-call deadline the same unit of work works.
+    assert_eq!(uow.repo::<Item>().count(&Spec::all()).await.unwrap(), 0);
+}
+
+/// A unit-of-work deadline bounds every call; afterwards the store is healthy.
+pub async fn uow_deadline_bounds_later_calls_and_store_stays_healthy(db: &TestDb) {
+    let store = setup(db).await;
+    let mut uow = store
+        .begin_with(UowOptions::default().with_timeout(Duration::from_millis(150)))
+        .await
+        .unwrap();
+    uow.repo::<Item>().insert(&Item::new("a", "x", 1)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let e = uow.repo::<Item>().insert(&Item::new("b", "x", 1)).await;
+    assert!(matches!(e, Err(Error::DeadlineExceeded { .. })), "{e:?}");
+    let e = uow.commit().await;
+    assert!(matches!(e, Err(Error::DeadlineExceeded { .. })), "{e:?}");
+    assert!(get_item(store, "a").await.is_none(), "nothing committed");
+    insert_items(store, &[Item::new("c", "x", 1)]).await;
+    assert!(get_item(store, "c").await.is_some());
+}
+
+/// Every operation produces one audit record with actor, correlation id and outcome.
+pub async fn audit_sink_receives_one_record_per_operation(db: &TestDb) {
+    let sink = MemoryAuditSink::new();
+    let config = StoreConfig {
+        audit: Some(Arc::new(sink.clone())),
+        ..StoreConfig::default()
+    };
+    let store = Store::with_config(db.store.backend().clone(), config);
+    store.register::<Item>().await.unwrap();
+    let mut uow = store
+        .begin_with(UowOptions::default().with_actor("alice").with_correlation_id("req-1"))
+        .await
+        .unwrap();
+    uow.repo::<Item>().insert(&Item::new("a", "x", 1)).await.unwrap();
+    let _ = uow.repo::<Item>().insert(&Item::new("a", "x", 1)).await;
+    uow.repo::<Item>().get(&"a".to_owned()).await.unwrap();
+    uow.commit().await.unwrap();
+    let recs = sink.records();
+    let ops: Vec<(&str, Result<(), &str>)> = recs.iter().map(|r| (r.operation, r.outcome)).collect();
+    assert_eq!(
+        ops,
+        [
+            ("repository.insert", Ok(())),
+            ("repository.insert", Err("already_exists")),
+            ("repository.get", Ok(())),
+            ("uow.commit", Ok(())),
+        ]
+    );
+    assert!(recs.iter().all(|r| r.actor.as_deref() == Some("alice")));
+    assert!(recs.iter().all(|r| r.correlation_id.as_deref() == Some("req-1")));
+    assert_eq!(recs[0].collection, Some("item"));
+    assert_eq!(recs[0].entity_id.as_deref(), Some("a"));
+}
+
+/// The suite's basics also pass through an `Arc<dyn Backend>` handed around by value.
+pub async fn wrappers_forward_through_arc_dyn_backend(db: &TestDb) {
+    let backend: Arc<dyn larder::backend::Backend> = db.store.backend().clone();
+    let store = Store::new(backend);
+    store.register::<Item>().await.unwrap();
+    insert_items(&store, &[Item::new("w", "x", 1)]).await;
+    assert!(get_item(&store, "w").await.is_some());
+    assert_eq!(store.backend_name(), db.backend);
+}
