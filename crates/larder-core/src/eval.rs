@@ -106,6 +106,7 @@ pub fn eval(p: &Pred, r: &Record) -> Option<bool> {
             Value::Json(serde_json::Value::Array(a)) => {
                 Some(a.iter().any(|e| e.as_str() == Some(key.as_str())))
             }
+            Value::Json(serde_json::Value::String(s)) => Some(s == key),
             Value::Json(_) => Some(false),
             _ => None,
         },

@@ -198,7 +198,8 @@ pub enum Spec {
         /// The contained JSON.
         value: serde_json::Value,
     },
-    /// The JSON object has the top-level key, or the JSON array has the string element.
+    /// The JSON object has the top-level key, the JSON array has the string element, or the
+    /// JSON string equals the key (PostgreSQL `?` semantics).
     JsonHasKey {
         /// The field.
         field: String,

@@ -635,6 +635,10 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
         }
         let (column, span) = f.column();
         if !is_usable_name(&column) {
+            if f.attrs.column.is_none() {
+                // Already reported as a bad field name.
+                continue;
+            }
             errors.err(
                 span,
                 format_args!("column name `{column}` is not usable: {NAME_RULE}"),

@@ -20,4 +20,4 @@ mod row;
 mod uow;
 
 pub use backend::PgBackend;
-pub use uow::{PgTransaction, PgUowExt};
+pub use uow::{PgTransaction, PgUowExt, classify};

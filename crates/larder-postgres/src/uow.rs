@@ -347,9 +347,20 @@ impl PgTransaction {
 
 /// Raw access to the PostgreSQL connection of a unit of work, for SQL that larder does not
 /// generate, in the same transaction.
+///
+/// ```ignore
+/// let conn = uow.postgres_bounded().await?;           // deadline armed
+/// let r = sqlx::query("SELECT 1").execute(conn).await.map_err(larder::postgres::classify)?;
+/// ```
 pub trait PgUowExt {
     /// The connection, or `None` if the unit of work is not on PostgreSQL or has finished.
+    /// Statements run on it are not bounded by the unit of work's deadline.
     fn postgres(&mut self) -> Option<&mut PgConnection>;
+
+    /// The connection with the unit of work's deadline armed (`statement_timeout`), so raw
+    /// statements are cancelled by the database when it passes; map their errors with
+    /// [`classify`](crate::classify) to get [`Error::DeadlineExceeded`].
+    fn postgres_bounded(&mut self) -> BoxFuture<'_, Result<&mut PgConnection>>;
 }
 
 impl PgUowExt for Uow {
@@ -359,4 +370,26 @@ impl PgUowExt for Uow {
             .downcast_mut::<PgTransaction>()?
             .connection()
     }
+
+    fn postgres_bounded(&mut self) -> BoxFuture<'_, Result<&mut PgConnection>> {
+        Box::pin(async move {
+            let deadline = self.deadline();
+            let tx = self
+                .backend_transaction()
+                .and_then(|t| t.as_any_mut().downcast_mut::<PgTransaction>())
+                .ok_or(Error::Unsupported {
+                    operation: "raw postgres access",
+                    backend: "this",
+                })?;
+            tx.set_deadline(deadline);
+            tx.arm().await?;
+            tx.conn()
+        })
+    }
+}
+
+/// Classifies a sqlx error from raw SQL run through [`PgUowExt`] into larder's
+/// vocabulary (deadline, transient, …), as larder's own calls do.
+pub fn classify(e: sqlx::Error) -> Error {
+    map(e, "raw")
 }

@@ -234,11 +234,11 @@ pub fn predicate(def: &EntityDef, p: &Pred, d: Dialect) -> Result<Expr> {
                 [col(def, *field), Expr::val(key.as_str())],
             ),
             // NULL stays unknown (as jsonb_exists is strict); objects match a key, arrays a
-            // string element, like PostgreSQL's `?`.
+            // string element and a string scalar itself, like PostgreSQL's `?`.
             Dialect::Sqlite => Expr::cust_with_exprs(
                 "CASE WHEN ? IS NULL THEN NULL ELSE EXISTS (SELECT 1 FROM json_each(?) AS je \
                  WHERE (json_type(?) = 'object' AND je.key = ?) \
-                 OR (json_type(?) = 'array' AND je.type = 'text' AND je.value = ?)) END",
+                 OR (json_type(?) IN ('array', 'text') AND je.type = 'text' AND je.value = ?)) END",
                 [
                     col(def, *field),
                     col(def, *field),

@@ -19,4 +19,4 @@ mod row;
 mod uow;
 
 pub use backend::SqliteBackend;
-pub use uow::{SqliteTransaction, SqliteUowExt};
+pub use uow::{SqliteTransaction, SqliteUowExt, classify};

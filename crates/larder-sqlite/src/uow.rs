@@ -338,9 +338,20 @@ impl SqliteTransaction {
 
 /// Raw access to the SQLite connection of a unit of work, for SQL that larder does not
 /// generate, in the same transaction.
+///
+/// ```ignore
+/// let conn = uow.sqlite_bounded().await?;           // deadline armed
+/// let r = sqlx::query("SELECT 1").execute(conn).await.map_err(larder::sqlite::classify)?;
+/// ```
 pub trait SqliteUowExt {
     /// The connection, or `None` if the unit of work is not on SQLite or has finished.
+    /// Statements run on it are not bounded by the unit of work's deadline.
     fn sqlite(&mut self) -> Option<&mut SqliteConnection>;
+
+    /// The connection with the unit of work's deadline armed (the progress-handler interrupt), so raw
+    /// statements are cancelled by the database when it passes; map their errors with
+    /// [`classify`](crate::classify) to get [`Error::DeadlineExceeded`].
+    fn sqlite_bounded(&mut self) -> BoxFuture<'_, Result<&mut SqliteConnection>>;
 }
 
 impl SqliteUowExt for Uow {
@@ -350,4 +361,26 @@ impl SqliteUowExt for Uow {
             .downcast_mut::<SqliteTransaction>()?
             .connection()
     }
+
+    fn sqlite_bounded(&mut self) -> BoxFuture<'_, Result<&mut SqliteConnection>> {
+        Box::pin(async move {
+            let deadline = self.deadline();
+            let tx = self
+                .backend_transaction()
+                .and_then(|t| t.as_any_mut().downcast_mut::<SqliteTransaction>())
+                .ok_or(Error::Unsupported {
+                    operation: "raw sqlite access",
+                    backend: "this",
+                })?;
+            tx.set_deadline(deadline);
+            tx.arm().await?;
+            tx.conn()
+        })
+    }
+}
+
+/// Classifies a sqlx error from raw SQL run through [`SqliteUowExt`] into larder's
+/// vocabulary (deadline, transient, …), as larder's own calls do.
+pub fn classify(e: sqlx::Error) -> Error {
+    map(e, "raw")
 }

@@ -129,14 +129,14 @@ pub mod sql {
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub mod sqlite {
-    pub use larder_sqlite::{SqliteBackend, SqliteTransaction, SqliteUowExt};
+    pub use larder_sqlite::{SqliteBackend, SqliteTransaction, SqliteUowExt, classify};
 }
 
 /// The PostgreSQL backend (`postgres://…`), with raw connection access in a unit of work.
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub mod postgres {
-    pub use larder_postgres::{PgBackend, PgTransaction, PgUowExt};
+    pub use larder_postgres::{PgBackend, PgTransaction, PgUowExt, classify};
 }
 
 /// Opens a store from a URL: `sqlite://path/to.db` (created if missing), `postgres://…`
