@@ -725,7 +725,7 @@ fn generate(
                 })?)
             },
             quote! {
-                #decode(<Self as #p::Entity>::def(), &record)
+                #decode(<Self as #p::Entity>::def(), &__larder_record)
             },
         )
     } else {
@@ -760,7 +760,7 @@ fn generate(
         (
             quote!(::core::option::Option::None),
             quote! {
-                let __larder_count = record.values.len();
+                let __larder_count = __larder_record.values.len();
                 if __larder_count != #n {
                     return ::core::result::Result::Err(#p::mapping_error(
                         #entity,
@@ -769,10 +769,10 @@ fn generate(
                     ));
                 }
                 let __larder_id: #id_ty = {
-                    let __larder_v = record.id;
+                    let __larder_v = __larder_record.id;
                     #id_conv
                 };
-                let mut __larder_values = ::core::iter::IntoIterator::into_iter(record.values);
+                let mut __larder_values = ::core::iter::IntoIterator::into_iter(__larder_record.values);
                 #(#lets)*
                 ::core::result::Result::Ok(Self { #(#inits),* })
             },
@@ -810,7 +810,7 @@ fn generate(
                 })
             }
 
-            fn from_record(record: #p::Record) -> #p::Result<Self> {
+            fn from_record(__larder_record: #p::Record) -> #p::Result<Self> {
                 #from_record
             }
         }

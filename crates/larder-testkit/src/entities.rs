@@ -75,5 +75,5 @@ pub struct Counter {
     /// Id.
     pub id: String,
     /// The count.
-    pub value: i64,
+    pub count: i64,
 }

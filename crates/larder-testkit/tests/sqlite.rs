@@ -1,0 +1,243 @@
+//! SQLite reliability: C1 busy (with its canary), C2 pragma audit, deadline interrupt.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use larder::settings::Synchronous;
+use larder::sqlite::{SqliteUowExt, classify};
+use larder::{Error, StoreConfig, UowOptions};
+use larder_testkit::backends;
+use larder_testkit::entities::Counter;
+use sqlx::Row;
+
+/// C1: 16 tasks × 1,000 read-then-write units of work on a pool of 8: zero
+/// `SQLITE_BUSY`, because write units of work begin with `BEGIN IMMEDIATE`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn read_then_write_units_of_work_never_fail_with_busy() {
+    // synchronous=NORMAL only to keep the test fast; busy handling does not depend on it.
+    let db = backends::sqlite_with(
+        "sqlite::busy",
+        |s| {
+            s.max_connections = Some(8);
+            s.sqlite.synchronous = Synchronous::Normal;
+        },
+        StoreConfig::default(),
+    )
+    .await;
+    db.store.register::<Counter>().await.unwrap();
+    let mut uow = db.store.begin().await.unwrap();
+    for i in 0..16 {
+        uow.repo::<Counter>()
+            .insert(&Counter {
+                id: format!("c{i}"),
+                count: 0,
+            })
+            .await
+            .unwrap();
+    }
+    uow.commit().await.unwrap();
+    let busy = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for t in 0..16 {
+        let store = db.store.clone();
+        let busy = busy.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..1_000 {
+                // Read one counter, write another: the classic deferred-BEGIN trap.
+                let mut uow = store.begin().await.unwrap();
+                let r = async {
+                    let seen = uow.repo::<Counter>().require(&format!("c{}", (t + i) % 16)).await?;
+                    let mut mine = uow.repo::<Counter>().require(&format!("c{t}")).await?;
+                    mine.count += seen.count % 2 + 1;
+                    uow.repo::<Counter>().save(&mut mine).await?;
+                    Ok::<_, Error>(())
+                }
+                .await;
+                match r {
+                    Ok(()) => uow.commit().await.unwrap(),
+                    Err(Error::Transient { .. }) => {
+                        busy.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(busy.load(Ordering::Relaxed), 0, "SQLITE_BUSY seen");
+    db.finish().await;
+}
+
+/// C1 canary: the same read-then-write pattern with a plain deferred `BEGIN` (raw sqlx,
+/// same pragmas) does hit `SQLITE_BUSY`, so the harness can see the failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn canary_deferred_begin_hits_busy() {
+    let db = backends::sqlite_with(
+        "sqlite::busy_canary",
+        |s| {
+            s.max_connections = Some(8);
+            s.sqlite.synchronous = Synchronous::Normal;
+        },
+        StoreConfig::default(),
+    )
+    .await;
+    let pool = {
+        let backend = db.store.backend().clone();
+        let _ = backend;
+        let path = db.sqlite_path.clone().unwrap();
+        let opts = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&path)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+            .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5));
+        sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(opts)
+            .await
+            .unwrap()
+    };
+    sqlx::query("CREATE TABLE c (id INTEGER PRIMARY KEY, v INTEGER NOT NULL)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    for i in 0..16 {
+        sqlx::query("INSERT INTO c VALUES (?, 0)").bind(i).execute(&pool).await.unwrap();
+    }
+    let busy = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for t in 0..16i64 {
+        let pool = pool.clone();
+        let busy = busy.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..200i64 {
+                let mut tx = pool.begin().await.unwrap(); // deferred BEGIN: the bug
+                let r = async {
+                    let v: i64 = sqlx::query("SELECT v FROM c WHERE id = ?")
+                        .bind((t + i) % 16)
+                        .fetch_one(&mut *tx)
+                        .await?
+                        .get(0);
+                    tokio::task::yield_now().await;
+                    sqlx::query("UPDATE c SET v = v + ? WHERE id = ?")
+                        .bind(v % 2 + 1)
+                        .bind(t)
+                        .execute(&mut *tx)
+                        .await?;
+                    Ok::<_, sqlx::Error>(())
+                }
+                .await;
+                match r {
+                    Ok(()) => {
+                        if tx.commit().await.is_err() {
+                            busy.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Err(sqlx::Error::Database(e)) if e.code().is_some_and(|c| c.parse::<u32>().unwrap_or(0) & 0xff == 5) => {
+                        busy.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let n = busy.load(Ordering::Relaxed);
+    eprintln!("canary: {n} SQLITE_BUSY errors with deferred BEGIN");
+    assert!(n > 0, "the deferred-BEGIN canary saw no SQLITE_BUSY: the busy harness is blind");
+    pool.close().await;
+    db.finish().await;
+}
+
+async fn audit(synchronous: Synchronous, expected_sync: i64) {
+    let db = backends::sqlite_with(
+        "sqlite::pragmas",
+        |s| {
+            s.max_connections = Some(8);
+            s.min_connections = 0;
+            s.sqlite.synchronous = synchronous;
+            s.sqlite.busy_timeout = Duration::from_millis(4321);
+        },
+        StoreConfig::default(),
+    )
+    .await;
+    // Hold 8 units of work at once so every pooled connection is inspected.
+    let mut uows = Vec::new();
+    for _ in 0..8 {
+        uows.push(db.store.read().await.unwrap());
+    }
+    for uow in &mut uows {
+        let conn = uow.sqlite().unwrap();
+        let get = async |conn: &mut sqlx::SqliteConnection, p: &'static str| -> String {
+            let row = sqlx::query(p).fetch_one(conn).await.unwrap();
+            row.try_get::<String, _>(0)
+                .or_else(|_| row.try_get::<i64, _>(0).map(|i| i.to_string()))
+                .unwrap()
+        };
+        assert_eq!(get(conn, "PRAGMA journal_mode").await, "wal");
+        assert_eq!(get(conn, "PRAGMA synchronous").await, expected_sync.to_string());
+        assert_eq!(get(conn, "PRAGMA foreign_keys").await, "1");
+        assert_eq!(get(conn, "PRAGMA busy_timeout").await, "4321");
+    }
+    for uow in uows {
+        uow.commit().await.unwrap();
+    }
+    db.finish().await;
+}
+
+/// C2: every pooled connection has WAL, synchronous=FULL, foreign keys and the busy
+/// timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_pooled_connection_has_the_pragmas() {
+    audit(Synchronous::Full, 2).await;
+}
+
+/// C2: `synchronous=NORMAL` only when configured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synchronous_normal_only_when_configured() {
+    audit(Synchronous::Normal, 1).await;
+}
+
+/// A long statement is interrupted at the deadline; the connection stays usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadline_interrupts_a_long_statement() {
+    let db = backends::sqlite("sqlite::deadline").await.unwrap();
+    db.store.register::<Counter>().await.unwrap();
+    let started = Instant::now();
+    let mut uow = db
+        .store
+        .begin_with(UowOptions::default().with_timeout(Duration::from_millis(300)))
+        .await
+        .unwrap();
+    let conn = uow.sqlite_bounded().await.unwrap();
+    let r = sqlx::query(
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 2000000000) \
+         SELECT count(*) FROM c",
+    )
+    .execute(conn)
+    .await
+    .map_err(classify);
+    assert!(matches!(r, Err(Error::DeadlineExceeded { .. })), "{r:?}");
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    drop(uow);
+    // Every connection of the pool still works, with or without deadlines.
+    for _ in 0..6 {
+        let mut uow = db.store.begin().await.unwrap();
+        uow.repo::<Counter>()
+            .insert(&Counter {
+                id: uuid::Uuid::new_v4().to_string(),
+                count: 1,
+            })
+            .await
+            .unwrap();
+        uow.commit().await.unwrap();
+    }
+    let mut uow = db.store.read().await.unwrap();
+    assert_eq!(uow.repo::<Counter>().count(&larder::Spec::all()).await.unwrap(), 6);
+    drop(uow);
+    db.finish().await;
+}
