@@ -166,6 +166,13 @@ impl Query {
         }
     }
 
+    /// Parses the JSON form (as an HTTP API receives it). Malformed JSON, unknown keys,
+    /// unknown operators or directions, and nesting deeper than serde_json's recursion limit
+    /// are [`Error::InvalidQuery`]; fields and values are checked when the query runs.
+    pub fn from_json(json: &str) -> Result<Query> {
+        serde_json::from_str(json).map_err(|e| Error::InvalidQuery(format!("malformed query: {e}")))
+    }
+
     /// Every entity, ordered by id.
     pub fn all() -> Query {
         Query::default()

@@ -328,6 +328,13 @@ impl FieldExpr {
 }
 
 impl Spec {
+    /// Parses the JSON form (see the [module docs](self)); errors are
+    /// [`Error::InvalidQuery`].
+    pub fn from_json(json: &str) -> Result<Spec> {
+        serde_json::from_str(json)
+            .map_err(|e| Error::InvalidQuery(format!("malformed specification: {e}")))
+    }
+
     /// Matches everything.
     pub fn all() -> Spec {
         Spec::All

@@ -14,7 +14,7 @@ use crate::error::{BACKEND, map};
 use crate::uow::PgTransaction;
 
 /// The PostgreSQL backend: a pool of connections to one database.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PgBackend {
     pool: PgPool,
     caps: Capabilities,
@@ -22,6 +22,18 @@ pub struct PgBackend {
 }
 
 const DEFAULT_MAX_CONNECTIONS: u32 = 8;
+
+// Hand-written: connection options can hold a password; print only what is safe.
+impl std::fmt::Debug for PgBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgBackend")
+            .field("size", &self.pool.size())
+            .field("idle", &self.pool.num_idle())
+            .field("closed", &self.pool.is_closed())
+            .field("capabilities", &self.caps)
+            .finish()
+    }
+}
 
 impl PgBackend {
     /// Connects to `settings.database_url` (`postgres://user:password@host:port/db?…`).

@@ -16,7 +16,7 @@ use crate::error::{BACKEND, map};
 use crate::uow::SqliteTransaction;
 
 /// The SQLite backend: a pool of connections to one database file.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SqliteBackend {
     pool: SqlitePool,
     caps: Capabilities,
@@ -24,6 +24,18 @@ pub struct SqliteBackend {
 }
 
 const DEFAULT_MAX_CONNECTIONS: u32 = 4;
+
+// Hand-written: connection options can hold a password; print only what is safe.
+impl std::fmt::Debug for SqliteBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteBackend")
+            .field("size", &self.pool.size())
+            .field("idle", &self.pool.num_idle())
+            .field("closed", &self.pool.is_closed())
+            .field("capabilities", &self.caps)
+            .finish()
+    }
+}
 
 impl SqliteBackend {
     /// Opens (creating if missing) the database named by `settings.database_url`:
