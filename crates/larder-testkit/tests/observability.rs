@@ -1,0 +1,142 @@
+//! Every storage operation is a `larder.<component>.<operation>` span with OpenTelemetry
+//! database attributes, the unit of work's actor and correlation id, rows, and the error
+//! type on failure; query text only when opted in.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use larder::{Query, Settings, UowOptions, field};
+use larder_testkit::backends;
+use larder_testkit::entities::Item;
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
+
+#[derive(Debug, Clone, Default)]
+struct Captured {
+    name: &'static str,
+    fields: HashMap<String, String>,
+}
+
+#[derive(Clone, Default)]
+struct Spans(Arc<Mutex<HashMap<u64, Captured>>>, Arc<Mutex<Vec<u64>>>);
+
+struct V<'a>(&'a mut HashMap<String, String>);
+
+impl Visit for V<'_> {
+    fn record_debug(&mut self, f: &Field, v: &dyn std::fmt::Debug) {
+        self.0.insert(f.name().to_owned(), format!("{v:?}").trim_matches('"').to_owned());
+    }
+    fn record_str(&mut self, f: &Field, v: &str) {
+        self.0.insert(f.name().to_owned(), v.to_owned());
+    }
+}
+
+impl<S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>> Layer<S> for Spans {
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, _: Context<'_, S>) {
+        let mut c = Captured {
+            name: attrs.metadata().name(),
+            ..Captured::default()
+        };
+        attrs.record(&mut V(&mut c.fields));
+        self.0.lock().unwrap().insert(id.into_u64(), c);
+        self.1.lock().unwrap().push(id.into_u64());
+    }
+    fn on_record(&self, id: &Id, values: &Record<'_>, _: Context<'_, S>) {
+        if let Some(c) = self.0.lock().unwrap().get_mut(&id.into_u64()) {
+            values.record(&mut V(&mut c.fields));
+        }
+    }
+}
+
+impl Spans {
+    fn all(&self) -> Vec<Captured> {
+        let map = self.0.lock().unwrap();
+        self.1.lock().unwrap().iter().filter_map(|id| map.get(id).cloned()).collect()
+    }
+    fn clear(&self) {
+        self.0.lock().unwrap().clear();
+        self.1.lock().unwrap().clear();
+    }
+}
+
+async fn exercise(store: &larder::Store, system: &str, spans: &Spans, expect_query_text: bool) {
+    store.register::<Item>().await.unwrap();
+    spans.clear();
+    let mut uow = store
+        .begin_with(UowOptions::default().with_actor("alice").with_correlation_id("req-7"))
+        .await
+        .unwrap();
+    uow.repo::<Item>().insert(&Item::new("a", "x", 1)).await.unwrap();
+    let dup = uow.repo::<Item>().insert(&Item::new("a", "x", 1)).await;
+    assert!(dup.is_err());
+    let page = uow.repo::<Item>().find(&Query::new(field("name").eq("x"))).await.unwrap();
+    assert_eq!(page.items.len(), 1);
+    uow.commit().await.unwrap();
+
+    let all = spans.all();
+    let names: Vec<&str> = all.iter().map(|c| c.name).collect();
+    assert_eq!(
+        names,
+        [
+            "larder.uow.begin",
+            "larder.repository.insert",
+            "larder.repository.insert",
+            "larder.repository.find",
+            "larder.uow.commit"
+        ],
+        "{system}"
+    );
+    for c in &all {
+        assert_eq!(c.fields.get("db.system.name").map(String::as_str), Some(system), "{c:?}");
+        assert_eq!(c.fields.get("larder.actor").map(String::as_str), Some("alice"), "{c:?}");
+        assert_eq!(c.fields.get("larder.correlation_id").map(String::as_str), Some("req-7"), "{c:?}");
+        assert!(c.fields.contains_key("db.operation.name"), "{c:?}");
+    }
+    let ins = &all[1];
+    assert_eq!(ins.fields["db.operation.name"], "insert");
+    assert_eq!(ins.fields["db.collection.name"], "items");
+    assert!(!ins.fields.contains_key("error.type"));
+    assert_eq!(all[2].fields["error.type"], "already_exists");
+    assert!(all[2].fields["error.message"].contains("already exists"));
+    assert_eq!(all[3].fields["db.response.returned_rows"], "1");
+    assert_eq!(
+        all[3].fields.contains_key("db.query.text"),
+        expect_query_text,
+        "{system}: {:?}",
+        all[3]
+    );
+    if expect_query_text {
+        let q = &all[3].fields["db.query.text"];
+        assert!(q.contains("SELECT") && !q.contains("'x'"), "parameterized text only: {q}");
+    }
+}
+
+#[tokio::test]
+async fn every_operation_is_a_span_with_db_attributes() {
+    let spans = Spans::default();
+    let subscriber = tracing_subscriber::registry().with(spans.clone());
+    let _g = tracing::subscriber::set_default(subscriber);
+
+    let mem = backends::memory("observability::memory").await.unwrap();
+    exercise(&mem.store, "memory", &spans, false).await;
+
+    let lite = backends::sqlite("observability::sqlite").await.unwrap();
+    exercise(&lite.store, "sqlite", &spans, false).await;
+    lite.finish().await;
+
+    // Opt in to query text.
+    let traced = backends::sqlite_with(
+        "observability::sqlite_text",
+        |s: &mut Settings| s.record_query_text = true,
+        larder::StoreConfig::default(),
+    )
+    .await;
+    exercise(&traced.store, "sqlite", &spans, true).await;
+    traced.finish().await;
+
+    if let Some(pg) = backends::postgres("observability::postgres").await {
+        exercise(&pg.store, "postgresql", &spans, false).await;
+        pg.finish().await;
+    }
+}
