@@ -1,1 +1,297 @@
-fn main() {}
+//! A small order-management service on larder, running on embedded SQLite (no server).
+//!
+//! ```text
+//! cargo run -p examples --example order_service
+//! LARDER_DATABASE_URL=postgres://postgres@127.0.0.1/test cargo run -p examples --example order_service
+//! RUST_LOG=larder=info cargo run -p examples --example order_service   # see the spans
+//! ```
+//!
+//! It shows: entities stored as a document and as mapped columns, a unit of work spanning
+//! two repositories, specification queries with ordering and keyset pagination, streaming,
+//! and an optimistic-concurrency conflict resolved by retrying.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result, ensure};
+use larder::{
+    Entity, Error, Order as Sort, Query, Settings, Spec, TransactionOptions, Uow, UowOptions, field,
+};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+// # Step 1: the domain
+//
+// A customer is stored as mapped columns (one column per field); an order is a document
+// (the whole struct as JSON) whose `customer_id`, `status` and `total_cents` are real,
+// indexed columns that specifications can query.
+
+/// A customer with a credit limit.
+#[derive(Debug, Clone, PartialEq, Entity)]
+#[larder(table = "customers")]
+struct Customer {
+    id: Uuid,
+    #[larder(indexed)]
+    email: String,
+    name: String,
+    #[larder(column = "credit_limit")]
+    credit_limit_cents: i64,
+}
+
+/// One line of an order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Line {
+    sku: String,
+    qty: i64,
+    price_cents: i64,
+}
+
+/// An order, with its lines in the document body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Entity)]
+#[larder(table = "orders", document)]
+struct Order {
+    id: Uuid,
+    #[larder(indexed)]
+    customer_id: Uuid,
+    #[larder(indexed)]
+    status: String,
+    #[larder(indexed)]
+    total_cents: i64,
+    lines: Vec<Line>,
+}
+
+impl Order {
+    fn new(customer_id: Uuid, lines: Vec<Line>) -> Order {
+        let mut o = Order {
+            id: Uuid::now_v7(),
+            customer_id,
+            status: "open".into(),
+            total_cents: 0,
+            lines,
+        };
+        o.recompute();
+        o
+    }
+
+    fn recompute(&mut self) {
+        self.total_cents = self.lines.iter().map(|l| l.qty * l.price_cents).sum();
+    }
+}
+
+fn line(sku: &str, qty: i64, price_cents: i64) -> Line {
+    Line {
+        sku: sku.into(),
+        qty,
+        price_cents,
+    }
+}
+
+// # Step 2: a use case = one unit of work across two repositories
+//
+// Placing an order reads the customer, sums their open orders, checks the credit limit and
+// inserts the order: all in one transaction. Any error rolls everything back.
+
+async fn place_order(uow: &mut Uow, customer_id: Uuid, lines: Vec<Line>) -> Result<Order> {
+    let customer = uow.repo::<Customer>().require(&customer_id).await?;
+    let open = Query::new(
+        field("customer_id")
+            .eq(customer_id)
+            .and(field("status").eq("open")),
+    );
+    let mut exposure = 0;
+    let mut page = uow
+        .repo::<Order>()
+        .find(&open.clone().with_limit(100))
+        .await?;
+    loop {
+        exposure += page.items.iter().map(|o| o.total_cents).sum::<i64>();
+        match page.next {
+            Some(cursor) => {
+                page = uow
+                    .repo::<Order>()
+                    .find(&open.clone().with_limit(100).with_after(cursor))
+                    .await?
+            }
+            None => break,
+        }
+    }
+    let order = Order::new(customer_id, lines);
+    ensure!(
+        exposure + order.total_cents <= customer.credit_limit_cents,
+        "credit limit of {} exceeded: {} open + {} new > {}",
+        customer.name,
+        exposure,
+        order.total_cents,
+        customer.credit_limit_cents
+    );
+    uow.repo::<Order>().insert(&order).await?;
+    Ok(order)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .init();
+
+    // # Step 3: open the store
+    //
+    // Settings come from the environment (`LARDER_DATABASE_URL`, …); without any, this
+    // example uses a fresh SQLite file next to the build output.
+    let mut settings = Settings::from_env()?;
+    if std::env::var_os("LARDER_DATABASE_URL").is_none() {
+        let path = std::env::temp_dir().join("larder-order-service.db");
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+        settings.database_url = larder::DatabaseUrl::new(format!("sqlite://{}", path.display()));
+    }
+    println!("store: {}", settings.database_url); // Display redacts passwords
+    let store = larder::connect(&settings).await?;
+    store.register::<Customer>().await?;
+    store.register::<Order>().await?;
+
+    // # Step 4: create a customer and place orders
+    let ada = Customer {
+        id: Uuid::now_v7(),
+        email: format!("ada+{}@example.com", Uuid::now_v7().simple()),
+        name: "Ada".into(),
+        credit_limit_cents: 50_000,
+    };
+    let ada_id = ada.id;
+    let mut uow = store
+        .begin_with(
+            UowOptions::default()
+                .with_actor("example")
+                .with_correlation_id("setup"),
+        )
+        .await?;
+    uow.repo::<Customer>().insert(&ada).await?;
+    uow.commit().await?;
+
+    let baskets = [
+        vec![line("tea", 2, 450), line("cup", 1, 1_200)],
+        vec![line("kettle", 1, 3_900)],
+        vec![line("tea", 10, 450)],
+        vec![line("pot", 1, 2_500), line("tea", 4, 450)],
+        vec![line("mug", 6, 800)],
+        vec![line("espresso machine", 1, 39_000)], // over the limit: rolled back
+    ];
+    for basket in baskets {
+        let mut uow = store.begin().await?;
+        match place_order(&mut uow, ada_id, basket).await {
+            Ok(order) => {
+                uow.commit().await?;
+                println!("placed order {} for {} cents", order.id, order.total_cents);
+            }
+            Err(e) => {
+                uow.rollback().await?;
+                println!("rejected: {e}");
+            }
+        }
+    }
+
+    // # Step 5: specification queries, ordering and keyset pages
+    let mut uow = store.read().await?;
+    let big_tea_orders = Query::new(
+        field("customer_id")
+            .eq(ada_id)
+            .and(field("total_cents").ge(2_000))
+            .and(field("status").is_in(["open", "paid"])),
+    )
+    .order_by(Sort::desc("total_cents"))
+    .with_limit(2);
+    let mut page = uow.repo::<Order>().find(&big_tea_orders).await?;
+    let mut n = 1;
+    loop {
+        let totals: Vec<i64> = page.items.iter().map(|o| o.total_cents).collect();
+        println!("page {n}: totals {totals:?}");
+        let Some(cursor) = page.next else { break };
+        page = uow
+            .repo::<Order>()
+            .find(&big_tea_orders.clone().with_after(cursor))
+            .await?;
+        n += 1;
+    }
+    // The same filter as an HTTP API would receive it.
+    let json = r#"{"op":"and","of":[{"op":"eq","field":"status","value":"open"},{"op":"lt","field":"total_cents","value":3000}]}"#;
+    let small = uow.repo::<Order>().count(&Spec::from_json(json)?).await?;
+    println!("small open orders: {small}");
+    uow.commit().await?;
+
+    // # Step 6: a conflict, and the retry that resolves it
+    //
+    // Two clerks load the same order and both add a line. The second save is stale: larder
+    // refuses it with `Error::Conflict` instead of silently losing the first clerk's line.
+    let order_id = {
+        let mut uow = store.read().await?;
+        let first = uow
+            .repo::<Order>()
+            .find(&Query::new(field("customer_id").eq(ada_id)).with_limit(1))
+            .await?;
+        first.items.first().context("no order")?.id
+    };
+    let mut clerk_a = store.begin().await?;
+    let mut a = clerk_a.repo::<Order>().require(&order_id).await?;
+    a.lines.push(line("biscuits", 1, 300));
+    a.recompute();
+    clerk_a.repo::<Order>().save(&mut a).await?;
+    clerk_a.commit().await?;
+
+    let stale_version = a.version - 1;
+    let mut clerk_b = store.begin().await?;
+    let mut b = clerk_b.repo::<Order>().require(&order_id).await?;
+    b.version = stale_version; // as if B had loaded it before A saved
+    b.lines.push(line("honey", 1, 700));
+    b.recompute();
+    match clerk_b.repo::<Order>().save(&mut b).await {
+        Err(e @ Error::Conflict { .. }) => println!("clerk B: {e}"),
+        other => anyhow::bail!("expected a conflict, got {other:?}"),
+    }
+    clerk_b.rollback().await?;
+
+    // The fix: run the use case in `transaction` with retry on conflict; each attempt
+    // reloads the order, so the retry applies B's change on top of A's.
+    let retries = TransactionOptions::default().with_retry_on_conflict(true);
+    let attempts = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counter = attempts.clone();
+    let honey_total = store
+        .transaction_with(
+            UowOptions::default().with_actor("clerk-b"),
+            &retries,
+            |uow| {
+                let counter = counter.clone();
+                Box::pin(async move {
+                    let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let mut o = uow.repo::<Order>().require(&order_id).await?;
+                    if n == 0 {
+                        o.version = stale_version; // the first attempt is still stale
+                    }
+                    o.lines.push(line("honey", 1, 700));
+                    o.recompute();
+                    uow.repo::<Order>().save(&mut o).await?;
+                    Ok::<_, Error>(o.total_cents)
+                })
+            },
+        )
+        .await?;
+    println!(
+        "clerk B succeeded after {} attempts; order total is now {honey_total} cents",
+        attempts.load(std::sync::atomic::Ordering::SeqCst)
+    );
+
+    // # Step 7: stream everything (constant memory) to compute revenue
+    use futures_util::StreamExt;
+    let mut uow = store.read().await?;
+    let mut revenue = 0;
+    let mut orders = uow
+        .repo::<Order>()
+        .stream(&Query::new(field("customer_id").eq(ada_id)));
+    while let Some(order) = orders.next().await {
+        revenue += order?.total_cents;
+    }
+    drop(orders);
+    uow.commit().await?;
+    println!("revenue from Ada: {revenue} cents");
+    store.close().await;
+    Ok(())
+}

@@ -1,1 +1,203 @@
-fn main() {}
+//! The `larder` command-line tool.
+//!
+//! ```text
+//! larder doctor                 check the configured store and print its settings
+//! larder settings               print the effective settings (secrets redacted)
+//! ```
+//!
+//! Every command reads `--database-url`, else `LARDER_DATABASE_URL`, else the TOML file
+//! named by `--config` / `LARDER_CONFIG`, else `sqlite://larder.db`. Migrations
+//! (`larder migrate …`) arrive with the migrations module.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use larder::settings::{DatabaseUrl, Settings};
+use sqlx::Row;
+
+/// larder: the persistence toolkit's command-line tool.
+#[derive(Debug, Parser)]
+#[command(name = "larder", version, about, long_about = None)]
+struct Cli {
+    /// Database URL: sqlite://path, postgres://user:password@host/db or memory://
+    /// [default: sqlite://larder.db]
+    #[arg(
+        long,
+        global = true,
+        env = "LARDER_DATABASE_URL",
+        hide_env_values = true
+    )]
+    database_url: Option<String>,
+
+    /// TOML settings file (see the larder docs for its sections)
+    #[arg(long, global = true, env = "LARDER_CONFIG")]
+    config: Option<PathBuf>,
+
+    /// Print machine-readable JSON instead of text
+    #[arg(long, global = true)]
+    json: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Connect to the store, run a round trip, and report the backend, its capabilities
+    /// and durability settings. Exits non-zero when the store is unreachable.
+    Doctor,
+    /// Print the effective settings, with passwords redacted
+    Settings,
+}
+
+fn settings(cli: &Cli) -> Result<Settings> {
+    let mut s = match &cli.config {
+        Some(path) => Settings::from_file(path)?,
+        None => Settings::from_env()?,
+    };
+    if let Some(url) = &cli.database_url {
+        s.database_url = DatabaseUrl::new(url.clone());
+    }
+    Ok(s)
+}
+
+async fn durability(store: &larder::Store) -> Result<Vec<(String, String)>> {
+    use larder::postgres::PgUowExt;
+    use larder::sqlite::SqliteUowExt;
+    let mut uow = store.read().await?;
+    let mut out = Vec::new();
+    if let Some(conn) = uow.sqlite() {
+        for p in [
+            "journal_mode",
+            "synchronous",
+            "foreign_keys",
+            "busy_timeout",
+        ] {
+            // Pragma names are constants of this list, not input.
+            let row = sqlx::query(sqlx::AssertSqlSafe(format!("PRAGMA {p}")))
+                .fetch_one(&mut *conn)
+                .await?;
+            let v = row
+                .try_get::<String, _>(0)
+                .or_else(|_| row.try_get::<i64, _>(0).map(|i| i.to_string()))?;
+            out.push((p.to_owned(), v));
+        }
+        let v: String = sqlx::query("SELECT sqlite_version()")
+            .fetch_one(&mut *conn)
+            .await?
+            .get(0);
+        out.push(("sqlite_version".into(), v));
+    } else if let Some(conn) = uow.postgres() {
+        for (k, q) in [
+            ("server_version", "SHOW server_version"),
+            ("fsync", "SHOW fsync"),
+            ("synchronous_commit", "SHOW synchronous_commit"),
+            (
+                "default_transaction_isolation",
+                "SHOW default_transaction_isolation",
+            ),
+        ] {
+            let v: String = sqlx::query(q).fetch_one(&mut *conn).await?.get(0);
+            out.push((k.to_owned(), v));
+        }
+    }
+    uow.commit().await?;
+    Ok(out)
+}
+
+async fn doctor(cli: &Cli) -> Result<()> {
+    let s = settings(cli)?;
+    let started = Instant::now();
+    let store = larder::connect(&s)
+        .await
+        .with_context(|| format!("cannot open {}", s.database_url))?;
+    let connect_ms = started.elapsed().as_secs_f64() * 1e3;
+    let started = Instant::now();
+    let uow = store.read().await?;
+    uow.commit().await?;
+    let round_trip_ms = started.elapsed().as_secs_f64() * 1e3;
+    let caps = store.capabilities().clone();
+    let settings = durability(&store).await?;
+    store.close().await;
+    if cli.json {
+        let obj = serde_json::json!({
+            "ok": true,
+            "url": s.database_url.to_string(),
+            "backend": store.backend_name(),
+            "connect_ms": connect_ms,
+            "round_trip_ms": round_trip_ms,
+            "capabilities": {
+                "regex": caps.regex,
+                "json_contains": caps.json_contains,
+                "concurrent_writers": caps.concurrent_writers,
+                "server_side_cancel": caps.server_side_cancel,
+            },
+            "settings": settings
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str())))
+                .collect::<serde_json::Map<String, serde_json::Value>>(),
+        });
+        println!("{obj}");
+    } else {
+        println!("ok        {} ({})", s.database_url, store.backend_name());
+        println!("connect   {connect_ms:.1} ms, empty unit of work {round_trip_ms:.1} ms");
+        println!(
+            "supports  regex: {}, json_contains: {}, concurrent writers: {}, server-side cancel: {}",
+            caps.regex, caps.json_contains, caps.concurrent_writers, caps.server_side_cancel
+        );
+        for (k, v) in settings {
+            println!("{k:<30}{v}");
+        }
+    }
+    Ok(())
+}
+
+fn print_settings(cli: &Cli) -> Result<()> {
+    let s = settings(cli)?;
+    if cli.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "database_url": s.database_url.to_string(),
+                "max_connections": s.max_connections,
+                "min_connections": s.min_connections,
+                "acquire_timeout_ms": s.acquire_timeout.as_millis(),
+                "default_deadline_ms": s.default_deadline.map(|d| d.as_millis()),
+                "sqlite_synchronous": format!("{:?}", s.sqlite.synchronous).to_lowercase(),
+                "sqlite_busy_timeout_ms": s.sqlite.busy_timeout.as_millis(),
+                "record_query_text": s.record_query_text,
+                "max_page_size": s.max_page_size,
+            })
+        );
+    } else {
+        println!("{s:#?}");
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.command {
+        Command::Doctor => doctor(&cli).await,
+        Command::Settings => print_settings(&cli),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}` prints the cause chain; larder errors never contain passwords.
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": false, "error": format!("{e:#}")})
+                );
+            } else {
+                eprintln!("error: {e:#}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

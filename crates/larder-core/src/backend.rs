@@ -129,7 +129,11 @@ pub trait Transaction: Send {
     fn set_deadline(&mut self, deadline: Option<Deadline>);
 
     /// Inserts a new row with `record.version` (1).
-    fn insert<'a>(&'a mut self, def: &'a EntityDef, record: &'a Record) -> BoxFuture<'a, Result<()>>;
+    fn insert<'a>(
+        &'a mut self,
+        def: &'a EntityDef,
+        record: &'a Record,
+    ) -> BoxFuture<'a, Result<()>>;
 
     /// Replaces the row if its version is `expected`; the record carries the new version.
     fn update<'a>(
@@ -148,13 +152,21 @@ pub trait Transaction: Send {
     ) -> BoxFuture<'a, Result<()>>;
 
     /// Reads the rows with these ids (missing ids are skipped; order unspecified).
-    fn get_many<'a>(&'a mut self, def: &'a EntityDef, ids: &'a [Value]) -> BoxFuture<'a, Result<Vec<Record>>>;
+    fn get_many<'a>(
+        &'a mut self,
+        def: &'a EntityDef,
+        ids: &'a [Value],
+    ) -> BoxFuture<'a, Result<Vec<Record>>>;
 
     /// Counts rows matching the predicate.
     fn count<'a>(&'a mut self, def: &'a EntityDef, filter: &'a Pred) -> BoxFuture<'a, Result<u64>>;
 
     /// Runs a plan and returns its rows, in order.
-    fn select<'a>(&'a mut self, def: &'a EntityDef, plan: &'a Select) -> BoxFuture<'a, Result<Vec<Record>>>;
+    fn select<'a>(
+        &'a mut self,
+        def: &'a EntityDef,
+        plan: &'a Select,
+    ) -> BoxFuture<'a, Result<Vec<Record>>>;
 
     /// Runs a plan and streams its rows in order, in constant memory.
     fn stream<'a>(&'a mut self, def: &'a EntityDef, plan: Select) -> BoxStream<'a, Result<Record>>;

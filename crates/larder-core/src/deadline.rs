@@ -76,7 +76,9 @@ pub async fn bounded<T>(
         Some(d) => {
             Deadline::check(Some(d), operation)?;
             match tokio::time::timeout_at(d.0 + CLIENT_GRACE, fut).await {
-                Ok(Err(Error::DeadlineExceeded { .. })) => Err(Error::DeadlineExceeded { operation }),
+                Ok(Err(Error::DeadlineExceeded { .. })) => {
+                    Err(Error::DeadlineExceeded { operation })
+                }
                 Ok(r) => r,
                 Err(_) => Err(Error::DeadlineExceeded { operation }),
             }

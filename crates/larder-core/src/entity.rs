@@ -118,9 +118,15 @@ impl EntityDef {
             reason,
         };
         if !is_safe_identifier(self.table) || self.table.starts_with("_larder") {
-            return Err(bad(format!("table name `{}` is not a safe identifier", self.table)));
+            return Err(bad(format!(
+                "table name `{}` is not a safe identifier",
+                self.table
+            )));
         }
-        if !matches!(self.id.ty, FieldType::Int | FieldType::Text | FieldType::Uuid) {
+        if !matches!(
+            self.id.ty,
+            FieldType::Int | FieldType::Text | FieldType::Uuid
+        ) {
             return Err(bad("the id must be int, text or uuid".into()));
         }
         if self.id.nullable {
@@ -138,7 +144,10 @@ impl EntityDef {
                 }
             }
             if columns.contains(&f.column) {
-                return Err(bad(format!("column `{}` is used twice or reserved", f.column)));
+                return Err(bad(format!(
+                    "column `{}` is used twice or reserved",
+                    f.column
+                )));
             }
             if names.contains(&f.name) {
                 return Err(bad(format!("field `{}` is declared twice", f.name)));
@@ -305,7 +314,8 @@ mod tests {
         d.fields.push(FieldDef::new("version", FieldType::Int));
         assert!(d.validate().is_err());
         let mut d = def();
-        d.fields.push(FieldDef::new("status", FieldType::Int).with_column("s2"));
+        d.fields
+            .push(FieldDef::new("status", FieldType::Int).with_column("s2"));
         assert!(d.validate().is_err());
     }
 }

@@ -60,9 +60,7 @@ pub fn eval(p: &Pred, r: &Record) -> Option<bool> {
             if v.is_null() {
                 return None;
             }
-            let found = values
-                .iter()
-                .any(|x| v.sql_cmp(x) == Some(Ordering::Equal));
+            let found = values.iter().any(|x| v.sql_cmp(x) == Some(Ordering::Equal));
             Some(found != *negated)
         }
         Pred::Between {
@@ -134,7 +132,7 @@ pub fn like_match(s: &str, pattern: &str, ci: bool) -> bool {
     let s: Vec<char> = s.chars().collect();
     let eq = |a: char, b: char| {
         if ci {
-            a.to_ascii_lowercase() == b.to_ascii_lowercase()
+            a.eq_ignore_ascii_case(&b)
         } else {
             a == b
         }
@@ -286,7 +284,11 @@ mod tests {
 
     #[test]
     fn json_containment_follows_postgres() {
-        assert!(json_contains(&json!({"a":1,"b":[1,2]}), &json!({"b":[2]}), true));
+        assert!(json_contains(
+            &json!({"a":1,"b":[1,2]}),
+            &json!({"b":[2]}),
+            true
+        ));
         assert!(json_contains(&json!([1, 2, 3]), &json!([3, 1]), true));
         assert!(json_contains(&json!(["a", "b"]), &json!("a"), true));
         assert!(!json_contains(&json!({"a":1}), &json!({"a":2}), true));

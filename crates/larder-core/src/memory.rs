@@ -170,9 +170,7 @@ impl MemoryTx {
     fn state_mut(&mut self) -> Result<&mut State> {
         match self.guard.as_mut() {
             Some(Guard::Write(g)) => Ok(g),
-            _ => Err(Error::ReadOnly {
-                operation: "write",
-            }),
+            _ => Err(Error::ReadOnly { operation: "write" }),
         }
     }
 
@@ -214,7 +212,11 @@ impl MemoryTx {
 
     fn matching(&self, def: &EntityDef, filter: &Pred) -> Vec<&Record> {
         self.table(def)
-            .map(|t| t.values().filter(|r| eval(filter, r) == Some(true)).collect())
+            .map(|t| {
+                t.values()
+                    .filter(|r| eval(filter, r) == Some(true))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -266,7 +268,11 @@ impl Transaction for MemoryTx {
         self.deadline = deadline;
     }
 
-    fn insert<'a>(&'a mut self, def: &'a EntityDef, record: &'a Record) -> BoxFuture<'a, Result<()>> {
+    fn insert<'a>(
+        &'a mut self,
+        def: &'a EntityDef,
+        record: &'a Record,
+    ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             self.check("repository.insert")?;
             let key = Key(record.id.clone());
@@ -314,7 +320,11 @@ impl Transaction for MemoryTx {
         })
     }
 
-    fn get_many<'a>(&'a mut self, def: &'a EntityDef, ids: &'a [Value]) -> BoxFuture<'a, Result<Vec<Record>>> {
+    fn get_many<'a>(
+        &'a mut self,
+        def: &'a EntityDef,
+        ids: &'a [Value],
+    ) -> BoxFuture<'a, Result<Vec<Record>>> {
         Box::pin(async move {
             self.check("repository.get")?;
             let Some(t) = self.table(def) else {
@@ -334,7 +344,11 @@ impl Transaction for MemoryTx {
         })
     }
 
-    fn select<'a>(&'a mut self, def: &'a EntityDef, plan: &'a Select) -> BoxFuture<'a, Result<Vec<Record>>> {
+    fn select<'a>(
+        &'a mut self,
+        def: &'a EntityDef,
+        plan: &'a Select,
+    ) -> BoxFuture<'a, Result<Vec<Record>>> {
         Box::pin(async move {
             self.check("repository.find")?;
             Ok(self.run_select(def, plan))

@@ -458,7 +458,11 @@ mod tests {
             body: None,
         };
         let c = encode_cursor(&d, &plan.order, &rec);
-        let p2 = q.clone().with_after(&c).plan(&d, &Limits::default(), true).unwrap();
+        let p2 = q
+            .clone()
+            .with_after(&c)
+            .plan(&d, &Limits::default(), true)
+            .unwrap();
         assert_eq!(p2.after, Some(vec![Value::Null, Value::Int(7)]));
         let other = Query::all().order_by(Order::desc("name")).with_after(&c);
         assert!(matches!(

@@ -108,7 +108,9 @@ impl<'u, T: Entity> Repo<'u, T> {
         let def = T::def();
         let mut rec = entity.to_record()?;
         rec.version = version;
-        if rec.values.len() != def.fields.len() || rec.body.is_some() != (def.storage == Storage::Document) {
+        if rec.values.len() != def.fields.len()
+            || rec.body.is_some() != (def.storage == Storage::Document)
+        {
             return Err(crate::entity::mapping_error(
                 def.name,
                 "encode",
@@ -172,9 +174,8 @@ impl<'u, T: Entity> Repo<'u, T> {
             Ok(r) => r,
             Err(e) => return Err(self.fail(span, "repository.insert", Some(id), e)),
         };
-        run!(self, span, "repository.insert", Some(id), |_| 1, |tx| {
-            tx.insert(T::def(), &rec)
-        })?;
+        run!(self, span, "repository.insert", Some(id), |_| 1, |tx| tx
+            .insert(T::def(), &rec))?;
         Ok(Versioned {
             value: (),
             version: 1,
@@ -195,9 +196,8 @@ impl<'u, T: Entity> Repo<'u, T> {
             Ok(r) => r,
             Err(e) => return Err(self.fail(span, "repository.update", Some(id), e)),
         };
-        run!(self, span, "repository.update", Some(id), |_| 1, |tx| {
-            tx.update(T::def(), &rec, expected_version)
-        })?;
+        run!(self, span, "repository.update", Some(id), |_| 1, |tx| tx
+            .update(T::def(), &rec, expected_version))?;
         Ok(new_version)
     }
 
@@ -217,9 +217,8 @@ impl<'u, T: Entity> Repo<'u, T> {
         if let Err(e) = self.check_write("repository.delete") {
             return Err(self.fail(span, "repository.delete", Some(shown), e));
         }
-        run!(self, span, "repository.delete", Some(shown), |_| 1, |tx| {
-            tx.delete(T::def(), &id_value, expected_version)
-        })
+        run!(self, span, "repository.delete", Some(shown), |_| 1, |tx| tx
+            .delete(T::def(), &id_value, expected_version))
     }
 
     /// Reads one entity, or `None`.
@@ -227,9 +226,14 @@ impl<'u, T: Entity> Repo<'u, T> {
         let span = op_span!(self, "larder.repository.get", "get");
         let ids = [id.to_value()];
         let shown = ids[0].display_id();
-        let mut rows = run!(self, span, "repository.get", Some(shown), |v: &Vec<Record>| v.len() as u64, |tx| {
-                tx.get_many(T::def(), &ids)
-            })?;
+        let mut rows = run!(
+            self,
+            span,
+            "repository.get",
+            Some(shown),
+            |v: &Vec<Record>| v.len() as u64,
+            |tx| tx.get_many(T::def(), &ids)
+        )?;
         rows.pop().map(decode::<T>).transpose()
     }
 
@@ -257,15 +261,23 @@ impl<'u, T: Entity> Repo<'u, T> {
             return Err(self.fail(span, "repository.get_many", None, e));
         }
         let values: Vec<Value> = ids.iter().map(FieldValue::to_value).collect();
-        let rows = run!(self, span, "repository.get_many", None, |v: &Vec<Record>| v.len() as u64, |tx| {
-                tx.get_many(T::def(), &values)
-            })?;
+        let rows = run!(
+            self,
+            span,
+            "repository.get_many",
+            None,
+            |v: &Vec<Record>| v.len() as u64,
+            |tx| tx.get_many(T::def(), &values)
+        )?;
         let mut out: Vec<Option<Record>> = Vec::with_capacity(values.len());
         let mut rows: Vec<Option<Record>> = rows.into_iter().map(Some).collect();
         for v in &values {
             let hit = rows
                 .iter_mut()
-                .find(|r| r.as_ref().is_some_and(|r| r.id.sql_cmp(v) == Some(std::cmp::Ordering::Equal)))
+                .find(|r| {
+                    r.as_ref()
+                        .is_some_and(|r| r.id.sql_cmp(v) == Some(std::cmp::Ordering::Equal))
+                })
                 .and_then(Option::take);
             out.push(hit);
         }
@@ -281,9 +293,14 @@ impl<'u, T: Entity> Repo<'u, T> {
             value: id.to_value(),
         };
         let shown = id.to_value().display_id();
-        let n = run!(self, span, "repository.exists", Some(shown), |n: &u64| *n, |tx| {
-                tx.count(T::def(), &spec)
-            })?;
+        let n = run!(
+            self,
+            span,
+            "repository.exists",
+            Some(shown),
+            |n: &u64| *n,
+            |tx| tx.count(T::def(), &spec)
+        )?;
         Ok(n > 0)
     }
 
@@ -294,9 +311,8 @@ impl<'u, T: Entity> Repo<'u, T> {
             Ok(p) => p,
             Err(e) => return Err(self.fail(span, "repository.count", None, e)),
         };
-        run!(self, span, "repository.count", None, |n: &u64| *n, |tx| {
-            tx.count(T::def(), &pred)
-        })
+        run!(self, span, "repository.count", None, |n: &u64| *n, |tx| tx
+            .count(T::def(), &pred))
     }
 
     /// Runs a query and returns one page with a cursor for the next.
@@ -310,9 +326,14 @@ impl<'u, T: Entity> Repo<'u, T> {
         let page_size = plan.limit.unwrap_or(u64::MAX);
         // One extra row tells whether another page follows.
         plan.limit = Some(page_size.saturating_add(1));
-        let mut rows = run!(self, span, "repository.find", None, |v: &Vec<Record>| v.len() as u64, |tx| {
-                tx.select(def, &plan)
-            })?;
+        let mut rows = run!(
+            self,
+            span,
+            "repository.find",
+            None,
+            |v: &Vec<Record>| v.len() as u64,
+            |tx| tx.select(def, &plan)
+        )?;
         let more = rows.len() as u64 > page_size;
         if more {
             rows.truncate(usize::try_from(page_size).unwrap_or(usize::MAX));
@@ -336,8 +357,13 @@ impl<'u, T: Entity> Repo<'u, T> {
             Ok(p) => p,
             Err(e) => {
                 span.record("error.type", e.kind());
-                self.uow
-                    .audit_full("repository.stream", Some(T::def().name), None, 0, Err(e.kind()));
+                self.uow.audit_full(
+                    "repository.stream",
+                    Some(T::def().name),
+                    None,
+                    0,
+                    Err(e.kind()),
+                );
                 return Box::pin(futures_util::stream::once(async move { Err(e) }));
             }
         };

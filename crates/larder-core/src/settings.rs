@@ -92,7 +92,10 @@ pub fn redact_url(s: &str) -> String {
                 .query_pairs()
                 .map(|(k, v)| {
                     let secret = SECRET_KEYS.iter().any(|s| k.eq_ignore_ascii_case(s));
-                    (k.into_owned(), if secret { "***".into() } else { v.into_owned() })
+                    (
+                        k.into_owned(),
+                        if secret { "***".into() } else { v.into_owned() },
+                    )
                 })
                 .collect();
             if !pairs.is_empty() {
@@ -310,9 +313,12 @@ impl Settings {
     /// process environment).
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<()> {
         fn num<T: std::str::FromStr>(k: &str, v: &str) -> Result<T> {
-            v.trim()
-                .parse()
-                .map_err(|_| Error::Configuration(format!("{k} must be a number, got `{}`", crate::error::shown(v))))
+            v.trim().parse().map_err(|_| {
+                Error::Configuration(format!(
+                    "{k} must be a number, got `{}`",
+                    crate::error::shown(v)
+                ))
+            })
         }
         if let Some(v) = get("LARDER_DATABASE_URL") {
             self.database_url = DatabaseUrl::new(v);
@@ -324,13 +330,18 @@ impl Settings {
             self.min_connections = num("LARDER_POOL_MIN_CONNECTIONS", &v)?;
         }
         if let Some(v) = get("LARDER_POOL_ACQUIRE_TIMEOUT_MS") {
-            self.acquire_timeout = Duration::from_millis(num("LARDER_POOL_ACQUIRE_TIMEOUT_MS", &v)?);
+            self.acquire_timeout =
+                Duration::from_millis(num("LARDER_POOL_ACQUIRE_TIMEOUT_MS", &v)?);
         }
         if let Some(v) = get("LARDER_DEFAULT_DEADLINE_MS") {
-            self.default_deadline = Some(Duration::from_millis(num("LARDER_DEFAULT_DEADLINE_MS", &v)?));
+            self.default_deadline = Some(Duration::from_millis(num(
+                "LARDER_DEFAULT_DEADLINE_MS",
+                &v,
+            )?));
         }
         if let Some(v) = get("LARDER_SQLITE_BUSY_TIMEOUT_MS") {
-            self.sqlite.busy_timeout = Duration::from_millis(num("LARDER_SQLITE_BUSY_TIMEOUT_MS", &v)?);
+            self.sqlite.busy_timeout =
+                Duration::from_millis(num("LARDER_SQLITE_BUSY_TIMEOUT_MS", &v)?);
         }
         if let Some(v) = get("LARDER_MAX_PAGE_SIZE") {
             self.max_page_size = num("LARDER_MAX_PAGE_SIZE", &v)?;
@@ -348,7 +359,10 @@ impl Settings {
             };
         }
         if let Some(v) = get("LARDER_RECORD_QUERY_TEXT") {
-            self.record_query_text = matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on");
+            self.record_query_text = matches!(
+                v.trim().to_ascii_lowercase().as_str(),
+                "1" | "true" | "yes" | "on"
+            );
         }
         Ok(())
     }
@@ -399,14 +413,19 @@ mod tests {
             .unwrap();
         assert_eq!(s.max_connections, Some(9));
         assert_eq!(s.database_url.expose(), "sqlite://a.db");
-        assert!(s.apply_env(|k| (k == "LARDER_SQLITE_SYNCHRONOUS").then(|| "off".into())).is_err());
+        assert!(
+            s.apply_env(|k| (k == "LARDER_SQLITE_SYNCHRONOUS").then(|| "off".into()))
+                .is_err()
+        );
     }
 
     #[test]
     fn a_bad_file_does_not_echo_secrets() {
         let mut s = Settings::default();
         let e = s
-            .apply_toml(&format!("[database]\nurl = \"postgres://u:{CANARY}@h/db\"\nbogus = 1\n"))
+            .apply_toml(&format!(
+                "[database]\nurl = \"postgres://u:{CANARY}@h/db\"\nbogus = 1\n"
+            ))
             .unwrap_err();
         assert!(!e.to_string().contains("c4n4ry"), "{e}");
     }

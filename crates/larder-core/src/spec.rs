@@ -36,11 +36,12 @@ use crate::error::{Error, Result, shown};
 use crate::value::{FieldType, Value};
 
 /// A filter over an entity's registered fields. See the [module docs](self).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 #[non_exhaustive]
 pub enum Spec {
     /// Matches everything.
+    #[default]
     All,
     /// All of the inner specifications (an empty list matches everything).
     And {
@@ -397,12 +398,6 @@ impl std::ops::Not for Spec {
     }
 }
 
-impl Default for Spec {
-    fn default() -> Self {
-        Spec::All
-    }
-}
-
 /// Hard limits on caller input, enforced before any SQL is built.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
@@ -683,18 +678,30 @@ fn resolve(
         }
         Spec::Like { field, pattern } => like(field, pattern.clone(), false, "like")?,
         Spec::Ilike { field, pattern } => like(field, pattern.clone(), true, "ilike")?,
-        Spec::Contains { field, value } => {
-            like(field, format!("%{}%", escape_like(value)), false, "contains")?
-        }
-        Spec::Icontains { field, value } => {
-            like(field, format!("%{}%", escape_like(value)), true, "icontains")?
-        }
-        Spec::StartsWith { field, value } => {
-            like(field, format!("{}%", escape_like(value)), false, "starts_with")?
-        }
-        Spec::EndsWith { field, value } => {
-            like(field, format!("%{}", escape_like(value)), false, "ends_with")?
-        }
+        Spec::Contains { field, value } => like(
+            field,
+            format!("%{}%", escape_like(value)),
+            false,
+            "contains",
+        )?,
+        Spec::Icontains { field, value } => like(
+            field,
+            format!("%{}%", escape_like(value)),
+            true,
+            "icontains",
+        )?,
+        Spec::StartsWith { field, value } => like(
+            field,
+            format!("{}%", escape_like(value)),
+            false,
+            "starts_with",
+        )?,
+        Spec::EndsWith { field, value } => like(
+            field,
+            format!("%{}", escape_like(value)),
+            false,
+            "ends_with",
+        )?,
         Spec::IsNull { field } => Pred::IsNull {
             field: lookup(field)?.0,
         },

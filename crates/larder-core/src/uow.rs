@@ -212,12 +212,9 @@ impl Store {
 
     /// Opens a unit of work with options.
     pub async fn begin_with(&self, opts: UowOptions) -> Result<Uow> {
-        let deadline = opts.deadline.or_else(|| {
-            self.inner
-                .config
-                .default_deadline
-                .map(Deadline::after)
-        });
+        let deadline = opts
+            .deadline
+            .or_else(|| self.inner.config.default_deadline.map(Deadline::after));
         let span = tracing::info_span!(
             "larder.uow.begin",
             db.system.name = self.backend_name(),
@@ -489,13 +486,22 @@ impl Uow {
         let end = match &result {
             Ok(_) => {
                 let tx = self.tx_mut()?;
-                bounded(deadline, "uow.release_savepoint", tx.release_savepoint(&name)).await
+                bounded(
+                    deadline,
+                    "uow.release_savepoint",
+                    tx.release_savepoint(&name),
+                )
+                .await
             }
             Err(_) => {
                 self.hooks.truncate(hooks_before);
                 let tx = self.tx_mut()?;
-                bounded(deadline, "uow.rollback_to_savepoint", tx.rollback_to_savepoint(&name))
-                    .await
+                bounded(
+                    deadline,
+                    "uow.rollback_to_savepoint",
+                    tx.rollback_to_savepoint(&name),
+                )
+                .await
             }
         };
         self.savepoints -= 1;

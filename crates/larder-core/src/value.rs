@@ -379,7 +379,9 @@ impl<T: Serialize + serde::de::DeserializeOwned> FieldValue for Json<T> {
     }
     fn from_value(v: Value) -> std::result::Result<Self, String> {
         let j = serde_json::Value::from_value(v)?;
-        serde_json::from_value(j).map(Json).map_err(|e| e.to_string())
+        serde_json::from_value(j)
+            .map(Json)
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -418,7 +420,11 @@ mod tests {
             Value::Text("a".into()).coerce("age", FieldType::Int),
             Err(Error::TypeMismatch { .. })
         ));
-        assert!(Value::Float(f64::NAN).coerce("x", FieldType::Float).is_err());
+        assert!(
+            Value::Float(f64::NAN)
+                .coerce("x", FieldType::Float)
+                .is_err()
+        );
     }
 
     #[test]

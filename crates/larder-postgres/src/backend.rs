@@ -52,7 +52,12 @@ impl PgBackend {
     /// settings from `settings`.
     pub async fn connect_with(opts: PgConnectOptions, settings: &Settings) -> Result<PgBackend> {
         let pool = PgPoolOptions::new()
-            .max_connections(settings.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS).max(1))
+            .max_connections(
+                settings
+                    .max_connections
+                    .unwrap_or(DEFAULT_MAX_CONNECTIONS)
+                    .max(1),
+            )
             .min_connections(settings.min_connections)
             .acquire_timeout(settings.acquire_timeout)
             .idle_timeout(Some(Duration::from_secs(600)))
@@ -120,7 +125,11 @@ impl Backend for PgBackend {
     fn prepare<'a>(&'a self, def: &'a EntityDef) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let stmts = ddl::create_table(def, Dialect::Postgres)?;
-            let mut tx = self.pool.begin().await.map_err(|e| map(e, "store.register"))?;
+            let mut tx = self
+                .pool
+                .begin()
+                .await
+                .map_err(|e| map(e, "store.register"))?;
             // Concurrent `CREATE TABLE IF NOT EXISTS` can still collide in the catalog;
             // serialize registrations of the same table.
             sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")

@@ -37,7 +37,9 @@ pub(crate) fn map(e: sqlx::Error, operation: &'static str) -> Error {
         },
         sqlx::Error::PoolClosed => Error::Closed("postgresql pool"),
         // Connection errors can carry the DSN in their message: never pass them through.
-        sqlx::Error::Configuration(_) => Error::Configuration("invalid postgresql connection options".into()),
+        sqlx::Error::Configuration(_) => {
+            Error::Configuration("invalid postgresql connection options".into())
+        }
         other => Error::backend(BACKEND, other),
     }
 }

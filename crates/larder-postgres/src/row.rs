@@ -64,7 +64,10 @@ pub(crate) fn record(def: &EntityDef, row: &PgRow) -> Result<Record> {
     let mut i = 2;
     let body = if def.storage == Storage::Document {
         i += 1;
-        Some(row.try_get::<String, _>(2).map_err(|e| decode_err(def, e))?)
+        Some(
+            row.try_get::<String, _>(2)
+                .map_err(|e| decode_err(def, e))?,
+        )
     } else {
         None
     };

@@ -8,7 +8,7 @@ use larder_core::query::Select;
 use larder_core::spec::Pred;
 use larder_core::{Deadline, EntityDef, Error, Record, Result, Uow, Value};
 use larder_sql::{Built, Dialect, compile};
-use sqlx::postgres::{Postgres, PgConnection, PgRow};
+use sqlx::postgres::{PgConnection, PgRow, Postgres};
 use sqlx::{AssertSqlSafe, Row};
 
 use crate::error::map;
@@ -119,7 +119,10 @@ impl PgTransaction {
         self.trace(&b);
         let args = bind(b.values)?;
         let conn = self.conn()?;
-        match sqlx::query_with(AssertSqlSafe(b.sql), args).execute(conn).await {
+        match sqlx::query_with(AssertSqlSafe(b.sql), args)
+            .execute(conn)
+            .await
+        {
             Ok(r) => Ok(r.rows_affected()),
             Err(e) => Err(self.note(map(e, op))),
         }
@@ -132,7 +135,10 @@ impl PgTransaction {
         self.trace(&b);
         let args = bind(b.values)?;
         let conn = self.conn()?;
-        match sqlx::query_with(AssertSqlSafe(b.sql), args).fetch_all(conn).await {
+        match sqlx::query_with(AssertSqlSafe(b.sql), args)
+            .fetch_all(conn)
+            .await
+        {
             Ok(rows) => Ok(rows),
             Err(e) => Err(self.note(map(e, op))),
         }
@@ -140,7 +146,13 @@ impl PgTransaction {
 
     /// After a versioned write touched no row: `NotFound` or `Conflict` with the version
     /// actually stored.
-    async fn write_failed(&mut self, def: &EntityDef, id: &Value, expected: u64, op: &'static str) -> Error {
+    async fn write_failed(
+        &mut self,
+        def: &EntityDef,
+        id: &Value,
+        expected: u64,
+        op: &'static str,
+    ) -> Error {
         let rows = match self.fetch(compile::version_of(def, id, D), op).await {
             Ok(r) => r,
             Err(e) => return e,
@@ -166,7 +178,11 @@ impl Transaction for PgTransaction {
         self.deadline = deadline;
     }
 
-    fn insert<'a>(&'a mut self, def: &'a EntityDef, record: &'a Record) -> BoxFuture<'a, Result<()>> {
+    fn insert<'a>(
+        &'a mut self,
+        def: &'a EntityDef,
+        record: &'a Record,
+    ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let n = self
                 .execute(compile::insert(def, record, D), "repository.insert")
@@ -189,7 +205,10 @@ impl Transaction for PgTransaction {
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let n = self
-                .execute(compile::update(def, record, expected, D), "repository.update")
+                .execute(
+                    compile::update(def, record, expected, D),
+                    "repository.update",
+                )
                 .await?;
             if n == 0 {
                 return Err(self
@@ -211,13 +230,19 @@ impl Transaction for PgTransaction {
                 .execute(compile::delete(def, id, expected, D), "repository.delete")
                 .await?;
             if n == 0 {
-                return Err(self.write_failed(def, id, expected, "repository.delete").await);
+                return Err(self
+                    .write_failed(def, id, expected, "repository.delete")
+                    .await);
             }
             Ok(())
         })
     }
 
-    fn get_many<'a>(&'a mut self, def: &'a EntityDef, ids: &'a [Value]) -> BoxFuture<'a, Result<Vec<Record>>> {
+    fn get_many<'a>(
+        &'a mut self,
+        def: &'a EntityDef,
+        ids: &'a [Value],
+    ) -> BoxFuture<'a, Result<Vec<Record>>> {
         Box::pin(async move {
             if ids.is_empty() {
                 return Ok(Vec::new());
@@ -244,7 +269,11 @@ impl Transaction for PgTransaction {
         })
     }
 
-    fn select<'a>(&'a mut self, def: &'a EntityDef, plan: &'a Select) -> BoxFuture<'a, Result<Vec<Record>>> {
+    fn select<'a>(
+        &'a mut self,
+        def: &'a EntityDef,
+        plan: &'a Select,
+    ) -> BoxFuture<'a, Result<Vec<Record>>> {
         Box::pin(async move {
             let rows = self
                 .fetch(compile::select(def, plan, D)?, "repository.find")
@@ -267,8 +296,10 @@ impl Transaction for PgTransaction {
             match prepared {
                 Err(e) => futures_util::stream::once(async move { Err(e) }).boxed(),
                 Ok((sql, args)) => match self.tx.as_deref_mut() {
-                    None => futures_util::stream::once(async { Err(Error::Closed("postgresql transaction")) })
-                        .boxed(),
+                    None => futures_util::stream::once(async {
+                        Err(Error::Closed("postgresql transaction"))
+                    })
+                    .boxed(),
                     Some(conn) => sqlx::query_with(AssertSqlSafe(sql), args)
                         .fetch(conn)
                         .map(move |r| {
@@ -295,8 +326,11 @@ impl Transaction for PgTransaction {
 
     fn rollback_to_savepoint<'a>(&'a mut self, name: &'a str) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            self.raw(format!("ROLLBACK TO SAVEPOINT {name}"), "uow.rollback_to_savepoint")
-                .await
+            self.raw(
+                format!("ROLLBACK TO SAVEPOINT {name}"),
+                "uow.rollback_to_savepoint",
+            )
+            .await
         })
     }
 
@@ -310,7 +344,10 @@ impl Transaction for PgTransaction {
                 return Err(e);
             }
             self.arm().await?;
-            let tx = self.tx.take().ok_or(Error::Closed("postgresql transaction"))?;
+            let tx = self
+                .tx
+                .take()
+                .ok_or(Error::Closed("postgresql transaction"))?;
             tx.commit().await.map_err(|e| map(e, "uow.commit"))
         })
     }
@@ -319,7 +356,10 @@ impl Transaction for PgTransaction {
         Box::pin(async move {
             // Rollback is not bounded by the deadline: it must always get through (and
             // ROLLBACK ends the transaction-local statement_timeout with it).
-            let tx = self.tx.take().ok_or(Error::Closed("postgresql transaction"))?;
+            let tx = self
+                .tx
+                .take()
+                .ok_or(Error::Closed("postgresql transaction"))?;
             tx.rollback().await.map_err(|e| map(e, "uow.rollback"))
         })
     }
@@ -333,7 +373,11 @@ impl PgTransaction {
     async fn raw(&mut self, sql: String, op: &'static str) -> Result<()> {
         // `sql` is a constant statement with a savepoint name generated by larder-core
         // (`larder_sp_<n>`), never caller input.
-        debug_assert!(sql.rsplit(' ').next().is_some_and(larder_core::entity::is_safe_identifier));
+        debug_assert!(
+            sql.rsplit(' ')
+                .next()
+                .is_some_and(larder_core::entity::is_safe_identifier)
+        );
         if let Err(e) = self.arm().await {
             return Err(self.note(e));
         }

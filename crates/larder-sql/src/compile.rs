@@ -65,7 +65,8 @@ pub fn sql_value(v: &Value, ty: FieldType, d: Dialect) -> sea_query::Value {
         (Value::Null, FieldType::Json) if pg => S::Json(None),
         (Value::Null, _) => S::String(None),
         (Value::Bool(b), _) => S::Bool(Some(*b)),
-        (Value::Int(i), FieldType::Float) => {
+        (Value::Int(i), FieldType::Float) =>
+        {
             #[allow(clippy::cast_precision_loss)]
             S::Double(Some(*i as f64))
         }
@@ -125,9 +126,10 @@ pub fn predicate(def: &EntityDef, p: &Pred, d: Dialect) -> Result<Expr> {
                 Expr::cust_with_exprs(if pg { "($1)" } else { "(?)" }, [e])
             }
         },
-        Pred::Not(inner) => {
-            Expr::cust_with_exprs(if pg { "NOT ($1)" } else { "NOT (?)" }, [predicate(def, inner, d)?])
-        }
+        Pred::Not(inner) => Expr::cust_with_exprs(
+            if pg { "NOT ($1)" } else { "NOT (?)" },
+            [predicate(def, inner, d)?],
+        ),
         Pred::Cmp { field, op, value } => {
             let (c, v) = (col(def, *field), val(def, *field, value, d));
             match op {
@@ -187,10 +189,9 @@ pub fn predicate(def: &EntityDef, p: &Pred, d: Dialect) -> Result<Expr> {
                 (Dialect::Sqlite, false) => {
                     Expr::cust_with_exprs("? GLOB ?", [c, Expr::val(like_to_glob(pattern))])
                 }
-                (Dialect::Sqlite, true) => Expr::cust_with_exprs(
-                    "? LIKE ? ESCAPE '\\'",
-                    [c, Expr::val(pattern.as_str())],
-                ),
+                (Dialect::Sqlite, true) => {
+                    Expr::cust_with_exprs("? LIKE ? ESCAPE '\\'", [c, Expr::val(pattern.as_str())])
+                }
             }
         }
         Pred::IsNull { field } => col(def, *field).is_null(),
@@ -304,10 +305,17 @@ fn select_columns(q: &mut sea_query::SelectStatement, def: &EntityDef, d: Dialec
 fn keyset(def: &EntityDef, order: &[OrderKey], after: &[Value], d: Dialect) -> Expr {
     // Fast path: same direction, no nullable keys, so a row-value comparison works and can
     // use a composite index.
-    let uniform = order.iter().all(|k| !k.nullable && k.descending == order[0].descending);
+    let uniform = order
+        .iter()
+        .all(|k| !k.nullable && k.descending == order[0].descending);
     if uniform && order.len() > 1 {
         let cols = Expr::tuple(order.iter().map(|k| col(def, k.field)));
-        let vals = Expr::tuple(order.iter().zip(after).map(|(k, v)| val(def, k.field, v, d)));
+        let vals = Expr::tuple(
+            order
+                .iter()
+                .zip(after)
+                .map(|(k, v)| val(def, k.field, v, d)),
+        );
         return if order[0].descending {
             cols.lt(vals)
         } else {
@@ -349,7 +357,14 @@ fn keyset(def: &EntityDef, order: &[OrderKey], after: &[Value], d: Dialect) -> E
                 beyond
             }
         };
-        let step = Expr::cust_with_exprs(if d == Dialect::Postgres { "($1)" } else { "(?)" }, [step]);
+        let step = Expr::cust_with_exprs(
+            if d == Dialect::Postgres {
+                "($1)"
+            } else {
+                "(?)"
+            },
+            [step],
+        );
         let term = match all {
             Some(a) => a.and(step),
             None => step,
@@ -374,7 +389,11 @@ pub fn select(def: &EntityDef, plan: &Select, d: Dialect) -> Result<Built> {
         q.and_where(keyset(def, &plan.order, after, d));
     }
     for k in &plan.order {
-        let dir = if k.descending { Order::Desc } else { Order::Asc };
+        let dir = if k.descending {
+            Order::Desc
+        } else {
+            Order::Asc
+        };
         let c = column(def, k.field);
         if k.nullable {
             let nulls = if k.nulls_first {
@@ -531,7 +550,9 @@ mod tests {
     }
 
     fn sql(spec: larder_core::Spec, d: Dialect) -> Built {
-        let plan = LQuery::new(spec).plan(&def(), &Limits::default(), true).unwrap();
+        let plan = LQuery::new(spec)
+            .plan(&def(), &Limits::default(), true)
+            .unwrap();
         select(&def(), &plan, d).unwrap()
     }
 

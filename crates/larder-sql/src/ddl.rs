@@ -63,13 +63,21 @@ pub fn create_table(def: &EntityDef, d: Dialect) -> Result<Vec<String>> {
     cols.push(format!(
         "{} {} NOT NULL",
         quote(VERSION_COLUMN),
-        if d == Dialect::Postgres { "BIGINT" } else { "INTEGER" }
+        if d == Dialect::Postgres {
+            "BIGINT"
+        } else {
+            "INTEGER"
+        }
     ));
     if def.storage == Storage::Document {
         cols.push(format!(
             "{} {} NOT NULL",
             quote(BODY_COLUMN),
-            if d == Dialect::Postgres { "JSONB" } else { "TEXT" }
+            if d == Dialect::Postgres {
+                "JSONB"
+            } else {
+                "TEXT"
+            }
         ));
     }
     cols.extend(def.fields.iter().map(|f| column_def(f, d)));

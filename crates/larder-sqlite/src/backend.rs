@@ -62,7 +62,12 @@ impl SqliteBackend {
             opts = opts.journal_mode(SqliteJournalMode::Wal);
         }
         let pool = SqlitePoolOptions::new()
-            .max_connections(settings.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS).max(1))
+            .max_connections(
+                settings
+                    .max_connections
+                    .unwrap_or(DEFAULT_MAX_CONNECTIONS)
+                    .max(1),
+            )
             .min_connections(settings.min_connections)
             .acquire_timeout(settings.acquire_timeout)
             .idle_timeout(Some(Duration::from_secs(600)))

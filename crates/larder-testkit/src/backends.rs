@@ -72,7 +72,11 @@ pub async fn sqlite(test: &str) -> Option<TestDb> {
 }
 
 /// A fresh SQLite file, with settings adjusted by `tweak`.
-pub async fn sqlite_with(test: &str, tweak: impl FnOnce(&mut Settings), config: StoreConfig) -> TestDb {
+pub async fn sqlite_with(
+    test: &str,
+    tweak: impl FnOnce(&mut Settings),
+    config: StoreConfig,
+) -> TestDb {
     let dir = std::env::temp_dir().join("larder-tests");
     std::fs::create_dir_all(&dir).expect("create temp dir");
     let path = dir.join(format!(
@@ -96,7 +100,9 @@ pub async fn sqlite_with(test: &str, tweak: impl FnOnce(&mut Settings), config: 
 
 /// The PostgreSQL server URL for tests, if configured.
 pub fn postgres_url() -> Option<String> {
-    std::env::var("LARDER_TEST_POSTGRES_URL").ok().filter(|s| !s.is_empty())
+    std::env::var("LARDER_TEST_POSTGRES_URL")
+        .ok()
+        .filter(|s| !s.is_empty())
 }
 
 /// A fresh schema named after the test on `LARDER_TEST_POSTGRES_URL`; `None` (skipped)
@@ -150,15 +156,21 @@ pub async fn postgres_with(
 
 fn sanitize(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
 /// A valid, unique-per-test schema name (≤ 63 bytes).
 pub fn schema_name(test: &str) -> String {
-    let h = test
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    let h = test.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
     let mut s = sanitize(test);
     s.truncate(40);
     format!("lt_{s}_{:08x}", h & 0xffff_ffff)

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use larder::{
-    Deadline, Error, MemoryAuditSink, Order, Query, Spec, Store, StoreConfig,
-    TransactionOptions, UowOptions, field,
+    Deadline, Error, MemoryAuditSink, Order, Query, Spec, Store, StoreConfig, TransactionOptions,
+    UowOptions, field,
 };
 use serde_json::json;
 
@@ -15,7 +15,10 @@ use crate::entities::{Account, Item};
 
 async fn setup(db: &TestDb) -> &Store {
     db.store.register::<Item>().await.expect("register items");
-    db.store.register::<Account>().await.expect("register accounts");
+    db.store
+        .register::<Account>()
+        .await
+        .expect("register accounts");
     &db.store
 }
 
@@ -50,7 +53,10 @@ fn ids(items: &[larder::Versioned<Item>]) -> Vec<String> {
 pub async fn commit_makes_writes_visible(db: &TestDb) {
     let store = setup(db).await;
     let mut uow = store.begin().await.unwrap();
-    uow.repo::<Item>().insert(&Item::new("a", "alpha", 1)).await.unwrap();
+    uow.repo::<Item>()
+        .insert(&Item::new("a", "alpha", 1))
+        .await
+        .unwrap();
     // Read-your-writes inside the unit of work.
     assert!(uow.repo::<Item>().exists(&"a".to_owned()).await.unwrap());
     uow.commit().await.unwrap();
@@ -61,7 +67,10 @@ pub async fn commit_makes_writes_visible(db: &TestDb) {
 pub async fn rollback_discards_writes(db: &TestDb) {
     let store = setup(db).await;
     let mut uow = store.begin().await.unwrap();
-    uow.repo::<Item>().insert(&Item::new("a", "alpha", 1)).await.unwrap();
+    uow.repo::<Item>()
+        .insert(&Item::new("a", "alpha", 1))
+        .await
+        .unwrap();
     uow.rollback().await.unwrap();
     assert_eq!(get_item(store, "a").await, None);
 }
@@ -71,7 +80,10 @@ pub async fn drop_without_commit_rolls_back(db: &TestDb) {
     let store = setup(db).await;
     {
         let mut uow = store.begin().await.unwrap();
-        uow.repo::<Item>().insert(&Item::new("a", "alpha", 1)).await.unwrap();
+        uow.repo::<Item>()
+            .insert(&Item::new("a", "alpha", 1))
+            .await
+            .unwrap();
     }
     assert_eq!(get_item(store, "a").await, None);
     // The connection is reusable for writes afterwards.
@@ -85,7 +97,10 @@ pub async fn panic_inside_a_unit_of_work_rolls_back(db: &TestDb) {
     let s2 = store.clone();
     let r = tokio::spawn(async move {
         let mut uow = s2.begin().await.unwrap();
-        uow.repo::<Item>().insert(&Item::new("a", "alpha", 1)).await.unwrap();
+        uow.repo::<Item>()
+            .insert(&Item::new("a", "alpha", 1))
+            .await
+            .unwrap();
         panic!("boom (expected by the test)");
     })
     .await;
@@ -127,7 +142,10 @@ pub async fn hooks_run_around_commit_in_order(db: &TestDb) {
     uow.on_post_commit(push(&log, "post_commit"));
     uow.on_pre_rollback(push(&log, "pre_rollback"));
     uow.on_post_rollback(push(&log, "post_rollback"));
-    uow.repo::<Item>().insert(&Item::new("a", "alpha", 1)).await.unwrap();
+    uow.repo::<Item>()
+        .insert(&Item::new("a", "alpha", 1))
+        .await
+        .unwrap();
     uow.commit().await.unwrap();
     assert_eq!(*log.lock().unwrap(), ["pre_commit", "post_commit"]);
 }
@@ -137,7 +155,10 @@ pub async fn failing_pre_commit_hook_rolls_back(db: &TestDb) {
     let store = setup(db).await;
     let log: Log = Log::default();
     let mut uow = store.begin().await.unwrap();
-    uow.repo::<Item>().insert(&Item::new("a", "alpha", 1)).await.unwrap();
+    uow.repo::<Item>()
+        .insert(&Item::new("a", "alpha", 1))
+        .await
+        .unwrap();
     uow.on_pre_commit(|_uow| {
         Box::pin(async { Err(Error::callback("pre-commit hook", "invariant violated")) })
     });
@@ -168,7 +189,9 @@ pub async fn pre_commit_hook_can_write_in_the_transaction(db: &TestDb) {
     let mut uow = store.begin().await.unwrap();
     uow.on_pre_commit(|uow| {
         Box::pin(async move {
-            uow.repo::<Item>().insert(&Item::new("audit", "from hook", 0)).await?;
+            uow.repo::<Item>()
+                .insert(&Item::new("audit", "from hook", 0))
+                .await?;
             Ok(())
         })
     });
@@ -181,24 +204,38 @@ pub async fn savepoint_error_undoes_only_the_inner_scope(db: &TestDb) {
     let store = setup(db).await;
     let log: Log = Log::default();
     let mut uow = store.begin().await.unwrap();
-    uow.repo::<Item>().insert(&Item::new("outer", "o", 1)).await.unwrap();
+    uow.repo::<Item>()
+        .insert(&Item::new("outer", "o", 1))
+        .await
+        .unwrap();
     let l2 = log.clone();
     let r: Result<(), Error> = uow
         .savepoint(|uow| {
             Box::pin(async move {
-                uow.repo::<Item>().insert(&Item::new("inner", "i", 2)).await?;
+                uow.repo::<Item>()
+                    .insert(&Item::new("inner", "i", 2))
+                    .await?;
                 uow.on_post_commit(push(&l2, "inner hook"));
                 Err(Error::callback("scope", "changed my mind"))
             })
         })
         .await;
     assert!(r.is_err());
-    assert!(!uow.repo::<Item>().exists(&"inner".to_owned()).await.unwrap());
+    assert!(
+        !uow.repo::<Item>()
+            .exists(&"inner".to_owned())
+            .await
+            .unwrap()
+    );
     uow.on_post_commit(push(&log, "outer hook"));
     uow.commit().await.unwrap();
     assert!(get_item(store, "outer").await.is_some());
     assert!(get_item(store, "inner").await.is_none());
-    assert_eq!(*log.lock().unwrap(), ["outer hook"], "hooks of an undone scope are dropped");
+    assert_eq!(
+        *log.lock().unwrap(),
+        ["outer hook"],
+        "hooks of an undone scope are dropped"
+    );
 }
 
 /// A successful savepoint scope (nested twice) keeps its work.
@@ -332,7 +369,11 @@ pub async fn insert_and_get_round_trip_documents(db: &TestDb) {
     // Indexed fields are queryable with the same values.
     let page = uow
         .repo::<Item>()
-        .find(&Query::new(field("name").eq(it.name.clone()).and(field("price").eq(19.99))))
+        .find(&Query::new(
+            field("name")
+                .eq(it.name.clone())
+                .and(field("price").eq(19.99)),
+        ))
         .await
         .unwrap();
     assert_eq!(ids(&page.items), ["r-1"]);
@@ -357,7 +398,11 @@ pub async fn insert_and_get_round_trip_mapped_columns(db: &TestDb) {
     assert_eq!(got.cached, None, "skipped fields are not stored");
     let n = uow
         .repo::<Account>()
-        .count(&field("balance").ge(1_000).and(field("external_ref").eq(a.external_ref.unwrap())))
+        .count(
+            &field("balance")
+                .ge(1_000)
+                .and(field("external_ref").eq(a.external_ref.unwrap())),
+        )
         .await
         .unwrap();
     assert_eq!(n, 1);
@@ -374,7 +419,10 @@ pub async fn duplicate_insert_is_already_exists_and_uow_stays_usable(db: &TestDb
         matches!(&e, Err(Error::AlreadyExists { entity: "item", id }) if id == "a"),
         "{e:?}"
     );
-    uow.repo::<Item>().insert(&Item::new("b", "beta", 2)).await.unwrap();
+    uow.repo::<Item>()
+        .insert(&Item::new("b", "beta", 2))
+        .await
+        .unwrap();
     uow.commit().await.unwrap();
     assert_eq!(get_item(store, "a").await.unwrap().name, "alpha");
     assert!(get_item(store, "b").await.is_some());
@@ -390,7 +438,14 @@ pub async fn update_with_stale_version_conflicts(db: &TestDb) {
     assert_eq!(uow.repo::<Item>().update(&it, 1).await.unwrap(), 2);
     let e = uow.repo::<Item>().update(&it, 1).await;
     assert!(
-        matches!(e, Err(Error::Conflict { expected: 1, actual: Some(2), .. })),
+        matches!(
+            e,
+            Err(Error::Conflict {
+                expected: 1,
+                actual: Some(2),
+                ..
+            })
+        ),
         "{e:?}"
     );
     // The unit of work is still usable after a conflict.
@@ -403,7 +458,10 @@ pub async fn update_with_stale_version_conflicts(db: &TestDb) {
 pub async fn update_of_missing_entity_is_not_found(db: &TestDb) {
     let store = setup(db).await;
     let mut uow = store.begin().await.unwrap();
-    let e = uow.repo::<Item>().update(&Item::new("nope", "x", 1), 1).await;
+    let e = uow
+        .repo::<Item>()
+        .update(&Item::new("nope", "x", 1), 1)
+        .await;
     assert!(matches!(e, Err(Error::NotFound { .. })), "{e:?}");
     let e = uow.repo::<Item>().require(&"nope".to_owned()).await;
     assert!(matches!(e, Err(Error::NotFound { .. })), "{e:?}");
@@ -416,7 +474,14 @@ pub async fn delete_checks_the_version(db: &TestDb) {
     let mut uow = store.begin().await.unwrap();
     let e = uow.repo::<Item>().delete(&"a".to_owned(), 5).await;
     assert!(
-        matches!(e, Err(Error::Conflict { expected: 5, actual: Some(1), .. })),
+        matches!(
+            e,
+            Err(Error::Conflict {
+                expected: 5,
+                actual: Some(1),
+                ..
+            })
+        ),
         "{e:?}"
     );
     uow.repo::<Item>().delete(&"a".to_owned(), 1).await.unwrap();
@@ -429,7 +494,15 @@ pub async fn delete_checks_the_version(db: &TestDb) {
 /// `get_many` returns found entities in the order asked.
 pub async fn get_many_keeps_input_order_and_skips_missing(db: &TestDb) {
     let store = setup(db).await;
-    insert_items(store, &[Item::new("a", "1", 1), Item::new("b", "2", 2), Item::new("c", "3", 3)]).await;
+    insert_items(
+        store,
+        &[
+            Item::new("a", "1", 1),
+            Item::new("b", "2", 2),
+            Item::new("c", "3", 3),
+        ],
+    )
+    .await;
     let mut uow = store.read().await.unwrap();
     let got = uow
         .repo::<Item>()
@@ -443,7 +516,15 @@ pub async fn get_many_keeps_input_order_and_skips_missing(db: &TestDb) {
 /// `exists` and `count`.
 pub async fn exists_and_count(db: &TestDb) {
     let store = setup(db).await;
-    insert_items(store, &[Item::new("a", "x", 1), Item::new("b", "x", 2), Item::new("c", "y", 3)]).await;
+    insert_items(
+        store,
+        &[
+            Item::new("a", "x", 1),
+            Item::new("b", "x", 2),
+            Item::new("c", "y", 3),
+        ],
+    )
+    .await;
     let mut uow = store.read().await.unwrap();
     let mut repo = uow.repo::<Item>();
     assert!(repo.exists(&"b".to_owned()).await.unwrap());
@@ -473,15 +554,72 @@ pub async fn save_bumps_the_version(db: &TestDb) {
 
 fn dataset() -> Vec<Item> {
     let mut v = Vec::new();
-    let rows: [(&str, &str, i64, Option<f64>, bool, Option<&str>, Option<serde_json::Value>); 8] = [
-        ("i1", "apple", 5, Some(1.5), true, Some("fruit"), Some(json!({"color": "red", "tags": ["a", "b"]}))),
-        ("i2", "Apricot", 3, None, true, Some("fruit"), Some(json!(["x", "y"]))),
+    type Row<'a> = (
+        &'a str,
+        &'a str,
+        i64,
+        Option<f64>,
+        bool,
+        Option<&'a str>,
+        Option<serde_json::Value>,
+    );
+    let rows: [Row<'_>; 8] = [
+        (
+            "i1",
+            "apple",
+            5,
+            Some(1.5),
+            true,
+            Some("fruit"),
+            Some(json!({"color": "red", "tags": ["a", "b"]})),
+        ),
+        (
+            "i2",
+            "Apricot",
+            3,
+            None,
+            true,
+            Some("fruit"),
+            Some(json!(["x", "y"])),
+        ),
         ("i3", "banana", 12, Some(0.25), false, None, Some(json!({}))),
         ("i4", "50% off", 0, Some(9.0), true, Some(""), None),
-        ("i5", "under_score", -2, Some(-1.0), false, Some("misc"), Some(json!([]))),
-        ("i6", "back\\slash", 7, None, true, None, Some(json!({"color": "green"}))),
-        ("i7", "Ünïcode", 100, Some(100.0), false, Some("misc"), Some(json!([1, 2, 3]))),
-        ("i8", "cherry", 5, Some(2.0), true, Some("fruit"), Some(json!({"n": 1}))),
+        (
+            "i5",
+            "under_score",
+            -2,
+            Some(-1.0),
+            false,
+            Some("misc"),
+            Some(json!([])),
+        ),
+        (
+            "i6",
+            "back\\slash",
+            7,
+            None,
+            true,
+            None,
+            Some(json!({"color": "green"})),
+        ),
+        (
+            "i7",
+            "Ünïcode",
+            100,
+            Some(100.0),
+            false,
+            Some("misc"),
+            Some(json!([1, 2, 3])),
+        ),
+        (
+            "i8",
+            "cherry",
+            5,
+            Some(2.0),
+            true,
+            Some("fruit"),
+            Some(json!({"n": 1})),
+        ),
     ];
     for (id, name, qty, price, active, tag, meta) in rows {
         v.push(Item {
@@ -514,11 +652,20 @@ pub async fn specification_operators_select_the_expected_rows(db: &TestDb) {
         // NULL prices match neither a comparison nor its negation.
         (field("price").gt(1.0).not(), vec!["i3", "i5"]),
         (field("price").is_null(), vec!["i2", "i6"]),
-        (field("price").is_not_null(), vec!["i1", "i3", "i4", "i5", "i7", "i8"]),
-        (field("tag").is_in(["fruit", "misc"]), vec!["i1", "i2", "i5", "i7", "i8"]),
+        (
+            field("price").is_not_null(),
+            vec!["i1", "i3", "i4", "i5", "i7", "i8"],
+        ),
+        (
+            field("tag").is_in(["fruit", "misc"]),
+            vec!["i1", "i2", "i5", "i7", "i8"],
+        ),
         (field("tag").not_in(["fruit"]), vec!["i4", "i5", "i7"]),
         (field("tag").is_in(Vec::<String>::new()), vec![]),
-        (field("tag").not_in(Vec::<String>::new()), vec!["i1", "i2", "i3", "i4", "i5", "i6", "i7", "i8"]),
+        (
+            field("tag").not_in(Vec::<String>::new()),
+            vec!["i1", "i2", "i3", "i4", "i5", "i6", "i7", "i8"],
+        ),
         (field("qty").between(3, 7), vec!["i1", "i2", "i6", "i8"]),
         (field("qty").not_between(3, 7), vec!["i3", "i4", "i5", "i7"]),
         (field("name").like("a%"), vec!["i1"]),
@@ -537,18 +684,26 @@ pub async fn specification_operators_select_the_expected_rows(db: &TestDb) {
         (field("meta").json_has_key("x"), vec!["i2"]),
         (field("active").eq(false), vec!["i3", "i5", "i7"]),
         (
-            field("active").eq(true).and(field("qty").gt(4).or(field("tag").is_null())),
+            field("active")
+                .eq(true)
+                .and(field("qty").gt(4).or(field("tag").is_null())),
             vec!["i1", "i6", "i8"],
         ),
         (Spec::Or { of: vec![] }, vec![]),
-        (Spec::And { of: vec![] }, vec!["i1", "i2", "i3", "i4", "i5", "i6", "i7", "i8"]),
+        (
+            Spec::And { of: vec![] },
+            vec!["i1", "i2", "i3", "i4", "i5", "i6", "i7", "i8"],
+        ),
         (field("id").is_in(["i2", "i9"]), vec!["i2"]),
     ];
     if caps.regex {
         cases.push((field("name").regex("^[a-c].*a$"), vec!["i3"]));
     }
     if caps.json_contains {
-        cases.push((field("meta").json_contains(json!({"color": "red"})), vec!["i1"]));
+        cases.push((
+            field("meta").json_contains(json!({"color": "red"})),
+            vec!["i1"],
+        ));
         cases.push((field("meta").json_contains(json!(["y"])), vec!["i2"]));
     }
     let mut uow = store.read().await.unwrap();
@@ -558,7 +713,12 @@ pub async fn specification_operators_select_the_expected_rows(db: &TestDb) {
             .find(&Query::new(spec.clone()).with_limit(100))
             .await
             .unwrap_or_else(|e| panic!("{spec:?}: {e}"));
-        assert_eq!(ids(&page.items), expected, "{}", serde_json::to_string(&spec).unwrap());
+        assert_eq!(
+            ids(&page.items),
+            expected,
+            "{}",
+            serde_json::to_string(&spec).unwrap()
+        );
         let n = uow.repo::<Item>().count(&spec).await.unwrap();
         assert_eq!(n, expected.len() as u64, "count of {spec:?}");
     }
@@ -572,7 +732,10 @@ pub async fn unknown_fields_and_bad_values_are_typed_errors(db: &TestDb) {
     let e = repo.count(&field("name; DROP TABLE items").eq(1)).await;
     assert!(matches!(e, Err(Error::UnknownField { .. })), "{e:?}");
     let e = repo.count(&field("note").eq("x")).await;
-    assert!(matches!(e, Err(Error::UnknownField { .. })), "body-only fields are not queryable: {e:?}");
+    assert!(
+        matches!(e, Err(Error::UnknownField { .. })),
+        "body-only fields are not queryable: {e:?}"
+    );
     let e = repo.count(&field("qty").eq("many")).await;
     assert!(matches!(e, Err(Error::TypeMismatch { .. })), "{e:?}");
     let e = repo.count(&field("qty").eq(larder::Value::Null)).await;
@@ -600,13 +763,31 @@ pub async fn unsupported_operators_are_declared_and_typed(db: &TestDb) {
     if caps.json_contains {
         assert!(e.is_ok(), "{e:?}");
     } else {
-        assert!(matches!(e, Err(Error::Unsupported { operation: "json_contains", .. })), "{e:?}");
+        assert!(
+            matches!(
+                e,
+                Err(Error::Unsupported {
+                    operation: "json_contains",
+                    ..
+                })
+            ),
+            "{e:?}"
+        );
     }
     let e = uow.repo::<Item>().count(&field("name").regex("^a")).await;
     if caps.regex {
         assert!(e.is_ok(), "{e:?}");
     } else {
-        assert!(matches!(e, Err(Error::Unsupported { operation: "regex", .. })), "{e:?}");
+        assert!(
+            matches!(
+                e,
+                Err(Error::Unsupported {
+                    operation: "regex",
+                    ..
+                })
+            ),
+            "{e:?}"
+        );
     }
 }
 
@@ -670,7 +851,10 @@ fn orderings() -> Vec<Vec<Order>> {
         vec![Order::desc("price")],
         vec![Order::asc("price").with_nulls(Nulls::First)],
         vec![Order::asc("tag"), Order::desc("qty")],
-        vec![Order::desc("tag").with_nulls(Nulls::Last), Order::asc("price")],
+        vec![
+            Order::desc("tag").with_nulls(Nulls::Last),
+            Order::asc("price"),
+        ],
         vec![Order::desc("active"), Order::desc("id")],
     ]
 }
@@ -716,7 +900,11 @@ pub async fn offset_pagination_matches_keyset_pages(db: &TestDb) {
     insert_items(store, &many_items(23)).await;
     let mut uow = store.read().await.unwrap();
     let base = Query::all().order_by(Order::desc("price"));
-    let full = uow.repo::<Item>().find(&base.clone().with_limit(100)).await.unwrap();
+    let full = uow
+        .repo::<Item>()
+        .find(&base.clone().with_limit(100))
+        .await
+        .unwrap();
     let mut seen = Vec::new();
     for page in 0..5u64 {
         let p = uow
@@ -739,8 +927,20 @@ pub async fn page_size_over_the_cap_is_rejected(db: &TestDb) {
     let store = setup(db).await;
     let mut uow = store.read().await.unwrap();
     let cap = store.config().limits.max_page_size;
-    let e = uow.repo::<Item>().find(&Query::all().with_limit(cap + 1)).await;
-    assert!(matches!(e, Err(Error::LimitExceeded { what: "page size", .. })), "{e:?}");
+    let e = uow
+        .repo::<Item>()
+        .find(&Query::all().with_limit(cap + 1))
+        .await;
+    assert!(
+        matches!(
+            e,
+            Err(Error::LimitExceeded {
+                what: "page size",
+                ..
+            })
+        ),
+        "{e:?}"
+    );
     let e = uow.repo::<Item>().find(&Query::all().with_limit(0)).await;
     assert!(matches!(e, Err(Error::InvalidQuery(_))), "{e:?}");
 }
@@ -762,9 +962,15 @@ pub async fn foreign_cursor_is_rejected(db: &TestDb) {
         .await;
     assert!(matches!(e, Err(Error::InvalidCursor(_))), "{e:?}");
     for junk in ["", "%%%", "eyJvIjoiMSJ9", &"A".repeat(10_000)] {
-        let e = uow.repo::<Item>().find(&Query::all().with_after(junk)).await;
+        let e = uow
+            .repo::<Item>()
+            .find(&Query::all().with_after(junk))
+            .await;
         assert!(
-            matches!(e, Err(Error::InvalidCursor(_) | Error::LimitExceeded { .. })),
+            matches!(
+                e,
+                Err(Error::InvalidCursor(_) | Error::LimitExceeded { .. })
+            ),
             "{junk:.20}: {e:?}"
         );
     }
@@ -781,7 +987,11 @@ pub async fn stream_yields_every_match_in_order(db: &TestDb) {
             order,
             ..Query::default()
         };
-        let full = uow.repo::<Item>().find(&q.clone().with_limit(1000)).await.unwrap();
+        let full = uow
+            .repo::<Item>()
+            .find(&q.clone().with_limit(1000))
+            .await
+            .unwrap();
         let streamed: Vec<String> = uow
             .repo::<Item>()
             .stream(&q)
@@ -798,14 +1008,22 @@ pub async fn stream_honours_limit_and_cursor(db: &TestDb) {
     insert_items(store, &many_items(30)).await;
     let mut uow = store.read().await.unwrap();
     let q = Query::all().order_by(Order::asc("name"));
-    let first = uow.repo::<Item>().find(&q.clone().with_limit(10)).await.unwrap();
+    let first = uow
+        .repo::<Item>()
+        .find(&q.clone().with_limit(10))
+        .await
+        .unwrap();
     let rest: Vec<String> = uow
         .repo::<Item>()
         .stream(&q.clone().with_after(first.next.clone().unwrap()))
         .map(|r| r.unwrap().id.clone())
         .collect()
         .await;
-    let full = uow.repo::<Item>().find(&q.clone().with_limit(100)).await.unwrap();
+    let full = uow
+        .repo::<Item>()
+        .find(&q.clone().with_limit(100))
+        .await
+        .unwrap();
     assert_eq!(rest, ids(&full.items)[10..]);
     let limited = uow.repo::<Item>().stream(&q.with_limit(4)).count().await;
     assert_eq!(limited, 4);
@@ -820,7 +1038,11 @@ pub async fn expired_deadline_fails_before_any_io(db: &TestDb) {
     let mut uow = store.read().await.unwrap();
     let past = Deadline::after(Duration::ZERO);
     tokio::time::sleep(Duration::from_millis(2)).await;
-    let e = uow.repo::<Item>().with_deadline(past).count(&Spec::all()).await;
+    let e = uow
+        .repo::<Item>()
+        .with_deadline(past)
+        .count(&Spec::all())
+        .await;
     assert!(matches!(e, Err(Error::DeadlineExceeded { .. })), "{e:?}");
     // Without the per-call deadline the same unit of work works.
     assert_eq!(uow.repo::<Item>().count(&Spec::all()).await.unwrap(), 0);
@@ -833,7 +1055,10 @@ pub async fn uow_deadline_bounds_later_calls_and_store_stays_healthy(db: &TestDb
         .begin_with(UowOptions::default().with_timeout(Duration::from_millis(150)))
         .await
         .unwrap();
-    uow.repo::<Item>().insert(&Item::new("a", "x", 1)).await.unwrap();
+    uow.repo::<Item>()
+        .insert(&Item::new("a", "x", 1))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let e = uow.repo::<Item>().insert(&Item::new("b", "x", 1)).await;
     assert!(matches!(e, Err(Error::DeadlineExceeded { .. })), "{e:?}");
@@ -854,15 +1079,23 @@ pub async fn audit_sink_receives_one_record_per_operation(db: &TestDb) {
     let store = Store::with_config(db.store.backend().clone(), config);
     store.register::<Item>().await.unwrap();
     let mut uow = store
-        .begin_with(UowOptions::default().with_actor("alice").with_correlation_id("req-1"))
+        .begin_with(
+            UowOptions::default()
+                .with_actor("alice")
+                .with_correlation_id("req-1"),
+        )
         .await
         .unwrap();
-    uow.repo::<Item>().insert(&Item::new("a", "x", 1)).await.unwrap();
+    uow.repo::<Item>()
+        .insert(&Item::new("a", "x", 1))
+        .await
+        .unwrap();
     let _ = uow.repo::<Item>().insert(&Item::new("a", "x", 1)).await;
     uow.repo::<Item>().get(&"a".to_owned()).await.unwrap();
     uow.commit().await.unwrap();
     let recs = sink.records();
-    let ops: Vec<(&str, Result<(), &str>)> = recs.iter().map(|r| (r.operation, r.outcome)).collect();
+    let ops: Vec<(&str, Result<(), &str>)> =
+        recs.iter().map(|r| (r.operation, r.outcome)).collect();
     assert_eq!(
         ops,
         [
@@ -873,7 +1106,10 @@ pub async fn audit_sink_receives_one_record_per_operation(db: &TestDb) {
         ]
     );
     assert!(recs.iter().all(|r| r.actor.as_deref() == Some("alice")));
-    assert!(recs.iter().all(|r| r.correlation_id.as_deref() == Some("req-1")));
+    assert!(
+        recs.iter()
+            .all(|r| r.correlation_id.as_deref() == Some("req-1"))
+    );
     assert_eq!(recs[0].collection, Some("item"));
     assert_eq!(recs[0].entity_id.as_deref(), Some("a"));
 }

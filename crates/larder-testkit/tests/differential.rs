@@ -37,8 +37,25 @@ impl Rng {
 }
 
 const NAMES: &[&str] = &[
-    "apple", "Apple", "APPLE", "banana", "", "a", "ab", "50%", "100% off", "under_score",
-    "back\\slash", "ünïcode", "Ünïcode", "naïve", "日本", "a%b_c", "zz", "Zebra", " space",
+    "apple",
+    "Apple",
+    "APPLE",
+    "banana",
+    "",
+    "a",
+    "ab",
+    "50%",
+    "100% off",
+    "under_score",
+    "back\\slash",
+    "ünïcode",
+    "Ünïcode",
+    "naïve",
+    "日本",
+    "a%b_c",
+    "zz",
+    "Zebra",
+    " space",
 ];
 const TAGS: &[&str] = &["x", "y", "X", "", "tag", "ü", "%", "_"];
 const PRICES: &[f64] = &[-1.5, 0.0, 0.5, 2.0, 2.5, 1e10, -0.25];
@@ -75,7 +92,9 @@ fn random_items(rng: &mut Rng, n: usize) -> Vec<Item> {
 }
 
 fn like_pattern(rng: &mut Rng) -> String {
-    const TOKENS: &[&str] = &["a", "A", "p", "%", "_", "\\%", "\\_", "\\\\", "ü", "n", "e", " "];
+    const TOKENS: &[&str] = &[
+        "a", "A", "p", "%", "_", "\\%", "\\_", "\\\\", "ü", "n", "e", " ",
+    ];
     let len = rng.below(4) + 1;
     (0..len).map(|_| *rng.pick(TOKENS)).collect()
 }
@@ -105,10 +124,14 @@ fn random_spec(rng: &mut Rng, depth: usize) -> Spec {
     if depth < 5 && rng.chance(35) {
         return match rng.below(3) {
             0 => Spec::And {
-                of: (0..rng.below(4)).map(|_| random_spec(rng, depth + 1)).collect(),
+                of: (0..rng.below(4))
+                    .map(|_| random_spec(rng, depth + 1))
+                    .collect(),
             },
             1 => Spec::Or {
-                of: (0..rng.below(4)).map(|_| random_spec(rng, depth + 1)).collect(),
+                of: (0..rng.below(4))
+                    .map(|_| random_spec(rng, depth + 1))
+                    .collect(),
             },
             _ => random_spec(rng, depth + 1).not(),
         };
@@ -122,8 +145,16 @@ fn random_spec(rng: &mut Rng, depth: usize) -> Spec {
         3 => field(f).le(value_for(rng, f)),
         4 => field(f).gt(value_for(rng, f)),
         5 => field(f).ge(value_for(rng, f)),
-        6 => field(f).is_in((0..rng.below(4)).map(|_| value_for(rng, f)).collect::<Vec<_>>()),
-        7 => field(f).not_in((0..rng.below(4)).map(|_| value_for(rng, f)).collect::<Vec<_>>()),
+        6 => field(f).is_in(
+            (0..rng.below(4))
+                .map(|_| value_for(rng, f))
+                .collect::<Vec<_>>(),
+        ),
+        7 => field(f).not_in(
+            (0..rng.below(4))
+                .map(|_| value_for(rng, f))
+                .collect::<Vec<_>>(),
+        ),
         8 => field(f).between(value_for(rng, f), value_for(rng, f)),
         9 => field(f).not_between(value_for(rng, f), value_for(rng, f)),
         10 => field(t).like(like_pattern(rng)),
@@ -137,7 +168,9 @@ fn random_spec(rng: &mut Rng, depth: usize) -> Spec {
         18 => match rng.below(3) {
             0 => field("meta").json_has_key(*rng.pick(&["a", "b", "x", "c"])),
             1 => field("meta").json_contains(rng.pick(&metas()).clone()),
-            _ => field(t).regex(*rng.pick(&["^a", "e$", "^[a-c]", "an", "^.$", "x|y", "^$", "p+l"])),
+            _ => {
+                field(t).regex(*rng.pick(&["^a", "e$", "^[a-c]", "an", "^.$", "x|y", "^$", "p+l"]))
+            }
         },
         _ => field(f).is_null().not(),
     }
@@ -151,9 +184,17 @@ fn random_order(rng: &mut Rng) -> Vec<Order> {
         if out.iter().any(|o| o.field == k) {
             continue;
         }
-        let mut o = if rng.chance(50) { Order::asc(k) } else { Order::desc(k) };
+        let mut o = if rng.chance(50) {
+            Order::asc(k)
+        } else {
+            Order::desc(k)
+        };
         if rng.chance(40) {
-            o = o.with_nulls(if rng.chance(50) { larder::Nulls::First } else { larder::Nulls::Last });
+            o = o.with_nulls(if rng.chance(50) {
+                larder::Nulls::First
+            } else {
+                larder::Nulls::Last
+            });
         }
         out.push(o);
     }
@@ -170,15 +211,37 @@ fn perturb(s: &Spec, rng: &mut Rng) -> Spec {
         other => other.clone(),
     };
     match s {
-        Spec::And { of } => Spec::And { of: of.iter().map(|s| perturb(s, rng)).collect() },
-        Spec::Or { of } => Spec::Or { of: of.iter().map(|s| perturb(s, rng)).collect() },
+        Spec::And { of } => Spec::And {
+            of: of.iter().map(|s| perturb(s, rng)).collect(),
+        },
+        Spec::Or { of } => Spec::Or {
+            of: of.iter().map(|s| perturb(s, rng)).collect(),
+        },
         Spec::Not { spec } => perturb(spec, rng).not(),
-        Spec::Eq { field, value } => Spec::Eq { field: field.clone(), value: v(value, rng) },
-        Spec::Ne { field, value } => Spec::Ne { field: field.clone(), value: v(value, rng) },
-        Spec::Lt { field, value } => Spec::Lt { field: field.clone(), value: v(value, rng) },
-        Spec::Le { field, value } => Spec::Le { field: field.clone(), value: v(value, rng) },
-        Spec::Gt { field, value } => Spec::Gt { field: field.clone(), value: v(value, rng) },
-        Spec::Ge { field, value } => Spec::Ge { field: field.clone(), value: v(value, rng) },
+        Spec::Eq { field, value } => Spec::Eq {
+            field: field.clone(),
+            value: v(value, rng),
+        },
+        Spec::Ne { field, value } => Spec::Ne {
+            field: field.clone(),
+            value: v(value, rng),
+        },
+        Spec::Lt { field, value } => Spec::Lt {
+            field: field.clone(),
+            value: v(value, rng),
+        },
+        Spec::Le { field, value } => Spec::Le {
+            field: field.clone(),
+            value: v(value, rng),
+        },
+        Spec::Gt { field, value } => Spec::Gt {
+            field: field.clone(),
+            value: v(value, rng),
+        },
+        Spec::Ge { field, value } => Spec::Ge {
+            field: field.clone(),
+            value: v(value, rng),
+        },
         Spec::In { field, values } => Spec::In {
             field: field.clone(),
             values: values.iter().map(|x| v(x, rng)).collect(),
@@ -197,15 +260,42 @@ fn perturb(s: &Spec, rng: &mut Rng) -> Spec {
             low: v(low, rng),
             high: v(high, rng),
         },
-        Spec::Like { field, pattern } => Spec::Like { field: field.clone(), pattern: format!("{pattern}x") },
-        Spec::Ilike { field, pattern } => Spec::Ilike { field: field.clone(), pattern: format!("x{pattern}") },
-        Spec::Contains { field, value } => Spec::Contains { field: field.clone(), value: format!("{value}'\"") },
-        Spec::Icontains { field, value } => Spec::Icontains { field: field.clone(), value: format!("{value}%") },
-        Spec::StartsWith { field, value } => Spec::StartsWith { field: field.clone(), value: format!("{value}_") },
-        Spec::EndsWith { field, value } => Spec::EndsWith { field: field.clone(), value: format!("\\{value}") },
-        Spec::Regex { field, pattern } => Spec::Regex { field: field.clone(), pattern: format!("{pattern}|q") },
-        Spec::JsonHasKey { field, key } => Spec::JsonHasKey { field: field.clone(), key: format!("{key}'") },
-        Spec::JsonContains { field, .. } => Spec::JsonContains { field: field.clone(), value: json!({"z": "'"}) },
+        Spec::Like { field, pattern } => Spec::Like {
+            field: field.clone(),
+            pattern: format!("{pattern}x"),
+        },
+        Spec::Ilike { field, pattern } => Spec::Ilike {
+            field: field.clone(),
+            pattern: format!("x{pattern}"),
+        },
+        Spec::Contains { field, value } => Spec::Contains {
+            field: field.clone(),
+            value: format!("{value}'\""),
+        },
+        Spec::Icontains { field, value } => Spec::Icontains {
+            field: field.clone(),
+            value: format!("{value}%"),
+        },
+        Spec::StartsWith { field, value } => Spec::StartsWith {
+            field: field.clone(),
+            value: format!("{value}_"),
+        },
+        Spec::EndsWith { field, value } => Spec::EndsWith {
+            field: field.clone(),
+            value: format!("\\{value}"),
+        },
+        Spec::Regex { field, pattern } => Spec::Regex {
+            field: field.clone(),
+            pattern: format!("{pattern}|q"),
+        },
+        Spec::JsonHasKey { field, key } => Spec::JsonHasKey {
+            field: field.clone(),
+            key: format!("{key}'"),
+        },
+        Spec::JsonContains { field, .. } => Spec::JsonContains {
+            field: field.clone(),
+            value: json!({"z": "'"}),
+        },
         other => other.clone(),
     }
 }
@@ -223,7 +313,10 @@ fn different_literal_values_never_change_the_sql_text() {
             order: vec![Order::asc("qty")],
             ..Query::default()
         };
-        let (Ok(a), Ok(b)) = (q(spec.clone()).plan(def, &limits, true), q(twin).plan(def, &limits, true)) else {
+        let (Ok(a), Ok(b)) = (
+            q(spec.clone()).plan(def, &limits, true),
+            q(twin).plan(def, &limits, true),
+        ) else {
             continue;
         };
         for d in [Dialect::Postgres, Dialect::Sqlite] {
@@ -241,7 +334,7 @@ fn seed() -> u64 {
     std::env::var("LARDER_DIFF_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(0x1a2d_e5)
+        .unwrap_or(0x001a_2de5)
 }
 
 fn cases() -> usize {
@@ -298,7 +391,10 @@ async fn random_specifications_agree_on_memory_sqlite_and_postgres() {
                     // every backend must reject it the same way.
                     for u in uows.iter_mut().skip(1) {
                         let other = u.repo::<Item>().find(&q).await;
-                        assert!(other.is_err(), "memory rejected {q:?} ({e}) but a backend accepted it");
+                        assert!(
+                            other.is_err(),
+                            "memory rejected {q:?} ({e}) but a backend accepted it"
+                        );
                     }
                     continue;
                 }
@@ -322,9 +418,15 @@ async fn random_specifications_agree_on_memory_sqlite_and_postgres() {
                         }
                     }
                     Err(larder::Error::Unsupported { .. }) => {
-                        assert!(!dbs[i].store.capabilities().json_contains || !dbs[i].store.capabilities().regex);
+                        assert!(
+                            !dbs[i].store.capabilities().json_contains
+                                || !dbs[i].store.capabilities().regex
+                        );
                     }
-                    Err(e) => panic!("backend #{i} failed on {}: {e}", serde_json::to_string(&q).unwrap()),
+                    Err(e) => panic!(
+                        "backend #{i} failed on {}: {e}",
+                        serde_json::to_string(&q).unwrap()
+                    ),
                 }
             }
             checked += 1;
@@ -341,6 +443,12 @@ async fn random_specifications_agree_on_memory_sqlite_and_postgres() {
     eprintln!(
         "differential: {checked} specifications checked, {compared_with_pg} also on PostgreSQL, {non_empty} with non-empty results"
     );
-    assert!(checked * 10 >= total * 9, "too many specifications rejected: {checked}/{total}");
-    assert!(non_empty * 4 >= checked, "the generator selects too little: {non_empty}/{checked}");
+    assert!(
+        checked * 10 >= total * 9,
+        "too many specifications rejected: {checked}/{total}"
+    );
+    assert!(
+        non_empty * 4 >= checked,
+        "the generator selects too little: {non_empty}/{checked}"
+    );
 }

@@ -30,7 +30,11 @@ async fn seed(store: &Store) {
 
 async fn read(store: &Store) -> i64 {
     let mut uow = store.read().await.unwrap();
-    uow.repo::<Counter>().require(&"c".to_owned()).await.unwrap().count
+    uow.repo::<Counter>()
+        .require(&"c".to_owned())
+        .await
+        .unwrap()
+        .count
 }
 
 /// Runs the workload; returns (final value, conflicts retried).
@@ -50,7 +54,10 @@ async fn run(store: &Store, naive: bool, per_task: u64) -> (i64, u64) {
                     // optimistic check can never see the other writers.
                     let mut seen = {
                         let mut uow = store.read().await.unwrap();
-                        uow.repo::<Counter>().require(&"c".to_owned()).await.unwrap()
+                        uow.repo::<Counter>()
+                            .require(&"c".to_owned())
+                            .await
+                            .unwrap()
                     };
                     seen.count += 1;
                     tokio::task::yield_now().await;
@@ -58,7 +65,8 @@ async fn run(store: &Store, naive: bool, per_task: u64) -> (i64, u64) {
                         .transaction_with(UowOptions::default(), &opts, |uow| {
                             let value = seen.count;
                             Box::pin(async move {
-                                let mut cur = uow.repo::<Counter>().require(&"c".to_owned()).await?;
+                                let mut cur =
+                                    uow.repo::<Counter>().require(&"c".to_owned()).await?;
                                 cur.count = value;
                                 uow.repo::<Counter>().save(&mut cur).await?;
                                 Ok::<_, Error>(())
@@ -101,7 +109,12 @@ async fn check(db: Option<TestDb>) {
     seed(&db.store).await;
     let (value, retries) = run(&db.store, false, PER_TASK).await;
     eprintln!("{}: final {value}, {retries} conflicts retried", db.backend);
-    assert_eq!(value, i64::try_from(TASKS * PER_TASK).unwrap(), "{}: lost updates", db.backend);
+    assert_eq!(
+        value,
+        i64::try_from(TASKS * PER_TASK).unwrap(),
+        "{}: lost updates",
+        db.backend
+    );
     db.finish().await;
 }
 
@@ -110,7 +123,11 @@ async fn canary(db: Option<TestDb>) {
     seed(&db.store).await;
     let per_task = 100;
     let (value, _) = run(&db.store, true, per_task).await;
-    eprintln!("{} canary: final {value} of {}", db.backend, TASKS * per_task);
+    eprintln!(
+        "{} canary: final {value} of {}",
+        db.backend,
+        TASKS * per_task
+    );
     assert!(
         value < i64::try_from(TASKS * per_task).unwrap(),
         "{}: the naive read-modify-write lost nothing; the harness cannot see lost updates",

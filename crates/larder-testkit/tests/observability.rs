@@ -25,14 +25,19 @@ struct V<'a>(&'a mut HashMap<String, String>);
 
 impl Visit for V<'_> {
     fn record_debug(&mut self, f: &Field, v: &dyn std::fmt::Debug) {
-        self.0.insert(f.name().to_owned(), format!("{v:?}").trim_matches('"').to_owned());
+        self.0.insert(
+            f.name().to_owned(),
+            format!("{v:?}").trim_matches('"').to_owned(),
+        );
     }
     fn record_str(&mut self, f: &Field, v: &str) {
         self.0.insert(f.name().to_owned(), v.to_owned());
     }
 }
 
-impl<S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>> Layer<S> for Spans {
+impl<S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>> Layer<S>
+    for Spans
+{
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, _: Context<'_, S>) {
         let mut c = Captured {
             name: attrs.metadata().name(),
@@ -52,7 +57,12 @@ impl<S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'
 impl Spans {
     fn all(&self) -> Vec<Captured> {
         let map = self.0.lock().unwrap();
-        self.1.lock().unwrap().iter().filter_map(|id| map.get(id).cloned()).collect()
+        self.1
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|id| map.get(id).cloned())
+            .collect()
     }
     fn clear(&self) {
         self.0.lock().unwrap().clear();
@@ -64,13 +74,24 @@ async fn exercise(store: &larder::Store, system: &str, spans: &Spans, expect_que
     store.register::<Item>().await.unwrap();
     spans.clear();
     let mut uow = store
-        .begin_with(UowOptions::default().with_actor("alice").with_correlation_id("req-7"))
+        .begin_with(
+            UowOptions::default()
+                .with_actor("alice")
+                .with_correlation_id("req-7"),
+        )
         .await
         .unwrap();
-    uow.repo::<Item>().insert(&Item::new("a", "x", 1)).await.unwrap();
+    uow.repo::<Item>()
+        .insert(&Item::new("a", "x", 1))
+        .await
+        .unwrap();
     let dup = uow.repo::<Item>().insert(&Item::new("a", "x", 1)).await;
     assert!(dup.is_err());
-    let page = uow.repo::<Item>().find(&Query::new(field("name").eq("x"))).await.unwrap();
+    let page = uow
+        .repo::<Item>()
+        .find(&Query::new(field("name").eq("x")))
+        .await
+        .unwrap();
     assert_eq!(page.items.len(), 1);
     uow.commit().await.unwrap();
 
@@ -88,9 +109,21 @@ async fn exercise(store: &larder::Store, system: &str, spans: &Spans, expect_que
         "{system}"
     );
     for c in &all {
-        assert_eq!(c.fields.get("db.system.name").map(String::as_str), Some(system), "{c:?}");
-        assert_eq!(c.fields.get("larder.actor").map(String::as_str), Some("alice"), "{c:?}");
-        assert_eq!(c.fields.get("larder.correlation_id").map(String::as_str), Some("req-7"), "{c:?}");
+        assert_eq!(
+            c.fields.get("db.system.name").map(String::as_str),
+            Some(system),
+            "{c:?}"
+        );
+        assert_eq!(
+            c.fields.get("larder.actor").map(String::as_str),
+            Some("alice"),
+            "{c:?}"
+        );
+        assert_eq!(
+            c.fields.get("larder.correlation_id").map(String::as_str),
+            Some("req-7"),
+            "{c:?}"
+        );
         assert!(c.fields.contains_key("db.operation.name"), "{c:?}");
     }
     let ins = &all[1];
@@ -108,7 +141,10 @@ async fn exercise(store: &larder::Store, system: &str, spans: &Spans, expect_que
     );
     if expect_query_text {
         let q = &all[3].fields["db.query.text"];
-        assert!(q.contains("SELECT") && !q.contains("'x'"), "parameterized text only: {q}");
+        assert!(
+            q.contains("SELECT") && !q.contains("'x'"),
+            "parameterized text only: {q}"
+        );
     }
 }
 

@@ -75,7 +75,10 @@ async fn pg_sleep_under_a_one_second_deadline_is_cancelled_server_side() {
         .unwrap()
         .get(0);
     assert_eq!(t, "0");
-    sqlx::query("SELECT pg_sleep(1.2)").execute(conn).await.unwrap();
+    sqlx::query("SELECT pg_sleep(1.2)")
+        .execute(conn)
+        .await
+        .unwrap();
     uow.commit().await.unwrap();
     admin.close().await;
     db.finish().await;
@@ -96,18 +99,31 @@ async fn repository_call_past_its_deadline_aborts_the_unit_of_work_cleanly() {
     let admin = admin().await;
     let mut seed = db.store.begin().await.unwrap();
     seed.repo::<Counter>()
-        .insert(&Counter { id: "c".into(), count: 0 })
+        .insert(&Counter {
+            id: "c".into(),
+            count: 0,
+        })
         .await
         .unwrap();
     seed.commit().await.unwrap();
     let mut blocker = db.store.begin().await.unwrap();
-    let mut c = blocker.repo::<Counter>().require(&"c".to_owned()).await.unwrap();
+    let mut c = blocker
+        .repo::<Counter>()
+        .require(&"c".to_owned())
+        .await
+        .unwrap();
     c.count = 100;
     blocker.repo::<Counter>().save(&mut c).await.unwrap();
     let started = Instant::now();
     let e = uow
         .repo::<Counter>()
-        .update(&Counter { id: "c".into(), count: 1 }, 1)
+        .update(
+            &Counter {
+                id: "c".into(),
+                count: 1,
+            },
+            1,
+        )
         .await;
     assert!(matches!(e, Err(Error::DeadlineExceeded { .. })), "{e:?}");
     assert!(started.elapsed() < Duration::from_secs(2));
@@ -116,7 +132,14 @@ async fn repository_call_past_its_deadline_aborts_the_unit_of_work_cleanly() {
     assert!(matches!(e, Err(Error::DeadlineExceeded { .. })), "{e:?}");
     blocker.commit().await.unwrap();
     let mut r = db.store.read().await.unwrap();
-    assert_eq!(r.repo::<Counter>().require(&"c".to_owned()).await.unwrap().count, 100);
+    assert_eq!(
+        r.repo::<Counter>()
+            .require(&"c".to_owned())
+            .await
+            .unwrap()
+            .count,
+        100
+    );
     r.commit().await.unwrap();
     admin.close().await;
     db.finish().await;
@@ -126,7 +149,13 @@ async fn repository_call_past_its_deadline_aborts_the_unit_of_work_cleanly() {
 /// of work) leave no session idle in transaction and the pool usable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn futures_dropped_mid_flight_leave_the_pool_healthy() {
-    let Some(db) = backends::postgres_with("postgres::dropped", |s| s.max_connections = Some(4), StoreConfig::default()).await else {
+    let Some(db) = backends::postgres_with(
+        "postgres::dropped",
+        |s| s.max_connections = Some(4),
+        StoreConfig::default(),
+    )
+    .await
+    else {
         return;
     };
     db.store.register::<Counter>().await.unwrap();
@@ -136,10 +165,16 @@ async fn futures_dropped_mid_flight_leave_the_pool_healthy() {
         let work = async move {
             let mut uow = store.begin().await?;
             uow.repo::<Counter>()
-                .insert(&Counter { id: format!("d{i}"), count: 1 })
+                .insert(&Counter {
+                    id: format!("d{i}"),
+                    count: 1,
+                })
                 .await?;
             let conn = uow.postgres().unwrap();
-            sqlx::query("SELECT pg_sleep(0.01)").execute(conn).await.map_err(classify)?;
+            sqlx::query("SELECT pg_sleep(0.01)")
+                .execute(conn)
+                .await
+                .map_err(classify)?;
             uow.commit().await
         };
         let _ = tokio::time::timeout(Duration::from_millis(i % 30), work).await;
@@ -158,7 +193,10 @@ async fn futures_dropped_mid_flight_leave_the_pool_healthy() {
     let n = uow.repo::<Counter>().count(&Spec::all()).await.unwrap();
     assert!(n <= 60);
     uow.repo::<Counter>()
-        .insert(&Counter { id: "after".into(), count: 1 })
+        .insert(&Counter {
+            id: "after".into(),
+            count: 1,
+        })
         .await
         .unwrap();
     uow.commit().await.unwrap();

@@ -55,14 +55,24 @@ async fn canary_password_never_appears_in_output_errors_or_logs() {
         printed.push(format!("{s:?} {} {:?}", s.database_url, s.database_url));
         match larder::connect(&s).await {
             Ok(store) => printed.push(format!("{store:?}")),
-            Err(e) => printed.push(format!("{e} {e:?} {:?}", std::error::Error::source(&e).map(ToString::to_string))),
+            Err(e) => printed.push(format!(
+                "{e} {e:?} {:?}",
+                std::error::Error::source(&e).map(ToString::to_string)
+            )),
         }
     }
     // A successful connection with the password in the URL (the test server uses trust
     // authentication, so any password is accepted), and a session of work on it.
     if let Some(url) = backends::postgres_url() {
-        let with_password = url.replacen("postgres://postgres@", &format!("postgres://postgres:{CANARY}@"), 1);
-        assert_ne!(with_password, url, "expected a postgres://postgres@… test url");
+        let with_password = url.replacen(
+            "postgres://postgres@",
+            &format!("postgres://postgres:{CANARY}@"),
+            1,
+        );
+        assert_ne!(
+            with_password, url,
+            "expected a postgres://postgres@… test url"
+        );
         let store = larder::open(&with_password).await.unwrap();
         printed.push(format!("{store:?}"));
         let mut uow = store.read().await.unwrap();
@@ -76,7 +86,10 @@ async fn canary_password_never_appears_in_output_errors_or_logs() {
     let mem = larder::open("memory://").await.unwrap();
     mem.register::<Item>().await.unwrap();
     let mut uow = mem.begin().await.unwrap();
-    uow.repo::<Item>().insert(&Item::new("a", "x", 1)).await.unwrap();
+    uow.repo::<Item>()
+        .insert(&Item::new("a", "x", 1))
+        .await
+        .unwrap();
     uow.commit().await.unwrap();
     let logs = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
     for text in printed.iter().chain([&logs]) {

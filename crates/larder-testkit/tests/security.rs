@@ -14,8 +14,8 @@ use larder::backend::{Backend, BeginOptions, BoxFuture, BoxStream, Capabilities,
 use larder::query::Order;
 use larder::spec::Spec;
 use larder::{Deadline, EntityDef, Error, Query, Record, Store, Value, field};
-use larder_core::query::Select;
 use larder_core::Entity as _;
+use larder_core::query::Select;
 use larder_core::spec::Pred;
 use larder_testkit::backends;
 use larder_testkit::entities::Item;
@@ -37,7 +37,10 @@ impl Backend for Tripwire {
     fn capabilities(&self) -> &Capabilities {
         &self.0
     }
-    fn begin<'a>(&'a self, _: &'a BeginOptions) -> BoxFuture<'a, larder::Result<Box<dyn Transaction>>> {
+    fn begin<'a>(
+        &'a self,
+        _: &'a BeginOptions,
+    ) -> BoxFuture<'a, larder::Result<Box<dyn Transaction>>> {
         Box::pin(async { Ok(Box::new(TripTx) as Box<dyn Transaction>) })
     }
     fn prepare<'a>(&'a self, _: &'a EntityDef) -> BoxFuture<'a, larder::Result<()>> {
@@ -50,25 +53,55 @@ impl Backend for Tripwire {
 
 impl Transaction for TripTx {
     fn set_deadline(&mut self, _: Option<Deadline>) {}
-    fn insert<'a>(&'a mut self, _: &'a EntityDef, _: &'a Record) -> BoxFuture<'a, larder::Result<()>> {
+    fn insert<'a>(
+        &'a mut self,
+        _: &'a EntityDef,
+        _: &'a Record,
+    ) -> BoxFuture<'a, larder::Result<()>> {
         tripped()
     }
-    fn update<'a>(&'a mut self, _: &'a EntityDef, _: &'a Record, _: u64) -> BoxFuture<'a, larder::Result<()>> {
+    fn update<'a>(
+        &'a mut self,
+        _: &'a EntityDef,
+        _: &'a Record,
+        _: u64,
+    ) -> BoxFuture<'a, larder::Result<()>> {
         tripped()
     }
-    fn delete<'a>(&'a mut self, _: &'a EntityDef, _: &'a Value, _: u64) -> BoxFuture<'a, larder::Result<()>> {
+    fn delete<'a>(
+        &'a mut self,
+        _: &'a EntityDef,
+        _: &'a Value,
+        _: u64,
+    ) -> BoxFuture<'a, larder::Result<()>> {
         tripped()
     }
-    fn get_many<'a>(&'a mut self, _: &'a EntityDef, _: &'a [Value]) -> BoxFuture<'a, larder::Result<Vec<Record>>> {
+    fn get_many<'a>(
+        &'a mut self,
+        _: &'a EntityDef,
+        _: &'a [Value],
+    ) -> BoxFuture<'a, larder::Result<Vec<Record>>> {
         tripped()
     }
-    fn count<'a>(&'a mut self, _: &'a EntityDef, _: &'a Pred) -> BoxFuture<'a, larder::Result<u64>> {
+    fn count<'a>(
+        &'a mut self,
+        _: &'a EntityDef,
+        _: &'a Pred,
+    ) -> BoxFuture<'a, larder::Result<u64>> {
         tripped()
     }
-    fn select<'a>(&'a mut self, _: &'a EntityDef, _: &'a Select) -> BoxFuture<'a, larder::Result<Vec<Record>>> {
+    fn select<'a>(
+        &'a mut self,
+        _: &'a EntityDef,
+        _: &'a Select,
+    ) -> BoxFuture<'a, larder::Result<Vec<Record>>> {
         tripped()
     }
-    fn stream<'a>(&'a mut self, _: &'a EntityDef, _: Select) -> BoxStream<'a, larder::Result<Record>> {
+    fn stream<'a>(
+        &'a mut self,
+        _: &'a EntityDef,
+        _: Select,
+    ) -> BoxStream<'a, larder::Result<Record>> {
         tripped()
     }
     fn savepoint<'a>(&'a mut self, _: &'a str) -> BoxFuture<'a, larder::Result<()>> {
@@ -165,7 +198,11 @@ const BASE: &[&str] = &[
 /// suffixed with a comment).
 fn corpus() -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
-    let long = ["a".repeat(64), "a".repeat(10_000), format!("{}; DROP TABLE items", "b".repeat(70))];
+    let long = [
+        "a".repeat(64),
+        "a".repeat(10_000),
+        format!("{}; DROP TABLE items", "b".repeat(70)),
+    ];
     for b in BASE.iter().copied().chain(long.iter().map(String::as_str)) {
         for v in [
             b.to_owned(),
@@ -188,17 +225,33 @@ fn tripwire_store() -> Store {
 #[tokio::test]
 async fn hostile_field_names_sort_keys_and_directions_are_rejected_before_sql() {
     let corpus = corpus();
-    assert!(corpus.len() >= 250, "corpus has only {} payloads", corpus.len());
+    assert!(
+        corpus.len() >= 250,
+        "corpus has only {} payloads",
+        corpus.len()
+    );
     let store = tripwire_store();
     let mut uow = store.begin().await.unwrap();
     let mut rejected = 0;
     for p in &corpus {
         // 1. field name in a specification
         let e = uow.repo::<Item>().count(&field(p.as_str()).eq(1)).await;
-        assert!(matches!(e, Err(Error::UnknownField { .. } | Error::TypeMismatch { .. })), "{p:?}: {e:?}");
+        assert!(
+            matches!(
+                e,
+                Err(Error::UnknownField { .. } | Error::TypeMismatch { .. })
+            ),
+            "{p:?}: {e:?}"
+        );
         // 2. ordering field
-        let e = uow.repo::<Item>().find(&Query::all().order_by(Order::asc(p.as_str()))).await;
-        assert!(matches!(e, Err(Error::UnknownField { .. } | Error::InvalidQuery(_))), "{p:?}: {e:?}");
+        let e = uow
+            .repo::<Item>()
+            .find(&Query::all().order_by(Order::asc(p.as_str())))
+            .await;
+        assert!(
+            matches!(e, Err(Error::UnknownField { .. } | Error::InvalidQuery(_))),
+            "{p:?}: {e:?}"
+        );
         // 3. sort string
         let parsed = Order::parse(p);
         if let Ok(o) = parsed {
@@ -213,17 +266,32 @@ async fn hostile_field_names_sort_keys_and_directions_are_rejected_before_sql() 
         }
         // 4. direction and 5. operator, through the JSON form
         let q = serde_json::json!({"order": [{"field": "qty", "direction": p}]}).to_string();
-        assert!(matches!(Query::from_json(&q), Err(Error::InvalidQuery(_))), "{p:?}");
+        assert!(
+            matches!(Query::from_json(&q), Err(Error::InvalidQuery(_))),
+            "{p:?}"
+        );
         let s = serde_json::json!({"op": p, "field": "qty", "value": 1}).to_string();
-        assert!(matches!(Spec::from_json(&s), Err(Error::InvalidQuery(_))), "{p:?}");
+        assert!(
+            matches!(Spec::from_json(&s), Err(Error::InvalidQuery(_))),
+            "{p:?}"
+        );
         // 6. field name inside the JSON form
         let s = serde_json::json!({"op": "eq", "field": p, "value": 1}).to_string();
         let spec = Spec::from_json(&s).unwrap();
         let e = uow.repo::<Item>().count(&spec).await;
         assert!(matches!(e, Err(Error::UnknownField { .. })), "{p:?}: {e:?}");
         // 7. a cursor token
-        let e = uow.repo::<Item>().find(&Query::all().with_after(p.as_str())).await;
-        assert!(matches!(e, Err(Error::InvalidCursor(_) | Error::LimitExceeded { .. })), "{p:?}: {e:?}");
+        let e = uow
+            .repo::<Item>()
+            .find(&Query::all().with_after(p.as_str()))
+            .await;
+        assert!(
+            matches!(
+                e,
+                Err(Error::InvalidCursor(_) | Error::LimitExceeded { .. })
+            ),
+            "{p:?}: {e:?}"
+        );
         rejected += 1;
     }
     // Messages quote hostile input escaped and truncated.
@@ -242,29 +310,70 @@ async fn limits_give_typed_errors_before_sql() {
     let store = tripwire_store();
     let mut uow = store.begin().await.unwrap();
     let limits = store.config().limits.clone();
-    let e = uow.repo::<Item>().find(&Query::all().with_limit(limits.max_page_size + 1)).await;
-    assert!(matches!(e, Err(Error::LimitExceeded { what: "page size", .. })), "{e:?}");
+    let e = uow
+        .repo::<Item>()
+        .find(&Query::all().with_limit(limits.max_page_size + 1))
+        .await;
+    assert!(
+        matches!(
+            e,
+            Err(Error::LimitExceeded {
+                what: "page size",
+                ..
+            })
+        ),
+        "{e:?}"
+    );
     let e = uow
         .repo::<Item>()
         .count(&field("qty").is_in((0..5_000).map(i64::from)))
         .await;
-    assert!(matches!(e, Err(Error::LimitExceeded { what: "in-list length", .. })), "{e:?}");
-    let e = uow.repo::<Item>().count(&field("name").contains("x".repeat(100_000))).await;
+    assert!(
+        matches!(
+            e,
+            Err(Error::LimitExceeded {
+                what: "in-list length",
+                ..
+            })
+        ),
+        "{e:?}"
+    );
+    let e = uow
+        .repo::<Item>()
+        .count(&field("name").contains("x".repeat(100_000)))
+        .await;
     assert!(matches!(e, Err(Error::LimitExceeded { .. })), "{e:?}");
     let mut deep = field("qty").eq(1);
     for _ in 0..100 {
         deep = deep.not();
     }
     let e = uow.repo::<Item>().count(&deep).await;
-    assert!(matches!(e, Err(Error::LimitExceeded { what: "specification depth", .. })), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            Err(Error::LimitExceeded {
+                what: "specification depth",
+                ..
+            })
+        ),
+        "{e:?}"
+    );
     let wide = Spec::Or {
         of: (0..10_000).map(|i| field("qty").eq(i64::from(i))).collect(),
     };
     let e = uow.repo::<Item>().count(&wide).await;
     assert!(matches!(e, Err(Error::LimitExceeded { .. })), "{e:?}");
     // JSON nesting deeper than serde_json's recursion limit: an error, not a stack overflow.
-    let json = format!("{}{}{}", "{\"op\":\"not\",\"spec\":".repeat(10_000), "{\"op\":\"all\"}", "}".repeat(10_000));
-    assert!(matches!(Spec::from_json(&json), Err(Error::InvalidQuery(_))));
+    let json = format!(
+        "{}{}{}",
+        "{\"op\":\"not\",\"spec\":".repeat(10_000),
+        "{\"op\":\"all\"}",
+        "}".repeat(10_000)
+    );
+    assert!(matches!(
+        Spec::from_json(&json),
+        Err(Error::InvalidQuery(_))
+    ));
     let ids: Vec<String> = (0..limits.max_batch + 1).map(|i| i.to_string()).collect();
     let e = uow.repo::<Item>().get_many(&ids).await;
     assert!(matches!(e, Err(Error::LimitExceeded { .. })), "{e:?}");
@@ -287,14 +396,25 @@ async fn rejected_input_leaves_the_unit_of_work_usable() {
     {
         db.store.register::<Item>().await.unwrap();
         let mut uow = db.store.begin().await.unwrap();
-        uow.repo::<Item>().insert(&Item::new("a", "x", 1)).await.unwrap();
+        uow.repo::<Item>()
+            .insert(&Item::new("a", "x", 1))
+            .await
+            .unwrap();
         for p in corpus().iter().take(40) {
-            assert!(uow.repo::<Item>().count(&field(p.as_str()).eq(1)).await.is_err());
+            assert!(
+                uow.repo::<Item>()
+                    .count(&field(p.as_str()).eq(1))
+                    .await
+                    .is_err()
+            );
         }
         let mut big = Item::new("big", "x", 1);
         big.note = "x".repeat(5 * 1024 * 1024);
         assert!(uow.repo::<Item>().insert(&big).await.is_err());
-        uow.repo::<Item>().insert(&Item::new("b", "x", 1)).await.unwrap();
+        uow.repo::<Item>()
+            .insert(&Item::new("b", "x", 1))
+            .await
+            .unwrap();
         uow.commit().await.unwrap();
         let mut uow = db.store.read().await.unwrap();
         assert_eq!(uow.repo::<Item>().count(&Spec::all()).await.unwrap(), 2);

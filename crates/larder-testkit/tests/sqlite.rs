@@ -47,7 +47,10 @@ async fn read_then_write_units_of_work_never_fail_with_busy() {
                 // Read one counter, write another: the classic deferred-BEGIN trap.
                 let mut uow = store.begin().await.unwrap();
                 let r = async {
-                    let seen = uow.repo::<Counter>().require(&format!("c{}", (t + i) % 16)).await?;
+                    let seen = uow
+                        .repo::<Counter>()
+                        .require(&format!("c{}", (t + i) % 16))
+                        .await?;
                     let mut mine = uow.repo::<Counter>().require(&format!("c{t}")).await?;
                     mine.count += seen.count % 2 + 1;
                     uow.repo::<Counter>().save(&mut mine).await?;
@@ -104,7 +107,11 @@ async fn canary_deferred_begin_hits_busy() {
         .await
         .unwrap();
     for i in 0..16 {
-        sqlx::query("INSERT INTO c VALUES (?, 0)").bind(i).execute(&pool).await.unwrap();
+        sqlx::query("INSERT INTO c VALUES (?, 0)")
+            .bind(i)
+            .execute(&pool)
+            .await
+            .unwrap();
     }
     let busy = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
@@ -135,7 +142,10 @@ async fn canary_deferred_begin_hits_busy() {
                             busy.fetch_add(1, Ordering::Relaxed);
                         }
                     }
-                    Err(sqlx::Error::Database(e)) if e.code().is_some_and(|c| c.parse::<u32>().unwrap_or(0) & 0xff == 5) => {
+                    Err(sqlx::Error::Database(e))
+                        if e.code()
+                            .is_some_and(|c| c.parse::<u32>().unwrap_or(0) & 0xff == 5) =>
+                    {
                         busy.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(e) => panic!("{e}"),
@@ -148,7 +158,10 @@ async fn canary_deferred_begin_hits_busy() {
     }
     let n = busy.load(Ordering::Relaxed);
     eprintln!("canary: {n} SQLITE_BUSY errors with deferred BEGIN");
-    assert!(n > 0, "the deferred-BEGIN canary saw no SQLITE_BUSY: the busy harness is blind");
+    assert!(
+        n > 0,
+        "the deferred-BEGIN canary saw no SQLITE_BUSY: the busy harness is blind"
+    );
     pool.close().await;
     db.finish().await;
 }
@@ -179,7 +192,10 @@ async fn audit(synchronous: Synchronous, expected_sync: i64) {
                 .unwrap()
         };
         assert_eq!(get(conn, "PRAGMA journal_mode").await, "wal");
-        assert_eq!(get(conn, "PRAGMA synchronous").await, expected_sync.to_string());
+        assert_eq!(
+            get(conn, "PRAGMA synchronous").await,
+            expected_sync.to_string()
+        );
         assert_eq!(get(conn, "PRAGMA foreign_keys").await, "1");
         assert_eq!(get(conn, "PRAGMA busy_timeout").await, "4321");
     }
@@ -222,7 +238,11 @@ async fn deadline_interrupts_a_long_statement() {
     .await
     .map_err(classify);
     assert!(matches!(r, Err(Error::DeadlineExceeded { .. })), "{r:?}");
-    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
     drop(uow);
     // Every connection of the pool still works, with or without deadlines.
     for _ in 0..6 {
@@ -237,7 +257,13 @@ async fn deadline_interrupts_a_long_statement() {
         uow.commit().await.unwrap();
     }
     let mut uow = db.store.read().await.unwrap();
-    assert_eq!(uow.repo::<Counter>().count(&larder::Spec::all()).await.unwrap(), 6);
+    assert_eq!(
+        uow.repo::<Counter>()
+            .count(&larder::Spec::all())
+            .await
+            .unwrap(),
+        6
+    );
     drop(uow);
     db.finish().await;
 }

@@ -27,8 +27,8 @@ use futures_util::StreamExt;
 use tokio::runtime::Runtime;
 
 use crate::{
-    AsLarderError, Entity, Error, Page, Query, Result, Settings, Spec,
-    TransactionOptions, UowOptions, Versioned,
+    AsLarderError, Entity, Error, Page, Query, Result, Settings, Spec, TransactionOptions,
+    UowOptions, Versioned,
 };
 
 /// A blocking store. Cheap to clone.
@@ -138,7 +138,11 @@ impl Store {
                         return Err(e);
                     }
                     attempt += 1;
-                    std::thread::sleep(opts.backoff.saturating_mul(1 << attempt.min(6)).min(Duration::from_millis(100)));
+                    std::thread::sleep(
+                        opts.backoff
+                            .saturating_mul(1 << attempt.min(6))
+                            .min(Duration::from_millis(100)),
+                    );
                 }
             }
         }
@@ -161,7 +165,9 @@ pub struct Uow {
 impl Uow {
     fn get(&mut self) -> &mut crate::Uow {
         // `inner` is only taken by commit/rollback, which consume `self`.
-        self.inner.as_mut().unwrap_or_else(|| unreachable!("unit of work already finished"))
+        self.inner
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("unit of work already finished"))
     }
 
     /// A repository for `T` in this unit of work.
@@ -229,7 +235,8 @@ impl<'u, T: Entity> Repo<'u, T> {
 
     /// See [`crate::Repo::update`].
     pub fn update(&mut self, entity: &T, expected_version: u64) -> Result<u64> {
-        self.rt.block_on(self.inner.update(entity, expected_version))
+        self.rt
+            .block_on(self.inner.update(entity, expected_version))
     }
 
     /// See [`crate::Repo::save`].

@@ -62,11 +62,10 @@ pub mod blocking;
 use std::sync::Arc;
 
 pub use larder_core::{
-    AsLarderError, AuditRecord, AuditSink, Capabilities, DatabaseUrl, Deadline, Direction,
-    Entity, EntityDef, Error, FieldDef, FieldRef, FieldType, FieldValue, Json, Limits,
-    MemoryAuditSink, Nulls, Order, Page, Query, Record, Repo, Result, Settings, Spec, Storage,
-    Store, StoreConfig, TracingAuditSink, TransactionOptions, TransientKind, Uow, UowOptions,
-    Value, Versioned, field,
+    AsLarderError, AuditRecord, AuditSink, Capabilities, DatabaseUrl, Deadline, Direction, Entity,
+    EntityDef, Error, FieldDef, FieldRef, FieldType, FieldValue, Json, Limits, MemoryAuditSink,
+    Nulls, Order, Page, Query, Record, Repo, Result, Settings, Spec, Storage, Store, StoreConfig,
+    TracingAuditSink, TransactionOptions, TransientKind, Uow, UowOptions, Value, Versioned, field,
 };
 
 /// `#[derive(Entity)]`: maps a struct to a document or to columns.
