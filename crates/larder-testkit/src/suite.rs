@@ -1052,14 +1052,14 @@ pub async fn expired_deadline_fails_before_any_io(db: &TestDb) {
 pub async fn uow_deadline_bounds_later_calls_and_store_stays_healthy(db: &TestDb) {
     let store = setup(db).await;
     let mut uow = store
-        .begin_with(UowOptions::default().with_timeout(Duration::from_millis(150)))
+        .begin_with(UowOptions::default().with_timeout(Duration::from_millis(800)))
         .await
         .unwrap();
     uow.repo::<Item>()
         .insert(&Item::new("a", "x", 1))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(900)).await;
     let e = uow.repo::<Item>().insert(&Item::new("b", "x", 1)).await;
     assert!(matches!(e, Err(Error::DeadlineExceeded { .. })), "{e:?}");
     let e = uow.commit().await;
