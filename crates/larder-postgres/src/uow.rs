@@ -26,6 +26,9 @@ pub struct PgTransaction {
     /// Set when a statement failed: PostgreSQL has aborted the transaction, and a later
     /// `COMMIT` would silently roll back, so `commit` must fail instead.
     aborted: Option<Error>,
+    /// Savepoints created while the transaction was healthy: rolling back to one of them
+    /// clears `aborted` (that is how PostgreSQL recovers from an error inside a scope).
+    healthy_savepoints: Vec<String>,
     record_sql: bool,
 }
 
@@ -45,6 +48,7 @@ impl PgTransaction {
             deadline: None,
             timeout_armed: false,
             aborted: None,
+            healthy_savepoints: Vec::new(),
             record_sql,
         }
     }
@@ -314,23 +318,43 @@ impl Transaction for PgTransaction {
     }
 
     fn savepoint<'a>(&'a mut self, name: &'a str) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move { self.raw(format!("SAVEPOINT {name}"), "uow.savepoint").await })
+        Box::pin(async move {
+            self.raw(format!("SAVEPOINT {name}"), "uow.savepoint")
+                .await?;
+            if self.aborted.is_none() {
+                self.healthy_savepoints.push(name.to_owned());
+            }
+            Ok(())
+        })
     }
 
     fn release_savepoint<'a>(&'a mut self, name: &'a str) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             self.raw(format!("RELEASE SAVEPOINT {name}"), "uow.release_savepoint")
-                .await
+                .await?;
+            if let Some(i) = self.healthy_savepoints.iter().rposition(|n| n == name) {
+                self.healthy_savepoints.truncate(i);
+            }
+            Ok(())
         })
     }
 
     fn rollback_to_savepoint<'a>(&'a mut self, name: &'a str) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            self.raw(
-                format!("ROLLBACK TO SAVEPOINT {name}"),
-                "uow.rollback_to_savepoint",
-            )
-            .await
+            // No `arm()` first: in an aborted transaction every statement but ROLLBACK
+            // fails, and this one is how the transaction recovers.
+            let sql = format!("ROLLBACK TO SAVEPOINT {name}");
+            debug_assert!(larder_core::entity::is_safe_identifier(name));
+            let conn = self.conn()?;
+            sqlx::query(AssertSqlSafe(sql))
+                .execute(conn)
+                .await
+                .map_err(|e| map(e, "uow.rollback_to_savepoint"))?;
+            if let Some(i) = self.healthy_savepoints.iter().rposition(|n| n == name) {
+                self.healthy_savepoints.truncate(i + 1);
+                self.aborted = None;
+            }
+            Ok(())
         })
     }
 

@@ -203,3 +203,70 @@ async fn futures_dropped_mid_flight_leave_the_pool_healthy() {
     admin.close().await;
     db.finish().await;
 }
+
+/// A statement cancelled inside a savepoint scope aborts only that scope: after the
+/// rollback to the savepoint the unit of work goes on and commits its outer work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn savepoint_recovers_from_a_cancelled_statement() {
+    let Some(db) = backends::postgres("postgres::savepoint_recovery").await else {
+        return;
+    };
+    db.store.register::<Counter>().await.unwrap();
+    let mut seed = db.store.begin().await.unwrap();
+    seed.repo::<Counter>()
+        .insert(&Counter {
+            id: "locked".into(),
+            count: 0,
+        })
+        .await
+        .unwrap();
+    seed.commit().await.unwrap();
+    // Another session holds the row lock.
+    let mut blocker = db.store.begin().await.unwrap();
+    let mut c = blocker
+        .repo::<Counter>()
+        .require(&"locked".to_owned())
+        .await
+        .unwrap();
+    blocker.repo::<Counter>().save(&mut c).await.unwrap();
+
+    let mut uow = db.store.begin().await.unwrap();
+    uow.repo::<Counter>()
+        .insert(&Counter {
+            id: "outer".into(),
+            count: 1,
+        })
+        .await
+        .unwrap();
+    let r: Result<(), Error> = uow
+        .savepoint(|uow| {
+            Box::pin(async move {
+                uow.repo::<Counter>()
+                    .with_deadline(larder::Deadline::after(Duration::from_millis(300)))
+                    .update(
+                        &Counter {
+                            id: "locked".into(),
+                            count: 5,
+                        },
+                        1,
+                    )
+                    .await?;
+                Ok(())
+            })
+        })
+        .await;
+    assert!(matches!(r, Err(Error::DeadlineExceeded { .. })), "{r:?}");
+    uow.repo::<Counter>()
+        .insert(&Counter {
+            id: "after".into(),
+            count: 1,
+        })
+        .await
+        .unwrap();
+    uow.commit().await.unwrap();
+    blocker.commit().await.unwrap();
+    let mut r = db.store.read().await.unwrap();
+    assert_eq!(r.repo::<Counter>().count(&Spec::all()).await.unwrap(), 3);
+    r.commit().await.unwrap();
+    db.finish().await;
+}
