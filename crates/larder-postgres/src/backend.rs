@@ -7,7 +7,7 @@ use std::time::Duration;
 use larder_core::backend::{Backend, BeginOptions, BoxFuture, Capabilities, Transaction};
 use larder_core::settings::Settings;
 use larder_core::{EntityDef, Error, Result};
-use larder_sql::{Dialect, ddl};
+use larder_sql::{Dialect, SqlDriver, SqlTransaction, ddl};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use crate::error::{BACKEND, map};
@@ -118,7 +118,7 @@ impl Backend for PgBackend {
             .map_err(|e| map(e, "uow.begin"))?;
             let mut tx = PgTransaction::new(tx, self.record_query_text);
             tx.set_deadline(opts.deadline);
-            Ok(Box::new(tx) as Box<dyn Transaction>)
+            Ok(Box::new(SqlTransaction(tx)) as Box<dyn Transaction>)
         })
     }
 

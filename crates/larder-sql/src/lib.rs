@@ -8,12 +8,16 @@
 //!   change the SQL text.
 //! - [`ddl`]: `CREATE TABLE` / `CREATE INDEX` for an entity, as run by `Store::register` and
 //!   as you would put in a migration.
+//! - [`driver`]: the repository primitives on top of a backend's [`SqlDriver`], shared by
+//!   the PostgreSQL and SQLite backends.
 #![deny(rustdoc::broken_intra_doc_links)]
 
 pub mod compile;
 pub mod ddl;
+pub mod driver;
 
 pub use compile::{Built, Dialect};
+pub use driver::{SqlDriver, SqlTransaction, decode_record};
 
 #[doc(no_inline)]
 pub use larder_core::{EntityDef, query::Select, spec::Pred};

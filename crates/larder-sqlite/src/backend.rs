@@ -7,7 +7,7 @@ use std::time::Duration;
 use larder_core::backend::{Backend, BeginOptions, BoxFuture, Capabilities, Transaction};
 use larder_core::settings::{Settings, Synchronous};
 use larder_core::{EntityDef, Error, Result};
-use larder_sql::{Dialect, ddl};
+use larder_sql::{Dialect, SqlDriver, SqlTransaction, ddl};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -129,7 +129,7 @@ impl Backend for SqliteBackend {
             .map_err(|e| map(e, "uow.begin"))?;
             let mut tx = SqliteTransaction::new(tx, self.record_query_text);
             tx.set_deadline(opts.deadline);
-            Ok(Box::new(tx) as Box<dyn Transaction>)
+            Ok(Box::new(SqlTransaction(tx)) as Box<dyn Transaction>)
         })
     }
 

@@ -1,7 +1,7 @@
 //! Binding sea-query values and decoding rows into records.
 
 use larder_core::entity::{EntityDef, Record, mapping_error};
-use larder_core::{FieldType, Result, Storage, Value};
+use larder_core::{FieldType, Result, Value};
 use sqlx::sqlite::{SqliteArguments, SqliteRow};
 use sqlx::{Arguments, Row};
 
@@ -60,27 +60,5 @@ fn get(def: &EntityDef, row: &SqliteRow, i: usize, ty: FieldType) -> Result<Valu
 
 /// Decodes a row selected with `larder_sql::compile`'s column order.
 pub(crate) fn record(def: &EntityDef, row: &SqliteRow) -> Result<Record> {
-    let id = get(def, row, 0, def.id.ty)?;
-    let version: i64 = row.try_get(1).map_err(|e| decode_err(def, e))?;
-    let mut i = 2;
-    let body = if def.storage == Storage::Document {
-        i += 1;
-        Some(
-            row.try_get::<String, _>(2)
-                .map_err(|e| decode_err(def, e))?,
-        )
-    } else {
-        None
-    };
-    let mut values = Vec::with_capacity(def.fields.len());
-    for f in &def.fields {
-        values.push(get(def, row, i, f.ty)?);
-        i += 1;
-    }
-    Ok(Record {
-        id,
-        version: u64::try_from(version).map_err(|e| decode_err(def, e))?,
-        values,
-        body,
-    })
+    larder_sql::decode_record(def, row, |row, i, ty| get(def, row, i, ty))
 }
