@@ -106,12 +106,12 @@ impl PgTransaction {
     }
 
     /// Arms the deadline, records the query text if asked, and binds the values.
-    async fn prepare(&mut self, b: Built) -> Result<(String, PgArguments)> {
+    async fn prepare(&mut self, b: Built) -> Result<(std::sync::Arc<str>, PgArguments)> {
         if let Err(e) = self.arm().await {
             return Err(self.note(e));
         }
         if self.record_sql {
-            tracing::Span::current().record("db.query.text", b.sql.as_str());
+            tracing::Span::current().record("db.query.text", &*b.sql);
         }
         Ok((b.sql, bind(b.values)?))
     }

@@ -4,6 +4,9 @@
 //! [`EntityDef::validate`]) and constant fragments written in this file appear in SQL text.
 //! Values, patterns, limits and offsets are always bound parameters.
 
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, RwLock};
+
 use larder_core::entity::{BODY_COLUMN, EntityDef, FieldRef, Record, VERSION_COLUMN};
 use larder_core::query::{OrderKey, Select};
 use larder_core::spec::{CmpOp, Pred};
@@ -14,7 +17,7 @@ use sea_query::{
 };
 
 /// The SQL dialect to compile for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Dialect {
     /// PostgreSQL (13+).
     Postgres,
@@ -35,8 +38,8 @@ impl Dialect {
 /// SQL text and its bound values, in placeholder order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Built {
-    /// The statement.
-    pub sql: String,
+    /// The statement (shared: the text of per-entity statements is cached).
+    pub sql: Arc<str>,
     /// The parameters.
     pub values: Vec<sea_query::Value>,
 }
@@ -47,9 +50,53 @@ fn build(stmt: &impl QueryStatementWriter, d: Dialect) -> Built {
         Dialect::Sqlite => stmt.build(SqliteQueryBuilder),
     };
     Built {
-        sql,
+        sql: sql.into(),
         values: values.0,
     }
+}
+
+/// The statements whose text depends only on the entity and the dialect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    Insert,
+    Update,
+    Delete,
+    GetOne,
+    VersionOf,
+}
+
+type Cache = HashMap<(usize, Kind, Dialect), (EntityDef, Arc<str>)>;
+
+/// Statement texts per (entity definition, kind, dialect): the hot single-row paths skip
+/// building a sea-query AST and rendering it on every call. The definition is compared on
+/// every hit, so a definition dropped and replaced at the same address cannot match.
+static CACHE: LazyLock<RwLock<Cache>> = LazyLock::new(RwLock::default);
+
+/// The cached statement text, or the text of `build()` (cached for next time). `values`
+/// are the parameters in placeholder order, computed without sea-query on a hit; the
+/// unit tests check they are exactly what sea-query binds.
+fn cached(
+    def: &EntityDef,
+    kind: Kind,
+    d: Dialect,
+    values: Vec<sea_query::Value>,
+    build: impl FnOnce() -> Built,
+) -> Built {
+    let key = (std::ptr::from_ref(def) as usize, kind, d);
+    if let Ok(cache) = CACHE.read()
+        && let Some((cached_def, sql)) = cache.get(&key)
+        && cached_def == def
+    {
+        return Built {
+            sql: sql.clone(),
+            values,
+        };
+    }
+    let built = build();
+    if let Ok(mut cache) = CACHE.write() {
+        cache.insert(key, (def.clone(), built.sql.clone()));
+    }
+    built
 }
 
 /// Converts a larder value of a field type to a sea-query value for a dialect. `Null`
@@ -435,22 +482,28 @@ pub fn count(def: &EntityDef, filter: &Pred, d: Dialect) -> Result<Built> {
 
 /// Reads rows by id.
 pub fn get_many(def: &EntityDef, ids: &[Value], d: Dialect) -> Built {
-    let mut q = Query::select();
-    select_columns(&mut q, def, d);
-    q.from(def.table);
     let id_ty = def.id.ty;
+    let build = || {
+        let mut q = Query::select();
+        select_columns(&mut q, def, d);
+        q.from(def.table);
+        match ids {
+            [one] => {
+                q.and_where(Expr::col(def.id.column).eq(Expr::val(sql_value(one, id_ty, d))));
+            }
+            many => {
+                q.and_where(
+                    Expr::col(def.id.column)
+                        .is_in(many.iter().map(|v| Expr::val(sql_value(v, id_ty, d)))),
+                );
+            }
+        }
+        build(&q, d)
+    };
     match ids {
-        [one] => {
-            q.and_where(Expr::col(def.id.column).eq(Expr::val(sql_value(one, id_ty, d))));
-        }
-        many => {
-            q.and_where(
-                Expr::col(def.id.column)
-                    .is_in(many.iter().map(|v| Expr::val(sql_value(v, id_ty, d)))),
-            );
-        }
+        [one] => cached(def, Kind::GetOne, d, vec![sql_value(one, id_ty, d)], build),
+        _ => build(),
     }
-    build(&q, d)
 }
 
 fn body_expr(body: &str, d: Dialect) -> Expr {
@@ -473,60 +526,103 @@ fn version_value(v: u64) -> Expr {
     Expr::val(i64::try_from(v).unwrap_or(i64::MAX))
 }
 
+fn body_value(body: &str) -> sea_query::Value {
+    sea_query::Value::String(Some(body.to_owned()))
+}
+
+fn version_param(v: u64) -> sea_query::Value {
+    sea_query::Value::BigInt(Some(i64::try_from(v).unwrap_or(i64::MAX)))
+}
+
+fn field_params(
+    def: &EntityDef,
+    rec: &Record,
+    d: Dialect,
+) -> impl Iterator<Item = sea_query::Value> {
+    def.fields
+        .iter()
+        .zip(&rec.values)
+        .map(move |(f, v)| sql_value(v, f.ty, d))
+}
+
 /// `INSERT … ON CONFLICT (id) DO NOTHING`: zero rows affected means the id exists (and the
 /// transaction stays usable, unlike a unique violation on PostgreSQL).
 pub fn insert(def: &EntityDef, rec: &Record, d: Dialect) -> Built {
-    let mut q = Query::insert();
-    q.into_table(def.table);
-    let mut cols = vec![def.id.column, VERSION_COLUMN];
-    let mut vals = vec![
-        Expr::val(sql_value(&rec.id, def.id.ty, d)),
-        version_value(rec.version),
-    ];
-    if let Some(body) = &rec.body {
-        cols.push(BODY_COLUMN);
-        vals.push(body_expr(body, d));
-    }
-    cols.extend(def.fields.iter().map(|f| f.column));
-    vals.extend(field_values(def, rec, d));
-    q.columns(cols);
-    q.values_panic(vals);
-    q.on_conflict(OnConflict::column(def.id.column).do_nothing().to_owned());
-    build(&q, d)
+    let mut values = vec![sql_value(&rec.id, def.id.ty, d), version_param(rec.version)];
+    values.extend(rec.body.as_deref().map(body_value));
+    values.extend(field_params(def, rec, d));
+    cached(def, Kind::Insert, d, values, || {
+        let mut q = Query::insert();
+        q.into_table(def.table);
+        let mut cols = vec![def.id.column, VERSION_COLUMN];
+        let mut vals = vec![
+            Expr::val(sql_value(&rec.id, def.id.ty, d)),
+            version_value(rec.version),
+        ];
+        if let Some(body) = &rec.body {
+            cols.push(BODY_COLUMN);
+            vals.push(body_expr(body, d));
+        }
+        cols.extend(def.fields.iter().map(|f| f.column));
+        vals.extend(field_values(def, rec, d));
+        q.columns(cols);
+        q.values_panic(vals);
+        q.on_conflict(OnConflict::column(def.id.column).do_nothing().to_owned());
+        build(&q, d)
+    })
 }
 
 /// `UPDATE … SET … WHERE id = ? AND version = ?`.
 pub fn update(def: &EntityDef, rec: &Record, expected: u64, d: Dialect) -> Built {
-    let mut q = Query::update();
-    q.table(def.table);
-    let mut sets: Vec<(&'static str, Expr)> = vec![(VERSION_COLUMN, version_value(rec.version))];
-    if let Some(body) = &rec.body {
-        sets.push((BODY_COLUMN, body_expr(body, d)));
-    }
-    for (f, e) in def.fields.iter().zip(field_values(def, rec, d)) {
-        sets.push((f.column, e));
-    }
-    q.values(sets);
-    q.and_where(Expr::col(def.id.column).eq(Expr::val(sql_value(&rec.id, def.id.ty, d))));
-    q.and_where(Expr::col(VERSION_COLUMN).eq(version_value(expected)));
-    build(&q, d)
+    let mut values = vec![version_param(rec.version)];
+    values.extend(rec.body.as_deref().map(body_value));
+    values.extend(field_params(def, rec, d));
+    values.push(sql_value(&rec.id, def.id.ty, d));
+    values.push(version_param(expected));
+    cached(def, Kind::Update, d, values, || {
+        let mut q = Query::update();
+        q.table(def.table);
+        let mut sets: Vec<(&'static str, Expr)> =
+            vec![(VERSION_COLUMN, version_value(rec.version))];
+        if let Some(body) = &rec.body {
+            sets.push((BODY_COLUMN, body_expr(body, d)));
+        }
+        for (f, e) in def.fields.iter().zip(field_values(def, rec, d)) {
+            sets.push((f.column, e));
+        }
+        q.values(sets);
+        q.and_where(Expr::col(def.id.column).eq(Expr::val(sql_value(&rec.id, def.id.ty, d))));
+        q.and_where(Expr::col(VERSION_COLUMN).eq(version_value(expected)));
+        build(&q, d)
+    })
 }
 
 /// `DELETE … WHERE id = ? AND version = ?`.
 pub fn delete(def: &EntityDef, id: &Value, expected: u64, d: Dialect) -> Built {
-    let mut q = Query::delete();
-    q.from_table(def.table);
-    q.and_where(Expr::col(def.id.column).eq(Expr::val(sql_value(id, def.id.ty, d))));
-    q.and_where(Expr::col(VERSION_COLUMN).eq(version_value(expected)));
-    build(&q, d)
+    let values = vec![sql_value(id, def.id.ty, d), version_param(expected)];
+    cached(def, Kind::Delete, d, values, || {
+        let mut q = Query::delete();
+        q.from_table(def.table);
+        q.and_where(Expr::col(def.id.column).eq(Expr::val(sql_value(id, def.id.ty, d))));
+        q.and_where(Expr::col(VERSION_COLUMN).eq(version_value(expected)));
+        build(&q, d)
+    })
 }
 
 /// `SELECT version … WHERE id = ?` (to tell `Conflict` from `NotFound`).
 pub fn version_of(def: &EntityDef, id: &Value, d: Dialect) -> Built {
-    let mut q = Query::select();
-    q.column(VERSION_COLUMN).from(def.table);
-    q.and_where(Expr::col(def.id.column).eq(Expr::val(sql_value(id, def.id.ty, d))));
-    build(&q, d)
+    cached(
+        def,
+        Kind::VersionOf,
+        d,
+        vec![sql_value(id, def.id.ty, d)],
+        || {
+            let mut q = Query::select();
+            q.column(VERSION_COLUMN).from(def.table);
+            q.and_where(Expr::col(def.id.column).eq(Expr::val(sql_value(id, def.id.ty, d))));
+            build(&q, d)
+        },
+    )
 }
 
 #[cfg(test)]
@@ -573,7 +669,7 @@ mod tests {
             Dialect::Postgres,
         );
         assert_eq!(
-            b.sql,
+            &*b.sql,
             r#"SELECT "id", "version", CAST("body" AS text), "status", "total", "meta" FROM "orders" WHERE ("status" = $1 AND "total" > $2) ORDER BY "id" ASC LIMIT $3"#
         );
     }
@@ -586,6 +682,41 @@ mod tests {
         plan.after = Some(vec![Value::Null, Value::Text("a".into())]);
         let b = select(&d, &plan, Dialect::Sqlite).unwrap();
         assert!(b.sql.contains("NULLS LAST"), "{}", b.sql);
+    }
+
+    #[test]
+    fn cached_statements_bind_exactly_what_sea_query_binds() {
+        let doc = def();
+        let mut cols = def();
+        cols.storage = Storage::Columns;
+        for d in [&doc, &cols] {
+            let rec = Record {
+                id: Value::Text("o-1".into()),
+                version: 3,
+                values: vec![
+                    Value::Text("open".into()),
+                    Value::Null,
+                    Value::Json(serde_json::json!({"a": 1})),
+                ],
+                body: (d.storage == Storage::Document).then(|| "{}".to_owned()),
+            };
+            for dialect in [Dialect::Postgres, Dialect::Sqlite] {
+                // Twice: the first call fills the cache from sea-query, the second is a hit.
+                CACHE.write().unwrap().clear();
+                let runs: Vec<[Built; 5]> = (0..2)
+                    .map(|_| {
+                        [
+                            insert(d, &rec, dialect),
+                            update(d, &rec, 2, dialect),
+                            delete(d, &rec.id, 2, dialect),
+                            get_many(d, std::slice::from_ref(&rec.id), dialect),
+                            version_of(d, &rec.id, dialect),
+                        ]
+                    })
+                    .collect();
+                assert_eq!(runs[0], runs[1], "{dialect:?} {:?}", d.storage);
+            }
+        }
     }
 
     #[test]

@@ -90,10 +90,13 @@ impl SqliteTransaction {
     }
 
     /// Arms the deadline, records the query text if asked, and binds the values.
-    async fn prepare(&mut self, b: Built) -> Result<(String, sqlx::sqlite::SqliteArguments)> {
+    async fn prepare(
+        &mut self,
+        b: Built,
+    ) -> Result<(std::sync::Arc<str>, sqlx::sqlite::SqliteArguments)> {
         self.arm().await?;
         if self.record_sql {
-            tracing::Span::current().record("db.query.text", b.sql.as_str());
+            tracing::Span::current().record("db.query.text", &*b.sql);
         }
         Ok((b.sql, bind(b.values)?))
     }
