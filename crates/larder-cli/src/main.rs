@@ -1,13 +1,15 @@
 //! The `larder` command-line tool.
 //!
 //! ```text
+//! larder migrate up|down|status|verify|new|baseline|repair   modular SQL migrations
 //! larder doctor                 check the configured store and print its settings
 //! larder settings               print the effective settings (secrets redacted)
 //! ```
 //!
 //! Every command reads `--database-url`, else `LARDER_DATABASE_URL`, else the TOML file
-//! named by `--config` / `LARDER_CONFIG`, else `sqlite://larder.db`. Migrations
-//! (`larder migrate …`) arrive with the migrations module.
+//! named by `--config` / `LARDER_CONFIG`, else `sqlite://larder.db`.
+
+mod migrate;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,6 +48,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Modular SQL migrations: every `<dir>/<module>/migrations/` folder plus larder's own
+    /// tables (module `larder`). Files: `<version>_<name>.sql`, optional
+    /// `<version>_<name>.down.sql`, repeatable `R__<name>.sql`, optional `module.toml` with
+    /// `depends_on = [...]`; `-- larder:no-transaction` runs a file outside a transaction.
+    Migrate(migrate::MigrateArgs),
     /// Connect to the store, run a round trip, and report the backend, its capabilities
     /// and durability settings. Exits non-zero when the store is unreachable.
     Doctor,
@@ -181,12 +188,16 @@ fn print_settings(cli: &Cli) -> Result<()> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let r = match cli.command {
-        Command::Doctor => doctor(&cli).await,
-        Command::Settings => print_settings(&cli),
+    let r = match &cli.command {
+        Command::Migrate(args) => match settings(&cli) {
+            Ok(s) => migrate::run(args, &s, cli.json).await,
+            Err(e) => Err(e),
+        },
+        Command::Doctor => doctor(&cli).await.map(|()| ExitCode::SUCCESS),
+        Command::Settings => print_settings(&cli).map(|()| ExitCode::SUCCESS),
     };
     match r {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             // `{:#}` prints the cause chain; larder errors never contain passwords.
             if cli.json {

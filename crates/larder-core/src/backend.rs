@@ -110,6 +110,9 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
 
     /// Closes the pool, waiting for connections to be returned.
     fn close(&self) -> BoxFuture<'_, ()>;
+
+    /// The concrete backend, for backend-specific services (migrations, raw pools).
+    fn as_any(&self) -> &dyn Any;
 }
 
 /// One open transaction of a backend. Owned by a [`Uow`](crate::Uow).

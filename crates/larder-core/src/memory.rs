@@ -138,6 +138,10 @@ impl Backend for MemoryBackend {
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})
     }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
 }
 
 enum Guard {

@@ -151,4 +151,8 @@ impl Backend for PgBackend {
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(self.pool.close())
     }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
 }

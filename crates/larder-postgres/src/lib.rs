@@ -16,8 +16,10 @@
 
 mod backend;
 mod error;
+mod migrate;
 mod row;
 mod uow;
 
 pub use backend::PgBackend;
+pub use migrate::PgMigrationDriver;
 pub use uow::{PgTransaction, PgUowExt, classify};

@@ -15,6 +15,7 @@
 pub mod compile;
 pub mod ddl;
 pub mod driver;
+pub mod migrate;
 
 pub use compile::{Built, Dialect};
 pub use driver::{SqlDriver, SqlTransaction, decode_record};

@@ -155,4 +155,8 @@ impl Backend for SqliteBackend {
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(self.pool.close())
     }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
 }

@@ -15,8 +15,10 @@
 
 mod backend;
 mod error;
+mod migrate;
 mod row;
 mod uow;
 
 pub use backend::SqliteBackend;
+pub use migrate::SqliteMigrationDriver;
 pub use uow::{SqliteTransaction, SqliteUowExt, classify};

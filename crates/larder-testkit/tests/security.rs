@@ -49,6 +49,10 @@ impl Backend for Tripwire {
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})
     }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
 }
 
 impl Transaction for TripTx {

@@ -58,6 +58,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod blocking;
+pub mod migrate;
 
 use std::sync::Arc;
 

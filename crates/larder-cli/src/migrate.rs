@@ -1,0 +1,405 @@
+//! `larder migrate …`
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use larder::migrate::{self, MigrateOptions, MigrationKind, MigrationState, Migrator};
+
+/// Exit code of `verify` when it finds drift, missing files or dirty migrations.
+pub(crate) const EXIT_PROBLEMS: u8 = 3;
+
+/// Options shared by the migrate commands.
+#[derive(Debug, Args)]
+pub(crate) struct MigrateArgs {
+    /// Root folder holding `<module>/migrations/` folders
+    #[arg(
+        long,
+        global = true,
+        env = "LARDER_MIGRATIONS_DIR",
+        default_value = "."
+    )]
+    dir: PathBuf,
+
+    /// Seconds to wait for another migrator's lock
+    #[arg(long, global = true, default_value_t = 60)]
+    lock_timeout: u64,
+
+    /// Do not stop when an applied migration's file is missing
+    #[arg(long, global = true)]
+    ignore_missing: bool,
+
+    #[command(subcommand)]
+    command: MigrateCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum MigrateCommand {
+    /// Apply pending migrations (all, or versioned ones up to --to)
+    Up {
+        /// Apply versioned migrations up to this version only (repeatables are skipped)
+        #[arg(long)]
+        to: Option<i64>,
+        /// Print the plan and the SQL without applying anything
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Revert applied migrations with their down scripts (newest first)
+    Down {
+        /// How many migrations to revert [default: 1]
+        #[arg(long, conflicts_with = "to")]
+        steps: Option<usize>,
+        /// Revert every applied migration above this version
+        #[arg(long)]
+        to: Option<i64>,
+        /// Only migrations of this module
+        #[arg(long)]
+        module: Option<String>,
+        /// Print what would be reverted without doing it
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Show every migration: module, version, name, applied at, state
+    Status,
+    /// Check applied migrations against the files (checksums, missing files, dirty
+    /// migrations) without applying anything; exits with 3 on problems
+    Verify,
+    /// Create `<dir>/<module>/migrations/<timestamp>_<name>.sql` and its `.down.sql`
+    New {
+        /// Module (folder) name, [a-z0-9_]
+        module: String,
+        /// Migration name, [a-z0-9_]
+        name: String,
+    },
+    /// Mark an existing schema as migrated up to a version, without running anything
+    Baseline {
+        /// Record versioned migrations up to this version
+        #[arg(long)]
+        to: i64,
+        /// Only this module
+        #[arg(long)]
+        module: Option<String>,
+    },
+    /// After fixing a dirty migration by hand: forget it (so `up` runs it again) or,
+    /// with --mark-applied, record it as applied
+    Repair {
+        /// Module
+        module: String,
+        /// Version
+        version: i64,
+        /// Record as applied instead of forgetting it
+        #[arg(long)]
+        mark_applied: bool,
+    },
+}
+
+fn timestamp_version() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let secs = i64::try_from(now).unwrap_or(0);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    ((year * 100 + month) * 100 + day) * 1_000_000
+        + (rem / 3600) * 10_000
+        + (rem % 3600 / 60) * 100
+        + rem % 60
+}
+
+fn scaffold(dir: &Path, module: &str, name: &str, json: bool) -> Result<()> {
+    if !migrate::source::valid_module_name(module) {
+        bail!("module name `{module}` must be [a-z0-9_] (at most 63 characters)");
+    }
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        bail!("migration name `{name}` must be [a-z0-9_]");
+    }
+    let folder = dir.join(module).join("migrations");
+    std::fs::create_dir_all(&folder)
+        .with_context(|| format!("cannot create {}", folder.display()))?;
+    // Versions must grow: never reuse or go below an existing one.
+    let mut version = timestamp_version();
+    if folder.is_dir() {
+        let existing = migrate::read_dir(module, &folder)?;
+        if let Some(max) = existing
+            .migrations
+            .iter()
+            .filter(|m| m.kind == MigrationKind::Versioned)
+            .map(|m| m.version)
+            .max()
+        {
+            version = version.max(max + 1);
+        }
+    }
+    let up = folder.join(format!("{version}_{name}.sql"));
+    let down = folder.join(format!("{version}_{name}.down.sql"));
+    std::fs::write(&up, format!("-- {module}: {name}\n"))?;
+    std::fs::write(&down, format!("-- revert {module}: {name}\n"))?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"ok": true, "up": up.display().to_string(), "down": down.display().to_string(), "version": version})
+        );
+    } else {
+        println!("created {}", up.display());
+        println!("created {}", down.display());
+    }
+    Ok(())
+}
+
+pub(crate) async fn run(
+    args: &MigrateArgs,
+    settings: &larder::Settings,
+    json: bool,
+) -> Result<ExitCode> {
+    if let MigrateCommand::New { module, name } = &args.command {
+        scaffold(&args.dir, module, name, json)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let set = migrate::set_from_dir(&args.dir)?;
+    let migrator = Migrator::new(set).with_options(MigrateOptions {
+        lock_timeout: Duration::from_secs(args.lock_timeout),
+        ignore_missing: args.ignore_missing,
+    });
+    let store = larder::connect(settings)
+        .await
+        .with_context(|| format!("cannot open {}", settings.database_url))?;
+    let mut driver = migrate::driver(&store).await?;
+    let d = driver.as_mut();
+    let code = match &args.command {
+        MigrateCommand::New { .. } => unreachable!("handled above"),
+        MigrateCommand::Up { to, dry_run: true } => {
+            let plan = migrator.plan(d, *to).await?;
+            if json {
+                let steps: Vec<serde_json::Value> = plan
+                    .iter()
+                    .map(|s| {
+                        serde_json::json!({
+                            "migration": s.migration.label(),
+                            "file": s.migration.origin,
+                            "transaction": !s.migration.no_transaction,
+                            "statements": s.statements.iter().map(|st| st.sql.clone()).collect::<Vec<_>>(),
+                        })
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": true, "dry_run": true, "plan": steps})
+                );
+            } else if plan.is_empty() {
+                println!("nothing to apply");
+            } else {
+                for s in &plan {
+                    let tx = if s.migration.no_transaction {
+                        " (no transaction)"
+                    } else {
+                        ""
+                    };
+                    println!("-- {} from {}{tx}", s.migration.label(), s.migration.origin);
+                    for st in &s.statements {
+                        println!("{};", st.sql);
+                    }
+                    println!();
+                }
+                println!("{} migration(s) would be applied", plan.len());
+            }
+            ExitCode::SUCCESS
+        }
+        MigrateCommand::Up { to, dry_run: false } => {
+            let bar = (!json && std::io::stderr().is_terminal()).then(|| {
+                let b = indicatif::ProgressBar::new(0);
+                b.set_style(
+                    indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}")
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                );
+                b
+            });
+            let mut progress = |done: usize, total: usize, m: &migrate::Migration| {
+                if let Some(b) = &bar {
+                    b.set_length(total as u64);
+                    b.set_position(done as u64);
+                    b.set_message(m.label());
+                }
+            };
+            let report = migrator.up(d, *to, &mut progress).await;
+            if let Some(b) = &bar {
+                b.finish_and_clear();
+            }
+            let report = report?;
+            if json {
+                let applied: Vec<serde_json::Value> = report
+                    .applied
+                    .iter()
+                    .map(|(l, ms)| serde_json::json!({"migration": l, "ms": ms}))
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": true, "applied": applied, "skipped": report.skipped})
+                );
+            } else {
+                for (l, ms) in &report.applied {
+                    println!("applied {l} ({ms} ms)");
+                }
+                for l in &report.skipped {
+                    println!("skipped {l} (applied by a concurrent migrator)");
+                }
+                println!("{} migration(s) applied", report.applied.len());
+            }
+            ExitCode::SUCCESS
+        }
+        MigrateCommand::Down {
+            steps,
+            to,
+            module,
+            dry_run,
+        } => {
+            if *dry_run {
+                let rows = migrator.status(d).await?;
+                let mut applied: Vec<_> = rows
+                    .iter()
+                    .filter(|r| {
+                        r.state == MigrationState::Applied
+                            && r.kind == MigrationKind::Versioned
+                            && module.as_ref().is_none_or(|m| *m == r.module)
+                            && to.is_none_or(|v| r.version > v)
+                    })
+                    .collect();
+                applied.reverse();
+                if to.is_none() {
+                    applied.truncate(steps.unwrap_or(1));
+                }
+                for r in applied {
+                    println!("would revert {}/{}_{}", r.module, r.version, r.name);
+                }
+            } else {
+                let report = migrator.down(d, module.as_deref(), *steps, *to).await?;
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"ok": true, "reverted": report.reverted})
+                    );
+                } else {
+                    for l in &report.reverted {
+                        println!("reverted {l}");
+                    }
+                    println!("{} migration(s) reverted", report.reverted.len());
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        MigrateCommand::Status => {
+            let rows = migrator.status(d).await?;
+            print_rows(&rows, json);
+            ExitCode::SUCCESS
+        }
+        MigrateCommand::Verify => {
+            let v = migrator.verify(d).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": v.problems.is_empty(), "problems": v.problems, "pending": v.pending})
+                );
+            } else {
+                for p in &v.problems {
+                    println!("problem: {p}");
+                }
+                println!(
+                    "{} problem(s), {} pending migration(s)",
+                    v.problems.len(),
+                    v.pending
+                );
+            }
+            if v.problems.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_PROBLEMS)
+            }
+        }
+        MigrateCommand::Baseline { to, module } => {
+            let report = migrator.baseline(d, module.as_deref(), *to).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": true, "recorded": report.recorded})
+                );
+            } else {
+                for l in &report.recorded {
+                    println!("recorded {l}");
+                }
+                println!("{} migration(s) marked as applied", report.recorded.len());
+            }
+            ExitCode::SUCCESS
+        }
+        MigrateCommand::Repair {
+            module,
+            version,
+            mark_applied,
+        } => {
+            migrator.repair(d, module, *version, *mark_applied).await?;
+            let what = if *mark_applied {
+                "marked as applied"
+            } else {
+                "forgotten: the next `up` runs it again"
+            };
+            if json {
+                println!("{}", serde_json::json!({"ok": true}));
+            } else {
+                println!("{module}/{version} {what}");
+            }
+            ExitCode::SUCCESS
+        }
+    };
+    drop(driver);
+    store.close().await;
+    Ok(code)
+}
+
+fn print_rows(rows: &[migrate::StatusRow], json: bool) {
+    if json {
+        let v: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "module": r.module, "version": r.version, "name": r.name,
+                    "kind": r.kind.as_str(), "state": r.state.as_str(),
+                    "applied_at": r.applied_at, "execution_ms": r.execution_ms,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::json!({"ok": true, "migrations": v}));
+        return;
+    }
+    println!(
+        "{:<16} {:>16} {:<32} {:<26} STATE",
+        "MODULE", "VERSION", "NAME", "APPLIED AT"
+    );
+    for r in rows {
+        let version = match r.kind {
+            MigrationKind::Versioned => r.version.to_string(),
+            MigrationKind::Repeatable => "R".to_owned(),
+        };
+        println!(
+            "{:<16} {:>16} {:<32} {:<26} {}",
+            r.module,
+            version,
+            r.name,
+            r.applied_at.as_deref().unwrap_or("-"),
+            r.state.as_str()
+        );
+    }
+}

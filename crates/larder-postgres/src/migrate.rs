@@ -1,0 +1,228 @@
+//! The PostgreSQL migration driver: one pooled connection holding a session advisory lock
+//! for the whole run. The lock is taken by polling `pg_try_advisory_lock` — never a
+//! blocking `pg_advisory_lock`, whose waiting transaction would deadlock with a
+//! `CREATE INDEX CONCURRENTLY` run by the lock holder — and released explicitly (outside
+//! any transaction, so the unlock cannot fail in an aborted transaction); if the process
+//! dies, the session ends and the lock with it.
+
+use std::time::{Duration, Instant};
+
+use larder_core::{BoxFuture, Result};
+use larder_sql::migrate::{HistoryRow, MigrateError, MigrationDriver, MigrationKind};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgRow, Postgres};
+use sqlx::{AssertSqlSafe, Row};
+
+use crate::PgBackend;
+use crate::error::{BACKEND, map};
+
+/// The advisory lock key of larder's migrator: `"larder.migrate"` folded into 64 bits.
+const LOCK_KEY: i64 = 0x6c61_7264_6572_6d67;
+
+/// Runs migrations on PostgreSQL. Create one with [`PgBackend::migration_driver`].
+#[derive(Debug)]
+pub struct PgMigrationDriver {
+    conn: PoolConnection<Postgres>,
+}
+
+impl PgBackend {
+    /// A migration driver on a dedicated connection of this pool.
+    pub async fn migration_driver(&self) -> Result<PgMigrationDriver> {
+        let conn = self.pool().acquire().await.map_err(|e| map(e, "migrate"))?;
+        Ok(PgMigrationDriver { conn })
+    }
+}
+
+fn row(r: &PgRow) -> Result<HistoryRow> {
+    let e = |e: sqlx::Error| map(e, "migrate.history");
+    let kind: String = r.try_get(3).map_err(e)?;
+    Ok(HistoryRow {
+        module: r.try_get(0).map_err(e)?,
+        version: r.try_get(1).map_err(e)?,
+        name: r.try_get(2).map_err(e)?,
+        kind: if kind == "repeatable" {
+            MigrationKind::Repeatable
+        } else {
+            MigrationKind::Versioned
+        },
+        checksum: r.try_get(4).map_err(e)?,
+        applied_at: r.try_get(5).map_err(e)?,
+        execution_ms: r.try_get(6).map_err(e)?,
+        success: r.try_get(7).map_err(e)?,
+    })
+}
+
+impl PgMigrationDriver {
+    async fn exec(&mut self, sql: &'static str) -> Result<()> {
+        sqlx::query(sql)
+            .execute(&mut *self.conn)
+            .await
+            .map_err(|e| map(e, "migrate"))?;
+        Ok(())
+    }
+}
+
+impl MigrationDriver for PgMigrationDriver {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn lock(&mut self, timeout: Duration) -> BoxFuture<'_, Result<(), MigrateError>> {
+        Box::pin(async move {
+            let started = Instant::now();
+            loop {
+                let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                    .bind(LOCK_KEY)
+                    .fetch_one(&mut *self.conn)
+                    .await
+                    .map_err(|e| map(e, "migrate.lock"))?;
+                if got {
+                    return Ok(());
+                }
+                if started.elapsed() >= timeout {
+                    return Err(MigrateError::LockTimeout(timeout));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    }
+
+    fn unlock(&mut self) -> BoxFuture<'_, Result<(), MigrateError>> {
+        Box::pin(async move {
+            sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(LOCK_KEY)
+                .execute(&mut *self.conn)
+                .await
+                .map_err(|e| map(e, "migrate.unlock"))?;
+            Ok(())
+        })
+    }
+
+    fn ensure_history(&mut self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.exec(
+            "CREATE TABLE IF NOT EXISTS _larder_migrations (\
+             module TEXT NOT NULL, version BIGINT NOT NULL, name TEXT NOT NULL, \
+             kind TEXT NOT NULL, checksum TEXT NOT NULL, applied_at TEXT NOT NULL, \
+             execution_ms BIGINT NOT NULL, success BOOLEAN NOT NULL, \
+             PRIMARY KEY (module, version, name))",
+        ))
+    }
+
+    fn history(&mut self) -> BoxFuture<'_, Result<Vec<HistoryRow>>> {
+        Box::pin(async move {
+            let exists: bool =
+                sqlx::query_scalar("SELECT to_regclass('_larder_migrations') IS NOT NULL")
+                    .fetch_one(&mut *self.conn)
+                    .await
+                    .map_err(|e| map(e, "migrate.history"))?;
+            if !exists {
+                return Ok(Vec::new());
+            }
+            let rows = sqlx::query(
+                "SELECT module, version, name, kind, checksum, applied_at, execution_ms, success \
+                 FROM _larder_migrations ORDER BY module, version, name",
+            )
+            .fetch_all(&mut *self.conn)
+            .await
+            .map_err(|e| map(e, "migrate.history"))?;
+            rows.iter().map(row).collect()
+        })
+    }
+
+    fn begin(&mut self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.exec("BEGIN"))
+    }
+
+    fn commit(&mut self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.exec("COMMIT"))
+    }
+
+    fn rollback(&mut self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.exec("ROLLBACK"))
+    }
+
+    fn execute<'a>(&'a mut self, sql: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            // Migration scripts are the developer's own files, never request input.
+            sqlx::raw_sql(AssertSqlSafe(sql))
+                .execute(&mut *self.conn)
+                .await
+                .map_err(|e| map(e, "migrate.execute"))?;
+            Ok(())
+        })
+    }
+
+    fn find_row<'a>(
+        &'a mut self,
+        module: &'a str,
+        kind: MigrationKind,
+        version: i64,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<HistoryRow>>> {
+        Box::pin(async move {
+            let q = match kind {
+                MigrationKind::Versioned => sqlx::query(
+                    "SELECT module, version, name, kind, checksum, applied_at, execution_ms, success \
+                     FROM _larder_migrations WHERE module = $1 AND version = $2 AND kind = 'versioned'",
+                )
+                .bind(module)
+                .bind(version),
+                MigrationKind::Repeatable => sqlx::query(
+                    "SELECT module, version, name, kind, checksum, applied_at, execution_ms, success \
+                     FROM _larder_migrations WHERE module = $1 AND name = $2 AND kind = 'repeatable'",
+                )
+                .bind(module)
+                .bind(name),
+            };
+            let r = q
+                .fetch_optional(&mut *self.conn)
+                .await
+                .map_err(|e| map(e, "migrate.history"))?;
+            r.as_ref().map(row).transpose()
+        })
+    }
+
+    fn upsert_row<'a>(&'a mut self, r: &'a HistoryRow) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            sqlx::query(
+                "INSERT INTO _larder_migrations (module, version, name, kind, checksum, applied_at, execution_ms, success) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                 ON CONFLICT (module, version, name) DO UPDATE SET kind = excluded.kind, \
+                 checksum = excluded.checksum, applied_at = excluded.applied_at, \
+                 execution_ms = excluded.execution_ms, success = excluded.success",
+            )
+            .bind(&r.module)
+            .bind(r.version)
+            .bind(&r.name)
+            .bind(r.kind.as_str())
+            .bind(&r.checksum)
+            .bind(&r.applied_at)
+            .bind(r.execution_ms)
+            .bind(r.success)
+            .execute(&mut *self.conn)
+            .await
+            .map_err(|e| map(e, "migrate.history"))?;
+            Ok(())
+        })
+    }
+
+    fn delete_row<'a>(
+        &'a mut self,
+        module: &'a str,
+        version: i64,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            sqlx::query(
+                "DELETE FROM _larder_migrations WHERE module = $1 AND version = $2 AND name = $3",
+            )
+            .bind(module)
+            .bind(version)
+            .bind(name)
+            .execute(&mut *self.conn)
+            .await
+            .map_err(|e| map(e, "migrate.history"))?;
+            Ok(())
+        })
+    }
+}

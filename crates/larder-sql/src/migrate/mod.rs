@@ -1,0 +1,275 @@
+//! Modular, checksummed, locked SQL migrations: the policy, shared by every SQL backend.
+//!
+//! - [`source`]: modules of migration files (directory trees or embedded), checksums.
+//! - [`split`]: statement boundaries, so a failure names its statement.
+//! - [`Migrator`]: plan, verify, up, down, baseline, repair, status — on top of a backend's
+//!   small [`MigrationDriver`] (run a statement, transactions, history rows, the lock).
+//!
+//! # Order
+//!
+//! Modules are applied in dependency order (a module after the modules it `depends_on`;
+//! otherwise the built-in `larder` module first, then by name). Within a module, versioned
+//! migrations run by ascending version, then repeatable ones by name.
+//!
+//! # Safety
+//!
+//! - Every migration runs in its own transaction together with its history row, unless it
+//!   says `-- larder:no-transaction`; such a migration is recorded as dirty first and marked
+//!   successful when it finishes, so a crash or failure leaves it dirty, which stops later
+//!   runs until it is repaired.
+//! - Concurrent migrators are serialized: PostgreSQL by a session advisory lock taken by
+//!   polling `pg_try_advisory_lock` (never a blocking wait, which can deadlock with
+//!   `CREATE INDEX CONCURRENTLY`), released on every path; SQLite by its write lock: each
+//!   migration is `BEGIN IMMEDIATE` and re-checks the history inside it.
+//! - Before anything runs, applied migrations are verified: a changed checksum, or an
+//!   applied migration whose file is gone, stops the run (the latter can be overridden).
+
+pub mod source;
+pub mod split;
+
+mod runner;
+
+use std::fmt;
+use std::time::Duration;
+
+use larder_core::BoxFuture;
+
+pub use runner::{
+    MigrateOptions, MigrationState, Migrator, PlannedStep, Report, StatusRow, Verification,
+};
+pub use source::{EmbeddedModule, Migration, MigrationKind, MigrationSet, Module};
+
+/// A row of the history table `_larder_migrations`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryRow {
+    /// The module.
+    pub module: String,
+    /// The version (0 for repeatable migrations).
+    pub version: i64,
+    /// The name.
+    pub name: String,
+    /// `versioned` or `repeatable`.
+    pub kind: MigrationKind,
+    /// Hex SHA-256 of the normalized script that was applied.
+    pub checksum: String,
+    /// When (RFC 3339, UTC).
+    pub applied_at: String,
+    /// How long it took.
+    pub execution_ms: i64,
+    /// `false`: dirty (a no-transaction migration that has not finished).
+    pub success: bool,
+}
+
+/// The name of the history table.
+pub const HISTORY_TABLE: &str = "_larder_migrations";
+
+/// What a backend provides to run migrations: one dedicated connection, its transactions,
+/// the history table, and the lock. Everything else is policy in [`Migrator`].
+///
+/// # Contract
+///
+/// All calls run on the same connection, in order. `lock` polls and never blocks
+/// indefinitely; `unlock` is called on every path after a successful `lock`.
+pub trait MigrationDriver: Send {
+    /// The backend name.
+    fn backend(&self) -> &'static str;
+
+    /// Takes the migration lock, waiting at most `timeout`.
+    fn lock(&mut self, timeout: Duration) -> BoxFuture<'_, Result<(), MigrateError>>;
+
+    /// Releases the migration lock.
+    fn unlock(&mut self) -> BoxFuture<'_, Result<(), MigrateError>>;
+
+    /// Creates the history table if missing.
+    fn ensure_history(&mut self) -> BoxFuture<'_, larder_core::Result<()>>;
+
+    /// Reads every history row.
+    fn history(&mut self) -> BoxFuture<'_, larder_core::Result<Vec<HistoryRow>>>;
+
+    /// Begins a transaction that holds the database's write lock where that is how
+    /// writers are serialized (SQLite `BEGIN IMMEDIATE`).
+    fn begin(&mut self) -> BoxFuture<'_, larder_core::Result<()>>;
+
+    /// Commits the open transaction.
+    fn commit(&mut self) -> BoxFuture<'_, larder_core::Result<()>>;
+
+    /// Rolls the open transaction back.
+    fn rollback(&mut self) -> BoxFuture<'_, larder_core::Result<()>>;
+
+    /// Runs one statement of a migration script (in or outside a transaction).
+    fn execute<'a>(&'a mut self, sql: &'a str) -> BoxFuture<'a, larder_core::Result<()>>;
+
+    /// The history row of a versioned migration (by module and version) or a repeatable
+    /// one (by module and name), if any.
+    fn find_row<'a>(
+        &'a mut self,
+        module: &'a str,
+        kind: MigrationKind,
+        version: i64,
+        name: &'a str,
+    ) -> BoxFuture<'a, larder_core::Result<Option<HistoryRow>>>;
+
+    /// Inserts or replaces the history row of (module, version, name).
+    fn upsert_row<'a>(&'a mut self, row: &'a HistoryRow) -> BoxFuture<'a, larder_core::Result<()>>;
+
+    /// Deletes the history row of (module, version, name).
+    fn delete_row<'a>(
+        &'a mut self,
+        module: &'a str,
+        version: i64,
+        name: &'a str,
+    ) -> BoxFuture<'a, larder_core::Result<()>>;
+}
+
+/// Everything that can go wrong with migrations, each naming the module, version or file
+/// concerned.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MigrateError {
+    /// A migration file or folder is malformed.
+    #[error("{file}: {reason}")]
+    InvalidFile {
+        /// The file.
+        file: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Two files of one module have the same version.
+    #[error("module `{module}` has two migrations with version {version}: {}", files.join(" and "))]
+    DuplicateVersion {
+        /// The module.
+        module: String,
+        /// The version.
+        version: i64,
+        /// The files.
+        files: Vec<String>,
+    },
+    /// Two sources define the same module.
+    #[error("module `{module}` is defined twice")]
+    DuplicateModule {
+        /// The module.
+        module: String,
+    },
+    /// A module depends on a module that does not exist.
+    #[error("module `{module}` depends on unknown module `{dependency}`")]
+    UnknownDependency {
+        /// The module.
+        module: String,
+        /// The missing dependency.
+        dependency: String,
+    },
+    /// Module dependencies form a cycle.
+    #[error("module dependencies form a cycle among {}", modules.join(", "))]
+    DependencyCycle {
+        /// The modules involved.
+        modules: Vec<String>,
+    },
+    /// A file could not be read.
+    #[error("cannot read {path}: {reason}")]
+    Io {
+        /// The path.
+        path: String,
+        /// The OS error.
+        reason: String,
+    },
+    /// An applied migration's script changed.
+    #[error(
+        "migration {module}/{version}_{name} was applied with checksum {applied} but the file now has checksum {current}: \
+         revert the edit, or add a new migration instead of changing an applied one"
+    )]
+    Drift {
+        /// The module.
+        module: String,
+        /// The version.
+        version: i64,
+        /// The name.
+        name: String,
+        /// The recorded checksum.
+        applied: String,
+        /// The file's checksum.
+        current: String,
+    },
+    /// An applied migration has no file any more.
+    #[error(
+        "migration {module}/{version}_{name} is applied but its file is missing (restore it, or pass --ignore-missing)"
+    )]
+    Missing {
+        /// The module.
+        module: String,
+        /// The version.
+        version: i64,
+        /// The name.
+        name: String,
+    },
+    /// A migration is dirty: it did not finish outside a transaction (or is running in
+    /// another migrator right now).
+    #[error(
+        "migration {module}/{version}_{name} is dirty: it ran outside a transaction and did not finish; \
+         fix the schema by hand, then `larder migrate repair {module} {version}` (add --mark-applied if it completed)"
+    )]
+    Dirty {
+        /// The module.
+        module: String,
+        /// The version.
+        version: i64,
+        /// The name.
+        name: String,
+    },
+    /// A statement of a migration failed; the migration left no trace (unless it ran
+    /// outside a transaction, in which case it is dirty).
+    #[error(transparent)]
+    Failed(Box<Failure>),
+    /// Another migrator held the lock for too long.
+    #[error("timed out after {0:?} waiting for the migration lock held by another migrator")]
+    LockTimeout(Duration),
+    /// `down` reached a migration without a down script.
+    #[error("migration {0} has no down script; nothing was reverted")]
+    NoDownScript(String),
+    /// A migration named on the command line does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The backend cannot run migrations (the memory backend).
+    #[error("the {0} backend has no SQL migrations")]
+    Unsupported(&'static str),
+    /// A database error outside a migration's statements.
+    #[error(transparent)]
+    Database(#[from] larder_core::Error),
+}
+
+/// Where and why a migration failed, and what this run applied before it.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "migration {migration} ({file}) failed at statement {statement} of {of} (line {line}): {source}; {}",
+    applied_summary(.applied)
+)]
+pub struct Failure {
+    /// `module/version_name`.
+    pub migration: String,
+    /// The file.
+    pub file: String,
+    /// The 1-based statement index.
+    pub statement: usize,
+    /// The number of statements.
+    pub of: usize,
+    /// The line the statement starts on.
+    pub line: usize,
+    /// The database error.
+    #[source]
+    pub source: larder_core::Error,
+    /// Migrations applied by this run before the failure.
+    pub applied: Vec<String>,
+}
+
+fn applied_summary(applied: &[String]) -> String {
+    if applied.is_empty() {
+        "nothing was applied before it in this run".to_owned()
+    } else {
+        format!("applied before it in this run: {}", applied.join(", "))
+    }
+}
+
+impl fmt::Display for MigrationKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

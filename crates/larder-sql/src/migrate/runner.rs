@@ -1,0 +1,595 @@
+//! The migration runner: verification, planning and the operations.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::source::{Migration, MigrationKind, MigrationSet};
+use super::split::{Statement, split};
+use super::{HistoryRow, MigrateError, MigrationDriver};
+
+/// Options of a [`Migrator`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrateOptions {
+    /// How long to wait for another migrator's lock.
+    pub lock_timeout: Duration,
+    /// Do not stop when an applied migration's file is missing.
+    pub ignore_missing: bool,
+}
+
+impl Default for MigrateOptions {
+    fn default() -> Self {
+        MigrateOptions {
+            lock_timeout: Duration::from_secs(60),
+            ignore_missing: false,
+        }
+    }
+}
+
+/// The state of one migration against a database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MigrationState {
+    /// Applied, checksum matches.
+    Applied,
+    /// Not applied yet.
+    Pending,
+    /// A repeatable migration whose script changed: it will be re-applied.
+    Changed,
+    /// Ran outside a transaction and did not finish.
+    Dirty,
+    /// Applied, but the file changed since.
+    Drifted,
+    /// Applied, but the file is gone.
+    Missing,
+}
+
+impl MigrationState {
+    /// Lowercase name, as printed by `status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MigrationState::Applied => "applied",
+            MigrationState::Pending => "pending",
+            MigrationState::Changed => "changed",
+            MigrationState::Dirty => "dirty",
+            MigrationState::Drifted => "drifted",
+            MigrationState::Missing => "missing",
+        }
+    }
+
+    /// Whether this state stops `up` (and fails `verify`).
+    pub fn is_problem(self) -> bool {
+        matches!(
+            self,
+            MigrationState::Dirty | MigrationState::Drifted | MigrationState::Missing
+        )
+    }
+}
+
+/// One line of `status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusRow {
+    /// The module.
+    pub module: String,
+    /// The version (0 for repeatable).
+    pub version: i64,
+    /// The name.
+    pub name: String,
+    /// Versioned or repeatable.
+    pub kind: MigrationKind,
+    /// The state.
+    pub state: MigrationState,
+    /// When it was applied.
+    pub applied_at: Option<String>,
+    /// How long it took.
+    pub execution_ms: Option<i64>,
+}
+
+/// The result of `verify`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verification {
+    /// Every migration's state.
+    pub rows: Vec<StatusRow>,
+    /// One message per problem (drift, missing file, dirty).
+    pub problems: Vec<String>,
+    /// How many migrations `up` would apply.
+    pub pending: usize,
+}
+
+/// A migration `up` (or a dry run) would apply, with its statements.
+#[derive(Debug, Clone)]
+pub struct PlannedStep {
+    /// The migration.
+    pub migration: Migration,
+    /// Its statements.
+    pub statements: Vec<Statement>,
+}
+
+/// What an operation did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Migrations applied (label, milliseconds).
+    pub applied: Vec<(String, i64)>,
+    /// Migrations reverted.
+    pub reverted: Vec<String>,
+    /// Migrations recorded without running (baseline).
+    pub recorded: Vec<String>,
+    /// Migrations found already applied by a concurrent migrator.
+    pub skipped: Vec<String>,
+}
+
+/// Runs a [`MigrationSet`] against a database through a [`MigrationDriver`].
+#[derive(Debug, Clone)]
+pub struct Migrator {
+    set: MigrationSet,
+    opts: MigrateOptions,
+}
+
+type Key = (String, MigrationKind, i64, String);
+
+fn key_of(module: &str, kind: MigrationKind, version: i64, name: &str) -> Key {
+    match kind {
+        // Versioned migrations are identified by version (a renamed file is the same one).
+        MigrationKind::Versioned => (module.to_owned(), kind, version, String::new()),
+        MigrationKind::Repeatable => (module.to_owned(), kind, 0, name.to_owned()),
+    }
+}
+
+/// RFC 3339 UTC timestamp of now (civil-from-days; no date crate needed for one format).
+pub(crate) fn now_rfc3339() -> String {
+    let d = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = i64::try_from(d.as_secs()).unwrap_or(0);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+fn elapsed_ms(t: Instant) -> i64 {
+    i64::try_from(t.elapsed().as_millis()).unwrap_or(i64::MAX)
+}
+
+impl Migrator {
+    /// A migrator for a set of modules, with default options.
+    pub fn new(set: MigrationSet) -> Migrator {
+        Migrator {
+            set,
+            opts: MigrateOptions::default(),
+        }
+    }
+
+    /// Sets the options.
+    #[must_use]
+    pub fn with_options(mut self, opts: MigrateOptions) -> Migrator {
+        self.opts = opts;
+        self
+    }
+
+    /// The migrations.
+    pub fn set(&self) -> &MigrationSet {
+        &self.set
+    }
+
+    /// Every migration's state, plus history rows without a file. Pure: compares history
+    /// with the files.
+    fn check(&self, history: &[HistoryRow]) -> (Vec<StatusRow>, Vec<MigrateError>) {
+        let mut by_key: HashMap<Key, &HistoryRow> = history
+            .iter()
+            .map(|r| (key_of(&r.module, r.kind, r.version, &r.name), r))
+            .collect();
+        let mut rows = Vec::new();
+        let mut problems = Vec::new();
+        for m in self.set.migrations() {
+            let row = by_key.remove(&key_of(&m.module, m.kind, m.version, &m.name));
+            let state = match row {
+                None => MigrationState::Pending,
+                Some(r) if !r.success => {
+                    problems.push(MigrateError::Dirty {
+                        module: m.module.clone(),
+                        version: m.version,
+                        name: m.name.clone(),
+                    });
+                    MigrationState::Dirty
+                }
+                Some(r) if r.checksum != m.checksum => match m.kind {
+                    MigrationKind::Repeatable => MigrationState::Changed,
+                    MigrationKind::Versioned => {
+                        problems.push(MigrateError::Drift {
+                            module: m.module.clone(),
+                            version: m.version,
+                            name: m.name.clone(),
+                            applied: r.checksum.clone(),
+                            current: m.checksum.clone(),
+                        });
+                        MigrationState::Drifted
+                    }
+                },
+                Some(_) => MigrationState::Applied,
+            };
+            rows.push(StatusRow {
+                module: m.module.clone(),
+                version: m.version,
+                name: m.name.clone(),
+                kind: m.kind,
+                state,
+                applied_at: row.map(|r| r.applied_at.clone()),
+                execution_ms: row.map(|r| r.execution_ms),
+            });
+        }
+        let mut orphans: Vec<&HistoryRow> = by_key.into_values().collect();
+        orphans
+            .sort_by(|a, b| (&a.module, a.version, &a.name).cmp(&(&b.module, b.version, &b.name)));
+        for r in orphans {
+            let state = if r.success {
+                MigrationState::Missing
+            } else {
+                MigrationState::Dirty
+            };
+            if !r.success {
+                problems.push(MigrateError::Dirty {
+                    module: r.module.clone(),
+                    version: r.version,
+                    name: r.name.clone(),
+                });
+            } else if !self.opts.ignore_missing {
+                problems.push(MigrateError::Missing {
+                    module: r.module.clone(),
+                    version: r.version,
+                    name: r.name.clone(),
+                });
+            }
+            rows.push(StatusRow {
+                module: r.module.clone(),
+                version: r.version,
+                name: r.name.clone(),
+                kind: r.kind,
+                state,
+                applied_at: Some(r.applied_at.clone()),
+                execution_ms: Some(r.execution_ms),
+            });
+        }
+        (rows, problems)
+    }
+
+    /// The state of every migration (reads the history; applies nothing).
+    pub async fn status(
+        &self,
+        d: &mut dyn MigrationDriver,
+    ) -> Result<Vec<StatusRow>, MigrateError> {
+        let history = d.history().await?;
+        Ok(self.check(&history).0)
+    }
+
+    /// Checks the database against the files without applying anything.
+    pub async fn verify(&self, d: &mut dyn MigrationDriver) -> Result<Verification, MigrateError> {
+        let history = d.history().await?;
+        let (rows, problems) = self.check(&history);
+        let pending = rows
+            .iter()
+            .filter(|r| matches!(r.state, MigrationState::Pending | MigrationState::Changed))
+            .count();
+        Ok(Verification {
+            rows,
+            problems: problems.iter().map(ToString::to_string).collect(),
+            pending,
+        })
+    }
+
+    fn pending_steps(&self, rows: &[StatusRow], to: Option<i64>) -> Vec<PlannedStep> {
+        self.set
+            .migrations()
+            .zip(rows)
+            .filter(|(m, r)| {
+                matches!(r.state, MigrationState::Pending | MigrationState::Changed)
+                    && match (m.kind, to) {
+                        (_, None) => true,
+                        (MigrationKind::Versioned, Some(v)) => m.version <= v,
+                        (MigrationKind::Repeatable, Some(_)) => false,
+                    }
+            })
+            .map(|(m, _)| PlannedStep {
+                migration: m.clone(),
+                statements: split(&m.up),
+            })
+            .collect()
+    }
+
+    /// What `up` would apply (verifying first; applies nothing).
+    pub async fn plan(
+        &self,
+        d: &mut dyn MigrationDriver,
+        to: Option<i64>,
+    ) -> Result<Vec<PlannedStep>, MigrateError> {
+        let history = d.history().await?;
+        let (rows, mut problems) = self.check(&history);
+        if !problems.is_empty() {
+            return Err(problems.remove(0));
+        }
+        Ok(self.pending_steps(&rows, to))
+    }
+
+    /// Runs `body` holding the migration lock, releasing it on every path.
+    async fn locked<T>(
+        &self,
+        d: &mut dyn MigrationDriver,
+        body: impl AsyncFnOnce(&mut dyn MigrationDriver) -> Result<T, MigrateError>,
+    ) -> Result<T, MigrateError> {
+        d.lock(self.opts.lock_timeout).await?;
+        let r = body(&mut *d).await;
+        let u = d.unlock().await;
+        let out = r?;
+        u?;
+        Ok(out)
+    }
+
+    /// Applies pending migrations (all, or versioned ones up to `to`), calling `progress`
+    /// after each.
+    pub async fn up(
+        &self,
+        d: &mut dyn MigrationDriver,
+        to: Option<i64>,
+        progress: &mut (dyn FnMut(usize, usize, &Migration) + Send),
+    ) -> Result<Report, MigrateError> {
+        self.locked(d, async |d| {
+            d.ensure_history().await?;
+            let steps = self.plan(d, to).await?;
+            let mut report = Report::default();
+            let total = steps.len();
+            for (i, step) in steps.iter().enumerate() {
+                match self.apply(d, step, &report).await? {
+                    Some(ms) => report.applied.push((step.migration.label(), ms)),
+                    None => report.skipped.push(step.migration.label()),
+                }
+                progress(i + 1, total, &step.migration);
+            }
+            Ok(report)
+        })
+        .await
+    }
+
+    fn row(m: &Migration, success: bool, ms: i64) -> HistoryRow {
+        HistoryRow {
+            module: m.module.clone(),
+            version: m.version,
+            name: m.name.clone(),
+            kind: m.kind,
+            checksum: m.checksum.clone(),
+            applied_at: now_rfc3339(),
+            execution_ms: ms,
+            success,
+        }
+    }
+
+    /// Whether a concurrent migrator (SQLite: no global lock) has applied it already.
+    async fn already_applied(
+        d: &mut dyn MigrationDriver,
+        m: &Migration,
+    ) -> Result<bool, MigrateError> {
+        match d.find_row(&m.module, m.kind, m.version, &m.name).await? {
+            Some(r) if !r.success => Err(MigrateError::Dirty {
+                module: m.module.clone(),
+                version: m.version,
+                name: m.name.clone(),
+            }),
+            Some(r) => Ok(r.checksum == m.checksum),
+            None => Ok(false),
+        }
+    }
+
+    async fn run_statements(
+        d: &mut dyn MigrationDriver,
+        step: &PlannedStep,
+        report: &Report,
+    ) -> Result<(), MigrateError> {
+        let of = step.statements.len();
+        for (i, s) in step.statements.iter().enumerate() {
+            if let Err(source) = d.execute(&s.sql).await {
+                return Err(MigrateError::Failed(Box::new(super::Failure {
+                    migration: step.migration.label(),
+                    file: step.migration.origin.clone(),
+                    statement: i + 1,
+                    of,
+                    line: s.line,
+                    source,
+                    applied: report.applied.iter().map(|(l, _)| l.clone()).collect(),
+                })));
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies one step; `None` if another migrator got there first.
+    async fn apply(
+        &self,
+        d: &mut dyn MigrationDriver,
+        step: &PlannedStep,
+        report: &Report,
+    ) -> Result<Option<i64>, MigrateError> {
+        let m = &step.migration;
+        let started = Instant::now();
+        d.begin().await?;
+        match Self::already_applied(d, m).await {
+            Ok(true) => {
+                d.commit().await?;
+                return Ok(None);
+            }
+            Ok(false) => {}
+            Err(e) => {
+                let _ = d.rollback().await;
+                return Err(e);
+            }
+        }
+        if m.no_transaction {
+            // Claim it as dirty, durably, before running anything outside a transaction.
+            d.upsert_row(&Self::row(m, false, 0)).await?;
+            d.commit().await?;
+            Self::run_statements(d, step, report).await?;
+            d.upsert_row(&Self::row(m, true, elapsed_ms(started)))
+                .await?;
+        } else {
+            if let Err(e) = Self::run_statements(d, step, report).await {
+                let _ = d.rollback().await;
+                return Err(e);
+            }
+            d.upsert_row(&Self::row(m, true, elapsed_ms(started)))
+                .await?;
+            d.commit().await?;
+        }
+        Ok(Some(elapsed_ms(started)))
+    }
+
+    /// Reverts the last `steps` applied versioned migrations (optionally of one module),
+    /// or all applied ones above version `to`, newest first, each with its down script.
+    /// Fails before reverting anything if one of them has no down script.
+    pub async fn down(
+        &self,
+        d: &mut dyn MigrationDriver,
+        module: Option<&str>,
+        steps: Option<usize>,
+        to: Option<i64>,
+    ) -> Result<Report, MigrateError> {
+        self.locked(d, async |d| {
+            d.ensure_history().await?;
+            let history = d.history().await?;
+            let (rows, mut problems) = self.check(&history);
+            if !problems.is_empty() {
+                return Err(problems.remove(0));
+            }
+            let mut targets: Vec<&Migration> = self
+                .set
+                .migrations()
+                .zip(&rows)
+                .filter(|(m, r)| {
+                    r.state == MigrationState::Applied
+                        && m.kind == MigrationKind::Versioned
+                        && module.is_none_or(|x| x == m.module)
+                        && to.is_none_or(|v| m.version > v)
+                })
+                .map(|(m, _)| m)
+                .collect();
+            targets.reverse();
+            if to.is_none() {
+                targets.truncate(steps.unwrap_or(1));
+            }
+            if let Some(m) = targets.iter().find(|m| m.down.is_none()) {
+                return Err(MigrateError::NoDownScript(m.label()));
+            }
+            let mut report = Report::default();
+            for m in targets {
+                let statements = split(m.down.as_deref().unwrap_or_default());
+                let step = PlannedStep {
+                    migration: m.clone(),
+                    statements,
+                };
+                d.begin().await?;
+                if let Err(e) = Self::run_statements(d, &step, &report).await {
+                    let _ = d.rollback().await;
+                    return Err(e);
+                }
+                d.delete_row(&m.module, m.version, &m.name).await?;
+                d.commit().await?;
+                report.reverted.push(m.label());
+            }
+            Ok(report)
+        })
+        .await
+    }
+
+    /// Marks an existing schema as migrated: records every versioned migration up to
+    /// `to` (of one module, or all) as applied without running it.
+    pub async fn baseline(
+        &self,
+        d: &mut dyn MigrationDriver,
+        module: Option<&str>,
+        to: i64,
+    ) -> Result<Report, MigrateError> {
+        self.locked(d, async |d| {
+            d.ensure_history().await?;
+            let history = d.history().await?;
+            let (rows, _) = self.check(&history);
+            let mut report = Report::default();
+            d.begin().await?;
+            for (m, r) in self.set.migrations().zip(&rows) {
+                if r.state == MigrationState::Pending
+                    && m.kind == MigrationKind::Versioned
+                    && m.version <= to
+                    && module.is_none_or(|x| x == m.module)
+                {
+                    d.upsert_row(&Self::row(m, true, 0)).await?;
+                    report.recorded.push(m.label());
+                }
+            }
+            d.commit().await?;
+            Ok(report)
+        })
+        .await
+    }
+
+    /// Resolves a dirty (or unwanted) history row after fixing the schema by hand: deletes
+    /// it so the next `up` runs the migration again, or with `mark_applied` records it as
+    /// applied with the current file's checksum.
+    pub async fn repair(
+        &self,
+        d: &mut dyn MigrationDriver,
+        module: &str,
+        version: i64,
+        mark_applied: bool,
+    ) -> Result<(), MigrateError> {
+        self.locked(d, async |d| {
+            d.ensure_history().await?;
+            let history = d.history().await?;
+            let Some(row) = history
+                .iter()
+                .find(|r| r.module == module && r.version == version)
+                .cloned()
+            else {
+                return Err(MigrateError::NotFound(format!(
+                    "no history row for {module}/{version}"
+                )));
+            };
+            d.begin().await?;
+            if mark_applied {
+                let checksum = self
+                    .set
+                    .find(module, row.kind, version, &row.name)
+                    .map_or(row.checksum.clone(), |m| m.checksum.clone());
+                d.upsert_row(&HistoryRow {
+                    success: true,
+                    checksum,
+                    ..row
+                })
+                .await?;
+            } else {
+                d.delete_row(module, version, &row.name).await?;
+            }
+            d.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        let t = now_rfc3339();
+        assert_eq!(t.len(), 24, "{t}");
+        assert!(t.starts_with("20") && t.ends_with('Z') && t.as_bytes()[10] == b'T');
+    }
+}

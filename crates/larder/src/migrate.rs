@@ -1,0 +1,93 @@
+//! Modular, checksummed, locked SQL migrations (see the `larder migrate` CLI).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), larder::migrate::MigrateError> {
+//! use larder::migrate::{self, Migrator};
+//! let store = larder::open("sqlite://app.db").await?;
+//! // The built-in `larder` module plus every `<root>/<module>/migrations/` folder.
+//! let set = migrate::set_from_dir(std::path::Path::new("."))?;
+//! let mut driver = migrate::driver(&store).await?;
+//! let report = Migrator::new(set).up(driver.as_mut(), None, &mut |_, _, _| {}).await?;
+//! println!("applied {}", report.applied.len());
+//! # Ok(()) }
+//! ```
+//!
+//! File conventions, ordering, checksums and directives are documented in
+//! [`source`](larder_sql::migrate::source); safety rules in [`larder_sql::migrate`].
+
+use std::path::Path;
+
+pub use larder_sql::migrate::source::{
+    self, BUILTIN_MODULE, EmbeddedModule, Migration, MigrationKind, MigrationSet, Module, checksum,
+    discover, normalize, parse_module, read_dir,
+};
+pub use larder_sql::migrate::split::{Statement, split};
+pub use larder_sql::migrate::{
+    Failure, HISTORY_TABLE, HistoryRow, MigrateError, MigrateOptions, MigrationDriver,
+    MigrationState, Migrator, PlannedStep, Report, StatusRow, Verification,
+};
+
+use crate::Store;
+
+/// larder's own module (`larder`): the tables larder itself needs.
+pub fn builtin() -> Module {
+    const FILES: &[(&str, &str)] = &[
+        (
+            "20261121000000_larder_meta.sql",
+            include_str!("../migrations/20261121000000_larder_meta.sql"),
+        ),
+        (
+            "20261121000000_larder_meta.down.sql",
+            include_str!("../migrations/20261121000000_larder_meta.down.sql"),
+        ),
+    ];
+    // The files are part of this crate and tested; parsing them cannot fail.
+    EmbeddedModule {
+        name: BUILTIN_MODULE,
+        files: FILES,
+    }
+    .parse()
+    .unwrap_or_else(|e| unreachable!("built-in migrations are invalid: {e}"))
+}
+
+/// The built-in module plus every module found under `root` (`<root>/*/migrations/`).
+pub fn set_from_dir(root: &Path) -> Result<MigrationSet, MigrateError> {
+    let mut modules = vec![builtin()];
+    modules.extend(discover(root)?);
+    MigrationSet::new(modules)
+}
+
+/// The built-in module plus embedded modules (see `embed_migrations!`).
+pub fn set_from_embedded(modules: &[EmbeddedModule]) -> Result<MigrationSet, MigrateError> {
+    let mut all = vec![builtin()];
+    for m in modules {
+        all.push(m.parse()?);
+    }
+    MigrationSet::new(all)
+}
+
+/// A migration driver on a dedicated connection of the store's pool.
+pub async fn driver(store: &Store) -> Result<Box<dyn MigrationDriver>, MigrateError> {
+    let any = store.backend().as_any();
+    #[cfg(feature = "sqlite")]
+    if let Some(b) = any.downcast_ref::<larder_sqlite::SqliteBackend>() {
+        return Ok(Box::new(b.migration_driver().await?));
+    }
+    #[cfg(feature = "postgres")]
+    if let Some(b) = any.downcast_ref::<larder_postgres::PgBackend>() {
+        return Ok(Box::new(b.migration_driver().await?));
+    }
+    let _ = any;
+    Err(MigrateError::Unsupported(store.backend_name()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_builtin_module_parses() {
+        let m = super::builtin();
+        assert_eq!(m.name, "larder");
+        assert!(!m.migrations.is_empty());
+        assert!(m.migrations.iter().all(|m| m.down.is_some()));
+    }
+}
