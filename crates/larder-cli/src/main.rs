@@ -185,6 +185,20 @@ fn print_settings(cli: &Cli) -> Result<()> {
     Ok(())
 }
 
+/// The error and its causes, skipping a cause whose text the message already contains
+/// (larder's errors include their source in their message).
+fn render(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let s = cause.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+    }
+    out
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
