@@ -571,7 +571,8 @@ fn baseline_marks_an_existing_schema_as_applied() {
 #[test]
 fn bad_input_is_a_clear_error_naming_the_file() {
     let url = format!("sqlite://{}", scratch("bad").join("db.sqlite").display());
-    let cases: [(&str, &[(&str, &str, &str)], &str); 5] = [
+    type Files<'a> = &'a [(&'a str, &'a str, &'a str)];
+    let cases: [(&str, Files<'_>, &str); 5] = [
         (
             "unparsable name",
             &[("m", "create_things.sql", "SELECT 1;")],
