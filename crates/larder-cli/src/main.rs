@@ -213,14 +213,11 @@ async fn main() -> ExitCode {
     match r {
         Ok(code) => code,
         Err(e) => {
-            // `{:#}` prints the cause chain; larder errors never contain passwords.
+            // larder errors never contain passwords.
             if cli.json {
-                println!(
-                    "{}",
-                    serde_json::json!({"ok": false, "error": format!("{e:#}")})
-                );
+                println!("{}", serde_json::json!({"ok": false, "error": render(&e)}));
             } else {
-                eprintln!("error: {e:#}");
+                eprintln!("error: {}", render(&e));
             }
             ExitCode::FAILURE
         }
