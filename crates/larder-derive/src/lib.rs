@@ -816,3 +816,57 @@ fn generate(
         }
     }
 }
+
+/// Embeds migration modules into the binary at compile time.
+///
+/// `embed_migrations!("db")` reads every `db/<module>/migrations/` folder (relative to the
+/// calling crate's `Cargo.toml`) and expands to a `&'static [EmbeddedModule]`. Files are
+/// included with `include_str!`, so editing one rebuilds the crate; parsing happens at run
+/// time with the same rules and errors as `larder migrate --dir`.
+#[proc_macro]
+pub fn embed_migrations(input: TokenStream) -> TokenStream {
+    let lit = syn::parse_macro_input!(input as LitStr);
+    match embed(&lit) {
+        Ok(ts) => ts.into(),
+        Err(e) => e.to_compile_error().into(),
+    }
+}
+
+fn embed(lit: &LitStr) -> syn::Result<TokenStream2> {
+    let err = |msg: String| syn::Error::new(lit.span(), msg);
+    let base = std::env::var("CARGO_MANIFEST_DIR")
+        .map_err(|_| err("CARGO_MANIFEST_DIR is not set".into()))?;
+    let root = std::path::Path::new(&base).join(lit.value());
+    let entries = std::fs::read_dir(&root)
+        .map_err(|e| err(format!("cannot read {}: {e}", root.display())))?;
+    let mut modules: Vec<(String, std::path::PathBuf)> = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| err(e.to_string()))?;
+        let dir = entry.path().join("migrations");
+        if dir.is_dir() {
+            modules.push((entry.file_name().to_string_lossy().into_owned(), dir));
+        }
+    }
+    modules.sort();
+    let mut out = Vec::new();
+    for (name, dir) in modules {
+        let mut files: Vec<(String, String)> = Vec::new();
+        for f in std::fs::read_dir(&dir)
+            .map_err(|e| err(format!("cannot read {}: {e}", dir.display())))?
+        {
+            let f = f.map_err(|e| err(e.to_string()))?;
+            let file = f.file_name().to_string_lossy().into_owned();
+            if f.path().is_file() && (file.ends_with(".sql") || file == "module.toml") {
+                files.push((file, f.path().display().to_string()));
+            }
+        }
+        files.sort();
+        let entries = files
+            .iter()
+            .map(|(file, path)| quote! { (#file, include_str!(#path)) });
+        out.push(quote! {
+            ::larder::migrate::EmbeddedModule { name: #name, files: &[#(#entries),*] }
+        });
+    }
+    Ok(quote! { { const MODULES: &[::larder::migrate::EmbeddedModule] = &[#(#out),*]; MODULES } })
+}

@@ -16,8 +16,9 @@ use sqlx::{AssertSqlSafe, Row};
 use crate::PgBackend;
 use crate::error::{BACKEND, map};
 
-/// The advisory lock key of larder's migrator: `"larder.migrate"` folded into 64 bits.
-const LOCK_KEY: i64 = 0x6c61_7264_6572_6d67;
+/// The advisory lock key: one per schema, so migrators of different schemas in one
+/// database do not wait for each other.
+const LOCK_KEY: &str = "hashtextextended('larder.migrate.' || current_schema(), 0)";
 
 /// Runs migrations on PostgreSQL. Create one with [`PgBackend::migration_driver`].
 #[derive(Debug)]
@@ -71,11 +72,12 @@ impl MigrationDriver for PgMigrationDriver {
         Box::pin(async move {
             let started = Instant::now();
             loop {
-                let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                    .bind(LOCK_KEY)
-                    .fetch_one(&mut *self.conn)
-                    .await
-                    .map_err(|e| map(e, "migrate.lock"))?;
+                let got: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                    "SELECT pg_try_advisory_lock({LOCK_KEY})"
+                )))
+                .fetch_one(&mut *self.conn)
+                .await
+                .map_err(|e| map(e, "migrate.lock"))?;
                 if got {
                     return Ok(());
                 }
@@ -89,11 +91,12 @@ impl MigrationDriver for PgMigrationDriver {
 
     fn unlock(&mut self) -> BoxFuture<'_, Result<(), MigrateError>> {
         Box::pin(async move {
-            sqlx::query("SELECT pg_advisory_unlock($1)")
-                .bind(LOCK_KEY)
-                .execute(&mut *self.conn)
-                .await
-                .map_err(|e| map(e, "migrate.unlock"))?;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT pg_advisory_unlock({LOCK_KEY})"
+            )))
+            .execute(&mut *self.conn)
+            .await
+            .map_err(|e| map(e, "migrate.unlock"))?;
             Ok(())
         })
     }

@@ -90,6 +90,12 @@ pub use larder_core::{
 #[cfg_attr(docsrs, doc(cfg(feature = "derive")))]
 pub use larder_derive::Entity;
 
+/// Embeds `<root>/<module>/migrations/` folders into the binary at compile time:
+/// `let set = larder::migrate::set_from_embedded(larder::embed_migrations!("db"))?;`
+#[cfg(feature = "derive")]
+#[cfg_attr(docsrs, doc(cfg(feature = "derive")))]
+pub use larder_derive::embed_migrations;
+
 /// Specifications: filters over registered fields, with a builder and a JSON form.
 pub mod spec {
     pub use larder_core::spec::{FieldExpr, Limits, Spec, escape_like, field};
