@@ -14,6 +14,12 @@ pub(crate) const EXIT_PROBLEMS: u8 = 3;
 
 /// Options shared by the migrate commands.
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Exit codes: 0 success, 1 error (the message names the module, version, \
+file and statement), 2 bad command line, 3 `verify` found problems.\n\
+Examples:\n  larder migrate new orders create_orders\n  larder migrate up --dry-run\n  \
+larder --database-url postgres://app@db/app migrate up --json"
+)]
 pub(crate) struct MigrateArgs {
     /// Root folder holding `<module>/migrations/` folders
     #[arg(
