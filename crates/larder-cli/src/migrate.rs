@@ -102,28 +102,6 @@ enum MigrateCommand {
     },
 }
 
-fn timestamp_version() -> i64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
-    let secs = i64::try_from(now).unwrap_or(0);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    ((year * 100 + month) * 100 + day) * 1_000_000
-        + (rem / 3600) * 10_000
-        + (rem % 3600 / 60) * 100
-        + rem % 60
-}
-
 fn scaffold(dir: &Path, module: &str, name: &str, json: bool) -> Result<()> {
     if !migrate::source::valid_module_name(module) {
         bail!("module name `{module}` must be [a-z0-9_] (at most 63 characters)");
@@ -139,7 +117,7 @@ fn scaffold(dir: &Path, module: &str, name: &str, json: bool) -> Result<()> {
     std::fs::create_dir_all(&folder)
         .with_context(|| format!("cannot create {}", folder.display()))?;
     // Versions must grow: never reuse or go below an existing one.
-    let mut version = timestamp_version();
+    let mut version = migrate::timestamp_version();
     if folder.is_dir() {
         let existing = migrate::read_dir(module, &folder)?;
         if let Some(max) = existing

@@ -196,71 +196,37 @@ fn json_scalar_eq(a: &serde_json::Value, b: &serde_json::Value) -> bool {
     }
 }
 
+/// Compares two values under one ordering key (direction and null placement).
+fn key_cmp(x: &Value, y: &Value, k: &OrderKey) -> Ordering {
+    match (x.is_null(), y.is_null()) {
+        (true, true) => Ordering::Equal,
+        (true, false) if k.nulls_first => Ordering::Less,
+        (true, false) => Ordering::Greater,
+        (false, true) if k.nulls_first => Ordering::Greater,
+        (false, true) => Ordering::Less,
+        (false, false) if k.descending => x.total_cmp(y).reverse(),
+        (false, false) => x.total_cmp(y),
+    }
+}
+
 /// Compares two records by an ordering (the last key is always the id).
 pub fn compare(a: &Record, b: &Record, order: &[OrderKey]) -> Ordering {
-    for k in order {
-        let (x, y) = (a.get(k.field), b.get(k.field));
-        let o = match (x.is_null(), y.is_null()) {
-            (true, true) => Ordering::Equal,
-            (true, false) => {
-                if k.nulls_first {
-                    Ordering::Less
-                } else {
-                    Ordering::Greater
-                }
-            }
-            (false, true) => {
-                if k.nulls_first {
-                    Ordering::Greater
-                } else {
-                    Ordering::Less
-                }
-            }
-            (false, false) => {
-                let o = x.total_cmp(y);
-                if k.descending { o.reverse() } else { o }
-            }
-        };
-        if o != Ordering::Equal {
-            return o;
-        }
-    }
-    Ordering::Equal
+    order
+        .iter()
+        .map(|k| key_cmp(a.get(k.field), b.get(k.field), k))
+        .find(|o| *o != Ordering::Equal)
+        .unwrap_or(Ordering::Equal)
 }
 
 /// Whether a record sorts strictly after the cursor position `after` (values of the order
 /// keys of the last row of the previous page).
 pub fn is_after(r: &Record, after: &[Value], order: &[OrderKey]) -> bool {
-    for (k, c) in order.iter().zip(after) {
-        let x = r.get(k.field);
-        let o = match (x.is_null(), c.is_null()) {
-            (true, true) => Ordering::Equal,
-            (true, false) => {
-                if k.nulls_first {
-                    Ordering::Less
-                } else {
-                    Ordering::Greater
-                }
-            }
-            (false, true) => {
-                if k.nulls_first {
-                    Ordering::Greater
-                } else {
-                    Ordering::Less
-                }
-            }
-            (false, false) => {
-                let o = x.total_cmp(c);
-                if k.descending { o.reverse() } else { o }
-            }
-        };
-        match o {
-            Ordering::Greater => return true,
-            Ordering::Less => return false,
-            Ordering::Equal => {}
-        }
-    }
-    false
+    order
+        .iter()
+        .zip(after)
+        .map(|(k, c)| key_cmp(r.get(k.field), c, k))
+        .find(|o| *o != Ordering::Equal)
+        == Some(Ordering::Greater)
 }
 
 #[cfg(test)]

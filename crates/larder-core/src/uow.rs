@@ -65,6 +65,16 @@ impl Default for TransactionOptions {
 }
 
 impl TransactionOptions {
+    /// After attempt number `attempt` (0-based) failed with `e`: how long to wait before
+    /// running the closure again, or `None` to give up and return the error. Shared by the
+    /// async and the blocking `transaction`.
+    pub fn retry_after(&self, e: Option<&Error>, attempt: u32) -> Option<Duration> {
+        let retryable = e.is_some_and(|le| {
+            le.is_transient() || (self.retry_on_conflict && matches!(le, Error::Conflict { .. }))
+        });
+        (retryable && attempt < self.max_retries).then(|| backoff(self.backoff, attempt + 1))
+    }
+
     /// Sets the retry budget.
     #[must_use]
     pub fn with_max_retries(mut self, n: u32) -> Self {
@@ -305,18 +315,14 @@ impl Store {
             .await;
             match result {
                 Ok(r) => return Ok(r),
-                Err(e) => {
-                    let retry = e.as_larder_error().is_some_and(|le| {
-                        le.is_transient()
-                            || (opts.retry_on_conflict && matches!(le, Error::Conflict { .. }))
-                    });
-                    if !retry || attempt >= opts.max_retries {
-                        return Err(e);
+                Err(e) => match opts.retry_after(e.as_larder_error(), attempt) {
+                    None => return Err(e),
+                    Some(wait) => {
+                        attempt += 1;
+                        tracing::debug!(attempt, "larder: retrying transaction");
+                        tokio::time::sleep(wait).await;
                     }
-                    attempt += 1;
-                    tracing::debug!(attempt, "larder: retrying transaction");
-                    tokio::time::sleep(backoff(opts.backoff, attempt)).await;
-                }
+                },
             }
         }
     }

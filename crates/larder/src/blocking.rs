@@ -21,7 +21,6 @@
 //! ```
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::runtime::Runtime;
@@ -129,21 +128,13 @@ impl Store {
             })();
             match result {
                 Ok(r) => return Ok(r),
-                Err(e) => {
-                    let retry = e.as_larder_error().is_some_and(|le| {
-                        le.is_transient()
-                            || (opts.retry_on_conflict && matches!(le, Error::Conflict { .. }))
-                    });
-                    if !retry || attempt >= opts.max_retries {
-                        return Err(e);
+                Err(e) => match opts.retry_after(e.as_larder_error(), attempt) {
+                    None => return Err(e),
+                    Some(wait) => {
+                        attempt += 1;
+                        std::thread::sleep(wait);
                     }
-                    attempt += 1;
-                    std::thread::sleep(
-                        opts.backoff
-                            .saturating_mul(1 << attempt.min(6))
-                            .min(Duration::from_millis(100)),
-                    );
-                }
+                },
             }
         }
     }

@@ -24,7 +24,7 @@ pub use larder_sql::migrate::source::{
 pub use larder_sql::migrate::split::{Statement, split};
 pub use larder_sql::migrate::{
     Failure, HISTORY_TABLE, HistoryRow, MigrateError, MigrateOptions, MigrationDriver,
-    MigrationState, Migrator, PlannedStep, Report, StatusRow, Verification,
+    MigrationState, Migrator, PlannedStep, Report, StatusRow, Verification, timestamp_version,
 };
 
 use crate::Store;

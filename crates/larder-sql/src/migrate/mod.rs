@@ -36,6 +36,7 @@ use larder_core::BoxFuture;
 
 pub use runner::{
     MigrateOptions, MigrationState, Migrator, PlannedStep, Report, StatusRow, Verification,
+    timestamp_version,
 };
 pub use source::{EmbeddedModule, Migration, MigrationKind, MigrationSet, Module};
 

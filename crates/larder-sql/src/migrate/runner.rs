@@ -133,8 +133,9 @@ fn key_of(module: &str, kind: MigrationKind, version: i64, name: &str) -> Key {
     }
 }
 
-/// RFC 3339 UTC timestamp of now (civil-from-days; no date crate needed for one format).
-pub(crate) fn now_rfc3339() -> String {
+/// Now in UTC as (year, month, day, hour, minute, second, millisecond), by the
+/// civil-from-days algorithm (no date crate needed for two formats).
+fn utc_now() -> (i64, i64, i64, i64, i64, i64, u32) {
     let d = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
@@ -149,13 +150,27 @@ pub(crate) fn now_rfc3339() -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+    (
+        year,
+        month,
+        day,
         rem / 3600,
         rem % 3600 / 60,
         rem % 60,
-        d.subsec_millis()
+        d.subsec_millis(),
     )
+}
+
+/// RFC 3339 UTC timestamp of now, as stored in `applied_at`.
+pub(crate) fn now_rfc3339() -> String {
+    let (y, mo, d, h, mi, s, ms) = utc_now();
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{ms:03}Z")
+}
+
+/// Now as a migration version, `YYYYMMDDHHMMSS` in UTC (what `larder migrate new` uses).
+pub fn timestamp_version() -> i64 {
+    let (y, mo, d, h, mi, s, _) = utc_now();
+    ((y * 100 + mo) * 100 + d) * 1_000_000 + h * 10_000 + mi * 100 + s
 }
 
 fn elapsed_ms(t: Instant) -> i64 {
@@ -585,6 +600,13 @@ impl Migrator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn versions_are_timestamps() {
+        let v = timestamp_version().to_string();
+        assert_eq!(v.len(), 14);
+        assert_eq!(&v[..4], &now_rfc3339()[..4]);
+    }
 
     #[test]
     fn timestamps_are_rfc3339_utc() {
