@@ -13,7 +13,7 @@
 //! ```
 //!
 //! File conventions, ordering, checksums and directives are documented in
-//! [`source`](larder_sql::migrate::source); safety rules in [`larder_sql::migrate`].
+//! [`source`]; safety rules in [`larder_sql::migrate`].
 
 use std::path::Path;
 

@@ -1,0 +1,172 @@
+//! The benchmark entity (WORKLOADS.md "Entity document") and a deterministic generator.
+//!
+//! Every entity is a pure function of `(seed, index)`, so a workload can regenerate any
+//! entity without keeping the data set in memory (W8 loads a million of them), and both
+//! sides of a comparison see exactly the same values.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The larder table of [`Customer`] (fixed by the derive attribute).
+pub(crate) const LARDER_TABLE: &str = "bench_larder_customers";
+/// The raw sqlx table of the same shape.
+pub(crate) const RAW_TABLE: &str = "bench_raw_customers";
+
+/// The entity document: ~230 bytes of JSON for the 10 fields (~270 with the id), stored as
+/// a document with the fields W5/W7 need registered and indexed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, larder::Entity)]
+#[larder(table = "bench_larder_customers", document)]
+pub(crate) struct Customer {
+    /// Random (v4-shaped) UUID.
+    pub(crate) id: Uuid,
+    /// Display name.
+    pub(crate) name: String,
+    /// E-mail address.
+    pub(crate) email: String,
+    /// Age in years, 18..=90.
+    #[larder(indexed)]
+    pub(crate) age: i64,
+    /// Whether the account is active.
+    #[larder(indexed)]
+    pub(crate) active: bool,
+    /// Balance in cents (W5 updates change it).
+    #[larder(indexed)]
+    pub(crate) balance_cents: i64,
+    /// Two-letter country code (one of [`COUNTRIES`]).
+    #[larder(indexed)]
+    pub(crate) country: String,
+    /// City name.
+    pub(crate) city: String,
+    /// Three tags.
+    pub(crate) tags: Vec<String>,
+    /// RFC 3339 timestamp.
+    pub(crate) created_at: String,
+    /// A score in [0, 1000) with two decimals (W7 orders by it).
+    #[larder(indexed)]
+    pub(crate) score: f64,
+}
+
+/// The countries entities are spread over (uniformly).
+pub(crate) const COUNTRIES: [&str; 20] = [
+    "DE", "FR", "NL", "BE", "LU", "AT", "CH", "IT", "ES", "PT", "IE", "GB", "DK", "SE", "NO", "FI",
+    "PL", "CZ", "US", "CA",
+];
+
+const CITIES: [&str; 16] = [
+    "Berlin",
+    "Paris",
+    "Amsterdam",
+    "Brussels",
+    "Vienna",
+    "Zurich",
+    "Milan",
+    "Madrid",
+    "Lisbon",
+    "Dublin",
+    "London",
+    "Copenhagen",
+    "Stockholm",
+    "Oslo",
+    "Helsinki",
+    "Warsaw",
+];
+
+/// Youngest age generated.
+pub(crate) const MIN_AGE: i64 = 18;
+/// Oldest age generated.
+pub(crate) const MAX_AGE: i64 = 90;
+
+/// SplitMix64: a tiny, good-enough, reproducible generator.
+#[derive(Debug, Clone)]
+pub(crate) struct Rng(u64);
+
+impl Rng {
+    /// A generator for a seed.
+    pub(crate) fn new(seed: u64) -> Rng {
+        Rng(seed ^ 0x9e37_79b9_7f4a_7c15)
+    }
+
+    /// The next 64 random bits.
+    pub(crate) fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0; the modulo bias is irrelevant here).
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// Uniform index into a slice of length `n`.
+    pub(crate) fn index(&mut self, n: usize) -> usize {
+        let n64 = u64::try_from(n).unwrap_or(u64::MAX).max(1);
+        usize::try_from(self.below(n64)).unwrap_or(0)
+    }
+
+    /// Uniform in `lo..=hi`.
+    pub(crate) fn range_i64(&mut self, lo: i64, hi: i64) -> i64 {
+        let span = hi.abs_diff(lo).saturating_add(1);
+        lo.saturating_add_unsigned(self.below(span))
+    }
+
+    /// Shuffles a slice (Fisher–Yates).
+    pub(crate) fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            let j = self.index(i + 1);
+            v.swap(i, j);
+        }
+    }
+}
+
+/// The `index`-th entity of data set `seed`.
+pub(crate) fn customer(seed: u64, index: u64) -> Customer {
+    let mut r =
+        Rng::new(seed.wrapping_mul(0x0100_0000_01b3) ^ index.wrapping_mul(0xff51_afd7_ed55_8ccd));
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&r.next_u64().to_le_bytes());
+    bytes[8..].copy_from_slice(&r.next_u64().to_le_bytes());
+    let id = uuid::Builder::from_random_bytes(bytes).into_uuid();
+    let n = r.below(1_000_000);
+    let tags = (0..3).map(|_| format!("tag-{:02}", r.below(40))).collect();
+    let score_hundredths = u32::try_from(r.below(100_000)).unwrap_or(0);
+    Customer {
+        id,
+        name: format!("Customer {n:06}"),
+        email: format!("customer{n:06}@example.com"),
+        age: r.range_i64(MIN_AGE, MAX_AGE),
+        active: r.below(10) < 8,
+        balance_cents: r.range_i64(0, 10_000_000),
+        country: COUNTRIES[r.index(COUNTRIES.len())].to_owned(),
+        city: CITIES[r.index(CITIES.len())].to_owned(),
+        tags,
+        created_at: format!(
+            "20{:02}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+            r.range_i64(18, 25),
+            r.range_i64(1, 12),
+            r.range_i64(1, 28),
+            r.below(24),
+            r.below(60),
+            r.below(60)
+        ),
+        score: f64::from(score_hundredths) / 100.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deterministic_and_about_270_bytes_with_the_id() {
+        assert_eq!(customer(1, 7), customer(1, 7));
+        assert_ne!(customer(1, 7).id, customer(1, 8).id);
+        let total: usize = (0..1000)
+            .map(|i| serde_json::to_string(&customer(3, i)).unwrap().len())
+            .sum();
+        let avg = total / 1000;
+        assert!((200..=300).contains(&avg), "average body {avg} bytes");
+    }
+}
