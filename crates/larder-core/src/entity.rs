@@ -220,6 +220,8 @@ impl Record {
 ///
 /// `from_record(to_record(x)?)` must give back an equal entity; `to_record` must fill
 /// `values` in the order of `def().fields`, and `body` exactly for document storage.
+/// For document storage `from_record` must decode from the body alone: streams leave
+/// `values` empty, so that the field columns are not read for every row.
 pub trait Entity: Send + Sync + Sized + 'static {
     /// The id type.
     type Id: crate::value::FieldValue + Clone + Send + Sync;

@@ -2,6 +2,7 @@
 
 use larder_core::entity::{EntityDef, Record, mapping_error};
 use larder_core::{FieldType, Result, Value};
+use larder_sql::Shape;
 use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::{Arguments, Row};
 
@@ -58,6 +59,6 @@ fn get(def: &EntityDef, row: &PgRow, i: usize, ty: FieldType) -> Result<Value> {
 }
 
 /// Decodes a row selected with `larder_sql::compile`'s column order.
-pub(crate) fn record(def: &EntityDef, row: &PgRow) -> Result<Record> {
-    larder_sql::decode_record(def, row, |row, i, ty| get(def, row, i, ty))
+pub(crate) fn record(def: &EntityDef, row: &PgRow, shape: Shape) -> Result<Record> {
+    larder_sql::decode_record(def, row, shape, |row, i, ty| get(def, row, i, ty))
 }

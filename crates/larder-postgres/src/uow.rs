@@ -3,7 +3,7 @@
 use futures_util::StreamExt;
 use larder_core::backend::{BoxFuture, BoxStream};
 use larder_core::{Deadline, EntityDef, Error, Record, Result, Uow};
-use larder_sql::{Built, Dialect, SqlDriver};
+use larder_sql::{Built, Dialect, Shape, SqlDriver};
 use sqlx::postgres::{PgArguments, PgConnection, Postgres};
 use sqlx::{AssertSqlSafe, Row};
 
@@ -166,7 +166,7 @@ impl SqlDriver for PgTransaction {
                 .fetch_all(self.conn()?)
                 .await
             {
-                Ok(rows) => rows.iter().map(|r| record(def, r)).collect(),
+                Ok(rows) => rows.iter().map(|r| record(def, r, Shape::Full)).collect(),
                 Err(e) => Err(self.note(map(e, op))),
             }
         })
@@ -195,6 +195,7 @@ impl SqlDriver for PgTransaction {
         &'a mut self,
         def: &'a EntityDef,
         b: Built,
+        shape: Shape,
     ) -> BoxStream<'a, Result<Record>> {
         let start = async move {
             let prepared = self.prepare(b).await;
@@ -208,7 +209,7 @@ impl SqlDriver for PgTransaction {
                     .fetch(conn)
                     .map(move |r| {
                         r.map_err(|e| map(e, "repository.stream"))
-                            .and_then(|row| record(def, &row))
+                            .and_then(|row| record(def, &row, shape))
                     })
                     .boxed(),
             }

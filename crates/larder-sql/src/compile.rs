@@ -329,9 +329,34 @@ fn push_glob_literal(out: &mut String, c: char) {
     }
 }
 
+/// Which columns a read returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// id, version, body (documents), then every registered field.
+    Full,
+    /// id, version and body only: enough to decode a document entity. Streams of documents
+    /// use it, so the field columns are neither sent nor decoded per row.
+    Body,
+}
+
+impl Shape {
+    /// The shape to stream an entity with.
+    pub fn for_stream(def: &EntityDef) -> Shape {
+        if def.storage == Storage::Document {
+            Shape::Body
+        } else {
+            Shape::Full
+        }
+    }
+}
+
 /// The columns every read selects, in the order [`Record`] decoding expects:
 /// id, version, body (documents), then the registered fields.
 fn select_columns(q: &mut sea_query::SelectStatement, def: &EntityDef, d: Dialect) {
+    select_shape(q, def, d, Shape::Full);
+}
+
+fn select_shape(q: &mut sea_query::SelectStatement, def: &EntityDef, d: Dialect, shape: Shape) {
     q.column(def.id.column).column(VERSION_COLUMN);
     if def.storage == Storage::Document {
         match d {
@@ -343,8 +368,10 @@ fn select_columns(q: &mut sea_query::SelectStatement, def: &EntityDef, d: Dialec
             }
         }
     }
-    for f in &def.fields {
-        q.column(f.column);
+    if shape == Shape::Full || def.storage != Storage::Document {
+        for f in &def.fields {
+            q.column(f.column);
+        }
     }
 }
 
@@ -426,8 +453,13 @@ fn keyset(def: &EntityDef, order: &[OrderKey], after: &[Value], d: Dialect) -> E
 
 /// `SELECT … WHERE filter [AND keyset] ORDER BY … LIMIT … OFFSET …`.
 pub fn select(def: &EntityDef, plan: &Select, d: Dialect) -> Result<Built> {
+    select_shaped(def, plan, d, Shape::Full)
+}
+
+/// [`select`] returning the columns of `shape`.
+pub fn select_shaped(def: &EntityDef, plan: &Select, d: Dialect, shape: Shape) -> Result<Built> {
     let mut q = Query::select();
-    select_columns(&mut q, def, d);
+    select_shape(&mut q, def, d, shape);
     q.from(def.table);
     if plan.filter != Pred::True {
         q.and_where(predicate(def, &plan.filter, d)?);

@@ -15,7 +15,7 @@ use larder_core::query::Select;
 use larder_core::spec::Pred;
 use larder_core::{Deadline, EntityDef, Error, FieldType, Record, Result, Storage, Value};
 
-use crate::compile::{self, Built, Dialect};
+use crate::compile::{self, Built, Dialect, Shape};
 
 /// A SQL connection inside an open transaction, as a backend provides it.
 ///
@@ -50,11 +50,13 @@ pub trait SqlDriver: Send + 'static {
         op: &'static str,
     ) -> BoxFuture<'a, Result<Option<i64>>>;
 
-    /// Runs a query and streams its rows as records, fetched as the stream is polled.
+    /// Runs a query and streams its rows as records of `shape` (see [`decode_record`]),
+    /// fetched as the stream is polled.
     fn stream_records<'a>(
         &'a mut self,
         def: &'a EntityDef,
         b: Built,
+        shape: Shape,
     ) -> BoxStream<'a, Result<Record>>;
 
     /// `SAVEPOINT name`.
@@ -198,8 +200,9 @@ impl<D: SqlDriver> Transaction for SqlTransaction<D> {
     }
 
     fn stream<'a>(&'a mut self, def: &'a EntityDef, plan: Select) -> BoxStream<'a, Result<Record>> {
-        match compile::select(def, &plan, D::DIALECT) {
-            Ok(b) => self.0.stream_records(def, b),
+        let shape = Shape::for_stream(def);
+        match compile::select_shaped(def, &plan, D::DIALECT, shape) {
+            Ok(b) => self.0.stream_records(def, b, shape),
             Err(e) => futures_util::stream::once(async move { Err(e) }).boxed(),
         }
     }
@@ -230,10 +233,12 @@ impl<D: SqlDriver> Transaction for SqlTransaction<D> {
 }
 
 /// Decodes a row selected by [`compile`] (id, version, body for documents, then the
-/// registered fields). `get(row, i, ty)` reads column `i` as a value of type `ty`.
+/// registered fields unless `shape` is [`Shape::Body`], in which case `values` is left
+/// empty). `get(row, i, ty)` reads column `i` as a value of type `ty`.
 pub fn decode_record<R>(
     def: &EntityDef,
     row: &R,
+    shape: Shape,
     get: impl Fn(&R, usize, FieldType) -> Result<Value>,
 ) -> Result<Record> {
     let bad = |what: &str| mapping_error(def.name, "decode", format!("unexpected {what} column"));
@@ -250,12 +255,15 @@ pub fn decode_record<R>(
     } else {
         (None, 2)
     };
-    let values = def
-        .fields
-        .iter()
-        .enumerate()
-        .map(|(i, f)| get(row, first + i, f.ty))
-        .collect::<Result<Vec<_>>>()?;
+    let values = if shape == Shape::Body && def.storage == Storage::Document {
+        Vec::new()
+    } else {
+        def.fields
+            .iter()
+            .enumerate()
+            .map(|(i, f)| get(row, first + i, f.ty))
+            .collect::<Result<Vec<_>>>()?
+    };
     Ok(Record {
         id,
         version,

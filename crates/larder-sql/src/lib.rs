@@ -17,7 +17,7 @@ pub mod ddl;
 pub mod driver;
 pub mod migrate;
 
-pub use compile::{Built, Dialect};
+pub use compile::{Built, Dialect, Shape};
 pub use driver::{SqlDriver, SqlTransaction, decode_record};
 
 #[doc(no_inline)]

@@ -2,6 +2,7 @@
 
 use larder_core::entity::{EntityDef, Record, mapping_error};
 use larder_core::{FieldType, Result, Value};
+use larder_sql::Shape;
 use sqlx::sqlite::{SqliteArguments, SqliteRow};
 use sqlx::{Arguments, Row};
 
@@ -59,6 +60,6 @@ fn get(def: &EntityDef, row: &SqliteRow, i: usize, ty: FieldType) -> Result<Valu
 }
 
 /// Decodes a row selected with `larder_sql::compile`'s column order.
-pub(crate) fn record(def: &EntityDef, row: &SqliteRow) -> Result<Record> {
-    larder_sql::decode_record(def, row, |row, i, ty| get(def, row, i, ty))
+pub(crate) fn record(def: &EntityDef, row: &SqliteRow, shape: Shape) -> Result<Record> {
+    larder_sql::decode_record(def, row, shape, |row, i, ty| get(def, row, i, ty))
 }

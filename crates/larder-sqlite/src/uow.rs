@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use futures_util::StreamExt;
 use larder_core::backend::{BoxFuture, BoxStream};
 use larder_core::{Deadline, EntityDef, Error, Record, Result, Uow};
-use larder_sql::{Built, Dialect, SqlDriver};
+use larder_sql::{Built, Dialect, Shape, SqlDriver};
 use sqlx::sqlite::{Sqlite, SqliteConnection};
 use sqlx::{AssertSqlSafe, Row};
 
@@ -168,7 +168,7 @@ impl SqlDriver for SqliteTransaction {
                 .fetch_all(self.conn()?)
                 .await
                 .map_err(|e| map(e, op))?;
-            rows.iter().map(|r| record(def, r)).collect()
+            rows.iter().map(|r| record(def, r, Shape::Full)).collect()
         })
     }
 
@@ -192,6 +192,7 @@ impl SqlDriver for SqliteTransaction {
         &'a mut self,
         def: &'a EntityDef,
         b: Built,
+        shape: Shape,
     ) -> BoxStream<'a, Result<Record>> {
         let start = async move {
             let prepared = self.prepare(b).await;
@@ -205,7 +206,7 @@ impl SqlDriver for SqliteTransaction {
                     .fetch(conn)
                     .map(move |r| {
                         r.map_err(|e| map(e, "repository.stream"))
-                            .and_then(|row| record(def, &row))
+                            .and_then(|row| record(def, &row, shape))
                     })
                     .boxed(),
             }
