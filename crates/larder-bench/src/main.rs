@@ -55,7 +55,7 @@ struct Cli {
     /// Backend(s) to run on.
     #[arg(long, value_enum, default_value = "all")]
     backend: BackendArg,
-    /// Workload(s): `all`, or ids separated by commas (w5, w7, w8).
+    /// Workload(s): `all`, or ids separated by commas (w5, w7, w8, migrations).
     #[arg(long, default_value = "all")]
     workload: String,
     /// Runs per side; medians are reported.
@@ -93,6 +93,9 @@ struct Cli {
     /// Override: W8 entities.
     #[arg(long)]
     w8_rows: Option<usize>,
+    /// Override: migrations applied by the `migrations` workload.
+    #[arg(long)]
+    migrations: Option<usize>,
 }
 
 fn selected_workloads(arg: &str) -> Result<Vec<&'static Workload>> {
@@ -132,6 +135,7 @@ async fn main() -> Result<()> {
     sizes.w7_rows = cli.w7_rows.unwrap_or(sizes.w7_rows);
     sizes.w7_queries = cli.w7_queries.unwrap_or(sizes.w7_queries);
     sizes.w8_rows = cli.w8_rows.unwrap_or(sizes.w8_rows);
+    sizes.migrations = cli.migrations.unwrap_or(sizes.migrations);
     let kinds = match cli.backend {
         BackendArg::Sqlite => vec![Kind::Sqlite],
         BackendArg::Postgres => vec![Kind::Postgres],

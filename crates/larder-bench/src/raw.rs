@@ -29,7 +29,9 @@ mod lite {
     pub(super) const GET: &str = r#"SELECT "id", "version", "body", "age", "active", "balance_cents", "country", "score" FROM "bench_raw_customers" WHERE "id" = ?"#;
     pub(super) const UPDATE: &str = r#"UPDATE "bench_raw_customers" SET "version" = ?, "body" = ?, "age" = ?, "active" = ?, "balance_cents" = ?, "country" = ?, "score" = ? WHERE "id" = ? AND "version" = ?"#;
     pub(super) const FIND: &str = r#"SELECT "id", "version", "body", "age", "active", "balance_cents", "country", "score" FROM "bench_raw_customers" WHERE ("country" = ? AND "age" >= ?) ORDER BY "score" DESC, "id" ASC LIMIT ?"#;
-    pub(super) const STREAM_LARDER_TABLE: &str = r#"SELECT "id", "version", "body", "age", "active", "balance_cents", "country", "score" FROM "bench_larder_customers" ORDER BY "id" ASC"#;
+    /// larder streams document entities with id, version and body only.
+    pub(super) const STREAM_LARDER_TABLE: &str =
+        r#"SELECT "id", "version", "body" FROM "bench_larder_customers" ORDER BY "id" ASC"#;
 }
 
 /// PostgreSQL statements (larder's PostgreSQL dialect: body bound as text and cast).
@@ -46,7 +48,8 @@ mod pg {
     pub(super) const GET: &str = r#"SELECT "id", "version", CAST("body" AS text), "age", "active", "balance_cents", "country", "score" FROM "bench_raw_customers" WHERE "id" = $1"#;
     pub(super) const UPDATE: &str = r#"UPDATE "bench_raw_customers" SET "version" = $1, "body" = CAST($2 AS jsonb), "age" = $3, "active" = $4, "balance_cents" = $5, "country" = $6, "score" = $7 WHERE "id" = $8 AND "version" = $9"#;
     pub(super) const FIND: &str = r#"SELECT "id", "version", CAST("body" AS text), "age", "active", "balance_cents", "country", "score" FROM "bench_raw_customers" WHERE ("country" = $1 AND "age" >= $2) ORDER BY "score" DESC, "id" ASC LIMIT $3"#;
-    pub(super) const STREAM_LARDER_TABLE: &str = r#"SELECT "id", "version", CAST("body" AS text), "age", "active", "balance_cents", "country", "score" FROM "bench_larder_customers" ORDER BY "id" ASC"#;
+    /// larder streams document entities with id, version and body only.
+    pub(super) const STREAM_LARDER_TABLE: &str = r#"SELECT "id", "version", CAST("body" AS text) FROM "bench_larder_customers" ORDER BY "id" ASC"#;
 }
 
 /// The column list shared by both tables (bulk loading).

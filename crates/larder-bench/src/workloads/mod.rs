@@ -7,6 +7,7 @@ use futures_util::future::LocalBoxFuture;
 use crate::backends::Target;
 use crate::measure::Metric;
 
+mod migrations;
 mod w5;
 mod w7;
 mod w8;
@@ -22,6 +23,8 @@ pub(crate) struct Sizes {
     pub(crate) w7_queries: usize,
     /// W8: entities streamed.
     pub(crate) w8_rows: usize,
+    /// M1/M2: migrations applied (across 10 modules).
+    pub(crate) migrations: usize,
 }
 
 impl Sizes {
@@ -32,6 +35,7 @@ impl Sizes {
             w7_rows: 100_000,
             w7_queries: 2_000,
             w8_rows: 1_000_000,
+            migrations: 1_000,
         }
     }
 
@@ -42,6 +46,7 @@ impl Sizes {
             w7_rows: 20_000,
             w7_queries: 200,
             w8_rows: 100_000,
+            migrations: 100,
         }
     }
 }
@@ -87,5 +92,10 @@ pub(crate) const REGISTRY: &[Workload] = &[
         id: "w8",
         title: "stream every entity, decoded",
         run: |cx| Box::pin(w8::run(cx)),
+    },
+    Workload {
+        id: "migrations",
+        title: "apply 1,000 migrations over 10 modules; status with 1,000 applied",
+        run: |cx| Box::pin(migrations::run(cx)),
     },
 ];
