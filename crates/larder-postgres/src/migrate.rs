@@ -101,6 +101,10 @@ impl MigrationDriver for PgMigrationDriver {
         })
     }
 
+    fn holds_run_lock(&self) -> bool {
+        true
+    }
+
     fn ensure_history(&mut self) -> BoxFuture<'_, Result<()>> {
         Box::pin(self.exec(
             "CREATE TABLE IF NOT EXISTS _larder_migrations (\

@@ -71,6 +71,10 @@ impl MigrationDriver for SqliteMigrationDriver {
         Box::pin(async { Ok(()) })
     }
 
+    fn holds_run_lock(&self) -> bool {
+        false
+    }
+
     fn ensure_history(&mut self) -> BoxFuture<'_, Result<()>> {
         Box::pin(self.exec(
             "CREATE TABLE IF NOT EXISTS _larder_migrations (\

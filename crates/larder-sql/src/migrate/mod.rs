@@ -81,6 +81,11 @@ pub trait MigrationDriver: Send {
     /// Releases the migration lock.
     fn unlock(&mut self) -> BoxFuture<'_, Result<(), MigrateError>>;
 
+    /// Whether `lock` really excludes other migrators for the whole run (PostgreSQL).
+    /// When it does not (SQLite), each migration re-checks the history inside its write
+    /// transaction.
+    fn holds_run_lock(&self) -> bool;
+
     /// Creates the history table if missing.
     fn ensure_history(&mut self) -> BoxFuture<'_, larder_core::Result<()>>;
 
@@ -97,7 +102,7 @@ pub trait MigrationDriver: Send {
     /// Rolls the open transaction back.
     fn rollback(&mut self) -> BoxFuture<'_, larder_core::Result<()>>;
 
-    /// Runs one statement of a migration script (in or outside a transaction).
+    /// Runs SQL: one statement, or a whole script of several (in or outside a transaction).
     fn execute<'a>(&'a mut self, sql: &'a str) -> BoxFuture<'a, larder_core::Result<()>>;
 
     /// The history row of a versioned migration (by module and version) or a repeatable

@@ -409,18 +409,9 @@ impl Migrator {
         step: &PlannedStep,
         report: &Report,
     ) -> Result<(), MigrateError> {
-        let of = step.statements.len();
         for (i, s) in step.statements.iter().enumerate() {
             if let Err(source) = d.execute(&s.sql).await {
-                return Err(MigrateError::Failed(Box::new(super::Failure {
-                    migration: step.migration.label(),
-                    file: step.migration.origin.clone(),
-                    statement: i + 1,
-                    of,
-                    line: s.line,
-                    source,
-                    applied: report.applied.iter().map(|(l, _)| l.clone()).collect(),
-                })));
+                return Err(Self::failure(step, report, i, source));
             }
         }
         Ok(())
@@ -436,34 +427,81 @@ impl Migrator {
         let m = &step.migration;
         let started = Instant::now();
         d.begin().await?;
-        match Self::already_applied(d, m).await {
-            Ok(true) => {
-                d.commit().await?;
-                return Ok(None);
-            }
-            Ok(false) => {}
-            Err(e) => {
-                let _ = d.rollback().await;
-                return Err(e);
+        // With a lock held for the whole run (PostgreSQL) the plan is still true; without
+        // one (SQLite) another migrator may have applied this meanwhile: re-check inside
+        // the write transaction.
+        if !d.holds_run_lock() {
+            match Self::already_applied(d, m).await {
+                Ok(true) => {
+                    d.commit().await?;
+                    return Ok(None);
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    let _ = d.rollback().await;
+                    return Err(e);
+                }
             }
         }
         if m.no_transaction {
-            // Claim it as dirty, durably, before running anything outside a transaction.
+            // Claim it as dirty, durably, before running anything outside a transaction;
+            // statements run one by one (several in one request would share an implicit
+            // transaction, which `CREATE INDEX CONCURRENTLY` refuses).
             d.upsert_row(&Self::row(m, false, 0)).await?;
             d.commit().await?;
             Self::run_statements(d, step, report).await?;
             d.upsert_row(&Self::row(m, true, elapsed_ms(started)))
                 .await?;
         } else {
-            if let Err(e) = Self::run_statements(d, step, report).await {
+            // The whole script in one request; only if it fails are the statements re-run
+            // one by one (in a transaction that is rolled back) to name the failing one.
+            if let Err(e) = d.execute(&m.up).await {
                 let _ = d.rollback().await;
-                return Err(e);
+                return Err(Self::locate_failure(d, step, report, e).await);
             }
             d.upsert_row(&Self::row(m, true, elapsed_ms(started)))
                 .await?;
             d.commit().await?;
         }
         Ok(Some(elapsed_ms(started)))
+    }
+
+    /// After a script failed as a whole: finds the failing statement by running them one
+    /// by one in a transaction that is always rolled back.
+    async fn locate_failure(
+        d: &mut dyn MigrationDriver,
+        step: &PlannedStep,
+        report: &Report,
+        whole: larder_core::Error,
+    ) -> MigrateError {
+        if d.begin().await.is_err() {
+            return Self::failure(step, report, 0, whole);
+        }
+        let found = Self::run_statements(d, step, report).await;
+        let _ = d.rollback().await;
+        match found {
+            Err(e) => e,
+            // Every statement passed alone: report the whole script's error.
+            Ok(()) => Self::failure(step, report, 0, whole),
+        }
+    }
+
+    fn failure(
+        step: &PlannedStep,
+        report: &Report,
+        index: usize,
+        source: larder_core::Error,
+    ) -> MigrateError {
+        let line = step.statements.get(index).map_or(1, |s| s.line);
+        MigrateError::Failed(Box::new(super::Failure {
+            migration: step.migration.label(),
+            file: step.migration.origin.clone(),
+            statement: index + 1,
+            of: step.statements.len(),
+            line,
+            source,
+            applied: report.applied.iter().map(|(l, _)| l.clone()).collect(),
+        }))
     }
 
     /// Reverts the last `steps` applied versioned migrations (optionally of one module),
