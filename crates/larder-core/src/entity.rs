@@ -169,6 +169,23 @@ impl EntityDef {
             .map(FieldRef::Field)
     }
 
+    /// The error for a versioned write that found `actual` instead of `expected`:
+    /// [`Error::NotFound`] when the row is gone, [`Error::Conflict`] otherwise.
+    pub fn stale_write(&self, id: &crate::Value, expected: u64, actual: Option<u64>) -> Error {
+        match actual {
+            None => Error::NotFound {
+                entity: self.name,
+                id: id.display_id(),
+            },
+            Some(actual) => Error::Conflict {
+                entity: self.name,
+                id: id.display_id(),
+                expected,
+                actual: Some(actual),
+            },
+        }
+    }
+
     /// The definition of a resolved field.
     pub fn field_def(&self, f: FieldRef) -> &FieldDef {
         match f {

@@ -252,21 +252,6 @@ impl Drop for MemoryTx {
     }
 }
 
-fn conflict(def: &EntityDef, id: &Value, expected: u64, actual: Option<u64>) -> Error {
-    match actual {
-        None => Error::NotFound {
-            entity: def.name,
-            id: id.display_id(),
-        },
-        Some(actual) => Error::Conflict {
-            entity: def.name,
-            id: id.display_id(),
-            expected,
-            actual: Some(actual),
-        },
-    }
-}
-
 impl Transaction for MemoryTx {
     fn set_deadline(&mut self, deadline: Option<Deadline>) {
         self.deadline = deadline;
@@ -301,7 +286,7 @@ impl Transaction for MemoryTx {
             let key = Key(record.id.clone());
             let actual = self.table(def).and_then(|t| t.get(&key)).map(|r| r.version);
             if actual != Some(expected) {
-                return Err(conflict(def, &record.id, expected, actual));
+                return Err(def.stale_write(&record.id, expected, actual));
             }
             self.write(def, key, Some(record.clone()))
         })
@@ -318,7 +303,7 @@ impl Transaction for MemoryTx {
             let key = Key(id.clone());
             let actual = self.table(def).and_then(|t| t.get(&key)).map(|r| r.version);
             if actual != Some(expected) {
-                return Err(conflict(def, id, expected, actual));
+                return Err(def.stale_write(id, expected, actual));
             }
             self.write(def, key, None)
         })

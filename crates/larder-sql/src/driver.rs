@@ -96,16 +96,7 @@ impl<D: SqlDriver> SqlTransaction<D> {
             .await
         {
             Err(e) => e,
-            Ok(None) => Error::NotFound {
-                entity: def.name,
-                id: id.display_id(),
-            },
-            Ok(Some(v)) => Error::Conflict {
-                entity: def.name,
-                id: id.display_id(),
-                expected,
-                actual: u64::try_from(v).ok(),
-            },
+            Ok(actual) => def.stale_write(id, expected, actual.and_then(|v| u64::try_from(v).ok())),
         }
     }
 }
