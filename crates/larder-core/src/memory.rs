@@ -4,6 +4,12 @@
 //! writers are serialized like SQLite's (one write transaction at a time, waiting up to the
 //! busy timeout), readers share; uncommitted writes are invisible to other transactions
 //! because a writer excludes them; rollback (explicit or on drop) replays an undo log.
+//!
+//! One difference is declared: a unit of work here is a lock on the whole store, so a
+//! read-only unit of work waits for an open write unit of work (and vice versa), where
+//! SQLite's WAL lets readers proceed. Opening a second unit of work while holding a write
+//! one in the same task therefore fails with a transient `Busy` error after the busy
+//! timeout instead of reading a snapshot.
 
 use std::any::Any;
 use std::cmp::Ordering;
