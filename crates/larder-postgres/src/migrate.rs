@@ -23,6 +23,10 @@ const LOCK_KEY: &str = "hashtextextended('larder.migrate.' || current_schema(), 
 /// Runs migrations on PostgreSQL. Create one with [`PgBackend::migration_driver`].
 #[derive(Debug)]
 pub struct PgMigrationDriver {
+    /// Whether a transaction begun by `begin` is open: if the driver is dropped then (an
+    /// error path), the connection is closed instead of going back to the pool inside a
+    /// transaction.
+    in_tx: bool,
     conn: PoolConnection<Postgres>,
 }
 
@@ -30,7 +34,7 @@ impl PgBackend {
     /// A migration driver on a dedicated connection of this pool.
     pub async fn migration_driver(&self) -> Result<PgMigrationDriver> {
         let conn = self.pool().acquire().await.map_err(|e| map(e, "migrate"))?;
-        Ok(PgMigrationDriver { conn })
+        Ok(PgMigrationDriver { conn, in_tx: false })
     }
 }
 
@@ -60,6 +64,16 @@ impl PgMigrationDriver {
             .await
             .map_err(|e| map(e, "migrate"))?;
         Ok(())
+    }
+}
+
+impl Drop for PgMigrationDriver {
+    fn drop(&mut self) {
+        if self.in_tx {
+            // A transaction is still open (an error path skipped its rollback): never
+            // hand this connection to another user of the pool.
+            self.conn.close_on_drop();
+        }
     }
 }
 
@@ -137,15 +151,24 @@ impl MigrationDriver for PgMigrationDriver {
     }
 
     fn begin(&mut self) -> BoxFuture<'_, Result<()>> {
+        self.in_tx = true;
         Box::pin(self.exec("BEGIN"))
     }
 
     fn commit(&mut self) -> BoxFuture<'_, Result<()>> {
-        Box::pin(self.exec("COMMIT"))
+        Box::pin(async move {
+            self.exec("COMMIT").await?;
+            self.in_tx = false;
+            Ok(())
+        })
     }
 
     fn rollback(&mut self) -> BoxFuture<'_, Result<()>> {
-        Box::pin(self.exec("ROLLBACK"))
+        Box::pin(async move {
+            self.exec("ROLLBACK").await?;
+            self.in_tx = false;
+            Ok(())
+        })
     }
 
     fn execute<'a>(&'a mut self, sql: &'a str) -> BoxFuture<'a, Result<()>> {

@@ -16,6 +16,10 @@ use crate::error::{BACKEND, map};
 /// Runs migrations on SQLite. Create one with [`SqliteBackend::migration_driver`].
 #[derive(Debug)]
 pub struct SqliteMigrationDriver {
+    /// Whether a transaction begun by `begin` is open: if the driver is dropped then (an
+    /// error path), the connection is closed instead of going back to the pool inside a
+    /// transaction.
+    in_tx: bool,
     conn: PoolConnection<Sqlite>,
 }
 
@@ -23,7 +27,7 @@ impl SqliteBackend {
     /// A migration driver on a dedicated connection of this pool.
     pub async fn migration_driver(&self) -> Result<SqliteMigrationDriver> {
         let conn = self.pool().acquire().await.map_err(|e| map(e, "migrate"))?;
-        Ok(SqliteMigrationDriver { conn })
+        Ok(SqliteMigrationDriver { conn, in_tx: false })
     }
 }
 
@@ -53,6 +57,16 @@ impl SqliteMigrationDriver {
             .await
             .map_err(|e| map(e, "migrate"))?;
         Ok(())
+    }
+}
+
+impl Drop for SqliteMigrationDriver {
+    fn drop(&mut self) {
+        if self.in_tx {
+            // A transaction is still open (an error path skipped its rollback): never
+            // hand this connection to another user of the pool.
+            self.conn.close_on_drop();
+        }
     }
 }
 
@@ -108,15 +122,24 @@ impl MigrationDriver for SqliteMigrationDriver {
     }
 
     fn begin(&mut self) -> BoxFuture<'_, Result<()>> {
+        self.in_tx = true;
         Box::pin(self.exec("BEGIN IMMEDIATE"))
     }
 
     fn commit(&mut self) -> BoxFuture<'_, Result<()>> {
-        Box::pin(self.exec("COMMIT"))
+        Box::pin(async move {
+            self.exec("COMMIT").await?;
+            self.in_tx = false;
+            Ok(())
+        })
     }
 
     fn rollback(&mut self) -> BoxFuture<'_, Result<()>> {
-        Box::pin(self.exec("ROLLBACK"))
+        Box::pin(async move {
+            self.exec("ROLLBACK").await?;
+            self.in_tx = false;
+            Ok(())
+        })
     }
 
     fn execute<'a>(&'a mut self, sql: &'a str) -> BoxFuture<'a, Result<()>> {

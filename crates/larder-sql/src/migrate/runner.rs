@@ -336,6 +336,28 @@ impl Migrator {
         Ok(self.pending_steps(&rows, to))
     }
 
+    /// Runs `body` in a transaction: commit on `Ok`, rollback on `Err` (so no error path
+    /// leaves the connection inside a transaction).
+    async fn in_transaction<T>(
+        d: &mut dyn MigrationDriver,
+        body: impl AsyncFnOnce(&mut dyn MigrationDriver) -> Result<T, MigrateError>,
+    ) -> Result<T, MigrateError> {
+        d.begin().await?;
+        match body(&mut *d).await {
+            Ok(v) => match d.commit().await {
+                Ok(()) => Ok(v),
+                Err(e) => {
+                    let _ = d.rollback().await;
+                    Err(e.into())
+                }
+            },
+            Err(e) => {
+                let _ = d.rollback().await;
+                Err(e)
+            }
+        }
+    }
+
     /// Runs `body` holding the migration lock, releasing it on every path.
     async fn locked<T>(
         &self,
@@ -447,8 +469,14 @@ impl Migrator {
             // Claim it as dirty, durably, before running anything outside a transaction;
             // statements run one by one (several in one request would share an implicit
             // transaction, which `CREATE INDEX CONCURRENTLY` refuses).
-            d.upsert_row(&Self::row(m, false, 0)).await?;
-            d.commit().await?;
+            let claimed = match d.upsert_row(&Self::row(m, false, 0)).await {
+                Ok(()) => d.commit().await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = claimed {
+                let _ = d.rollback().await;
+                return Err(e.into());
+            }
             Self::run_statements(d, step, report).await?;
             d.upsert_row(&Self::row(m, true, elapsed_ms(started)))
                 .await?;
@@ -459,9 +487,14 @@ impl Migrator {
                 let _ = d.rollback().await;
                 return Err(Self::locate_failure(d, step, report, e).await);
             }
-            d.upsert_row(&Self::row(m, true, elapsed_ms(started)))
-                .await?;
-            d.commit().await?;
+            let recorded = match d.upsert_row(&Self::row(m, true, elapsed_ms(started))).await {
+                Ok(()) => d.commit().await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = recorded {
+                let _ = d.rollback().await;
+                return Err(e.into());
+            }
         }
         Ok(Some(elapsed_ms(started)))
     }
@@ -547,13 +580,12 @@ impl Migrator {
                     migration: m.clone(),
                     statements,
                 };
-                d.begin().await?;
-                if let Err(e) = Self::run_statements(d, &step, &report).await {
-                    let _ = d.rollback().await;
-                    return Err(e);
-                }
-                d.delete_row(&m.module, m.version, &m.name).await?;
-                d.commit().await?;
+                let reverted = &report;
+                Self::in_transaction(d, async |d| {
+                    Self::run_statements(d, &step, reverted).await?;
+                    Ok(d.delete_row(&m.module, m.version, &m.name).await?)
+                })
+                .await?;
                 report.reverted.push(m.label());
             }
             Ok(report)
@@ -573,20 +605,21 @@ impl Migrator {
             d.ensure_history().await?;
             let history = d.history().await?;
             let (rows, _) = self.check(&history);
-            let mut report = Report::default();
-            d.begin().await?;
-            for (m, r) in self.set.migrations().zip(&rows) {
-                if r.state == MigrationState::Pending
-                    && m.kind == MigrationKind::Versioned
-                    && m.version <= to
-                    && module.is_none_or(|x| x == m.module)
-                {
-                    d.upsert_row(&Self::row(m, true, 0)).await?;
-                    report.recorded.push(m.label());
+            Self::in_transaction(d, async |d| {
+                let mut report = Report::default();
+                for (m, r) in self.set.migrations().zip(&rows) {
+                    if r.state == MigrationState::Pending
+                        && m.kind == MigrationKind::Versioned
+                        && m.version <= to
+                        && module.is_none_or(|x| x == m.module)
+                    {
+                        d.upsert_row(&Self::row(m, true, 0)).await?;
+                        report.recorded.push(m.label());
+                    }
                 }
-            }
-            d.commit().await?;
-            Ok(report)
+                Ok(report)
+            })
+            .await
         })
         .await
     }
@@ -613,23 +646,24 @@ impl Migrator {
                     "no history row for {module}/{version}"
                 )));
             };
-            d.begin().await?;
-            if mark_applied {
-                let checksum = self
-                    .set
-                    .find(module, row.kind, version, &row.name)
-                    .map_or(row.checksum.clone(), |m| m.checksum.clone());
-                d.upsert_row(&HistoryRow {
-                    success: true,
-                    checksum,
-                    ..row
-                })
-                .await?;
-            } else {
-                d.delete_row(module, version, &row.name).await?;
-            }
-            d.commit().await?;
-            Ok(())
+            Self::in_transaction(d, async |d| {
+                if mark_applied {
+                    let checksum = self
+                        .set
+                        .find(module, row.kind, version, &row.name)
+                        .map_or(row.checksum.clone(), |m| m.checksum.clone());
+                    d.upsert_row(&HistoryRow {
+                        success: true,
+                        checksum,
+                        ..row
+                    })
+                    .await?;
+                } else {
+                    d.delete_row(module, version, &row.name).await?;
+                }
+                Ok(())
+            })
+            .await
         })
         .await
     }
