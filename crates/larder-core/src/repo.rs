@@ -142,7 +142,7 @@ impl<'u, T: Entity> Repo<'u, T> {
         &self,
         span: &tracing::Span,
         operation: &'static str,
-        entity_id: Option<String>,
+        entity_id: Option<&Value>,
         result: &Result<R>,
         rows: impl Fn(&R) -> u64,
     ) {
@@ -169,13 +169,21 @@ impl<'u, T: Entity> Repo<'u, T> {
         let prep = self
             .check_write("repository.insert")
             .and_then(|()| self.encode(entity, 1));
-        let id = entity.id().to_value().display_id();
         let rec = match prep {
             Ok(r) => r,
-            Err(e) => return Err(self.fail(span, "repository.insert", Some(id), e)),
+            Err(e) => {
+                let id = entity.id().to_value();
+                return Err(self.fail(span, "repository.insert", Some(&id), e));
+            }
         };
-        run!(self, span, "repository.insert", Some(id), |_| 1, |tx| tx
-            .insert(T::def(), &rec))?;
+        run!(
+            self,
+            span,
+            "repository.insert",
+            Some(&rec.id),
+            |_| 1,
+            |tx| tx.insert(T::def(), &rec)
+        )?;
         Ok(Versioned {
             value: (),
             version: 1,
@@ -187,17 +195,25 @@ impl<'u, T: Entity> Repo<'u, T> {
     /// wrote first, and with [`Error::NotFound`] if it does not exist.
     pub async fn update(&mut self, entity: &T, expected_version: u64) -> Result<u64> {
         let span = op_span!(self, "larder.repository.update", "update");
-        let id = entity.id().to_value().display_id();
         let new_version = expected_version.saturating_add(1);
         let prep = self
             .check_write("repository.update")
             .and_then(|()| self.encode(entity, new_version));
         let rec = match prep {
             Ok(r) => r,
-            Err(e) => return Err(self.fail(span, "repository.update", Some(id), e)),
+            Err(e) => {
+                let id = entity.id().to_value();
+                return Err(self.fail(span, "repository.update", Some(&id), e));
+            }
         };
-        run!(self, span, "repository.update", Some(id), |_| 1, |tx| tx
-            .update(T::def(), &rec, expected_version))?;
+        run!(
+            self,
+            span,
+            "repository.update",
+            Some(&rec.id),
+            |_| 1,
+            |tx| tx.update(T::def(), &rec, expected_version)
+        )?;
         Ok(new_version)
     }
 
@@ -213,24 +229,28 @@ impl<'u, T: Entity> Repo<'u, T> {
     pub async fn delete(&mut self, id: &T::Id, expected_version: u64) -> Result<()> {
         let span = op_span!(self, "larder.repository.delete", "delete");
         let id_value = id.to_value();
-        let shown = id_value.display_id();
         if let Err(e) = self.check_write("repository.delete") {
-            return Err(self.fail(span, "repository.delete", Some(shown), e));
+            return Err(self.fail(span, "repository.delete", Some(&id_value), e));
         }
-        run!(self, span, "repository.delete", Some(shown), |_| 1, |tx| tx
-            .delete(T::def(), &id_value, expected_version))
+        run!(
+            self,
+            span,
+            "repository.delete",
+            Some(&id_value),
+            |_| 1,
+            |tx| tx.delete(T::def(), &id_value, expected_version)
+        )
     }
 
     /// Reads one entity, or `None`.
     pub async fn get(&mut self, id: &T::Id) -> Result<Option<Versioned<T>>> {
         let span = op_span!(self, "larder.repository.get", "get");
         let ids = [id.to_value()];
-        let shown = ids[0].display_id();
         let mut rows = run!(
             self,
             span,
             "repository.get",
-            Some(shown),
+            Some(&ids[0]),
             |v: &Vec<Record>| v.len() as u64,
             |tx| tx.get_many(T::def(), &ids)
         )?;
@@ -287,17 +307,17 @@ impl<'u, T: Entity> Repo<'u, T> {
     /// Whether an entity with this id exists.
     pub async fn exists(&mut self, id: &T::Id) -> Result<bool> {
         let span = op_span!(self, "larder.repository.exists", "exists");
+        let id_value = id.to_value();
         let spec = Pred::Cmp {
             field: crate::entity::FieldRef::Id,
             op: crate::spec::CmpOp::Eq,
-            value: id.to_value(),
+            value: id_value.clone(),
         };
-        let shown = id.to_value().display_id();
         let n = run!(
             self,
             span,
             "repository.exists",
-            Some(shown),
+            Some(&id_value),
             |n: &u64| *n,
             |tx| tx.count(T::def(), &spec)
         )?;
@@ -419,7 +439,7 @@ impl<'u, T: Entity> Repo<'u, T> {
         &self,
         span: tracing::Span,
         operation: &'static str,
-        entity_id: Option<String>,
+        entity_id: Option<&Value>,
         e: Error,
     ) -> Error {
         span.record("error.type", e.kind());

@@ -600,11 +600,13 @@ impl Uow {
         &self,
         operation: &'static str,
         collection: Option<&'static str>,
-        entity_id: Option<String>,
+        entity_id: Option<&crate::Value>,
         rows: u64,
         outcome: Result<(), &'static str>,
     ) {
+        // The id is rendered only when someone listens: not on the hot path otherwise.
         if let Some(sink) = &self.store.inner.config.audit {
+            let entity_id = entity_id.map(crate::Value::display_id);
             sink.record(AuditRecord {
                 at: SystemTime::now(),
                 actor: self.actor.clone(),

@@ -547,11 +547,7 @@ fn body_expr(body: &str, d: Dialect) -> Expr {
 }
 
 fn field_values(def: &EntityDef, rec: &Record, d: Dialect) -> Vec<Expr> {
-    def.fields
-        .iter()
-        .zip(&rec.values)
-        .map(|(f, v)| Expr::val(sql_value(v, f.ty, d)))
-        .collect()
+    field_params(def, rec, d).map(Expr::val).collect()
 }
 
 fn version_value(v: u64) -> Expr {
