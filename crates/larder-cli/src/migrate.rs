@@ -155,14 +155,17 @@ pub(crate) async fn run(
         scaffold(&args.dir, module, name, json)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let set = migrate::set_from_dir(&args.dir)?;
+    let store = larder::connect(settings)
+        .await
+        .with_context(|| format!("cannot open {}", settings.database_url))?;
+    let dialect = migrate::dialect(&store).ok_or_else(|| {
+        anyhow::anyhow!("migrations need a SQL database (sqlite:// or postgres://)")
+    })?;
+    let set = migrate::set_from_dir(&args.dir, dialect)?;
     let migrator = Migrator::new(set).with_options(MigrateOptions {
         lock_timeout: Duration::from_secs(args.lock_timeout),
         ignore_missing: args.ignore_missing,
     });
-    let store = larder::connect(settings)
-        .await
-        .with_context(|| format!("cannot open {}", settings.database_url))?;
     let mut driver = migrate::driver(&store).await?;
     let d = driver.as_mut();
     let code = match &args.command {

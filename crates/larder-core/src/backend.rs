@@ -108,6 +108,26 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Creates the entity's table and indexes if missing.
     fn prepare<'a>(&'a self, def: &'a EntityDef) -> BoxFuture<'a, Result<()>>;
 
+    /// Makes the event store's tables ready: the SQL backends apply larder's built-in
+    /// migration module if it is pending (idempotent, locked against concurrent
+    /// migrators).
+    fn prepare_events(&self) -> BoxFuture<'_, Result<()>> {
+        let backend = self.name();
+        Box::pin(async move {
+            Err(crate::Error::Unsupported {
+                operation: "event store",
+                backend,
+            })
+        })
+    }
+
+    /// Wake-ups from other processes when events are appended (PostgreSQL
+    /// `LISTEN/NOTIFY`); `None` where the backend has none (in-process wake-ups and polling
+    /// still work). The stream ends when the connection is lost.
+    fn listen_events(&self) -> BoxFuture<'_, Result<Option<BoxStream<'static, ()>>>> {
+        Box::pin(async { Ok(None) })
+    }
+
     /// Closes the pool, waiting for connections to be returned.
     fn close(&self) -> BoxFuture<'_, ()>;
 
@@ -188,6 +208,12 @@ pub trait Transaction: Send {
 
     /// Rolls back.
     fn rollback(self: Box<Self>) -> BoxFuture<'static, Result<()>>;
+
+    /// The event-log primitives in this transaction (`None`: the backend has no event
+    /// store).
+    fn events(&mut self) -> Option<&mut dyn crate::events::EventTransaction> {
+        None
+    }
 
     /// The backend's own transaction type, for `larder-postgres`/`larder-sqlite` extension
     /// traits that hand out the driver connection (raw SQL inside the same transaction).

@@ -112,6 +112,27 @@ pub enum Error {
     #[error("invalid cursor: {0}")]
     InvalidCursor(String),
 
+    /// A malformed event-log checkpoint token.
+    #[error("invalid checkpoint: {0}")]
+    InvalidCheckpoint(String),
+
+    /// An event that cannot be appended as given (empty stream id, bad type name, payload
+    /// that is not a JSON object…).
+    #[error("invalid event: {0}")]
+    InvalidEvent(String),
+
+    /// A stored event whose type (or schema version, after upcasting) the reader does not
+    /// know.
+    #[error(
+        "unknown event type `{event_type}` (schema version {schema_version}): register an upcaster or add it to the event type"
+    )]
+    UnknownEventType {
+        /// The stored event type.
+        event_type: String,
+        /// Its schema version after every registered upcaster ran.
+        schema_version: u32,
+    },
+
     /// An input over one of the configured limits (page size, list length, depth, size).
     #[error("{what} is {actual}, over the limit of {limit}")]
     LimitExceeded {
@@ -192,7 +213,7 @@ pub enum Error {
 fn fmt_actual(actual: &Option<u64>) -> String {
     match actual {
         Some(v) => v.to_string(),
-        None => "none (deleted)".to_owned(),
+        None => "none".to_owned(),
     }
 }
 
@@ -210,6 +231,9 @@ impl Error {
             Error::TypeMismatch { .. } => "type_mismatch",
             Error::InvalidQuery(_) => "invalid_query",
             Error::InvalidCursor(_) => "invalid_cursor",
+            Error::InvalidCheckpoint(_) => "invalid_checkpoint",
+            Error::InvalidEvent(_) => "invalid_event",
+            Error::UnknownEventType { .. } => "unknown_event_type",
             Error::LimitExceeded { .. } => "limit_exceeded",
             Error::Unsupported { .. } => "unsupported",
             Error::ReadOnly { .. } => "read_only",

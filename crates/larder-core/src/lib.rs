@@ -15,6 +15,7 @@ pub mod deadline;
 pub mod entity;
 pub mod error;
 pub mod eval;
+pub mod events;
 pub mod memory;
 pub mod query;
 pub mod settings;
@@ -33,7 +34,7 @@ pub use query::{Direction, Nulls, Order, Page, Query};
 pub use repo::{Repo, decode_body};
 pub use settings::{DatabaseUrl, Settings};
 pub use spec::{Limits, Spec, field};
-pub use uow::{Store, StoreConfig, TransactionOptions, Uow, UowOptions};
+pub use uow::{Committed, Store, StoreConfig, TransactionOptions, Uow, UowOptions};
 pub use value::{FieldType, FieldValue, Json, Value};
 
 #[doc(hidden)]

@@ -24,9 +24,14 @@ use crate::deadline::Deadline;
 use crate::entity::{EntityDef, Record};
 use crate::error::{Error, Result, TransientKind};
 use crate::eval::{compare, eval, is_after};
+use crate::events::{
+    Checkpoint, EventFilter, EventTransaction, ExpectedVersion, LogStats, NewEvent, ReadAllBatch,
+    ReadDirection, RecordedEvent, Snapshot, StoredCheckpoint,
+};
 use crate::query::Select;
 use crate::spec::Pred;
 use crate::value::Value;
+use uuid::Uuid;
 
 /// An id wrapper with a total order, for the row maps.
 #[derive(Debug, Clone)]
@@ -52,6 +57,21 @@ impl Ord for Key {
 #[derive(Debug, Default)]
 struct State {
     tables: HashMap<String, BTreeMap<Key, Record>>,
+    log: EventLog,
+}
+
+/// The event store's state. Writers are exclusive, so allocation order is commit order,
+/// and appended events are always at the end of `events` (undo pops them).
+#[derive(Debug, Default)]
+struct EventLog {
+    events: Vec<RecordedEvent>,
+    /// Indices into `events`, by version − 1.
+    streams: HashMap<String, Vec<usize>>,
+    ids: HashMap<Uuid, usize>,
+    /// Never decreases, not even on rollback: positions are never reused.
+    last_position: u64,
+    snapshots: HashMap<String, Snapshot>,
+    checkpoints: BTreeMap<String, (Checkpoint, i64)>,
 }
 
 /// The in-memory backend. Cheap to clone (clones share data).
@@ -141,6 +161,10 @@ impl Backend for MemoryBackend {
         })
     }
 
+    fn prepare_events(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})
     }
@@ -155,10 +179,24 @@ enum Guard {
     Write(OwnedRwLockWriteGuard<State>),
 }
 
-struct Undo {
-    table: String,
-    key: Key,
-    before: Option<Record>,
+enum Undo {
+    Row {
+        table: String,
+        key: Key,
+        before: Option<Record>,
+    },
+    Appended {
+        stream: String,
+        count: usize,
+    },
+    Snapshot {
+        stream: String,
+        before: Option<Snapshot>,
+    },
+    Checkpoint {
+        name: String,
+        before: Option<(Checkpoint, i64)>,
+    },
 }
 
 struct MemoryTx {
@@ -199,7 +237,7 @@ impl MemoryTx {
             Some(r) => rows.insert(key.clone(), r),
             None => rows.remove(&key),
         };
-        self.undo.push(Undo { table, key, before });
+        self.undo.push(Undo::Row { table, key, before });
         Ok(())
     }
 
@@ -207,14 +245,48 @@ impl MemoryTx {
         let entries: Vec<Undo> = self.undo.drain(mark..).collect();
         if let Some(Guard::Write(g)) = self.guard.as_mut() {
             for u in entries.into_iter().rev() {
-                let rows = g.tables.entry(u.table).or_default();
-                match u.before {
-                    Some(r) => {
-                        rows.insert(u.key, r);
+                match u {
+                    Undo::Row { table, key, before } => {
+                        let rows = g.tables.entry(table).or_default();
+                        match before {
+                            Some(r) => {
+                                rows.insert(key, r);
+                            }
+                            None => {
+                                rows.remove(&key);
+                            }
+                        }
                     }
-                    None => {
-                        rows.remove(&u.key);
+                    Undo::Appended { stream, count } => {
+                        let log = &mut g.log;
+                        for _ in 0..count {
+                            if let Some(e) = log.events.pop() {
+                                log.ids.remove(&e.event_id);
+                            }
+                        }
+                        if let Some(v) = log.streams.get_mut(&stream) {
+                            v.truncate(v.len().saturating_sub(count));
+                            if v.is_empty() {
+                                log.streams.remove(&stream);
+                            }
+                        }
                     }
+                    Undo::Snapshot { stream, before } => match before {
+                        Some(b) => {
+                            g.log.snapshots.insert(stream, b);
+                        }
+                        None => {
+                            g.log.snapshots.remove(&stream);
+                        }
+                    },
+                    Undo::Checkpoint { name, before } => match before {
+                        Some(b) => {
+                            g.log.checkpoints.insert(name, b);
+                        }
+                        None => {
+                            g.log.checkpoints.remove(&name);
+                        }
+                    },
                 }
             }
         }
@@ -410,7 +482,272 @@ impl Transaction for MemoryTx {
         })
     }
 
+    fn events(&mut self) -> Option<&mut dyn EventTransaction> {
+        Some(self)
+    }
+
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
+    }
+}
+
+impl MemoryTx {
+    fn log(&self) -> &EventLog {
+        &self.state().log
+    }
+
+    fn set_checkpoint(&mut self, name: &str, value: Option<(Checkpoint, i64)>) -> Result<()> {
+        let log = &mut self.state_mut()?.log;
+        let before = match value {
+            Some(v) => log.checkpoints.insert(name.to_owned(), v),
+            None => log.checkpoints.remove(name),
+        };
+        self.undo.push(Undo::Checkpoint {
+            name: name.to_owned(),
+            before,
+        });
+        Ok(())
+    }
+}
+
+fn ready<'a, T: Send + 'a>(r: Result<T>) -> BoxFuture<'a, Result<T>> {
+    Box::pin(std::future::ready(r))
+}
+
+impl EventTransaction for MemoryTx {
+    fn append<'a>(
+        &'a mut self,
+        stream: &'a str,
+        expected: ExpectedVersion,
+        events: &'a [NewEvent],
+    ) -> BoxFuture<'a, Result<std::result::Result<(u64, Checkpoint), Option<u64>>>> {
+        ready((|| {
+            self.check("events.append")?;
+            let current = self.log().streams.get(stream).map(|v| v.len() as u64);
+            let ok = match expected {
+                ExpectedVersion::Any => true,
+                ExpectedVersion::NoStream => current.is_none(),
+                ExpectedVersion::StreamExists => current.is_some(),
+                ExpectedVersion::Exact(n) => current.unwrap_or(0) == n,
+            };
+            if !ok {
+                return Ok(Err(current));
+            }
+            if let Some(e) = events
+                .iter()
+                .find(|e| self.log().ids.contains_key(&e.event_id))
+            {
+                return Err(Error::AlreadyExists {
+                    entity: "event",
+                    id: e.event_id.to_string(),
+                });
+            }
+            let log = &mut self.state_mut()?.log;
+            let mut version = current.unwrap_or(0);
+            let mut cp = Checkpoint::START;
+            for e in events {
+                version += 1;
+                log.last_position += 1;
+                cp = Checkpoint::new(0, log.last_position);
+                let idx = log.events.len();
+                log.events.push(RecordedEvent {
+                    checkpoint: cp,
+                    stream_id: stream.to_owned(),
+                    stream_version: version,
+                    event_id: e.event_id,
+                    event_type: e.event_type.clone(),
+                    schema_version: e.schema_version,
+                    payload: e.payload.clone(),
+                    metadata: e.metadata.clone(),
+                    recorded_at_micros: e.recorded_at_micros,
+                });
+                log.ids.insert(e.event_id, idx);
+                log.streams.entry(stream.to_owned()).or_default().push(idx);
+            }
+            self.undo.push(Undo::Appended {
+                stream: stream.to_owned(),
+                count: events.len(),
+            });
+            Ok(Ok((version, cp)))
+        })())
+    }
+
+    fn find_events<'a>(
+        &'a mut self,
+        ids: &'a [Uuid],
+    ) -> BoxFuture<'a, Result<Vec<(Uuid, String, u64, Checkpoint)>>> {
+        ready(self.check("events.append").map(|()| {
+            let log = self.log();
+            ids.iter()
+                .filter_map(|id| log.ids.get(id))
+                .map(|&i| {
+                    let e = &log.events[i];
+                    (
+                        e.event_id,
+                        e.stream_id.clone(),
+                        e.stream_version,
+                        e.checkpoint,
+                    )
+                })
+                .collect()
+        }))
+    }
+
+    fn read_stream<'a>(
+        &'a mut self,
+        stream: &'a str,
+        from: u64,
+        limit: u32,
+        direction: ReadDirection,
+    ) -> BoxFuture<'a, Result<Vec<RecordedEvent>>> {
+        ready(self.check("events.read_stream").map(|()| {
+            let log = self.log();
+            let Some(idx) = log.streams.get(stream) else {
+                return Vec::new();
+            };
+            let n = idx.len() as u64;
+            let take = limit as usize;
+            let pick = |i: &usize| log.events[*i].clone();
+            match direction {
+                ReadDirection::Forward => {
+                    let start = usize::try_from(from.max(1) - 1).unwrap_or(usize::MAX);
+                    idx.iter().skip(start).take(take).map(pick).collect()
+                }
+                ReadDirection::Backward => {
+                    let end = usize::try_from(from.min(n)).unwrap_or(usize::MAX);
+                    idx[..end].iter().rev().take(take).map(pick).collect()
+                }
+            }
+        }))
+    }
+
+    fn read_all<'a>(
+        &'a mut self,
+        after: Checkpoint,
+        limit: u32,
+        filter: &'a EventFilter,
+    ) -> BoxFuture<'a, Result<ReadAllBatch>> {
+        ready(self.check("events.read_all").map(|()| {
+            let log = self.log();
+            let start = log.events.partition_point(|e| e.checkpoint <= after);
+            let events: Vec<RecordedEvent> = log.events[start..]
+                .iter()
+                .filter(|e| filter.matches(&e.stream_id, &e.event_type))
+                .take(limit as usize)
+                .cloned()
+                .collect();
+            let head = log.events.last().map(|e| e.checkpoint);
+            ReadAllBatch { events, head }
+        }))
+    }
+
+    fn stream_version<'a>(&'a mut self, stream: &'a str) -> BoxFuture<'a, Result<Option<u64>>> {
+        ready(
+            self.check("events.stream_info")
+                .map(|()| self.log().streams.get(stream).map(|v| v.len() as u64)),
+        )
+    }
+
+    fn count_after<'a>(&'a mut self, after: Checkpoint, cap: u64) -> BoxFuture<'a, Result<u64>> {
+        ready(self.check("events.count").map(|()| {
+            let log = self.log();
+            let start = log.events.partition_point(|e| e.checkpoint <= after);
+            ((log.events.len() - start) as u64).min(cap)
+        }))
+    }
+
+    fn stats(&mut self) -> BoxFuture<'_, Result<LogStats>> {
+        ready(self.check("events.stats").map(|()| {
+            let log = self.log();
+            LogStats {
+                events: log.events.len() as u64,
+                streams: log.streams.len() as u64,
+                head: log
+                    .events
+                    .last()
+                    .map_or(Checkpoint::START, |e| e.checkpoint),
+            }
+        }))
+    }
+
+    fn load_snapshot<'a>(&'a mut self, stream: &'a str) -> BoxFuture<'a, Result<Option<Snapshot>>> {
+        ready(
+            self.check("events.load_snapshot")
+                .map(|()| self.log().snapshots.get(stream).cloned()),
+        )
+    }
+
+    fn save_snapshot<'a>(&'a mut self, snapshot: &'a Snapshot) -> BoxFuture<'a, Result<()>> {
+        ready((|| {
+            self.check("events.save_snapshot")?;
+            let log = &mut self.state_mut()?.log;
+            let before = log
+                .snapshots
+                .insert(snapshot.stream_id.clone(), snapshot.clone());
+            self.undo.push(Undo::Snapshot {
+                stream: snapshot.stream_id.clone(),
+                before,
+            });
+            Ok(())
+        })())
+    }
+
+    fn load_checkpoint<'a>(
+        &'a mut self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Checkpoint>>> {
+        ready(
+            self.check("events.load_checkpoint")
+                .map(|()| self.log().checkpoints.get(name).map(|c| c.0)),
+        )
+    }
+
+    fn claim_checkpoint<'a>(
+        &'a mut self,
+        name: &'a str,
+        now_micros: i64,
+    ) -> BoxFuture<'a, Result<Checkpoint>> {
+        ready((|| {
+            self.check("events.claim_checkpoint")?;
+            // Writers are exclusive: holding the write lock is the claim.
+            if let Some(c) = self.log().checkpoints.get(name) {
+                return Ok(c.0);
+            }
+            self.set_checkpoint(name, Some((Checkpoint::START, now_micros)))?;
+            Ok(Checkpoint::START)
+        })())
+    }
+
+    fn save_checkpoint<'a>(
+        &'a mut self,
+        name: &'a str,
+        checkpoint: Checkpoint,
+        now_micros: i64,
+    ) -> BoxFuture<'a, Result<()>> {
+        ready(
+            self.check("events.save_checkpoint")
+                .and_then(|()| self.set_checkpoint(name, Some((checkpoint, now_micros)))),
+        )
+    }
+
+    fn delete_checkpoint<'a>(&'a mut self, name: &'a str) -> BoxFuture<'a, Result<()>> {
+        ready(
+            self.check("events.delete_checkpoint")
+                .and_then(|()| self.set_checkpoint(name, None)),
+        )
+    }
+
+    fn list_checkpoints(&mut self) -> BoxFuture<'_, Result<Vec<StoredCheckpoint>>> {
+        ready(self.check("events.list_checkpoints").map(|()| {
+            self.log()
+                .checkpoints
+                .iter()
+                .map(|(name, (cp, at))| StoredCheckpoint {
+                    name: name.clone(),
+                    checkpoint: *cp,
+                    updated_at_micros: *at,
+                })
+                .collect()
+        }))
     }
 }

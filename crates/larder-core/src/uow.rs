@@ -147,6 +147,35 @@ pub struct Store {
 struct StoreInner {
     backend: Arc<dyn Backend>,
     config: StoreConfig,
+    signals: Signals,
+}
+
+/// In-process wake-ups: the log advanced (a unit of work that appended committed), a
+/// consumer checkpoint moved. Counters in `watch` channels, so a waiter that subscribes
+/// late still sees that something changed.
+#[derive(Debug)]
+pub(crate) struct Signals {
+    pub(crate) log: tokio::sync::watch::Sender<u64>,
+    pub(crate) checkpoints: tokio::sync::watch::Sender<u64>,
+}
+
+impl Signals {
+    fn new() -> Signals {
+        Signals {
+            log: tokio::sync::watch::Sender::new(0),
+            checkpoints: tokio::sync::watch::Sender::new(0),
+        }
+    }
+}
+
+/// The outcome of a successful [`Uow::commit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Committed {
+    /// The log position of the last event this unit of work appended (`None`: it appended
+    /// none). Hand it to [`EventStore::wait_for`](crate::events::EventStore::wait_for) to
+    /// read your own writes from a projection.
+    pub position: Option<crate::events::Checkpoint>,
 }
 
 impl fmt::Debug for Store {
@@ -167,7 +196,11 @@ impl Store {
     /// Wraps a backend.
     pub fn with_config(backend: Arc<dyn Backend>, config: StoreConfig) -> Store {
         Store {
-            inner: Arc::new(StoreInner { backend, config }),
+            inner: Arc::new(StoreInner {
+                backend,
+                config,
+                signals: Signals::new(),
+            }),
         }
     }
 
@@ -194,6 +227,10 @@ impl Store {
     /// The backend itself.
     pub fn backend(&self) -> &Arc<dyn Backend> {
         &self.inner.backend
+    }
+
+    pub(crate) fn signals(&self) -> &Signals {
+        &self.inner.signals
     }
 
     /// Creates `T`'s table and indexes if they are missing (idempotent). For production
@@ -257,6 +294,7 @@ impl Store {
             correlation_id: opts.correlation_id,
             hooks: Hooks::default(),
             savepoints: 0,
+            appended: None,
         })
     }
 
@@ -396,6 +434,7 @@ pub struct Uow {
     correlation_id: Option<Arc<str>>,
     hooks: Hooks,
     savepoints: u32,
+    appended: Option<crate::events::Checkpoint>,
 }
 
 impl fmt::Debug for Uow {
@@ -515,8 +554,9 @@ impl Uow {
         result
     }
 
-    /// Commits the unit of work. See the type docs for the order of events.
-    pub async fn commit(mut self) -> Result<()> {
+    /// Commits the unit of work. See the type docs for the order of events. The result
+    /// carries the log position of the last event appended, if any.
+    pub async fn commit(mut self) -> Result<Committed> {
         let span = self.span_for("larder.uow.commit");
         async {
             // Pre-commit hooks may register further hooks: drain until none are left.
@@ -537,10 +577,15 @@ impl Uow {
             match r {
                 Ok(()) => {
                     self.audit("uow.commit", Ok(()));
+                    if self.appended.is_some() {
+                        self.store.signals().log.send_modify(|n| *n += 1);
+                    }
                     for hook in std::mem::take(&mut self.hooks.post_commit) {
                         hook();
                     }
-                    Ok(())
+                    Ok(Committed {
+                        position: self.appended,
+                    })
                 }
                 Err(e) => {
                     tracing::Span::current().record("error.type", e.kind());
@@ -576,6 +621,15 @@ impl Uow {
             hook();
         }
         r
+    }
+
+    /// The position of the last event appended in this unit of work so far.
+    pub fn appended_position(&self) -> Option<crate::events::Checkpoint> {
+        self.appended
+    }
+
+    pub(crate) fn note_appended(&mut self, cp: crate::events::Checkpoint) {
+        self.appended = Some(self.appended.map_or(cp, |a| a.max(cp)));
     }
 
     pub(crate) fn tx_mut(&mut self) -> Result<&mut Box<dyn Transaction>> {

@@ -4,7 +4,9 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use larder_core::backend::{Backend, BeginOptions, BoxFuture, Capabilities, Transaction};
+use larder_core::backend::{
+    Backend, BeginOptions, BoxFuture, BoxStream, Capabilities, Transaction,
+};
 use larder_core::settings::Settings;
 use larder_core::{EntityDef, Error, Result};
 use larder_sql::{Dialect, SqlDriver, SqlTransaction, ddl};
@@ -19,6 +21,7 @@ pub struct PgBackend {
     pool: PgPool,
     caps: Capabilities,
     record_query_text: bool,
+    notify: bool,
 }
 
 const DEFAULT_MAX_CONNECTIONS: u32 = 8;
@@ -77,7 +80,17 @@ impl PgBackend {
                 .with_concurrent_writers(true)
                 .with_server_side_cancel(true),
             record_query_text: false,
+            notify: true,
         }
+    }
+
+    /// Whether appends send `NOTIFY larder_events` so subscribers in other processes wake
+    /// at once (default on; off: they poll). PostgreSQL serializes the commits of
+    /// transactions that notified, briefly, on a database-wide lock.
+    #[must_use]
+    pub fn with_notify(mut self, yes: bool) -> Self {
+        self.notify = yes;
+        self
     }
 
     /// Records `db.query.text` on spans.
@@ -116,7 +129,7 @@ impl Backend for PgBackend {
                 self.pool.begin().await
             }
             .map_err(|e| map(e, "uow.begin"))?;
-            let mut tx = PgTransaction::new(tx, self.record_query_text);
+            let mut tx = PgTransaction::new(tx, self.record_query_text, self.notify);
             tx.set_deadline(opts.deadline);
             Ok(Box::new(SqlTransaction(tx)) as Box<dyn Transaction>)
         })
@@ -145,6 +158,53 @@ impl Backend for PgBackend {
                     .map_err(|e| map(e, "store.register"))?;
             }
             tx.commit().await.map_err(|e| map(e, "store.register"))
+        })
+    }
+
+    fn prepare_events(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let mut d = self
+                .migration_driver()
+                .await
+                .map_err(|e| Error::backend(BACKEND, e.to_string()))?;
+            larder_sql::migrate::apply_builtin(&mut d, Dialect::Postgres)
+                .await
+                .map(|_| ())
+                .map_err(|e| {
+                    Error::backend(
+                        BACKEND,
+                        format!("applying larder's built-in migrations failed: {e}"),
+                    )
+                })
+        })
+    }
+
+    fn listen_events(&self) -> BoxFuture<'_, Result<Option<BoxStream<'static, ()>>>> {
+        Box::pin(async move {
+            let schema: String = sqlx::query_scalar("SELECT current_schema()::text")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(|e| map(e, "events.listen"))?;
+            let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool)
+                .await
+                .map_err(|e| map(e, "events.listen"))?;
+            listener
+                .listen(crate::events::NOTIFY_CHANNEL)
+                .await
+                .map_err(|e| map(e, "events.listen"))?;
+            let stream = futures_util::stream::unfold(listener, move |mut l| {
+                let schema = schema.clone();
+                async move {
+                    loop {
+                        match l.recv().await {
+                            Ok(n) if n.payload() == schema => return Some(((), l)),
+                            Ok(_) => {}
+                            Err(_) => return None,
+                        }
+                    }
+                }
+            });
+            Ok(Some(Box::pin(stream) as BoxStream<'static, ()>))
         })
     }
 

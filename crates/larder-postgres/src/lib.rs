@@ -16,10 +16,12 @@
 
 mod backend;
 mod error;
+mod events;
 mod migrate;
 mod row;
 mod uow;
 
 pub use backend::PgBackend;
+pub use events::NOTIFY_CHANNEL;
 pub use migrate::PgMigrationDriver;
 pub use uow::{PgTransaction, PgUowExt, classify};

@@ -24,6 +24,8 @@ pub struct PgTransaction {
     /// clears `aborted` (that is how PostgreSQL recovers from an error inside a scope).
     healthy_savepoints: Vec<String>,
     record_sql: bool,
+    /// Appends send `NOTIFY larder_events`.
+    pub(crate) notify: bool,
 }
 
 impl std::fmt::Debug for PgTransaction {
@@ -37,7 +39,11 @@ impl std::fmt::Debug for PgTransaction {
 }
 
 impl PgTransaction {
-    pub(crate) fn new(tx: sqlx::Transaction<'static, Postgres>, record_sql: bool) -> Self {
+    pub(crate) fn new(
+        tx: sqlx::Transaction<'static, Postgres>,
+        record_sql: bool,
+        notify: bool,
+    ) -> Self {
         PgTransaction {
             tx: Some(tx),
             deadline: None,
@@ -45,10 +51,11 @@ impl PgTransaction {
             aborted: None,
             healthy_savepoints: Vec::new(),
             record_sql,
+            notify,
         }
     }
 
-    fn conn(&mut self) -> Result<&mut PgConnection> {
+    pub(crate) fn conn(&mut self) -> Result<&mut PgConnection> {
         self.tx
             .as_deref_mut()
             .ok_or(Error::Closed("postgresql transaction"))
@@ -62,7 +69,7 @@ impl PgTransaction {
     /// Sets `statement_timeout` (transaction-local) to the time left before the deadline,
     /// or resets it when the deadline was lifted. One round trip, only when a deadline is
     /// in play.
-    async fn arm(&mut self) -> Result<()> {
+    pub(crate) async fn arm(&mut self) -> Result<()> {
         let ms = match (self.deadline, self.timeout_armed) {
             (None, false) => return Ok(()),
             (None, true) => 0,
@@ -87,7 +94,7 @@ impl PgTransaction {
     }
 
     /// Remembers that the transaction is aborted (see the `aborted` field).
-    fn note(&mut self, e: Error) -> Error {
+    pub(crate) fn note(&mut self, e: Error) -> Error {
         if self.aborted.is_none() {
             self.aborted = Some(match &e {
                 Error::DeadlineExceeded { .. } => Error::DeadlineExceeded {
@@ -136,6 +143,10 @@ impl PgTransaction {
 
 impl SqlDriver for PgTransaction {
     const DIALECT: Dialect = Dialect::Postgres;
+
+    fn events(&mut self) -> Option<&mut dyn larder_core::events::EventTransaction> {
+        Some(self)
+    }
 
     fn set_deadline(&mut self, deadline: Option<Deadline>) {
         self.deadline = deadline;

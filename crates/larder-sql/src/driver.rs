@@ -11,6 +11,7 @@ use std::any::Any;
 use futures_util::StreamExt;
 use larder_core::backend::{BoxFuture, BoxStream, Transaction};
 use larder_core::entity::mapping_error;
+use larder_core::events::EventTransaction;
 use larder_core::query::Select;
 use larder_core::spec::Pred;
 use larder_core::{Deadline, EntityDef, Error, FieldType, Record, Result, Storage, Value};
@@ -73,6 +74,11 @@ pub trait SqlDriver: Send + 'static {
 
     /// Rolls back.
     fn rollback(self) -> BoxFuture<'static, Result<()>>;
+
+    /// The event-log primitives of this transaction (`None`: not implemented).
+    fn events(&mut self) -> Option<&mut dyn EventTransaction> {
+        None
+    }
 }
 
 /// Adapts a [`SqlDriver`] to larder's [`Transaction`]. `as_any_mut` exposes the driver
@@ -216,6 +222,10 @@ impl<D: SqlDriver> Transaction for SqlTransaction<D> {
 
     fn rollback(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
         self.0.rollback()
+    }
+
+    fn events(&mut self) -> Option<&mut dyn EventTransaction> {
+        self.0.events()
     }
 
     fn as_any_mut(&mut self) -> &mut dyn Any {

@@ -152,6 +152,24 @@ impl Backend for SqliteBackend {
         })
     }
 
+    fn prepare_events(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let mut d = self
+                .migration_driver()
+                .await
+                .map_err(|e| Error::backend(BACKEND, e.to_string()))?;
+            larder_sql::migrate::apply_builtin(&mut d, Dialect::Sqlite)
+                .await
+                .map(|_| ())
+                .map_err(|e| {
+                    Error::backend(
+                        BACKEND,
+                        format!("applying larder's built-in migrations failed: {e}"),
+                    )
+                })
+        })
+    }
+
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(self.pool.close())
     }

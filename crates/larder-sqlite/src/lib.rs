@@ -15,6 +15,7 @@
 
 mod backend;
 mod error;
+mod events;
 mod migrate;
 mod row;
 mod uow;

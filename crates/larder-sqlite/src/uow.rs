@@ -43,7 +43,7 @@ impl SqliteTransaction {
         }
     }
 
-    fn conn(&mut self) -> Result<&mut SqliteConnection> {
+    pub(crate) fn conn(&mut self) -> Result<&mut SqliteConnection> {
         self.tx
             .as_deref_mut()
             .ok_or(Error::Closed("sqlite transaction"))
@@ -56,7 +56,7 @@ impl SqliteTransaction {
 
     /// Points the connection's progress handler at the current deadline, installing the
     /// handler the first time a deadline is used in this transaction.
-    async fn arm(&mut self) -> Result<()> {
+    pub(crate) async fn arm(&mut self) -> Result<()> {
         match (self.deadline, &self.cell) {
             (None, None) => Ok(()),
             (None, Some((cell, _))) => {
@@ -140,6 +140,10 @@ impl Drop for SqliteTransaction {
 
 impl SqlDriver for SqliteTransaction {
     const DIALECT: Dialect = Dialect::Sqlite;
+
+    fn events(&mut self) -> Option<&mut dyn larder_core::events::EventTransaction> {
+        Some(self)
+    }
 
     fn set_deadline(&mut self, deadline: Option<Deadline>) {
         self.deadline = deadline;

@@ -58,7 +58,9 @@ async fn read_then_write_units_of_work_never_fail_with_busy() {
                 }
                 .await;
                 match r {
-                    Ok(()) => uow.commit().await.unwrap(),
+                    Ok(()) => {
+                        uow.commit().await.unwrap();
+                    }
                     Err(Error::Transient { .. }) => {
                         busy.fetch_add(1, Ordering::Relaxed);
                     }

@@ -186,7 +186,7 @@ impl Uow {
     }
 
     /// Commits.
-    pub fn commit(mut self) -> Result<()> {
+    pub fn commit(mut self) -> Result<crate::Committed> {
         let uow = self.inner.take().ok_or(Error::Closed("unit of work"))?;
         self.rt.block_on(uow.commit())
     }

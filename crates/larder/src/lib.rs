@@ -63,10 +63,11 @@ pub mod migrate;
 use std::sync::Arc;
 
 pub use larder_core::{
-    AsLarderError, AuditRecord, AuditSink, Capabilities, DatabaseUrl, Deadline, Direction, Entity,
-    EntityDef, Error, FieldDef, FieldRef, FieldType, FieldValue, Json, Limits, MemoryAuditSink,
-    Nulls, Order, Page, Query, Record, Repo, Result, Settings, Spec, Storage, Store, StoreConfig,
-    TracingAuditSink, TransactionOptions, TransientKind, Uow, UowOptions, Value, Versioned, field,
+    AsLarderError, AuditRecord, AuditSink, Capabilities, Committed, DatabaseUrl, Deadline,
+    Direction, Entity, EntityDef, Error, FieldDef, FieldRef, FieldType, FieldValue, Json, Limits,
+    MemoryAuditSink, Nulls, Order, Page, Query, Record, Repo, Result, Settings, Spec, Storage,
+    Store, StoreConfig, TracingAuditSink, TransactionOptions, TransientKind, Uow, UowOptions,
+    Value, Versioned, field,
 };
 
 /// `#[derive(Entity)]`: maps a struct to a document or to columns.
@@ -95,6 +96,22 @@ pub use larder_derive::Entity;
 #[cfg(feature = "derive")]
 #[cfg_attr(docsrs, doc(cfg(feature = "derive")))]
 pub use larder_derive::embed_migrations;
+
+/// The event store: appends in the unit of work, a gap-free global log, subscriptions,
+/// snapshots, upcasting, event-sourced aggregates and projections. See [`EventStore`].
+pub mod events {
+    pub use larder_core::events::{
+        Aggregate, AppendResult, Checkpoint, DomainEvent, EventData, EventFilter, EventLimits,
+        EventSourced, EventStore, EventStoreBuilder, EventTransaction, ExpectedVersion, LogStats,
+        Metadata, NewEvent, Projection, ProjectionRunner, ProjectionStatus, ReadAll, ReadAllBatch,
+        ReadDirection, RebuildProgress, RecordedEvent, Snapshot, StoredCheckpoint, StreamInfo,
+        Subscription, Upcaster, category_of,
+    };
+}
+
+pub use larder_core::events::{
+    DomainEvent, EventData, EventSourced, EventStore, ExpectedVersion, Projection, ProjectionRunner,
+};
 
 /// Specifications: filters over registered fields, with a builder and a JSON form.
 pub mod spec {

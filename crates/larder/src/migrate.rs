@@ -5,7 +5,8 @@
 //! use larder::migrate::{self, Migrator};
 //! let store = larder::open("sqlite://app.db").await?;
 //! // The built-in `larder` module plus every `<root>/<module>/migrations/` folder.
-//! let set = migrate::set_from_dir(std::path::Path::new("."))?;
+//! let dialect = migrate::dialect(&store).expect("a SQL store");
+//! let set = migrate::set_from_dir(std::path::Path::new("."), dialect)?;
 //! let mut driver = migrate::driver(&store).await?;
 //! let report = Migrator::new(set).up(driver.as_mut(), None, &mut |_, _, _| {}).await?;
 //! println!("applied {}", report.applied.len());
@@ -27,39 +28,39 @@ pub use larder_sql::migrate::{
     MigrationState, Migrator, PlannedStep, Report, StatusRow, Verification, timestamp_version,
 };
 
+pub use larder_sql::Dialect;
+
 use crate::Store;
 
-/// larder's own module (`larder`): the tables larder itself needs.
-pub fn builtin() -> Module {
-    const FILES: &[(&str, &str)] = &[
-        (
-            "20261121000000_larder_meta.sql",
-            include_str!("../migrations/20261121000000_larder_meta.sql"),
-        ),
-        (
-            "20261121000000_larder_meta.down.sql",
-            include_str!("../migrations/20261121000000_larder_meta.down.sql"),
-        ),
-    ];
-    // The files are part of this crate and tested; parsing them cannot fail.
-    EmbeddedModule {
-        name: BUILTIN_MODULE,
-        files: FILES,
+/// larder's own module (`larder`) for a dialect: the tables larder itself needs
+/// (`_larder_meta`, the event store's log, streams, snapshots and checkpoints). The
+/// event store applies it by itself when opened; `larder migrate up` applies it first.
+pub fn builtin(dialect: Dialect) -> Module {
+    larder_sql::migrate::builtin(dialect)
+}
+
+/// The SQL dialect of a store's backend (`None` for the memory backend).
+pub fn dialect(store: &Store) -> Option<Dialect> {
+    match store.backend_name() {
+        "postgresql" => Some(Dialect::Postgres),
+        "sqlite" => Some(Dialect::Sqlite),
+        _ => None,
     }
-    .parse()
-    .unwrap_or_else(|e| unreachable!("built-in migrations are invalid: {e}"))
 }
 
 /// The built-in module plus every module found under `root` (`<root>/*/migrations/`).
-pub fn set_from_dir(root: &Path) -> Result<MigrationSet, MigrateError> {
-    let mut modules = vec![builtin()];
+pub fn set_from_dir(root: &Path, dialect: Dialect) -> Result<MigrationSet, MigrateError> {
+    let mut modules = vec![builtin(dialect)];
     modules.extend(discover(root)?);
     MigrationSet::new(modules)
 }
 
 /// The built-in module plus embedded modules (see `embed_migrations!`).
-pub fn set_from_embedded(modules: &[EmbeddedModule]) -> Result<MigrationSet, MigrateError> {
-    let mut all = vec![builtin()];
+pub fn set_from_embedded(
+    modules: &[EmbeddedModule],
+    dialect: Dialect,
+) -> Result<MigrationSet, MigrateError> {
+    let mut all = vec![builtin(dialect)];
     for m in modules {
         all.push(m.parse()?);
     }
@@ -85,9 +86,11 @@ pub async fn driver(store: &Store) -> Result<Box<dyn MigrationDriver>, MigrateEr
 mod tests {
     #[test]
     fn the_builtin_module_parses() {
-        let m = super::builtin();
-        assert_eq!(m.name, "larder");
-        assert!(!m.migrations.is_empty());
-        assert!(m.migrations.iter().all(|m| m.down.is_some()));
+        for d in [super::Dialect::Sqlite, super::Dialect::Postgres] {
+            let m = super::builtin(d);
+            assert_eq!(m.name, "larder");
+            assert!(!m.migrations.is_empty());
+            assert!(m.migrations.iter().all(|m| m.down.is_some()));
+        }
     }
 }

@@ -6,7 +6,7 @@ use larder::migrate::{self, Migrator};
 async fn embedded_modules_apply_in_dependency_order() {
     let modules = larder::embed_migrations!("tests/fixtures/db");
     assert_eq!(modules.len(), 2);
-    let set = migrate::set_from_embedded(modules).unwrap();
+    let set = migrate::set_from_embedded(modules, migrate::Dialect::Sqlite).unwrap();
     let order: Vec<&str> = set.modules().iter().map(|m| m.name.as_str()).collect();
     assert_eq!(order, ["larder", "customers", "billing"]);
     let path = std::env::temp_dir().join(format!("larder-embedded-{}.db", std::process::id()));
@@ -20,7 +20,7 @@ async fn embedded_modules_apply_in_dependency_order() {
         .up(driver.as_mut(), None, &mut |_, _, _| {})
         .await
         .unwrap();
-    assert_eq!(report.applied.len(), 3);
+    assert_eq!(report.applied.len(), 4);
     let v = migrator.verify(driver.as_mut()).await.unwrap();
     assert!(v.problems.is_empty() && v.pending == 0, "{v:?}");
     drop(driver);

@@ -40,6 +40,74 @@ pub use runner::{
 };
 pub use source::{EmbeddedModule, Migration, MigrationKind, MigrationSet, Module};
 
+use crate::compile::Dialect;
+
+/// larder's own module (`larder`) for `dialect`: the tables larder itself needs
+/// (`_larder_meta`; the event store's log, streams, snapshots and checkpoints).
+pub fn builtin(dialect: Dialect) -> Module {
+    const COMMON: &[(&str, &str)] = &[
+        (
+            "20261121000000_larder_meta.sql",
+            include_str!("../../builtin/20261121000000_larder_meta.sql"),
+        ),
+        (
+            "20261121000000_larder_meta.down.sql",
+            include_str!("../../builtin/20261121000000_larder_meta.down.sql"),
+        ),
+    ];
+    const POSTGRES: &[(&str, &str)] = &[
+        COMMON[0],
+        COMMON[1],
+        (
+            "20261122000000_event_store.sql",
+            include_str!("../../builtin/postgres/20261122000000_event_store.sql"),
+        ),
+        (
+            "20261122000000_event_store.down.sql",
+            include_str!("../../builtin/postgres/20261122000000_event_store.down.sql"),
+        ),
+    ];
+    const SQLITE: &[(&str, &str)] = &[
+        COMMON[0],
+        COMMON[1],
+        (
+            "20261122000000_event_store.sql",
+            include_str!("../../builtin/sqlite/20261122000000_event_store.sql"),
+        ),
+        (
+            "20261122000000_event_store.down.sql",
+            include_str!("../../builtin/sqlite/20261122000000_event_store.down.sql"),
+        ),
+    ];
+    let files = match dialect {
+        Dialect::Postgres => POSTGRES,
+        Dialect::Sqlite => SQLITE,
+    };
+    // The files are part of this crate and tested; parsing them cannot fail.
+    EmbeddedModule {
+        name: source::BUILTIN_MODULE,
+        files,
+    }
+    .parse()
+    .unwrap_or_else(|e| unreachable!("built-in migrations are invalid: {e}"))
+}
+
+/// Applies the built-in module's pending migrations (idempotent, under the migration
+/// lock). Other modules' history is neither checked nor touched.
+pub async fn apply_builtin(
+    driver: &mut dyn MigrationDriver,
+    dialect: Dialect,
+) -> Result<Report, MigrateError> {
+    let set = MigrationSet::new(vec![builtin(dialect)])?;
+    Migrator::new(set)
+        .with_options(MigrateOptions {
+            ignore_missing: true,
+            ..MigrateOptions::default()
+        })
+        .up(driver, None, &mut |_, _, _| {})
+        .await
+}
+
 /// A row of the history table `_larder_migrations`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HistoryRow {
@@ -277,5 +345,20 @@ fn applied_summary(applied: &[String]) -> String {
 impl fmt::Display for MigrationKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod builtin_tests {
+    use super::*;
+
+    #[test]
+    fn the_builtin_module_parses_for_every_dialect() {
+        for d in [Dialect::Postgres, Dialect::Sqlite] {
+            let m = builtin(d);
+            assert_eq!(m.name, "larder");
+            assert_eq!(m.migrations.len(), 2);
+            assert!(m.migrations.iter().all(|m| m.down.is_some()));
+        }
     }
 }

@@ -380,21 +380,34 @@ impl Migrator {
         to: Option<i64>,
         progress: &mut (dyn FnMut(usize, usize, &Migration) + Send),
     ) -> Result<Report, MigrateError> {
-        self.locked(d, async |d| {
-            d.ensure_history().await?;
-            let steps = self.plan(d, to).await?;
-            let mut report = Report::default();
-            let total = steps.len();
-            for (i, step) in steps.iter().enumerate() {
-                match self.apply(d, step, &report).await? {
-                    Some(ms) => report.applied.push((step.migration.label(), ms)),
-                    None => report.skipped.push(step.migration.label()),
-                }
-                progress(i + 1, total, &step.migration);
+        // Not `locked()`: an async closure here makes the future's `Send` bound
+        // unprovable for callers that box it (backends applying the built-in module).
+        d.lock(self.opts.lock_timeout).await?;
+        let r = self.up_locked(d, to, progress).await;
+        let u = d.unlock().await;
+        let out = r?;
+        u?;
+        Ok(out)
+    }
+
+    async fn up_locked(
+        &self,
+        d: &mut dyn MigrationDriver,
+        to: Option<i64>,
+        progress: &mut (dyn FnMut(usize, usize, &Migration) + Send),
+    ) -> Result<Report, MigrateError> {
+        d.ensure_history().await?;
+        let steps = self.plan(d, to).await?;
+        let mut report = Report::default();
+        let total = steps.len();
+        for (i, step) in steps.iter().enumerate() {
+            match self.apply(d, step, &report).await? {
+                Some(ms) => report.applied.push((step.migration.label(), ms)),
+                None => report.skipped.push(step.migration.label()),
             }
-            Ok(report)
-        })
-        .await
+            progress(i + 1, total, &step.migration);
+        }
+        Ok(report)
     }
 
     fn row(m: &Migration, success: bool, ms: i64) -> HistoryRow {

@@ -1,0 +1,156 @@
+//! The event-log primitives a backend implements; policy (validation, limits, idempotency,
+//! upcasting, spans, deadlines) lives in [`EventStore`](super::EventStore).
+
+use uuid::Uuid;
+
+use super::types::{
+    Checkpoint, EventFilter, ExpectedVersion, ReadDirection, RecordedEvent, Snapshot,
+};
+use crate::backend::BoxFuture;
+use crate::error::Result;
+
+/// An event validated and encoded for storage.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    /// Unique id.
+    pub event_id: Uuid,
+    /// Type name.
+    pub event_type: String,
+    /// Schema version.
+    pub schema_version: u32,
+    /// JSON text.
+    pub payload: String,
+    /// JSON text, `None` when empty.
+    pub metadata: Option<String>,
+    /// Microseconds since the Unix epoch.
+    pub recorded_at_micros: i64,
+}
+
+/// A batch of the global log as a backend returns it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadAllBatch {
+    /// Matching events after the checkpoint, in log order (at most `limit`).
+    pub events: Vec<RecordedEvent>,
+    /// The readable end of the log when the query ran (`None` if the backend did not
+    /// compute it because the page was full). Every event at or before it, matching or not,
+    /// was considered by the query when fewer than `limit` events came back.
+    pub head: Option<Checkpoint>,
+}
+
+/// Counters of the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LogStats {
+    /// Events in the log.
+    pub events: u64,
+    /// Streams in the log.
+    pub streams: u64,
+    /// The readable end of the log.
+    pub head: Checkpoint,
+}
+
+/// A stored projection checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredCheckpoint {
+    /// The projection (consumer) name.
+    pub name: String,
+    /// Its checkpoint.
+    pub checkpoint: Checkpoint,
+    /// When it was last written, microseconds since the Unix epoch.
+    pub updated_at_micros: i64,
+}
+
+/// Event-log primitives inside one backend transaction.
+///
+/// # Contract
+///
+/// - `append` is atomic: either every event is stored with the versions following the
+///   stream's current one, or nothing is and the stream is unchanged. When the stream's
+///   version does not satisfy `expected` it returns `Ok(Err(actual))` (no error raised in
+///   the database, the transaction stays usable). Two transactions appending to the same
+///   stream with the same expectation: exactly one succeeds.
+/// - `read_all` never returns an event while an event before it in log order may still
+///   commit (no gaps, no skips), and orders by [`Checkpoint`].
+/// - Ids, names and stream ids are already validated; values are bound, never interpolated.
+pub trait EventTransaction: Send {
+    /// Appends `events` to `stream` if its version satisfies `expected`; returns the new
+    /// version and the last event's checkpoint, or `Err(actual)` (the stream's current
+    /// version, `None` if it does not exist).
+    #[allow(clippy::type_complexity)]
+    fn append<'a>(
+        &'a mut self,
+        stream: &'a str,
+        expected: ExpectedVersion,
+        events: &'a [NewEvent],
+    ) -> BoxFuture<'a, Result<std::result::Result<(u64, Checkpoint), Option<u64>>>>;
+
+    /// The stored events with these ids: (id, stream, version, checkpoint).
+    #[allow(clippy::type_complexity)]
+    fn find_events<'a>(
+        &'a mut self,
+        ids: &'a [Uuid],
+    ) -> BoxFuture<'a, Result<Vec<(Uuid, String, u64, Checkpoint)>>>;
+
+    /// Events of one stream: `Forward` from version `from` upwards, `Backward` from
+    /// version `from` downwards; at most `limit`.
+    fn read_stream<'a>(
+        &'a mut self,
+        stream: &'a str,
+        from: u64,
+        limit: u32,
+        direction: ReadDirection,
+    ) -> BoxFuture<'a, Result<Vec<RecordedEvent>>>;
+
+    /// Matching events after `after`, in log order, at most `limit`, below the commit
+    /// horizon.
+    fn read_all<'a>(
+        &'a mut self,
+        after: Checkpoint,
+        limit: u32,
+        filter: &'a EventFilter,
+    ) -> BoxFuture<'a, Result<ReadAllBatch>>;
+
+    /// The stream's current version (`None`: no such stream).
+    fn stream_version<'a>(&'a mut self, stream: &'a str) -> BoxFuture<'a, Result<Option<u64>>>;
+
+    /// Readable events after `after` (for lag), capped at `cap`.
+    fn count_after<'a>(&'a mut self, after: Checkpoint, cap: u64) -> BoxFuture<'a, Result<u64>>;
+
+    /// Log counters.
+    fn stats(&mut self) -> BoxFuture<'_, Result<LogStats>>;
+
+    /// The newest snapshot of a stream.
+    fn load_snapshot<'a>(&'a mut self, stream: &'a str) -> BoxFuture<'a, Result<Option<Snapshot>>>;
+
+    /// Stores (replaces) a stream's snapshot.
+    fn save_snapshot<'a>(&'a mut self, snapshot: &'a Snapshot) -> BoxFuture<'a, Result<()>>;
+
+    /// A consumer's stored checkpoint.
+    fn load_checkpoint<'a>(
+        &'a mut self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Checkpoint>>>;
+
+    /// Claims a consumer for this transaction: creates its checkpoint at
+    /// [`Checkpoint::START`] if missing and locks it until the transaction ends (a second
+    /// claimant waits, then sees the first one's committed checkpoint). Returns the
+    /// checkpoint.
+    fn claim_checkpoint<'a>(
+        &'a mut self,
+        name: &'a str,
+        now_micros: i64,
+    ) -> BoxFuture<'a, Result<Checkpoint>>;
+
+    /// Stores a consumer's checkpoint (insert or replace).
+    fn save_checkpoint<'a>(
+        &'a mut self,
+        name: &'a str,
+        checkpoint: Checkpoint,
+        now_micros: i64,
+    ) -> BoxFuture<'a, Result<()>>;
+
+    /// Forgets a consumer's checkpoint.
+    fn delete_checkpoint<'a>(&'a mut self, name: &'a str) -> BoxFuture<'a, Result<()>>;
+
+    /// Every stored checkpoint.
+    fn list_checkpoints(&mut self) -> BoxFuture<'_, Result<Vec<StoredCheckpoint>>>;
+}

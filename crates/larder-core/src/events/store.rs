@@ -1,0 +1,940 @@
+//! [`EventStore`]: validation, limits, idempotency, upcasting, spans and deadlines over a
+//! backend's [`EventTransaction`].
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::StreamExt;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use super::backend::{EventTransaction, LogStats, NewEvent, StoredCheckpoint};
+use super::subscription::Subscription;
+use super::types::{
+    AppendResult, Checkpoint, EventData, EventFilter, ExpectedVersion, ReadAll, ReadDirection,
+    RecordedEvent, Snapshot, StreamInfo,
+};
+use crate::backend::BoxStream;
+use crate::deadline::{Deadline, bounded};
+use crate::error::{Error, Result, shown};
+use crate::uow::{Store, Uow};
+
+/// Caps on what the event store accepts (typed [`Error::LimitExceeded`] before any I/O).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EventLimits {
+    /// Events per append (default 1,000).
+    pub max_batch: usize,
+    /// Bytes of one event's payload (default 1 MiB).
+    pub max_payload_bytes: usize,
+    /// Bytes of one event's metadata (default 64 KiB).
+    pub max_metadata_bytes: usize,
+    /// Bytes of a stream id (default 200).
+    pub max_stream_id_bytes: usize,
+    /// Bytes of an event type, category or consumer name (default 200).
+    pub max_name_bytes: usize,
+    /// Events per read (default 10,000).
+    pub max_read: u32,
+    /// Entries in an [`EventFilter`] (default 64).
+    pub max_filter_entries: usize,
+}
+
+impl Default for EventLimits {
+    fn default() -> Self {
+        EventLimits {
+            max_batch: 1_000,
+            max_payload_bytes: 1 << 20,
+            max_metadata_bytes: 64 << 10,
+            max_stream_id_bytes: 200,
+            max_name_bytes: 200,
+            max_read: 10_000,
+            max_filter_entries: 64,
+        }
+    }
+}
+
+impl EventLimits {
+    /// Sets [`EventLimits::max_batch`].
+    #[must_use]
+    pub fn with_max_batch(mut self, n: usize) -> Self {
+        self.max_batch = n;
+        self
+    }
+
+    /// Sets [`EventLimits::max_payload_bytes`].
+    #[must_use]
+    pub fn with_max_payload_bytes(mut self, n: usize) -> Self {
+        self.max_payload_bytes = n;
+        self
+    }
+
+    /// Sets [`EventLimits::max_read`].
+    #[must_use]
+    pub fn with_max_read(mut self, n: u32) -> Self {
+        self.max_read = n;
+        self
+    }
+}
+
+/// Rewrites a stored event of an older schema (or type) into a newer one. It must change
+/// the event's schema version or type; upcasters run until none matches.
+pub type Upcaster = Arc<dyn Fn(&mut RecordedEvent) -> Result<()> + Send + Sync>;
+
+/// Configures an [`EventStore`].
+pub struct EventStoreBuilder {
+    store: Store,
+    limits: EventLimits,
+    upcasters: HashMap<(String, u32), Upcaster>,
+    snapshot_every: HashMap<String, u64>,
+    poll_interval: Duration,
+}
+
+impl fmt::Debug for EventStoreBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventStoreBuilder")
+            .field("limits", &self.limits)
+            .field("upcasters", &self.upcasters.keys().collect::<Vec<_>>())
+            .field("snapshot_every", &self.snapshot_every)
+            .field("poll_interval", &self.poll_interval)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EventStoreBuilder {
+    /// Input caps.
+    #[must_use]
+    pub fn limits(mut self, limits: EventLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Registers an upcaster for events of `event_type` stored with `schema_version`. It
+    /// runs on every read path (streams, the global log, subscriptions, projections and
+    /// their rebuilds).
+    #[must_use]
+    pub fn upcaster(
+        mut self,
+        event_type: impl Into<String>,
+        schema_version: u32,
+        f: impl Fn(&mut RecordedEvent) -> Result<()> + Send + Sync + 'static,
+    ) -> Self {
+        self.upcasters
+            .insert((event_type.into(), schema_version), Arc::new(f));
+        self
+    }
+
+    /// Registers a JSON upcaster: `f` rewrites the payload of `event_type` events stored
+    /// with `schema_version`, which then become `schema_version + 1`.
+    #[must_use]
+    pub fn upcast_json(
+        self,
+        event_type: impl Into<String>,
+        schema_version: u32,
+        f: impl Fn(serde_json::Value) -> Result<serde_json::Value> + Send + Sync + 'static,
+    ) -> Self {
+        self.upcaster(event_type, schema_version, move |e| {
+            let value: serde_json::Value = e.payload_as()?;
+            let value = f(value)?;
+            e.payload = serde_json::to_string(&value).map_err(|err| Error::Mapping {
+                entity: "event",
+                direction: "encode",
+                source: Box::new(err),
+            })?;
+            e.schema_version += 1;
+            Ok(())
+        })
+    }
+
+    /// Snapshot aggregates of `category` every `n` events (see
+    /// [`EventStore::save`](EventStore::save)); overrides
+    /// [`EventSourced::SNAPSHOT_EVERY`](super::EventSourced::SNAPSHOT_EVERY).
+    #[must_use]
+    pub fn snapshot_every(mut self, category: impl Into<String>, n: u64) -> Self {
+        self.snapshot_every.insert(category.into(), n);
+        self
+    }
+
+    /// How often subscriptions and waiters poll when no wake-up arrives (default 250 ms).
+    #[must_use]
+    pub fn poll_interval(mut self, d: Duration) -> Self {
+        self.poll_interval = d;
+        self
+    }
+
+    /// Makes the backend's event tables ready and builds the store.
+    pub async fn open(self) -> Result<EventStore> {
+        let span = tracing::info_span!(
+            "larder.events.prepare",
+            db.system.name = self.store.backend_name(),
+            db.operation.name = "prepare",
+        );
+        self.store
+            .backend()
+            .prepare_events()
+            .instrument(span)
+            .await?;
+        Ok(EventStore {
+            inner: Arc::new(Inner {
+                store: self.store,
+                limits: self.limits,
+                upcasters: self.upcasters,
+                snapshot_every: self.snapshot_every,
+                poll_interval: self.poll_interval,
+            }),
+        })
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) store: Store,
+    pub(crate) limits: EventLimits,
+    upcasters: HashMap<(String, u32), Upcaster>,
+    pub(crate) snapshot_every: HashMap<String, u64>,
+    pub(crate) poll_interval: Duration,
+}
+
+/// The event store of a [`Store`]: cheap to clone.
+///
+/// Every operation runs in a [`Uow`] (appends commit with the unit of work's other
+/// writes), is bounded by its deadline, is recorded as a `larder.events.<op>` span and
+/// produces one audit record.
+#[derive(Clone)]
+pub struct EventStore {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl fmt::Debug for EventStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventStore")
+            .field("backend", &self.inner.store.backend_name())
+            .field("limits", &self.inner.limits)
+            .field("upcasters", &self.inner.upcasters.len())
+            .finish_non_exhaustive()
+    }
+}
+
+macro_rules! ev_span {
+    ($uow:expr, $name:literal, $op:literal, $stream:expr) => {
+        tracing::info_span!(
+            $name,
+            db.system.name = $uow.store().backend_name(),
+            db.operation.name = $op,
+            db.collection.name = "larder_events",
+            larder.stream = $stream,
+            db.response.returned_rows = tracing::field::Empty,
+            larder.actor = $uow.actor(),
+            larder.correlation_id = $uow.correlation_id(),
+            error.type = tracing::field::Empty,
+            error.message = tracing::field::Empty,
+        )
+    };
+}
+
+/// Runs one backend call: deadline check, the transaction's event primitives, the client
+/// backstop timer, the span.
+macro_rules! run {
+    ($uow:expr, $span:expr, $op:literal, |$tx:ident| $call:expr) => {{
+        let deadline = $uow.deadline();
+        async {
+            Deadline::check(deadline, $op)?;
+            let backend = $uow.store().backend_name();
+            let raw = $uow.tx_mut()?;
+            raw.set_deadline(deadline);
+            let $tx = raw.events().ok_or(Error::Unsupported {
+                operation: "event store",
+                backend,
+            })?;
+            bounded(deadline, $op, $call).await
+        }
+        .instrument($span.clone())
+        .await
+    }};
+}
+
+pub(crate) fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+fn finish<R>(
+    uow: &Uow,
+    span: &tracing::Span,
+    op: &'static str,
+    result: &Result<R>,
+    rows: impl Fn(&R) -> u64,
+) {
+    match result {
+        Ok(r) => {
+            let n = rows(r);
+            span.record("db.response.returned_rows", n);
+            uow.audit_full(op, Some("larder_events"), None, n, Ok(()));
+        }
+        Err(e) => {
+            span.record("error.type", e.kind());
+            span.record("error.message", tracing::field::display(e));
+            uow.audit_full(op, Some("larder_events"), None, 0, Err(e.kind()));
+        }
+    }
+}
+
+impl EventStore {
+    /// Opens the event store of `store` with default settings, making its tables ready.
+    pub async fn open(store: &Store) -> Result<EventStore> {
+        EventStore::builder(store).open().await
+    }
+
+    /// Configures the event store of `store`.
+    pub fn builder(store: &Store) -> EventStoreBuilder {
+        EventStoreBuilder {
+            store: store.clone(),
+            limits: EventLimits::default(),
+            upcasters: HashMap::new(),
+            snapshot_every: HashMap::new(),
+            poll_interval: Duration::from_millis(250),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &EventLimits {
+        &self.inner.limits
+    }
+
+    pub(crate) fn check_stream(&self, stream: &str) -> Result<()> {
+        if stream.is_empty() {
+            return Err(Error::InvalidEvent("stream id is empty".into()));
+        }
+        if stream.len() > self.inner.limits.max_stream_id_bytes {
+            return Err(Error::LimitExceeded {
+                what: "stream id length (bytes)",
+                limit: self.inner.limits.max_stream_id_bytes as u64,
+                actual: stream.len() as u64,
+            });
+        }
+        if stream.chars().any(char::is_control) {
+            return Err(Error::InvalidEvent(format!(
+                "stream id `{}` contains control characters",
+                shown(stream)
+            )));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn check_name(&self, what: &'static str, name: &str) -> Result<()> {
+        if name.is_empty() {
+            return Err(Error::InvalidEvent(format!("{what} is empty")));
+        }
+        if name.len() > self.inner.limits.max_name_bytes {
+            return Err(Error::LimitExceeded {
+                what,
+                limit: self.inner.limits.max_name_bytes as u64,
+                actual: name.len() as u64,
+            });
+        }
+        if name.chars().any(char::is_control) {
+            return Err(Error::InvalidEvent(format!(
+                "{what} `{}` contains control characters",
+                shown(name)
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_filter(&self, filter: &EventFilter) -> Result<()> {
+        let n = filter.categories.len() + filter.event_types.len();
+        if n > self.inner.limits.max_filter_entries {
+            return Err(Error::LimitExceeded {
+                what: "event filter entries",
+                limit: self.inner.limits.max_filter_entries as u64,
+                actual: n as u64,
+            });
+        }
+        for c in &filter.categories {
+            self.check_name("category", c)?;
+            if c.contains('-') {
+                return Err(Error::InvalidEvent(format!(
+                    "category `{}` contains `-` (a category is the stream id before its first `-`)",
+                    shown(c)
+                )));
+            }
+        }
+        for t in &filter.event_types {
+            self.check_name("event type", t)?;
+        }
+        Ok(())
+    }
+
+    fn check_limit(&self, limit: u32) -> Result<()> {
+        if limit == 0 {
+            return Err(Error::InvalidQuery("read limit must be at least 1".into()));
+        }
+        if limit > self.inner.limits.max_read {
+            return Err(Error::LimitExceeded {
+                what: "events per read",
+                limit: u64::from(self.inner.limits.max_read),
+                actual: u64::from(limit),
+            });
+        }
+        Ok(())
+    }
+
+    fn encode(&self, uow: &Uow, events: Vec<EventData>) -> Result<Vec<NewEvent>> {
+        let limits = &self.inner.limits;
+        if events.is_empty() {
+            return Err(Error::InvalidEvent(
+                "an append needs at least one event".into(),
+            ));
+        }
+        if events.len() > limits.max_batch {
+            return Err(Error::LimitExceeded {
+                what: "events per append",
+                limit: limits.max_batch as u64,
+                actual: events.len() as u64,
+            });
+        }
+        let now = now_micros();
+        let mut ids = HashSet::with_capacity(events.len());
+        let mut out = Vec::with_capacity(events.len());
+        for mut e in events {
+            self.check_name("event type", &e.event_type)?;
+            if e.payload.len() > limits.max_payload_bytes {
+                return Err(Error::LimitExceeded {
+                    what: "event payload size (bytes)",
+                    limit: limits.max_payload_bytes as u64,
+                    actual: e.payload.len() as u64,
+                });
+            }
+            if serde_json::from_str::<serde::de::IgnoredAny>(&e.payload).is_err() {
+                return Err(Error::InvalidEvent(format!(
+                    "payload of `{}` is not valid JSON",
+                    shown(&e.event_type)
+                )));
+            }
+            if !ids.insert(e.id) {
+                return Err(Error::InvalidEvent(format!(
+                    "event id {} appears twice in one append",
+                    e.id
+                )));
+            }
+            if e.metadata.correlation_id.is_none() {
+                e.metadata.correlation_id = uow.correlation_id().map(str::to_owned);
+            }
+            if e.metadata.actor.is_none() {
+                e.metadata.actor = uow.actor().map(str::to_owned);
+            }
+            let metadata = if e.metadata.is_empty() {
+                None
+            } else {
+                let m = serde_json::to_string(&e.metadata).map_err(|err| Error::Mapping {
+                    entity: "event metadata",
+                    direction: "encode",
+                    source: Box::new(err),
+                })?;
+                if m.len() > limits.max_metadata_bytes {
+                    return Err(Error::LimitExceeded {
+                        what: "event metadata size (bytes)",
+                        limit: limits.max_metadata_bytes as u64,
+                        actual: m.len() as u64,
+                    });
+                }
+                Some(m)
+            };
+            out.push(NewEvent {
+                event_id: e.id,
+                event_type: e.event_type,
+                schema_version: e.schema_version,
+                payload: e.payload,
+                metadata,
+                recorded_at_micros: now,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Appends events to a stream in the unit of work's transaction, if the stream's
+    /// version satisfies `expected`.
+    ///
+    /// - A wrong expected version is [`Error::Conflict`] naming the stream, the expected
+    ///   and the actual version; the unit of work stays usable.
+    /// - Appending event ids that are already in the log (a retry after an unknown commit
+    ///   outcome) writes nothing and returns the original result with
+    ///   [`AppendResult::already_appended`] set, never a duplicate.
+    /// - Empty stream ids, bad type names, invalid JSON and oversized payloads or batches
+    ///   are typed errors before any I/O.
+    pub async fn append(
+        &self,
+        uow: &mut Uow,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: impl IntoIterator<Item = EventData>,
+    ) -> Result<AppendResult> {
+        let span = ev_span!(uow, "larder.events.append", "append", stream);
+        let prep = (|| {
+            if uow.is_read_only() {
+                return Err(Error::ReadOnly {
+                    operation: "events.append",
+                });
+            }
+            self.check_stream(stream)?;
+            self.encode(uow, events.into_iter().collect())
+        })();
+        let rows = match prep {
+            Ok(r) => r,
+            Err(e) => {
+                span.record("error.type", e.kind());
+                uow.audit_full(
+                    "events.append",
+                    Some("larder_events"),
+                    None,
+                    0,
+                    Err(e.kind()),
+                );
+                return Err(e);
+            }
+        };
+        let ids: Vec<Uuid> = rows.iter().map(|r| r.event_id).collect();
+        let n_events = ids.len() as u64;
+        let ids = &ids;
+        let rows = &rows;
+        let result = run!(uow, span, "events.append", |tx| async move {
+            if matches!(
+                expected,
+                ExpectedVersion::Any | ExpectedVersion::StreamExists
+            ) {
+                // No version to trip over: look for a retry first.
+                if let Some(r) = already_appended(tx, stream, ids, expected, None).await? {
+                    return Ok(r);
+                }
+            }
+            match tx.append(stream, expected, rows).await? {
+                Ok((version, checkpoint)) => Ok(AppendResult {
+                    stream_version: version,
+                    checkpoint,
+                    already_appended: false,
+                }),
+                Err(actual) => match already_appended(tx, stream, ids, expected, actual).await? {
+                    Some(r) => Ok(r),
+                    None => Err(conflict(stream, expected, actual)),
+                },
+            }
+        });
+        if let Ok(r) = &result
+            && !r.already_appended
+        {
+            uow.note_appended(r.checkpoint);
+        }
+        finish(uow, &span, "events.append", &result, |r| {
+            if r.already_appended { 0 } else { n_events }
+        });
+        result
+    }
+
+    /// Reads a stream: `Forward` from version `from` (1 = the start) upwards, `Backward`
+    /// from version `from` (`u64::MAX` = the end) downwards; at most `limit` events,
+    /// upcast.
+    pub async fn read_stream(
+        &self,
+        uow: &mut Uow,
+        stream: &str,
+        from: u64,
+        limit: u32,
+        direction: ReadDirection,
+    ) -> Result<Vec<RecordedEvent>> {
+        let span = ev_span!(uow, "larder.events.read_stream", "read_stream", stream);
+        let result = match self
+            .check_stream(stream)
+            .and_then(|()| self.check_limit(limit))
+        {
+            Err(e) => Err(e),
+            Ok(()) => {
+                let from = from.min(i64::MAX as u64);
+                run!(uow, span, "events.read_stream", |tx| tx
+                    .read_stream(stream, from, limit, direction))
+                .and_then(|evs| self.upcast_all(evs))
+            }
+        };
+        finish(uow, &span, "events.read_stream", &result, |r| {
+            r.len() as u64
+        });
+        result
+    }
+
+    /// Reads the global log after `after`, in log order, at most `limit` matching events,
+    /// upcast. Never returns an event while one before it may still commit; resume from
+    /// [`ReadAll::next`].
+    pub async fn read_all(
+        &self,
+        uow: &mut Uow,
+        after: Checkpoint,
+        limit: u32,
+        filter: &EventFilter,
+    ) -> Result<ReadAll> {
+        let span = ev_span!(uow, "larder.events.read_all", "read_all", None::<&str>);
+        let result = match self
+            .check_limit(limit)
+            .and_then(|()| self.check_filter(filter))
+        {
+            Err(e) => Err(e),
+            Ok(()) => run!(uow, span, "events.read_all", |tx| tx
+                .read_all(after, limit, filter))
+            .and_then(|batch| {
+                let full = batch.events.len() >= limit as usize;
+                let mut next = batch.events.last().map_or(after, |e| e.checkpoint);
+                if !full && let Some(head) = batch.head {
+                    next = next.max(head);
+                }
+                Ok(ReadAll {
+                    events: self.upcast_all(batch.events)?,
+                    next,
+                    end_of_log: !full,
+                })
+            }),
+        };
+        finish(uow, &span, "events.read_all", &result, |r| {
+            r.events.len() as u64
+        });
+        result
+    }
+
+    /// A stream's metadata (`None`: it does not exist).
+    pub async fn stream_info(&self, uow: &mut Uow, stream: &str) -> Result<Option<StreamInfo>> {
+        let span = ev_span!(uow, "larder.events.stream_info", "stream_info", stream);
+        let result = match self.check_stream(stream) {
+            Err(e) => Err(e),
+            Ok(()) => run!(uow, span, "events.stream_info", |tx| tx
+                .stream_version(stream))
+            .map(|v| v.map(|version| StreamInfo { version })),
+        };
+        finish(uow, &span, "events.stream_info", &result, |r| {
+            u64::from(r.is_some())
+        });
+        result
+    }
+
+    /// Counters of the log (events, streams, readable head).
+    pub async fn stats(&self, uow: &mut Uow) -> Result<LogStats> {
+        let span = ev_span!(uow, "larder.events.stats", "stats", None::<&str>);
+        let result = run!(uow, span, "events.stats", |tx| tx.stats());
+        finish(uow, &span, "events.stats", &result, |_| 1);
+        result
+    }
+
+    /// How many readable events lie after `after` (capped at `cap`): a reader's lag.
+    pub async fn count_after(&self, uow: &mut Uow, after: Checkpoint, cap: u64) -> Result<u64> {
+        let span = ev_span!(uow, "larder.events.count", "count", None::<&str>);
+        let result = run!(uow, span, "events.count", |tx| tx.count_after(after, cap));
+        finish(uow, &span, "events.count", &result, |_| 1);
+        result
+    }
+
+    /// The whole log after `after` as a stream, in constant memory: pages of `page`
+    /// events, each read in its own short read-only unit of work. Ends at the readable end
+    /// of the log as it was when the last page was read.
+    pub fn stream_all(
+        &self,
+        after: Checkpoint,
+        filter: EventFilter,
+        page: u32,
+    ) -> BoxStream<'static, Result<RecordedEvent>> {
+        let es = self.clone();
+        let pages = futures_util::stream::try_unfold(Some(after), move |state| {
+            let es = es.clone();
+            let filter = filter.clone();
+            async move {
+                let Some(cp) = state else { return Ok(None) };
+                let mut uow = es.inner.store.read().await?;
+                let batch = es.read_all(&mut uow, cp, page, &filter).await?;
+                uow.commit().await?;
+                let next = if batch.end_of_log {
+                    None
+                } else {
+                    Some(batch.next)
+                };
+                if batch.events.is_empty() && next.is_none() {
+                    return Ok(None);
+                }
+                Ok(Some((
+                    futures_util::stream::iter(batch.events.into_iter().map(Ok)),
+                    next,
+                )))
+            }
+        });
+        futures_util::TryStreamExt::try_flatten(pages).boxed()
+    }
+
+    /// Catches up from `after`, then follows the log live: see [`Subscription`].
+    pub fn subscribe(&self, after: Checkpoint, filter: EventFilter) -> Subscription {
+        Subscription::start(self.clone(), after, filter, 256)
+    }
+
+    /// Like [`EventStore::subscribe`], with the page size and buffer (back-pressure: the
+    /// reader stops reading while `buffer` events wait to be consumed).
+    pub fn subscribe_with(
+        &self,
+        after: Checkpoint,
+        filter: EventFilter,
+        buffer: u32,
+    ) -> Subscription {
+        Subscription::start(self.clone(), after, filter, buffer.max(1))
+    }
+
+    /// The newest snapshot of a stream (no upcasting: snapshots carry their own schema
+    /// version).
+    pub async fn load_snapshot(&self, uow: &mut Uow, stream: &str) -> Result<Option<Snapshot>> {
+        let span = ev_span!(uow, "larder.events.load_snapshot", "load_snapshot", stream);
+        let result = match self.check_stream(stream) {
+            Err(e) => Err(e),
+            Ok(()) => run!(uow, span, "events.load_snapshot", |tx| tx
+                .load_snapshot(stream)),
+        };
+        finish(uow, &span, "events.load_snapshot", &result, |r| {
+            u64::from(r.is_some())
+        });
+        result
+    }
+
+    /// Stores (replaces) a stream's snapshot in the unit of work.
+    pub async fn save_snapshot(&self, uow: &mut Uow, snapshot: &Snapshot) -> Result<()> {
+        let span = ev_span!(
+            uow,
+            "larder.events.save_snapshot",
+            "save_snapshot",
+            snapshot.stream_id.as_str()
+        );
+        let prep = if uow.is_read_only() {
+            Err(Error::ReadOnly {
+                operation: "events.save_snapshot",
+            })
+        } else if snapshot.state.len() > self.inner.limits.max_payload_bytes {
+            Err(Error::LimitExceeded {
+                what: "snapshot size (bytes)",
+                limit: self.inner.limits.max_payload_bytes as u64,
+                actual: snapshot.state.len() as u64,
+            })
+        } else {
+            self.check_stream(&snapshot.stream_id)
+        };
+        let result = match prep {
+            Err(e) => Err(e),
+            Ok(()) => run!(uow, span, "events.save_snapshot", |tx| tx
+                .save_snapshot(snapshot)),
+        };
+        finish(uow, &span, "events.save_snapshot", &result, |()| 1);
+        result
+    }
+
+    /// A consumer's (projection's) stored checkpoint.
+    pub async fn load_checkpoint(&self, uow: &mut Uow, name: &str) -> Result<Option<Checkpoint>> {
+        let span = ev_span!(
+            uow,
+            "larder.events.load_checkpoint",
+            "load_checkpoint",
+            name
+        );
+        let result = match self.check_name("consumer name", name) {
+            Err(e) => Err(e),
+            Ok(()) => run!(uow, span, "events.load_checkpoint", |tx| tx
+                .load_checkpoint(name)),
+        };
+        finish(uow, &span, "events.load_checkpoint", &result, |r| {
+            u64::from(r.is_some())
+        });
+        result
+    }
+
+    /// Claims consumer `name` for this unit of work and returns its checkpoint: creates it
+    /// at the start of the log if missing and locks it until the unit of work ends, so two
+    /// instances of the same projection never process the same batch.
+    pub async fn claim_checkpoint(&self, uow: &mut Uow, name: &str) -> Result<Checkpoint> {
+        let span = ev_span!(
+            uow,
+            "larder.events.claim_checkpoint",
+            "claim_checkpoint",
+            name
+        );
+        let prep = if uow.is_read_only() {
+            Err(Error::ReadOnly {
+                operation: "events.claim_checkpoint",
+            })
+        } else {
+            self.check_name("consumer name", name)
+        };
+        let result = match prep {
+            Err(e) => Err(e),
+            Ok(()) => run!(uow, span, "events.claim_checkpoint", |tx| tx
+                .claim_checkpoint(name, now_micros())),
+        };
+        finish(uow, &span, "events.claim_checkpoint", &result, |_| 1);
+        result
+    }
+
+    /// Stores a consumer's checkpoint in the unit of work (commit it with the consumer's
+    /// writes for exactly-once effects). Waiters are woken when the unit of work commits.
+    pub async fn save_checkpoint(&self, uow: &mut Uow, name: &str, cp: Checkpoint) -> Result<()> {
+        let span = ev_span!(
+            uow,
+            "larder.events.save_checkpoint",
+            "save_checkpoint",
+            name
+        );
+        let prep = if uow.is_read_only() {
+            Err(Error::ReadOnly {
+                operation: "events.save_checkpoint",
+            })
+        } else {
+            self.check_name("consumer name", name)
+        };
+        let result = match prep {
+            Err(e) => Err(e),
+            Ok(()) => run!(uow, span, "events.save_checkpoint", |tx| tx
+                .save_checkpoint(name, cp, now_micros())),
+        };
+        if result.is_ok() {
+            let store = self.inner.store.clone();
+            uow.on_post_commit(move || store.signals().checkpoints.send_modify(|n| *n += 1));
+        }
+        finish(uow, &span, "events.save_checkpoint", &result, |()| 1);
+        result
+    }
+
+    /// Forgets a consumer's checkpoint (it will start from the beginning).
+    pub async fn delete_checkpoint(&self, uow: &mut Uow, name: &str) -> Result<()> {
+        let span = ev_span!(
+            uow,
+            "larder.events.delete_checkpoint",
+            "delete_checkpoint",
+            name
+        );
+        let result = match self.check_name("consumer name", name) {
+            Err(e) => Err(e),
+            Ok(()) => run!(uow, span, "events.delete_checkpoint", |tx| tx
+                .delete_checkpoint(name)),
+        };
+        finish(uow, &span, "events.delete_checkpoint", &result, |()| 1);
+        result
+    }
+
+    /// Every stored consumer checkpoint.
+    pub async fn list_checkpoints(&self, uow: &mut Uow) -> Result<Vec<StoredCheckpoint>> {
+        let span = ev_span!(
+            uow,
+            "larder.events.list_checkpoints",
+            "list_checkpoints",
+            None::<&str>
+        );
+        let result = run!(uow, span, "events.list_checkpoints", |tx| tx
+            .list_checkpoints());
+        finish(uow, &span, "events.list_checkpoints", &result, |r| {
+            r.len() as u64
+        });
+        result
+    }
+
+    /// Waits until consumer `name` (a projection) has processed `position` — the
+    /// [`Committed::position`](crate::Committed::position) of a unit of work — so a read
+    /// model reflects that write. Fails with [`Error::DeadlineExceeded`] at the deadline.
+    pub async fn wait_for(
+        &self,
+        name: &str,
+        position: Checkpoint,
+        deadline: Deadline,
+    ) -> Result<()> {
+        self.check_name("consumer name", name)?;
+        let mut signal = self.inner.store.signals().checkpoints.subscribe();
+        loop {
+            let mut uow = self.inner.store.read().await?;
+            let cp = self.load_checkpoint(&mut uow, name).await?;
+            drop(uow);
+            if cp.is_some_and(|cp| cp >= position) {
+                return Ok(());
+            }
+            if deadline.is_expired() {
+                return Err(Error::DeadlineExceeded {
+                    operation: "events.wait_for",
+                });
+            }
+            let wait = deadline.remaining().min(self.inner.poll_interval);
+            let _ = tokio::time::timeout(wait, signal.changed()).await;
+        }
+    }
+
+    pub(crate) fn upcast(&self, mut e: RecordedEvent) -> Result<RecordedEvent> {
+        if self.inner.upcasters.is_empty() {
+            return Ok(e);
+        }
+        for _ in 0..64 {
+            let key = (e.event_type.clone(), e.schema_version);
+            let Some(f) = self.inner.upcasters.get(&key) else {
+                return Ok(e);
+            };
+            f(&mut e)?;
+            if e.event_type == key.0 && e.schema_version == key.1 {
+                return Err(Error::InvalidEvent(format!(
+                    "the upcaster for `{}` v{} changed neither the type nor the schema version",
+                    shown(&key.0),
+                    key.1
+                )));
+            }
+        }
+        Err(Error::InvalidEvent(format!(
+            "upcasters for `{}` loop",
+            shown(&e.event_type)
+        )))
+    }
+
+    pub(crate) fn upcast_all(&self, events: Vec<RecordedEvent>) -> Result<Vec<RecordedEvent>> {
+        if self.inner.upcasters.is_empty() {
+            return Ok(events);
+        }
+        events.into_iter().map(|e| self.upcast(e)).collect()
+    }
+}
+
+async fn already_appended(
+    tx: &mut dyn EventTransaction,
+    stream: &str,
+    ids: &[Uuid],
+    expected: ExpectedVersion,
+    actual: Option<u64>,
+) -> Result<Option<AppendResult>> {
+    let found = tx.find_events(ids).await?;
+    if found.is_empty() {
+        return Ok(None);
+    }
+    if found.len() == ids.len() && found.iter().all(|(_, s, _, _)| s == stream) {
+        let version = found.iter().map(|f| f.2).max().unwrap_or(0);
+        let checkpoint = found.iter().map(|f| f.3).max().unwrap_or_default();
+        return Ok(Some(AppendResult {
+            stream_version: version,
+            checkpoint,
+            already_appended: true,
+        }));
+    }
+    let (id, s, _, _) = &found[0];
+    let _ = (expected, actual);
+    Err(Error::AlreadyExists {
+        entity: "event",
+        id: format!("{id} (in stream `{}`)", shown(s)),
+    })
+}
+
+fn conflict(stream: &str, expected: ExpectedVersion, actual: Option<u64>) -> Error {
+    let expected = match expected {
+        ExpectedVersion::Exact(n) => n,
+        ExpectedVersion::NoStream | ExpectedVersion::Any => 0,
+        ExpectedVersion::StreamExists => 1,
+    };
+    Error::Conflict {
+        entity: "stream",
+        id: shown(stream),
+        expected,
+        actual,
+    }
+}

@@ -1,0 +1,490 @@
+//! The event store's value types.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::{Error, Result, shown};
+
+/// A position in the global log: everything at or before it has been seen.
+///
+/// Ordered as the log is read. On PostgreSQL it is the pair (appending transaction id,
+/// position); on SQLite and in memory the transaction part is 0. Its text form
+/// ([`Checkpoint::token`], also its serde form) is opaque: store it and hand it back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Checkpoint {
+    tx: u64,
+    position: u64,
+}
+
+impl Checkpoint {
+    /// Before the first event.
+    pub const START: Checkpoint = Checkpoint { tx: 0, position: 0 };
+
+    /// Built by backends from the stored pair.
+    pub fn new(tx: u64, position: u64) -> Checkpoint {
+        Checkpoint { tx, position }
+    }
+
+    /// The transaction part (0 where the backend orders by position alone).
+    pub fn tx(&self) -> u64 {
+        self.tx
+    }
+
+    /// The position part: the event's global position (unique, not necessarily dense).
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    /// The opaque text form, e.g. `c1.0.42`.
+    pub fn token(&self) -> String {
+        format!("c1.{}.{}", self.tx, self.position)
+    }
+
+    /// Parses a token made by [`Checkpoint::token`]; anything else is
+    /// [`Error::InvalidCheckpoint`].
+    pub fn from_token(token: &str) -> Result<Checkpoint> {
+        let bad = |why: &str| Error::InvalidCheckpoint(format!("`{}`: {why}", shown(token)));
+        if token.len() > 64 {
+            return Err(bad("too long"));
+        }
+        let rest = token
+            .strip_prefix("c1.")
+            .ok_or_else(|| bad("not a larder checkpoint"))?;
+        let (tx, pos) = rest
+            .split_once('.')
+            .ok_or_else(|| bad("expected two numbers"))?;
+        let num = |s: &str| -> Result<u64> {
+            if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) || s.len() > 20 {
+                return Err(bad("expected decimal numbers"));
+            }
+            s.parse::<u64>().map_err(|_| bad("number out of range"))
+        };
+        let cp = Checkpoint::new(num(tx)?, num(pos)?);
+        if cp.tx > i64::MAX as u64 || cp.position > i64::MAX as u64 {
+            return Err(bad("number out of range"));
+        }
+        Ok(cp)
+    }
+}
+
+impl fmt::Display for Checkpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.token())
+    }
+}
+
+impl FromStr for Checkpoint {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Checkpoint::from_token(s)
+    }
+}
+
+impl Serialize for Checkpoint {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.token())
+    }
+}
+
+impl<'de> Deserialize<'de> for Checkpoint {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Checkpoint::from_token(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The version a stream must be at for an append to go through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpectedVersion {
+    /// No check.
+    Any,
+    /// The stream must not exist yet.
+    NoStream,
+    /// The stream must exist (any version). A conflict reports expected version 1.
+    StreamExists,
+    /// The stream's current version must be exactly this (0 = the stream does not exist).
+    Exact(u64),
+}
+
+/// Metadata recorded with an event. `correlation_id` and `actor` default to the unit of
+/// work's.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Metadata {
+    /// The request or conversation the event belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
+    /// The message (command, event) that caused this event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub causation_id: Option<String>,
+    /// Who did it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    /// Anything else, as JSON.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Metadata {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.correlation_id.is_none()
+            && self.causation_id.is_none()
+            && self.actor.is_none()
+            && self.extra.is_empty()
+    }
+}
+
+/// An event to append.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventData {
+    /// Unique across the whole log; appending the same id twice reports "already
+    /// appended" instead of storing a duplicate. UUID v7 by default.
+    pub id: Uuid,
+    /// The event type, e.g. `OrderPlaced`.
+    pub event_type: String,
+    /// The payload's schema version (1 unless set), the key upcasters are registered under.
+    pub schema_version: u32,
+    /// The payload as JSON text.
+    pub payload: String,
+    /// Correlation/causation ids, actor, anything else.
+    pub metadata: Metadata,
+}
+
+impl EventData {
+    /// An event of `event_type` whose payload is `payload` serialized as JSON; a fresh
+    /// UUID v7 id; schema version 1.
+    pub fn new(event_type: impl Into<String>, payload: &impl Serialize) -> Result<EventData> {
+        let payload = serde_json::to_string(payload)
+            .map_err(|e| Error::InvalidEvent(format!("payload is not serializable: {e}")))?;
+        Ok(EventData {
+            id: Uuid::now_v7(),
+            event_type: event_type.into(),
+            schema_version: 1,
+            payload,
+            metadata: Metadata::default(),
+        })
+    }
+
+    /// A domain event, typed and versioned by its [`DomainEvent`] implementation.
+    pub fn from_event<E: DomainEvent>(event: &E) -> Result<EventData> {
+        let mut data = EventData::new(event.event_type(), event)?;
+        data.schema_version = event.schema_version();
+        Ok(data)
+    }
+
+    /// An event whose payload is already JSON text (checked when appended).
+    pub fn raw(event_type: impl Into<String>, payload_json: impl Into<String>) -> EventData {
+        EventData {
+            id: Uuid::now_v7(),
+            event_type: event_type.into(),
+            schema_version: 1,
+            payload: payload_json.into(),
+            metadata: Metadata::default(),
+        }
+    }
+
+    /// Sets the id (for idempotent retries: append the same ids again).
+    #[must_use]
+    pub fn with_id(mut self, id: Uuid) -> Self {
+        self.id = id;
+        self
+    }
+
+    /// Sets the schema version.
+    #[must_use]
+    pub fn with_schema_version(mut self, v: u32) -> Self {
+        self.schema_version = v;
+        self
+    }
+
+    /// Sets the metadata.
+    #[must_use]
+    pub fn with_metadata(mut self, metadata: Metadata) -> Self {
+        self.metadata = metadata;
+        self
+    }
+
+    /// Sets the causation id.
+    #[must_use]
+    pub fn with_causation_id(mut self, id: impl Into<String>) -> Self {
+        self.metadata.causation_id = Some(id.into());
+        self
+    }
+}
+
+/// An event as stored in the log (after upcasting, when read through an
+/// [`EventStore`](super::EventStore)).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedEvent {
+    /// Where the event is in the global log.
+    pub checkpoint: Checkpoint,
+    /// The stream it belongs to.
+    pub stream_id: String,
+    /// Its version in the stream (1, 2, 3, … without gaps).
+    pub stream_version: u64,
+    /// Its unique id.
+    pub event_id: Uuid,
+    /// Its type.
+    pub event_type: String,
+    /// The payload's schema version.
+    pub schema_version: u32,
+    /// The payload as JSON text.
+    pub payload: String,
+    /// Metadata as JSON text (`None` when empty).
+    pub metadata: Option<String>,
+    /// When it was appended: microseconds since the Unix epoch, by the appender's clock.
+    pub recorded_at_micros: i64,
+}
+
+impl RecordedEvent {
+    /// The global position.
+    pub fn position(&self) -> u64 {
+        self.checkpoint.position()
+    }
+
+    /// Decodes the payload as `T` (no type check; see [`RecordedEvent::decode`]).
+    pub fn payload_as<T: DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_str(&self.payload).map_err(|e| Error::Mapping {
+            entity: "event",
+            direction: "decode",
+            source: Box::new(e),
+        })
+    }
+
+    /// Decodes a domain event: fails with [`Error::UnknownEventType`] when `E` does not
+    /// declare this event's type at this schema version.
+    pub fn decode<E: DomainEvent>(&self) -> Result<E> {
+        if !E::accepts(&self.event_type, self.schema_version) {
+            return Err(Error::UnknownEventType {
+                event_type: shown(&self.event_type),
+                schema_version: self.schema_version,
+            });
+        }
+        self.payload_as()
+    }
+
+    /// The metadata, parsed.
+    pub fn metadata(&self) -> Result<Metadata> {
+        match &self.metadata {
+            None => Ok(Metadata::default()),
+            Some(m) => serde_json::from_str(m).map_err(|e| Error::Mapping {
+                entity: "event metadata",
+                direction: "decode",
+                source: Box::new(e),
+            }),
+        }
+    }
+
+    /// When it was appended.
+    pub fn recorded_at(&self) -> SystemTime {
+        let micros = u64::try_from(self.recorded_at_micros).unwrap_or(0);
+        UNIX_EPOCH + Duration::from_micros(micros)
+    }
+
+    /// The stream's category (see [`category_of`]).
+    pub fn category(&self) -> &str {
+        category_of(&self.stream_id)
+    }
+}
+
+/// The category of a stream: the part of its id before the first `-` (`order-42` →
+/// `order`), or the whole id.
+pub fn category_of(stream_id: &str) -> &str {
+    stream_id.split_once('-').map_or(stream_id, |(c, _)| c)
+}
+
+/// A domain event type (usually an enum): its type names and schema versions.
+///
+/// The payload is the serde form of the value itself.
+///
+/// ```
+/// use larder_core::events::DomainEvent;
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Serialize, Deserialize)]
+/// enum OrderEvent { Placed { total: i64 }, Shipped }
+///
+/// impl DomainEvent for OrderEvent {
+///     const TYPES: &'static [&'static str] = &["Placed", "Shipped"];
+///     fn event_type(&self) -> &'static str {
+///         match self { OrderEvent::Placed { .. } => "Placed", OrderEvent::Shipped => "Shipped" }
+///     }
+/// }
+/// ```
+pub trait DomainEvent: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// Every event type this type decodes.
+    const TYPES: &'static [&'static str];
+
+    /// The type name of this value.
+    fn event_type(&self) -> &'static str;
+
+    /// The schema version this value is written with (default 1).
+    fn schema_version(&self) -> u32 {
+        1
+    }
+
+    /// Whether a stored event (after upcasting) decodes as this type. Default: its type is
+    /// in [`DomainEvent::TYPES`] and its schema version is 1.
+    fn accepts(event_type: &str, schema_version: u32) -> bool {
+        schema_version == 1 && Self::TYPES.contains(&event_type)
+    }
+}
+
+/// Which way to read a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReadDirection {
+    /// Oldest first, from a version upwards.
+    #[default]
+    Forward,
+    /// Newest first, from a version downwards.
+    Backward,
+}
+
+/// Which events of the global log to read. Empty lists mean "all".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventFilter {
+    /// Stream categories (`order` matches `order`, `order-1`, `order-2-x`, …; see
+    /// [`category_of`]). A category contains no `-`.
+    pub categories: Vec<String>,
+    /// Event types.
+    pub event_types: Vec<String>,
+}
+
+impl EventFilter {
+    /// Every event.
+    pub fn all() -> EventFilter {
+        EventFilter::default()
+    }
+
+    /// Events of streams in this category.
+    pub fn category(category: impl Into<String>) -> EventFilter {
+        EventFilter {
+            categories: vec![category.into()],
+            event_types: Vec::new(),
+        }
+    }
+
+    /// Events of these types.
+    pub fn event_types<I: IntoIterator<Item = S>, S: Into<String>>(types: I) -> EventFilter {
+        EventFilter {
+            categories: Vec::new(),
+            event_types: types.into_iter().map(Into::into).collect(),
+        }
+    }
+
+    /// Also matches this category.
+    #[must_use]
+    pub fn or_category(mut self, category: impl Into<String>) -> Self {
+        self.categories.push(category.into());
+        self
+    }
+
+    /// Whether it lets everything through.
+    pub fn is_all(&self) -> bool {
+        self.categories.is_empty() && self.event_types.is_empty()
+    }
+
+    /// Whether an event passes (the reference semantics the SQL backends implement).
+    pub fn matches(&self, stream_id: &str, event_type: &str) -> bool {
+        (self.categories.is_empty() || self.categories.iter().any(|c| category_of(stream_id) == c))
+            && (self.event_types.is_empty() || self.event_types.iter().any(|t| t == event_type))
+    }
+}
+
+/// What an append did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendResult {
+    /// The stream's version after the append (its last event's version).
+    pub stream_version: u64,
+    /// The last appended event's place in the global log.
+    pub checkpoint: Checkpoint,
+    /// These event ids had been appended before (a retry after an unknown commit outcome):
+    /// nothing was written; the versions and checkpoint are the original ones.
+    pub already_appended: bool,
+}
+
+/// A page of the global log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadAll {
+    /// The events, in log order.
+    pub events: Vec<RecordedEvent>,
+    /// Where to resume: past every returned event, and past filtered-out events scanned.
+    pub next: Checkpoint,
+    /// Whether the reader reached the readable end of the log.
+    pub end_of_log: bool,
+}
+
+/// A stream's metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamInfo {
+    /// Its current version (number of events).
+    pub version: u64,
+}
+
+/// A stored aggregate snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    /// The stream it summarizes.
+    pub stream_id: String,
+    /// The stream version it includes.
+    pub stream_version: u64,
+    /// The state's schema version (a snapshot of another version is ignored).
+    pub schema_version: u32,
+    /// The state as JSON text.
+    pub state: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip_and_reject_garbage() {
+        let cp = Checkpoint::new(7, 42);
+        assert_eq!(Checkpoint::from_token(&cp.token()).unwrap(), cp);
+        for bad in [
+            "",
+            "c1.",
+            "c1.1",
+            "c1.1.",
+            "c1.-1.2",
+            "c1.1.2.3",
+            "c2.1.2",
+            "c1.99999999999999999999999.1",
+            "c1.1.+2",
+            "c1.9223372036854775808.1",
+            "'; drop table larder_events; --",
+        ] {
+            assert!(
+                matches!(
+                    Checkpoint::from_token(bad),
+                    Err(Error::InvalidCheckpoint(_))
+                ),
+                "{bad}"
+            );
+        }
+        let json = serde_json::to_string(&cp).unwrap();
+        assert_eq!(serde_json::from_str::<Checkpoint>(&json).unwrap(), cp);
+    }
+
+    #[test]
+    fn checkpoints_order_by_tx_then_position() {
+        assert!(Checkpoint::new(1, 9) < Checkpoint::new(2, 1));
+        assert!(Checkpoint::new(2, 1) < Checkpoint::new(2, 2));
+    }
+
+    #[test]
+    fn categories() {
+        assert_eq!(category_of("order-1-2"), "order");
+        assert_eq!(category_of("plain"), "plain");
+        let f = EventFilter::category("order");
+        assert!(f.matches("order-1", "X"));
+        assert!(!f.matches("orders-1", "X"));
+        assert!(f.matches("order", "X"));
+        assert!(!f.matches("ord-1", "X"));
+    }
+}

@@ -1,0 +1,561 @@
+//! The event store on PostgreSQL.
+//!
+//! **No gaps, no skips, no serialized appenders.** Each event stores the id of the
+//! transaction that appended it (`tx`, `pg_current_xact_id()`). `read_all` only returns
+//! events whose transaction is older than the oldest transaction still running in its own
+//! snapshot (`tx < pg_snapshot_xmin(pg_current_snapshot())`), in `(tx, position)` order. A
+//! transaction that commits later than the read has an id at or above that horizon, so
+//! its events sort after everything the reader has seen: the reader cannot skip them.
+//! Appenders take no lock beyond the row of their own stream.
+//!
+//! **Appends are one round trip**: a data-modifying CTE checks and moves the stream's
+//! version (`larder_streams`, a conditional upsert or update: concurrent appenders with the
+//! same expectation queue on the row and exactly one wins) and inserts the events from
+//! arrays; when the version check fails nothing is inserted and no error is raised, so
+//! the transaction stays usable. The same statement sends `NOTIFY larder_events` (payload:
+//! the schema) for live subscribers in other processes.
+
+use larder_core::backend::BoxFuture;
+use larder_core::events::{
+    Checkpoint, EventFilter, EventTransaction, ExpectedVersion, LogStats, NewEvent, ReadAllBatch,
+    ReadDirection, RecordedEvent, Snapshot, StoredCheckpoint,
+};
+use larder_core::{Error, Result};
+use sqlx::Row;
+use sqlx::postgres::PgRow;
+use uuid::Uuid;
+
+use crate::error::map;
+use crate::uow::PgTransaction;
+
+/// The notification channel of appends (payload: the appender's `current_schema()`).
+pub const NOTIFY_CHANNEL: &str = "larder_events";
+
+const COLS: &str = "position, tx, stream_id, stream_version, event_id, event_type, \
+                    schema_version, payload::text, metadata::text, recorded_at";
+
+/// The statement of one append, by expectation: `$1` stream, `$2` number of events,
+/// `$3..$7` the event arrays, `$8` recorded_at, `$9` the expected version.
+fn append_sql(expected: ExpectedVersion, notify: bool) -> &'static str {
+    macro_rules! stmt {
+        ($stream:literal, $notify:literal) => {
+            concat!(
+                "WITH s AS (",
+                $stream,
+                "), e AS (INSERT INTO larder_events (stream_id, stream_version, event_id, \
+                 event_type, schema_version, payload, metadata, recorded_at) \
+                 SELECT $1, s.version - $2 + u.ord, u.id, u.ty, u.sv, u.payload::jsonb, \
+                 u.meta::jsonb, $8 FROM s, unnest($3::uuid[], $4::text[], $5::int4[], \
+                 $6::text[], $7::text[]) WITH ORDINALITY AS u(id, ty, sv, payload, meta, ord) \
+                 ORDER BY u.ord RETURNING position, tx) \
+                 SELECT (SELECT version FROM s), (SELECT max(position) FROM e), \
+                 (SELECT max(tx) FROM e)",
+                $notify
+            )
+        };
+    }
+    match (expected, notify) {
+        (ExpectedVersion::Any, true) => stmt!(
+            "INSERT INTO larder_streams AS t (stream_id, version) VALUES ($1, $2) \
+             ON CONFLICT (stream_id) DO UPDATE SET version = t.version + $2 RETURNING t.version",
+            ", (SELECT count(*) FROM s, pg_notify('larder_events', current_schema()))"
+        ),
+        (ExpectedVersion::Any, false) => stmt!(
+            "INSERT INTO larder_streams AS t (stream_id, version) VALUES ($1, $2) \
+             ON CONFLICT (stream_id) DO UPDATE SET version = t.version + $2 RETURNING t.version",
+            ""
+        ),
+        (ExpectedVersion::NoStream | ExpectedVersion::Exact(0), true) => stmt!(
+            "INSERT INTO larder_streams (stream_id, version) VALUES ($1, $2) \
+             ON CONFLICT (stream_id) DO NOTHING RETURNING version",
+            ", (SELECT count(*) FROM s, pg_notify('larder_events', current_schema()))"
+        ),
+        (ExpectedVersion::NoStream | ExpectedVersion::Exact(0), false) => stmt!(
+            "INSERT INTO larder_streams (stream_id, version) VALUES ($1, $2) \
+             ON CONFLICT (stream_id) DO NOTHING RETURNING version",
+            ""
+        ),
+        (ExpectedVersion::StreamExists, true) => stmt!(
+            "UPDATE larder_streams SET version = version + $2 WHERE stream_id = $1 \
+             RETURNING version",
+            ", (SELECT count(*) FROM s, pg_notify('larder_events', current_schema()))"
+        ),
+        (ExpectedVersion::StreamExists, false) => stmt!(
+            "UPDATE larder_streams SET version = version + $2 WHERE stream_id = $1 \
+             RETURNING version",
+            ""
+        ),
+        (ExpectedVersion::Exact(_), true) => stmt!(
+            "UPDATE larder_streams SET version = version + $2 WHERE stream_id = $1 \
+             AND version = $9 RETURNING version",
+            ", (SELECT count(*) FROM s, pg_notify('larder_events', current_schema()))"
+        ),
+        (ExpectedVersion::Exact(_), false) => stmt!(
+            "UPDATE larder_streams SET version = version + $2 WHERE stream_id = $1 \
+             AND version = $9 RETURNING version",
+            ""
+        ),
+    }
+}
+
+/// `read_all` by filter shape: `$1, $2` the checkpoint, `$3` the limit, then the
+/// category and type arrays when filtered. One statement, so the horizon and the events
+/// come from the same snapshot.
+fn read_all_sql(categories: bool, types: bool) -> String {
+    let mut filter = String::new();
+    let mut n = 3;
+    if categories {
+        n += 1;
+        filter.push_str(&format!(
+            " AND split_part(stream_id, '-', 1) = ANY(${n}::text[])"
+        ));
+    }
+    if types {
+        n += 1;
+        filter.push_str(&format!(" AND event_type = ANY(${n}::text[])"));
+    }
+    format!(
+        "SELECT h.x, e.* FROM (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS x) h \
+         LEFT JOIN LATERAL (SELECT {COLS} FROM larder_events \
+         WHERE (tx, position) > ($1, $2) AND tx < h.x{filter} \
+         ORDER BY tx, position LIMIT $3) e ON true"
+    )
+}
+
+fn u64_of(v: i64, what: &str) -> Result<u64> {
+    u64::try_from(v).map_err(|_| Error::backend(crate::error::BACKEND, format!("negative {what}")))
+}
+
+fn i64_of(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn checkpoint(tx: i64, position: i64) -> Result<Checkpoint> {
+    Ok(Checkpoint::new(
+        u64_of(tx, "tx")?,
+        u64_of(position, "position")?,
+    ))
+}
+
+/// Decodes `COLS` starting at column `at`.
+fn event(row: &PgRow, at: usize) -> std::result::Result<RecordedEvent, sqlx::Error> {
+    let position: i64 = row.try_get(at)?;
+    let tx: i64 = row.try_get(at + 1)?;
+    let version: i64 = row.try_get(at + 3)?;
+    let schema: i32 = row.try_get(at + 6)?;
+    Ok(RecordedEvent {
+        checkpoint: Checkpoint::new(
+            u64::try_from(tx).unwrap_or(0),
+            u64::try_from(position).unwrap_or(0),
+        ),
+        stream_id: row.try_get(at + 2)?,
+        stream_version: u64::try_from(version).unwrap_or(0),
+        event_id: row.try_get(at + 4)?,
+        event_type: row.try_get(at + 5)?,
+        schema_version: u32::try_from(schema).unwrap_or(0),
+        payload: row.try_get(at + 7)?,
+        metadata: row.try_get(at + 8)?,
+        recorded_at_micros: row.try_get(at + 9)?,
+    })
+}
+
+impl PgTransaction {
+    async fn ev_prepare(&mut self) -> Result<()> {
+        if let Err(e) = self.arm().await {
+            return Err(self.note(e));
+        }
+        Ok(())
+    }
+
+    async fn ev_fetch_all(
+        &mut self,
+        q: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+        op: &'static str,
+    ) -> Result<Vec<PgRow>> {
+        self.ev_prepare().await?;
+        match q.fetch_all(self.conn()?).await {
+            Ok(rows) => Ok(rows),
+            Err(e) => Err(self.note(map_event_error(e, op))),
+        }
+    }
+
+    async fn ev_execute(
+        &mut self,
+        q: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+        op: &'static str,
+    ) -> Result<u64> {
+        self.ev_prepare().await?;
+        match q.execute(self.conn()?).await {
+            Ok(r) => Ok(r.rows_affected()),
+            Err(e) => Err(self.note(map_event_error(e, op))),
+        }
+    }
+}
+
+fn map_event_error(e: sqlx::Error, op: &'static str) -> Error {
+    if let sqlx::Error::Database(db) = &e
+        && db.code().as_deref() == Some("23505")
+        && db.constraint() == Some("larder_events_event_id_key")
+    {
+        return Error::AlreadyExists {
+            entity: "event",
+            id: "an event id of this append (in another stream)".into(),
+        };
+    }
+    map(e, op)
+}
+
+fn dec(op: &'static str) -> impl Fn(sqlx::Error) -> Error {
+    move |e| map(e, op)
+}
+
+impl EventTransaction for PgTransaction {
+    fn append<'a>(
+        &'a mut self,
+        stream: &'a str,
+        expected: ExpectedVersion,
+        events: &'a [NewEvent],
+    ) -> BoxFuture<'a, Result<std::result::Result<(u64, Checkpoint), Option<u64>>>> {
+        Box::pin(async move {
+            let n = events.len() as i64;
+            let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+            let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+            let versions: Vec<i32> = events
+                .iter()
+                .map(|e| i32::try_from(e.schema_version).unwrap_or(i32::MAX))
+                .collect();
+            let payloads: Vec<&str> = events.iter().map(|e| e.payload.as_str()).collect();
+            let metas: Vec<Option<&str>> = events.iter().map(|e| e.metadata.as_deref()).collect();
+            let recorded = events.first().map_or(0, |e| e.recorded_at_micros);
+            let mut q = sqlx::query(append_sql(expected, self.notify))
+                .bind(stream)
+                .bind(n)
+                .bind(ids)
+                .bind(types)
+                .bind(versions)
+                .bind(payloads)
+                .bind(metas)
+                .bind(recorded);
+            if let ExpectedVersion::Exact(v) = expected
+                && v > 0
+            {
+                q = q.bind(i64_of(v));
+            }
+            let rows = self.ev_fetch_all(q, "events.append").await?;
+            let row = rows
+                .first()
+                .ok_or_else(|| Error::backend(crate::error::BACKEND, "append returned no row"))?;
+            let version: Option<i64> = row.try_get(0).map_err(dec("events.append"))?;
+            if let Some(version) = version {
+                let pos: Option<i64> = row.try_get(1).map_err(dec("events.append"))?;
+                let tx: Option<i64> = row.try_get(2).map_err(dec("events.append"))?;
+                let cp = checkpoint(tx.unwrap_or(0), pos.unwrap_or(0))?;
+                return Ok(Ok((u64_of(version, "version")?, cp)));
+            }
+            let q =
+                sqlx::query("SELECT version FROM larder_streams WHERE stream_id = $1").bind(stream);
+            let rows = self.ev_fetch_all(q, "events.append").await?;
+            let actual = match rows.first() {
+                Some(r) => Some(u64_of(
+                    r.try_get::<i64, _>(0).map_err(dec("events.append"))?,
+                    "version",
+                )?),
+                None => None,
+            };
+            Ok(Err(actual))
+        })
+    }
+
+    fn find_events<'a>(
+        &'a mut self,
+        ids: &'a [Uuid],
+    ) -> BoxFuture<'a, Result<Vec<(Uuid, String, u64, Checkpoint)>>> {
+        Box::pin(async move {
+            let q = sqlx::query(
+                "SELECT event_id, stream_id, stream_version, tx, position FROM larder_events \
+                 WHERE event_id = ANY($1)",
+            )
+            .bind(ids);
+            let rows = self.ev_fetch_all(q, "events.append").await?;
+            rows.iter()
+                .map(|r| {
+                    let d = dec("events.append");
+                    Ok((
+                        r.try_get::<Uuid, _>(0).map_err(&d)?,
+                        r.try_get::<String, _>(1).map_err(&d)?,
+                        u64_of(r.try_get::<i64, _>(2).map_err(&d)?, "version")?,
+                        checkpoint(r.try_get(3).map_err(&d)?, r.try_get(4).map_err(&d)?)?,
+                    ))
+                })
+                .collect()
+        })
+    }
+
+    fn read_stream<'a>(
+        &'a mut self,
+        stream: &'a str,
+        from: u64,
+        limit: u32,
+        direction: ReadDirection,
+    ) -> BoxFuture<'a, Result<Vec<RecordedEvent>>> {
+        Box::pin(async move {
+            const FWD: &str = "SELECT position, tx, stream_id, stream_version, event_id, \
+                event_type, schema_version, payload::text, metadata::text, recorded_at \
+                FROM larder_events WHERE stream_id = $1 AND stream_version >= $2 \
+                ORDER BY stream_version LIMIT $3";
+            const BWD: &str = "SELECT position, tx, stream_id, stream_version, event_id, \
+                event_type, schema_version, payload::text, metadata::text, recorded_at \
+                FROM larder_events WHERE stream_id = $1 AND stream_version <= $2 \
+                ORDER BY stream_version DESC LIMIT $3";
+            let sql = match direction {
+                ReadDirection::Forward => FWD,
+                ReadDirection::Backward => BWD,
+            };
+            let q = sqlx::query(sql)
+                .bind(stream)
+                .bind(i64_of(from))
+                .bind(i64::from(limit));
+            let rows = self.ev_fetch_all(q, "events.read_stream").await?;
+            rows.iter()
+                .map(|r| event(r, 0).map_err(dec("events.read_stream")))
+                .collect()
+        })
+    }
+
+    fn read_all<'a>(
+        &'a mut self,
+        after: Checkpoint,
+        limit: u32,
+        filter: &'a EventFilter,
+    ) -> BoxFuture<'a, Result<ReadAllBatch>> {
+        Box::pin(async move {
+            let cats = !filter.categories.is_empty();
+            let types = !filter.event_types.is_empty();
+            let sql = read_all_sql(cats, types);
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(i64_of(after.tx()))
+                .bind(i64_of(after.position()))
+                .bind(i64::from(limit));
+            if cats {
+                q = q.bind(&filter.categories);
+            }
+            if types {
+                q = q.bind(&filter.event_types);
+            }
+            let rows = self.ev_fetch_all(q, "events.read_all").await?;
+            let d = dec("events.read_all");
+            let mut head = None;
+            let mut events = Vec::with_capacity(rows.len());
+            for r in &rows {
+                let x: i64 = r.try_get(0).map_err(&d)?;
+                head = Some(Checkpoint::new(
+                    u64::try_from(x - 1).unwrap_or(0),
+                    i64::MAX as u64,
+                ));
+                if r.try_get::<Option<i64>, _>(1).map_err(&d)?.is_some() {
+                    events.push(event(r, 1).map_err(&d)?);
+                }
+            }
+            Ok(ReadAllBatch { events, head })
+        })
+    }
+
+    fn stream_version<'a>(&'a mut self, stream: &'a str) -> BoxFuture<'a, Result<Option<u64>>> {
+        Box::pin(async move {
+            let q =
+                sqlx::query("SELECT version FROM larder_streams WHERE stream_id = $1").bind(stream);
+            let rows = self.ev_fetch_all(q, "events.stream_info").await?;
+            match rows.first() {
+                Some(r) => Ok(Some(u64_of(
+                    r.try_get::<i64, _>(0).map_err(dec("events.stream_info"))?,
+                    "version",
+                )?)),
+                None => Ok(None),
+            }
+        })
+    }
+
+    fn count_after<'a>(&'a mut self, after: Checkpoint, cap: u64) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(async move {
+            let q = sqlx::query(
+                "SELECT count(*) FROM (SELECT 1 FROM larder_events WHERE (tx, position) > ($1, $2) \
+                 AND tx < pg_snapshot_xmin(pg_current_snapshot())::text::bigint LIMIT $3) c",
+            )
+            .bind(i64_of(after.tx()))
+            .bind(i64_of(after.position()))
+            .bind(i64_of(cap));
+            let rows = self.ev_fetch_all(q, "events.count").await?;
+            let n: i64 = rows
+                .first()
+                .map(|r| r.try_get(0))
+                .transpose()
+                .map_err(dec("events.count"))?
+                .unwrap_or(0);
+            u64_of(n, "count")
+        })
+    }
+
+    fn stats(&mut self) -> BoxFuture<'_, Result<LogStats>> {
+        Box::pin(async move {
+            let q = sqlx::query(
+                "SELECT (SELECT count(*) FROM larder_events), (SELECT count(*) FROM larder_streams), \
+                 h.tx, h.position FROM (SELECT 1) one LEFT JOIN LATERAL (SELECT tx, position \
+                 FROM larder_events WHERE tx < pg_snapshot_xmin(pg_current_snapshot())::text::bigint \
+                 ORDER BY tx DESC, position DESC LIMIT 1) h ON true",
+            );
+            let rows = self.ev_fetch_all(q, "events.stats").await?;
+            let d = dec("events.stats");
+            let r = rows
+                .first()
+                .ok_or_else(|| Error::backend(crate::error::BACKEND, "stats returned no row"))?;
+            let tx: Option<i64> = r.try_get(2).map_err(&d)?;
+            let pos: Option<i64> = r.try_get(3).map_err(&d)?;
+            Ok(LogStats {
+                events: u64_of(r.try_get(0).map_err(&d)?, "count")?,
+                streams: u64_of(r.try_get(1).map_err(&d)?, "count")?,
+                head: match (tx, pos) {
+                    (Some(t), Some(p)) => checkpoint(t, p)?,
+                    _ => Checkpoint::START,
+                },
+            })
+        })
+    }
+
+    fn load_snapshot<'a>(&'a mut self, stream: &'a str) -> BoxFuture<'a, Result<Option<Snapshot>>> {
+        Box::pin(async move {
+            let q = sqlx::query(
+                "SELECT stream_version, schema_version, state::text FROM larder_snapshots \
+                 WHERE stream_id = $1",
+            )
+            .bind(stream);
+            let rows = self.ev_fetch_all(q, "events.load_snapshot").await?;
+            let d = dec("events.load_snapshot");
+            match rows.first() {
+                None => Ok(None),
+                Some(r) => Ok(Some(Snapshot {
+                    stream_id: stream.to_owned(),
+                    stream_version: u64_of(r.try_get(0).map_err(&d)?, "version")?,
+                    schema_version: u32::try_from(r.try_get::<i32, _>(1).map_err(&d)?).unwrap_or(0),
+                    state: r.try_get(2).map_err(&d)?,
+                })),
+            }
+        })
+    }
+
+    fn save_snapshot<'a>(&'a mut self, s: &'a Snapshot) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let q = sqlx::query(
+                "INSERT INTO larder_snapshots (stream_id, stream_version, schema_version, state, \
+                 taken_at) VALUES ($1, $2, $3, $4::jsonb, $5) ON CONFLICT (stream_id) DO UPDATE \
+                 SET stream_version = excluded.stream_version, schema_version = \
+                 excluded.schema_version, state = excluded.state, taken_at = excluded.taken_at",
+            )
+            .bind(&s.stream_id)
+            .bind(i64_of(s.stream_version))
+            .bind(i32::try_from(s.schema_version).unwrap_or(i32::MAX))
+            .bind(&s.state)
+            .bind(now());
+            self.ev_execute(q, "events.save_snapshot").await.map(|_| ())
+        })
+    }
+
+    fn load_checkpoint<'a>(
+        &'a mut self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Checkpoint>>> {
+        Box::pin(async move {
+            let q = sqlx::query("SELECT tx, position FROM larder_checkpoints WHERE name = $1")
+                .bind(name);
+            let rows = self.ev_fetch_all(q, "events.load_checkpoint").await?;
+            let d = dec("events.load_checkpoint");
+            rows.first()
+                .map(|r| checkpoint(r.try_get(0).map_err(&d)?, r.try_get(1).map_err(&d)?))
+                .transpose()
+        })
+    }
+
+    fn claim_checkpoint<'a>(
+        &'a mut self,
+        name: &'a str,
+        now_micros: i64,
+    ) -> BoxFuture<'a, Result<Checkpoint>> {
+        Box::pin(async move {
+            let q = sqlx::query(
+                "INSERT INTO larder_checkpoints (name, tx, position, updated_at) \
+                 VALUES ($1, 0, 0, $2) ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(name)
+            .bind(now_micros);
+            self.ev_execute(q, "events.claim_checkpoint").await?;
+            let q = sqlx::query(
+                "SELECT tx, position FROM larder_checkpoints WHERE name = $1 FOR UPDATE",
+            )
+            .bind(name);
+            let rows = self.ev_fetch_all(q, "events.claim_checkpoint").await?;
+            let d = dec("events.claim_checkpoint");
+            let r = rows.first().ok_or_else(|| {
+                Error::backend(crate::error::BACKEND, "claimed checkpoint vanished")
+            })?;
+            checkpoint(r.try_get(0).map_err(&d)?, r.try_get(1).map_err(&d)?)
+        })
+    }
+
+    fn save_checkpoint<'a>(
+        &'a mut self,
+        name: &'a str,
+        cp: Checkpoint,
+        now_micros: i64,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let q = sqlx::query(
+                "INSERT INTO larder_checkpoints (name, tx, position, updated_at) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO UPDATE SET tx = excluded.tx, \
+                 position = excluded.position, updated_at = excluded.updated_at",
+            )
+            .bind(name)
+            .bind(i64_of(cp.tx()))
+            .bind(i64_of(cp.position()))
+            .bind(now_micros);
+            self.ev_execute(q, "events.save_checkpoint")
+                .await
+                .map(|_| ())
+        })
+    }
+
+    fn delete_checkpoint<'a>(&'a mut self, name: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let q = sqlx::query("DELETE FROM larder_checkpoints WHERE name = $1").bind(name);
+            self.ev_execute(q, "events.delete_checkpoint")
+                .await
+                .map(|_| ())
+        })
+    }
+
+    fn list_checkpoints(&mut self) -> BoxFuture<'_, Result<Vec<StoredCheckpoint>>> {
+        Box::pin(async move {
+            let q = sqlx::query(
+                "SELECT name, tx, position, updated_at FROM larder_checkpoints ORDER BY name",
+            );
+            let rows = self.ev_fetch_all(q, "events.list_checkpoints").await?;
+            let d = dec("events.list_checkpoints");
+            rows.iter()
+                .map(|r| {
+                    Ok(StoredCheckpoint {
+                        name: r.try_get(0).map_err(&d)?,
+                        checkpoint: checkpoint(
+                            r.try_get(1).map_err(&d)?,
+                            r.try_get(2).map_err(&d)?,
+                        )?,
+                        updated_at_micros: r.try_get(3).map_err(&d)?,
+                    })
+                })
+                .collect()
+        })
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}

@@ -1,0 +1,4 @@
+DROP TABLE IF EXISTS larder_checkpoints;
+DROP TABLE IF EXISTS larder_snapshots;
+DROP TABLE IF EXISTS larder_events;
+DROP TABLE IF EXISTS larder_streams;
