@@ -16,6 +16,7 @@
 
 pub mod backends;
 pub mod entities;
+pub mod events;
 pub mod suite;
 
 pub use backends::TestDb;
@@ -72,6 +73,47 @@ macro_rules! conformance {
             );
         }
     };
+}
+
+/// Stamps the event-store conformance rules ([`events`]) for a backend factory:
+/// `larder_testkit::events_conformance!(sqlite);`
+#[macro_export]
+macro_rules! events_conformance {
+    ($backend:ident) => {
+        mod $backend {
+            $crate::__stamp_events!($backend;
+                append_and_read_stream_round_trip,
+                expected_versions_are_enforced,
+                reappending_the_same_event_ids_is_already_appended,
+                appends_share_the_unit_of_work_with_repositories,
+                read_all_pages_through_the_log_in_order,
+                read_all_filters_by_category_and_type,
+                read_stream_directions_and_stream_info,
+                bad_event_input_is_typed,
+                aggregates_load_snapshot_plus_tail_and_save_with_expected_version,
+                upcasters_apply_on_every_read_path,
+                projections_commit_checkpoints_with_their_writes,
+                wait_for_gives_read_your_writes,
+                subscriptions_catch_up_then_follow_live,
+            );
+        }
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __stamp_events {
+    ($backend:ident; $($rule:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $rule() {
+            let name = concat!("ev_", stringify!($backend), "::", stringify!($rule));
+            let Some(db) = $crate::backends::$backend(name).await else {
+                return;
+            };
+            $crate::events::$rule(&db).await;
+            db.finish().await;
+        }
+    )*};
 }
 
 #[doc(hidden)]

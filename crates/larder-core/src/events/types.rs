@@ -383,6 +383,13 @@ impl EventFilter {
         self
     }
 
+    /// Also requires one of these event types.
+    #[must_use]
+    pub fn and_event_types<I: IntoIterator<Item = S>, S: Into<String>>(mut self, types: I) -> Self {
+        self.event_types.extend(types.into_iter().map(Into::into));
+        self
+    }
+
     /// Whether it lets everything through.
     pub fn is_all(&self) -> bool {
         self.categories.is_empty() && self.event_types.is_empty()
