@@ -2,6 +2,8 @@
 //!
 //! ```text
 //! larder migrate up|down|status|verify|new|baseline|repair   modular SQL migrations
+//! larder events stats|read|tail     inspect and follow the event store's global log
+//! larder projections status|rebuild  projection checkpoints: lag, reset for a replay
 //! larder doctor                 check the configured store and print its settings
 //! larder settings               print the effective settings (secrets redacted)
 //! ```
@@ -9,6 +11,7 @@
 //! Every command reads `--database-url`, else `LARDER_DATABASE_URL`, else the TOML file
 //! named by `--config` / `LARDER_CONFIG`, else `sqlite://larder.db`.
 
+mod events;
 mod migrate;
 
 use std::path::PathBuf;
@@ -53,6 +56,13 @@ enum Command {
     /// `<version>_<name>.down.sql`, repeatable `R__<name>.sql`, optional `module.toml` with
     /// `depends_on = [...]`; `-- larder:no-transaction` runs a file outside a transaction.
     Migrate(migrate::MigrateArgs),
+    /// The event store: counters and consumer lag (`stats`), one stream's events (`read`),
+    /// the global log followed live (`tail`)
+    Events(events::EventsArgs),
+    /// Projection checkpoints: lag (`status`) and a reset to replay the log (`rebuild`;
+    /// the running service's ProjectionRunner does the replay, the read model is not
+    /// cleared)
+    Projections(events::ProjectionsArgs),
     /// Connect to the store, run a round trip, and report the backend, its capabilities
     /// and durability settings. Exits non-zero when the store is unreachable.
     Doctor,
@@ -205,6 +215,14 @@ async fn main() -> ExitCode {
     let r = match &cli.command {
         Command::Migrate(args) => match settings(&cli) {
             Ok(s) => migrate::run(args, &s, cli.json).await,
+            Err(e) => Err(e),
+        },
+        Command::Events(args) => match settings(&cli) {
+            Ok(s) => events::run_events(args, &s, cli.json).await,
+            Err(e) => Err(e),
+        },
+        Command::Projections(args) => match settings(&cli) {
+            Ok(s) => events::run_projections(args, &s, cli.json).await,
             Err(e) => Err(e),
         },
         Command::Doctor => doctor(&cli).await.map(|()| ExitCode::SUCCESS),
