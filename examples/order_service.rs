@@ -8,13 +8,18 @@
 //!
 //! It shows: entities stored as a document and as mapped columns, a unit of work spanning
 //! two repositories, specification queries with ordering and keyset pagination, streaming,
-//! and an optimistic-concurrency conflict resolved by retrying.
+//! an optimistic-concurrency conflict resolved by retrying, and an event-sourced cart whose
+//! projection keeps an SQL read model (read-your-writes with `wait_for`).
 
 use std::sync::Arc;
 
 use anyhow::{Context, Result, ensure};
+use std::time::Duration;
+
+use larder::events::{Aggregate, EventFilter, RecordedEvent};
 use larder::{
-    Entity, Error, Order as Sort, Query, Settings, Spec, TransactionOptions, Uow, UowOptions, field,
+    Deadline, DomainEvent, Entity, Error, EventSourced, EventStore, Order as Sort, Projection,
+    ProjectionRunner, Query, Settings, Spec, TransactionOptions, Uow, UowOptions, field,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -292,6 +297,173 @@ async fn main() -> Result<()> {
     drop(orders);
     uow.commit().await?;
     println!("revenue from Ada: {revenue} cents");
+
+    // # Step 8: an event-sourced cart and a projection that keeps an SQL read model
+    //
+    // The cart's state is its events. `load` replays them (from a snapshot every 10
+    // events), `save` appends the new ones with the loaded version as the expected
+    // version, in the unit of work. The projection runner feeds every event to
+    // `CartTotals` and commits its checkpoint with the read-model write, so a crash never
+    // skips or double-counts an event; `wait_for` gives read-your-writes.
+    store.register::<CartTotal>().await?;
+    let events = EventStore::open(&store).await?;
+    let runner = ProjectionRunner::new(&events).with(CartTotals);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let projections = tokio::spawn(async move {
+        runner
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+
+    let mut uow = store
+        .begin_with(UowOptions::default().with_actor("ada"))
+        .await?;
+    let mut cart = events.load::<Cart>(&mut uow, "ada-1").await?;
+    cart.handle(CartCommand::Add(line("tea", 2, 450)))
+        .map_err(anyhow::Error::msg)?;
+    cart.handle(CartCommand::Add(line("scones", 6, 120)))
+        .map_err(anyhow::Error::msg)?;
+    events.save(&mut uow, &mut cart).await?;
+    let committed = uow.commit().await?;
+    let position = committed.position.context("the cart appended events")?;
+
+    // A second writer with a stale copy of the cart is refused (optimistic concurrency).
+    let mut uow = store.begin().await?;
+    let mut stale = Aggregate::<Cart>::new("ada-1");
+    stale
+        .handle(CartCommand::Add(line("jam", 1, 350)))
+        .map_err(anyhow::Error::msg)?;
+    match events.save(&mut uow, &mut stale).await {
+        Err(e @ Error::Conflict { .. }) => println!("stale cart: {e}"),
+        other => anyhow::bail!("expected a conflict, got {other:?}"),
+    }
+    drop(uow);
+
+    events
+        .wait_for(
+            "cart_totals",
+            position,
+            Deadline::after(Duration::from_secs(5)),
+        )
+        .await?;
+    let mut uow = store.read().await?;
+    let total = uow
+        .repo::<CartTotal>()
+        .require(&"cart-ada-1".to_owned())
+        .await?;
+    uow.commit().await?;
+    ensure!(total.total_cents == 2 * 450 + 6 * 120, "projection total");
+    println!(
+        "cart ada-1: version {}, {} items; read model total {} cents",
+        cart.version(),
+        cart.state().lines.len(),
+        total.total_cents
+    );
+    let _ = stop.send(());
+    projections.await??;
+
     store.close().await;
     Ok(())
+}
+
+// # The event-sourced side: a cart, its events and a projection
+
+/// What happens to a cart.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type")]
+enum CartEvent {
+    ItemAdded { line: Line },
+    CheckedOut,
+}
+
+impl DomainEvent for CartEvent {
+    const TYPES: &'static [&'static str] = &["ItemAdded", "CheckedOut"];
+    fn event_type(&self) -> &'static str {
+        match self {
+            CartEvent::ItemAdded { .. } => "ItemAdded",
+            CartEvent::CheckedOut => "CheckedOut",
+        }
+    }
+}
+
+enum CartCommand {
+    Add(Line),
+    CheckOut,
+}
+
+/// The cart's state, rebuilt from its events.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Cart {
+    lines: Vec<Line>,
+    checked_out: bool,
+}
+
+impl EventSourced for Cart {
+    type Event = CartEvent;
+    type Command = CartCommand;
+    type Error = &'static str;
+    const CATEGORY: &'static str = "cart";
+    const SNAPSHOT_EVERY: Option<u64> = Some(10);
+
+    fn apply(&mut self, e: &CartEvent) {
+        match e {
+            CartEvent::ItemAdded { line } => self.lines.push(line.clone()),
+            CartEvent::CheckedOut => self.checked_out = true,
+        }
+    }
+
+    fn decide(&self, c: CartCommand) -> std::result::Result<Vec<CartEvent>, &'static str> {
+        if self.checked_out {
+            return Err("the cart is checked out");
+        }
+        Ok(match c {
+            CartCommand::Add(line) if line.qty > 0 => vec![CartEvent::ItemAdded { line }],
+            CartCommand::Add(_) => return Err("quantity must be positive"),
+            CartCommand::CheckOut if self.lines.is_empty() => return Err("the cart is empty"),
+            CartCommand::CheckOut => vec![CartEvent::CheckedOut],
+        })
+    }
+}
+
+/// The read model: one row per cart with its running total.
+#[derive(Debug, Clone, Serialize, Deserialize, Entity)]
+#[larder(table = "cart_totals", document)]
+struct CartTotal {
+    id: String,
+    #[larder(indexed)]
+    total_cents: i64,
+}
+
+/// Keeps `cart_totals` from the log, in the same transaction as its checkpoint.
+struct CartTotals;
+
+impl Projection for CartTotals {
+    fn name(&self) -> &str {
+        "cart_totals"
+    }
+
+    fn filter(&self) -> EventFilter {
+        EventFilter::category("cart")
+    }
+
+    async fn handle(&self, uow: &mut Uow, event: &RecordedEvent) -> larder::Result<()> {
+        let CartEvent::ItemAdded { line } = event.decode::<CartEvent>()? else {
+            return Ok(());
+        };
+        let id = event.stream_id.clone();
+        let mut repo = uow.repo::<CartTotal>();
+        match repo.get(&id).await? {
+            Some(mut t) => {
+                t.total_cents += line.qty * line.price_cents;
+                repo.save(&mut t).await?;
+            }
+            None => {
+                let total_cents = line.qty * line.price_cents;
+                repo.insert(&CartTotal { id, total_cents }).await?;
+            }
+        }
+        Ok(())
+    }
 }
