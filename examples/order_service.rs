@@ -361,6 +361,16 @@ async fn main() -> Result<()> {
         cart.state().lines.len(),
         total.total_cents
     );
+    // Check out: load (replay), decide, save.
+    let mut uow = store.begin().await?;
+    let mut cart = events.load::<Cart>(&mut uow, "ada-1").await?;
+    cart.handle(CartCommand::CheckOut)
+        .map_err(anyhow::Error::msg)?;
+    events.save(&mut uow, &mut cart).await?;
+    uow.commit().await?;
+    ensure!(cart.state().checked_out && cart.version() == 3, "checked out");
+    println!("cart ada-1 checked out at version {}", cart.version());
+
     let _ = stop.send(());
     projections.await??;
 
