@@ -217,7 +217,7 @@ impl EventTransaction for PgTransaction {
         events: &'a [NewEvent],
     ) -> BoxFuture<'a, Result<std::result::Result<(u64, Checkpoint), Option<u64>>>> {
         Box::pin(async move {
-            let n = events.len() as i64;
+            let n = i64::try_from(events.len()).unwrap_or(i64::MAX);
             let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
             let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
             let versions: Vec<i32> = events
