@@ -379,7 +379,7 @@ impl EventTransaction for PgTransaction {
         Box::pin(async move {
             let q = sqlx::query(
                 "SELECT count(*) FROM (SELECT 1 FROM larder_events WHERE (tx, position) > ($1, $2) \
-                 AND tx < pg_snapshot_xmin(pg_current_snapshot())::text::bigint LIMIT $3) c",
+                 LIMIT $3) c",
             )
             .bind(i64_of(after.tx()))
             .bind(i64_of(after.position()))

@@ -34,7 +34,36 @@ async fn append(
 ) -> Checkpoint {
     let mut uow = es.store().begin().await.unwrap();
     es.append(&mut uow, stream, expected, evs).await.unwrap();
-    uow.commit().await.unwrap().position.unwrap()
+    let position = uow.commit().await.unwrap().position.unwrap();
+    settle(es).await;
+    position
+}
+
+/// Waits until every committed event is readable. On PostgreSQL an event becomes readable
+/// once every transaction older than its own has ended — cluster-wide, so other tests'
+/// transactions can hold it back for a moment.
+pub async fn settle(es: &EventStore) {
+    for _ in 0..500 {
+        let mut uow = es.store().read().await.unwrap();
+        let mut cp = Checkpoint::START;
+        loop {
+            let page = es
+                .read_all(&mut uow, cp, 1000, &EventFilter::all())
+                .await
+                .unwrap();
+            cp = page.next;
+            if page.end_of_log {
+                break;
+            }
+        }
+        let behind = es.count_after(&mut uow, cp, 1).await.unwrap();
+        uow.commit().await.unwrap();
+        if behind == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("committed events stayed unreadable for 10 s");
 }
 
 async fn read_stream(es: &EventStore, stream: &str) -> Vec<RecordedEvent> {
@@ -88,6 +117,7 @@ pub async fn append_and_read_stream_round_trip(db: &TestDb) {
     assert!(!r.already_appended);
     let committed = uow.commit().await.unwrap();
     assert_eq!(committed.position, Some(r.checkpoint));
+    settle(&es).await;
 
     let got = read_stream(&es, "account-1").await;
     assert_eq!(got.len(), 3);

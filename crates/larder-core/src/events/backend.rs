@@ -112,7 +112,9 @@ pub trait EventTransaction: Send {
     /// The stream's current version (`None`: no such stream).
     fn stream_version<'a>(&'a mut self, stream: &'a str) -> BoxFuture<'a, Result<Option<u64>>>;
 
-    /// Readable events after `after` (for lag), capped at `cap`.
+    /// Committed events after `after` (a reader's lag), capped at `cap`. Counts events
+    /// not readable yet because an older transaction is still open, so a long transaction
+    /// holding the horizon back shows up as lag.
     fn count_after<'a>(&'a mut self, after: Checkpoint, cap: u64) -> BoxFuture<'a, Result<u64>>;
 
     /// Log counters.

@@ -92,7 +92,7 @@ pub struct ProjectionStatus {
     pub name: String,
     /// Its committed checkpoint (`None`: never ran).
     pub checkpoint: Option<Checkpoint>,
-    /// Readable events after its checkpoint (all events, whatever its filter).
+    /// Committed events after its checkpoint (all events, whatever its filter).
     pub lag: u64,
 }
 

@@ -626,7 +626,9 @@ impl EventStore {
         result
     }
 
-    /// How many readable events lie after `after` (capped at `cap`): a reader's lag.
+    /// How many committed events lie after `after` (capped at `cap`): a reader's lag. On
+    /// PostgreSQL this includes events held back by an older open transaction (see
+    /// [`EventStore::read_all`]), so such a transaction shows up as lag.
     pub async fn count_after(&self, uow: &mut Uow, after: Checkpoint, cap: u64) -> Result<u64> {
         let span = ev_span!(uow, "larder.events.count", "count", None::<&str>);
         let result = run!(uow, span, "events.count", |tx| tx.count_after(after, cap));

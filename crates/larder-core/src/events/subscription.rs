@@ -68,7 +68,7 @@ impl Subscription {
         self.rx.len()
     }
 
-    /// The subscription's lag: committed, readable events after the last one handed out
+    /// The subscription's lag: committed events after the last one handed out
     /// (all events, whatever the filter; capped at one billion).
     pub async fn lag(&self) -> Result<u64> {
         let mut uow = self.events.store().read().await?;
