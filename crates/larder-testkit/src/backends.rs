@@ -175,3 +175,53 @@ pub fn schema_name(test: &str) -> String {
     s.truncate(40);
     format!("lt_{s}_{:08x}", h & 0xffff_ffff)
 }
+
+/// Opens an existing SQLite file (e.g. one a parent test process created with [`sqlite`]),
+/// with settings adjusted by `tweak`. [`TestDb::finish`] leaves the file in place: its
+/// creator removes it.
+pub async fn sqlite_existing(
+    path: &std::path::Path,
+    tweak: impl FnOnce(&mut Settings),
+    config: StoreConfig,
+) -> TestDb {
+    let mut settings = Settings::from_url(format!("sqlite://{}", path.display()));
+    tweak(&mut settings);
+    let backend = larder::sqlite::SqliteBackend::connect(&settings)
+        .await
+        .expect("open sqlite");
+    TestDb {
+        store: backend.into_store(config),
+        backend: "sqlite",
+        sqlite_path: None,
+        pg_schema: None,
+    }
+}
+
+/// Opens an existing schema on `LARDER_TEST_POSTGRES_URL` by name (e.g. one a parent test
+/// process created with [`postgres`]) without dropping it; `None` (skipped) when the
+/// variable is unset.
+pub async fn postgres_existing(
+    schema: &str,
+    tweak: impl FnOnce(&mut Settings),
+    config: StoreConfig,
+) -> Option<TestDb> {
+    let Some(url) = postgres_url() else {
+        skip(schema, "LARDER_TEST_POSTGRES_URL is not set");
+        return None;
+    };
+    let mut settings = Settings::from_url(url.clone());
+    settings.max_connections = Some(4);
+    tweak(&mut settings);
+    let opts = sqlx::postgres::PgConnectOptions::from_str(&url)
+        .expect("postgres url")
+        .options([("search_path", schema)]);
+    let backend = larder::postgres::PgBackend::connect_with(opts, &settings)
+        .await
+        .expect("connect to postgres");
+    Some(TestDb {
+        store: backend.into_store(config),
+        backend: "postgresql",
+        sqlite_path: None,
+        pg_schema: Some(schema.to_owned()),
+    })
+}
