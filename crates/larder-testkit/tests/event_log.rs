@@ -334,6 +334,97 @@ async fn a1_sqlite_rolled_back_writer_releases_reader_at_once() {
     .await;
 }
 
+/// Known larder problem on PostgreSQL (found by A2, which prints how often it happens):
+/// the global log is ordered by the appending transaction's id, which PostgreSQL assigns
+/// at the transaction's *first write*, not at commit. A transaction that wrote something
+/// early (Tb) and then waits for another transaction's (Ta's) stream row appends the
+/// stream's *next* version with an *older* transaction id, so `read_all` (and every
+/// subscription and projection) delivers version 2 before version 1 of the stream. No
+/// event is lost or skipped, but a consumer that applies a stream in order, or keeps the
+/// per-stream idempotency key `projection.rs` suggests ("keyed by … the stream version":
+/// skip versions ≤ the last applied), drops version 1. Deterministic; ignored until fixed
+/// (run with `--ignored`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "larder bug on PostgreSQL: the global log can hold a stream's version 2 before version 1 (ordered by transaction id, assigned at first write)"]
+async fn a1_postgres_global_log_keeps_each_stream_in_version_order() {
+    let Some(db) = backends::postgres("event_log::a1_pg_stream_order").await else {
+        return;
+    };
+    let test = "A1 stream order postgresql";
+    let store = db.store.clone();
+    let es = EventStore::open(&store).await.unwrap();
+    // Tb writes first (its transaction id is the older one) ...
+    let mut tb = store.begin().await.unwrap();
+    append_one(
+        &es,
+        &mut tb,
+        "order-other",
+        ExpectedVersion::Any,
+        event("B0", 0),
+    )
+    .await;
+    // ... Ta appends version 1 of the shared stream and holds its row ...
+    let mut ta = store.begin().await.unwrap();
+    let ra = append_one(
+        &es,
+        &mut ta,
+        "order-shared",
+        ExpectedVersion::Any,
+        event("A1", 1),
+    )
+    .await;
+    // ... Tb's append to the same stream waits for Ta.
+    let waiting = {
+        let es = es.clone();
+        tokio::spawn(async move {
+            let r = append_one(
+                &es,
+                &mut tb,
+                "order-shared",
+                ExpectedVersion::Any,
+                event("B2", 2),
+            )
+            .await;
+            tb.commit().await.unwrap();
+            r
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !waiting.is_finished(),
+        "{test}: Tb did not wait for Ta's stream row"
+    );
+    ta.commit().await.unwrap();
+    let rb = waiting.await.unwrap();
+    assert_eq!((ra.stream_version, rb.stream_version), (1, 2));
+
+    let since = Instant::now();
+    let mut cp = Checkpoint::START;
+    let mut shared = Vec::new();
+    while shared.len() < 2 {
+        assert!(
+            since.elapsed() < Duration::from_secs(5),
+            "{test}: events not readable"
+        );
+        let page = read_page(&store, &es, cp, 100).await;
+        shared.extend(
+            page.events
+                .iter()
+                .filter(|e| e.stream_id == "order-shared")
+                .map(|e| (e.stream_version, e.checkpoint)),
+        );
+        cp = page.next;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    eprintln!("{test}: order-shared in log order (version, checkpoint): {shared:?}");
+    assert_eq!(
+        shared.iter().map(|(v, _)| *v).collect::<Vec<_>>(),
+        vec![1, 2],
+        "{test}: the global log delivers the stream's versions out of order"
+    );
+    db.finish().await;
+}
+
 // ---------------------------------------------------------------------------------------
 // A2/A3: concurrent stress with a recorded history and a checker
 
@@ -824,7 +915,7 @@ async fn a2_postgres_every_reader_gets_every_committed_event_once_in_log_order()
     stress_must_be_clean(db, "A2 postgresql", CI_LOAD).await;
 }
 
-/// A3 canary: the A2 harness and checker, with every writer sleeping 1–5 ms after
+/// A3 canary: the A2 harness and checker, with every writer sleeping up to 5 ms after
 /// appending (positions taken, commit late) and two naive `position > last` readers next
 /// to two larder readers. The checker must find missing events for the naive readers,
 /// and none for larder's.
@@ -833,7 +924,10 @@ async fn a3_canary_naive_position_reader_misses_events_on_postgres() {
     let Some(db) = postgres_db("event_log::a3_canary", 14).await else {
         return;
     };
+    // 8 writers × 250 units of work (A2 has 500): with every transaction sleeping, the
+    // naive readers miss thousands of events, so half the load keeps the run short.
     let load = Load {
+        uows: 250,
         sleep_pct: 100,
         max_sleep_us: 5_000,
         ..CI_LOAD

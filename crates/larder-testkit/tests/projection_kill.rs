@@ -102,6 +102,29 @@ async fn applied(store: &Store) -> Vec<Applied> {
     rows
 }
 
+/// The counter, once it agrees with the number of `Applied` rows. A batch commits both
+/// or neither, so they agree whenever no commit lands between the reads; a killed child's
+/// PostgreSQL session may still process a COMMIT it had sent, so a changing counter is
+/// read again. A half-committed batch would disagree for good.
+async fn consistent_counter(store: &Store, test: &str, kill: usize) -> i64 {
+    for _ in 0..50 {
+        let c1 = counter(store).await;
+        let rows = applied(store).await.len();
+        let c2 = counter(store).await;
+        if c1 == c2 {
+            assert_eq!(
+                usize::try_from(c1).unwrap(),
+                rows,
+                "{test}: after kill {kill} the counter and the applied rows disagree: a batch \
+                 was half committed"
+            );
+            return c1;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{test}: after kill {kill} the counter keeps changing with no projection running");
+}
+
 /// The projection process. Does nothing unless started by a parent test.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "child process of the projection kill tests (runs only with LARDER_PROJECTION_KILL_CHILD)"]
@@ -283,16 +306,7 @@ async fn kill_loop(db: TestDb, target: String) {
         p.lines.join().unwrap();
         let printed = p.applies.load(Ordering::Relaxed);
         total_applies += printed;
-        // A dead client's PostgreSQL session ends (and rolls back) asynchronously; the
-        // read model only ever shows committed batches, so these agree whenever we look.
-        let after_kill = counter(&store).await;
-        let rows = applied(&store).await.len();
-        assert_eq!(
-            usize::try_from(after_kill).unwrap(),
-            rows,
-            "{test}: after kill {kill} the counter and the applied rows disagree: a batch \
-             was half committed"
-        );
+        let after_kill = consistent_counter(&store, &test, kill).await;
         let committed = u64::try_from(after_kill - before).unwrap();
         if printed > committed {
             mid_batch += 1;
