@@ -21,6 +21,10 @@ use crate::raw;
 /// The PostgreSQL schema every benchmark table lives in (dropped and created at start).
 pub(crate) const PG_SCHEMA: &str = "larder_bench";
 
+/// PostgreSQL: what `fresh()` drops besides the entity tables.
+const EVENT_TABLES_DROP: &str = "DROP TABLE IF EXISTS larder_events, larder_streams, \
+     larder_snapshots, larder_checkpoints, raw_events, _larder_migrations";
+
 /// larder's default pool sizes (`Settings::max_connections = None`), mirrored by the raw
 /// pools so both sides have the same pool shape.
 const SQLITE_POOL: u32 = 4;
@@ -142,6 +146,9 @@ impl Target {
                         .execute(&raw_pool)
                         .await?;
                 }
+                // The event store's tables (and the history that says they exist), so
+                // `EventStore::open` creates them afresh, like a new SQLite file.
+                sqlx::query(EVENT_TABLES_DROP).execute(&raw_pool).await?;
                 let backend = larder::postgres::PgBackend::connect_with(base, &settings)
                     .await
                     .context("open larder on PostgreSQL")?;
@@ -160,6 +167,24 @@ impl Target {
             .await
             .context("create the raw table")?;
         Ok(db)
+    }
+}
+
+impl Target {
+    /// PostgreSQL: another larder store on the benchmark schema, with appends sending
+    /// `NOTIFY` or not (`PgBackend::with_notify`). Same settings and pool shape as the
+    /// store of [`Target::fresh`].
+    pub(crate) async fn pg_store(&self, notify: bool) -> Result<Store> {
+        if self.kind != Kind::Postgres {
+            bail!("pg_store on {}", self.kind.name());
+        }
+        let base = PgConnectOptions::from_str(&self.pg_url)?.options([("search_path", PG_SCHEMA)]);
+        let settings = Settings::from_url(self.pg_url.clone());
+        let backend = larder::postgres::PgBackend::connect_with(base, &settings)
+            .await
+            .context("open larder on PostgreSQL")?
+            .with_notify(notify);
+        Ok(backend.into_store(settings.store_config()))
     }
 }
 

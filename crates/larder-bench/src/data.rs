@@ -155,6 +155,71 @@ pub(crate) fn customer(seed: u64, index: u64) -> Customer {
     }
 }
 
+/// The event payload of WORKLOADS.md: ~200 bytes of JSON in 7 fields; event type
+/// [`ITEM_ADDED`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ItemAdded {
+    /// The stream the event belongs to.
+    pub(crate) stream_id: String,
+    /// Its sequence number in the stream (1-based: its stream version).
+    pub(crate) seq: u64,
+    /// Stock-keeping unit.
+    pub(crate) sku: String,
+    /// Quantity (W8-events sums it).
+    pub(crate) qty: i64,
+    /// Unit price in cents.
+    pub(crate) price_cents: i64,
+    /// ISO currency code.
+    pub(crate) currency: String,
+    /// A 70-character note.
+    pub(crate) note: String,
+}
+
+/// The event type of every benchmark event.
+pub(crate) const ITEM_ADDED: &str = "ItemAdded";
+
+const CURRENCIES: [&str; 4] = ["EUR", "USD", "GBP", "CHF"];
+
+/// The `index`-th stream id of data set `seed`: a random (v4-shaped) UUID in text form.
+pub(crate) fn stream_id(seed: u64, index: u64) -> String {
+    let mut r = Rng::new(seed.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ index.wrapping_mul(0x9e37));
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&r.next_u64().to_le_bytes());
+    bytes[8..].copy_from_slice(&r.next_u64().to_le_bytes());
+    uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .hyphenated()
+        .to_string()
+}
+
+/// The `seq`-th event (1-based) of stream `stream` (a pure function of its arguments, so
+/// both sides of a comparison append exactly the same payloads).
+pub(crate) fn item_added(stream: &str, seq: u64) -> ItemAdded {
+    let h = stream.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let mut r = Rng::new(h ^ seq.wrapping_mul(0xff51_afd7_ed55_8ccd));
+    let sku = format!("SKU-{:06}", r.below(1_000_000));
+    let note = format!(
+        "{} {} - gift wrap: {}, deliver to dock {:02} before {:02}:00, ref {:010}",
+        CITIES[r.index(CITIES.len())],
+        r.below(1000),
+        if r.below(2) == 0 { "yes" } else { "no" },
+        r.below(100),
+        r.below(24),
+        r.next_u64() % 10_000_000_000
+    );
+    ItemAdded {
+        stream_id: stream.to_owned(),
+        seq,
+        sku,
+        qty: r.range_i64(1, 20),
+        price_cents: r.range_i64(99, 99_999),
+        currency: CURRENCIES[r.index(CURRENCIES.len())].to_owned(),
+        note: format!("{note:.<70.70}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,5 +233,21 @@ mod tests {
             .sum();
         let avg = total / 1000;
         assert!((200..=300).contains(&avg), "average body {avg} bytes");
+    }
+
+    #[test]
+    fn events_are_about_200_bytes_with_a_70_char_note() {
+        let s = stream_id(1, 2);
+        assert_eq!(s.len(), 36);
+        assert_eq!(item_added(&s, 3), item_added(&s, 3));
+        let total: usize = (1..=1000)
+            .map(|i| {
+                let e = item_added(&s, i);
+                assert_eq!(e.note.chars().count(), 70, "{}", e.note);
+                serde_json::to_string(&e).unwrap().len()
+            })
+            .sum();
+        let avg = total / 1000;
+        assert!((190..=215).contains(&avg), "average payload {avg} bytes");
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo run --release -p larder-bench -- [--backend sqlite|postgres|all]
-//!     [--workload w5|w7|w8|all] [--runs N] [--quick|--full]
+//!     [--workload w1|w2|w3|w4|w5|w6|w7|w8|w8e|migrations|all] [--runs N] [--quick|--full]
 //! ```
 //!
 //! Every workload runs each side `N` times, alternating which side goes first, and reports
@@ -13,9 +13,11 @@
 
 mod backends;
 mod data;
+mod larder_events;
 mod larder_side;
 mod measure;
 mod raw;
+mod raw_events;
 mod workloads;
 
 use std::path::PathBuf;
@@ -55,7 +57,8 @@ struct Cli {
     /// Backend(s) to run on.
     #[arg(long, value_enum, default_value = "all")]
     backend: BackendArg,
-    /// Workload(s): `all`, or ids separated by commas (w5, w7, w8, migrations).
+    /// Workload(s): `all`, or ids separated by commas (w1, w2, w3, w4, w5, w6, w7, w8, w8e,
+    /// migrations).
     #[arg(long, default_value = "all")]
     workload: String,
     /// Runs per side; medians are reported.
@@ -93,6 +96,18 @@ struct Cli {
     /// Override: W8 entities.
     #[arg(long)]
     w8_rows: Option<usize>,
+    /// Override: W1 streams (5 events each; also the W3/W4 log).
+    #[arg(long)]
+    w1_streams: Option<usize>,
+    /// Override: W2 streams (50 events each; also the W4 log).
+    #[arg(long)]
+    w2_streams: Option<usize>,
+    /// Override: W6 single-event units of work per writer.
+    #[arg(long)]
+    w6_events: Option<usize>,
+    /// Override: W8-events events.
+    #[arg(long)]
+    w8e_events: Option<usize>,
     /// Override: migrations applied by the `migrations` workload.
     #[arg(long)]
     migrations: Option<usize>,
@@ -136,6 +151,10 @@ async fn main() -> Result<()> {
     sizes.w7_queries = cli.w7_queries.unwrap_or(sizes.w7_queries);
     sizes.w8_rows = cli.w8_rows.unwrap_or(sizes.w8_rows);
     sizes.migrations = cli.migrations.unwrap_or(sizes.migrations);
+    sizes.w1_streams = cli.w1_streams.unwrap_or(sizes.w1_streams);
+    sizes.w2_streams = cli.w2_streams.unwrap_or(sizes.w2_streams);
+    sizes.w6_events = cli.w6_events.unwrap_or(sizes.w6_events);
+    sizes.w8e_events = cli.w8e_events.unwrap_or(sizes.w8e_events);
     let kinds = match cli.backend {
         BackendArg::Sqlite => vec![Kind::Sqlite],
         BackendArg::Postgres => vec![Kind::Postgres],
