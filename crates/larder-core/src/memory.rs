@@ -533,14 +533,13 @@ impl EventTransaction for MemoryTx {
             if !ok {
                 return Ok(Err(current));
             }
-            if let Some(e) = events
+            if events
                 .iter()
-                .find(|e| self.log().ids.contains_key(&e.event_id))
+                .any(|e| self.log().ids.contains_key(&e.event_id))
             {
-                return Err(Error::AlreadyExists {
-                    entity: "event",
-                    id: e.event_id.to_string(),
-                });
+                // A stored id: nothing is written; the event store tells "already
+                // appended" from a conflict.
+                return Ok(Err(current));
             }
             let log = &mut self.state_mut()?.log;
             let mut version = current.unwrap_or(0);

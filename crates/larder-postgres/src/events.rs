@@ -8,11 +8,20 @@
 //! its events sort after everything the reader has seen: the reader cannot skip them.
 //! Appenders take no lock beyond the row of their own stream.
 //!
+//! **Each stream stays in version order in the log.** Transaction ids are assigned at a
+//! transaction's first write, not at commit: an older transaction that appends to a stream
+//! after a younger one committed to it would sort first. `larder_streams.last_tx` records
+//! the last appender; an append by an older transaction is refused with a retryable
+//! [`Error::Transient`] (serialization), and `Store::transaction` runs the unit of work
+//! again with a new transaction id.
+//!
 //! **Appends are one round trip**: a data-modifying CTE checks and moves the stream's
 //! version (`larder_streams`, a conditional upsert or update: concurrent appenders with the
 //! same expectation queue on the row and exactly one wins) and inserts the events from
-//! arrays; when the version check fails nothing is inserted and no error is raised, so
-//! the transaction stays usable. The same statement sends `NOTIFY larder_events` (payload:
+//! arrays; when the version check fails, or one of the event ids is already stored (a
+//! retry), nothing is inserted and no error is raised, so the transaction stays usable
+//! and the event store can tell "already appended" from a conflict. (Two transactions
+//! racing to append the *same new* event id: the second fails on the unique index.) The same statement sends `NOTIFY larder_events` (payload:
 //! the schema) for live subscribers in other processes.
 
 use larder_core::backend::BoxFuture;
@@ -37,6 +46,8 @@ const COLS: &str = "position, tx, stream_id, stream_version, event_id, event_typ
 /// The statement of one append, by expectation: `$1` stream, `$2` number of events,
 /// `$3..$7` the event arrays, `$8` recorded_at, `$9` the expected version.
 fn append_sql(expected: ExpectedVersion, notify: bool) -> &'static str {
+    // The stream statement moves the version only if the expectation holds, none of the
+    // event ids is stored yet, and no younger transaction appended to the stream last.
     macro_rules! stmt {
         ($stream:literal, $notify:literal) => {
             concat!(
@@ -44,8 +55,8 @@ fn append_sql(expected: ExpectedVersion, notify: bool) -> &'static str {
                 $stream,
                 "), e AS (INSERT INTO larder_events (stream_id, stream_version, event_id, \
                  event_type, schema_version, payload, metadata, recorded_at) \
-                 SELECT $1, s.version - $2 + u.ord, u.id, u.ty, u.sv, u.payload::jsonb, \
-                 u.meta::jsonb, $8 FROM s, unnest($3::uuid[], $4::text[], $5::int4[], \
+                 SELECT $1, s.version - $2 + u.ord, u.id, u.ty, u.sv, u.payload::json, \
+                 u.meta::json, $8 FROM s, unnest($3::uuid[], $4::text[], $5::int4[], \
                  $6::text[], $7::text[]) WITH ORDINALITY AS u(id, ty, sv, payload, meta, ord) \
                  ORDER BY u.ord RETURNING position, tx) \
                  SELECT (SELECT version FROM s), (SELECT max(position) FROM e), \
@@ -54,47 +65,68 @@ fn append_sql(expected: ExpectedVersion, notify: bool) -> &'static str {
             )
         };
     }
+    macro_rules! any {
+        ($notify:literal) => {
+            stmt!(
+                "INSERT INTO larder_streams AS t (stream_id, version, last_tx) SELECT $1, $2, \
+                 pg_current_xact_id()::text::bigint WHERE NOT EXISTS (SELECT 1 FROM \
+                 larder_events WHERE event_id = ANY($3::uuid[])) ON CONFLICT (stream_id) DO \
+                 UPDATE SET version = t.version + $2, last_tx = excluded.last_tx \
+                 WHERE t.last_tx <= excluded.last_tx RETURNING t.version",
+                $notify
+            )
+        };
+    }
+    macro_rules! no_stream {
+        ($notify:literal) => {
+            stmt!(
+                "INSERT INTO larder_streams (stream_id, version, last_tx) SELECT $1, $2, \
+                 pg_current_xact_id()::text::bigint WHERE NOT EXISTS (SELECT 1 FROM \
+                 larder_events WHERE event_id = ANY($3::uuid[])) ON CONFLICT (stream_id) \
+                 DO NOTHING RETURNING version",
+                $notify
+            )
+        };
+    }
+    macro_rules! exists {
+        ($notify:literal) => {
+            stmt!(
+                "UPDATE larder_streams SET version = version + $2, last_tx = \
+                 pg_current_xact_id()::text::bigint WHERE stream_id = $1 AND last_tx <= \
+                 pg_current_xact_id()::text::bigint AND NOT EXISTS (SELECT 1 FROM \
+                 larder_events WHERE event_id = ANY($3::uuid[])) RETURNING version",
+                $notify
+            )
+        };
+    }
+    macro_rules! exact {
+        ($notify:literal) => {
+            stmt!(
+                "UPDATE larder_streams SET version = version + $2, last_tx = \
+                 pg_current_xact_id()::text::bigint WHERE stream_id = $1 AND version = $9 \
+                 AND last_tx <= pg_current_xact_id()::text::bigint AND NOT EXISTS (SELECT 1 \
+                 FROM larder_events WHERE event_id = ANY($3::uuid[])) RETURNING version",
+                $notify
+            )
+        };
+    }
     match (expected, notify) {
-        (ExpectedVersion::Any, true) => stmt!(
-            "INSERT INTO larder_streams AS t (stream_id, version) VALUES ($1, $2) \
-             ON CONFLICT (stream_id) DO UPDATE SET version = t.version + $2 RETURNING t.version",
-            ", (SELECT count(*) FROM s, pg_notify('larder_events', current_schema()))"
-        ),
-        (ExpectedVersion::Any, false) => stmt!(
-            "INSERT INTO larder_streams AS t (stream_id, version) VALUES ($1, $2) \
-             ON CONFLICT (stream_id) DO UPDATE SET version = t.version + $2 RETURNING t.version",
-            ""
-        ),
-        (ExpectedVersion::NoStream | ExpectedVersion::Exact(0), true) => stmt!(
-            "INSERT INTO larder_streams (stream_id, version) VALUES ($1, $2) \
-             ON CONFLICT (stream_id) DO NOTHING RETURNING version",
-            ", (SELECT count(*) FROM s, pg_notify('larder_events', current_schema()))"
-        ),
-        (ExpectedVersion::NoStream | ExpectedVersion::Exact(0), false) => stmt!(
-            "INSERT INTO larder_streams (stream_id, version) VALUES ($1, $2) \
-             ON CONFLICT (stream_id) DO NOTHING RETURNING version",
-            ""
-        ),
-        (ExpectedVersion::StreamExists, true) => stmt!(
-            "UPDATE larder_streams SET version = version + $2 WHERE stream_id = $1 \
-             RETURNING version",
-            ", (SELECT count(*) FROM s, pg_notify('larder_events', current_schema()))"
-        ),
-        (ExpectedVersion::StreamExists, false) => stmt!(
-            "UPDATE larder_streams SET version = version + $2 WHERE stream_id = $1 \
-             RETURNING version",
-            ""
-        ),
-        (ExpectedVersion::Exact(_), true) => stmt!(
-            "UPDATE larder_streams SET version = version + $2 WHERE stream_id = $1 \
-             AND version = $9 RETURNING version",
-            ", (SELECT count(*) FROM s, pg_notify('larder_events', current_schema()))"
-        ),
-        (ExpectedVersion::Exact(_), false) => stmt!(
-            "UPDATE larder_streams SET version = version + $2 WHERE stream_id = $1 \
-             AND version = $9 RETURNING version",
-            ""
-        ),
+        (ExpectedVersion::Any, true) => {
+            any!(", (SELECT count(*) FROM s, pg_notify('larder_events', current_schema()))")
+        }
+        (ExpectedVersion::Any, false) => any!(""),
+        (ExpectedVersion::NoStream | ExpectedVersion::Exact(0), true) => {
+            no_stream!(", (SELECT count(*) FROM s, pg_notify('larder_events', current_schema()))")
+        }
+        (ExpectedVersion::NoStream | ExpectedVersion::Exact(0), false) => no_stream!(""),
+        (ExpectedVersion::StreamExists, true) => {
+            exists!(", (SELECT count(*) FROM s, pg_notify('larder_events', current_schema()))")
+        }
+        (ExpectedVersion::StreamExists, false) => exists!(""),
+        (ExpectedVersion::Exact(_), true) => {
+            exact!(", (SELECT count(*) FROM s, pg_notify('larder_events', current_schema()))")
+        }
+        (ExpectedVersion::Exact(_), false) => exact!(""),
     }
 }
 
@@ -219,6 +251,7 @@ impl EventTransaction for PgTransaction {
         Box::pin(async move {
             let n = i64::try_from(events.len()).unwrap_or(i64::MAX);
             let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+            let ids_again = ids.clone();
             let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
             let versions: Vec<i32> = events
                 .iter()
@@ -252,17 +285,37 @@ impl EventTransaction for PgTransaction {
                 let cp = checkpoint(tx.unwrap_or(0), pos.unwrap_or(0))?;
                 return Ok(Ok((u64_of(version, "version")?, cp)));
             }
-            let q =
-                sqlx::query("SELECT version FROM larder_streams WHERE stream_id = $1").bind(stream);
+            // Nothing was written: a wrong version, a stored event id (a retry), or a
+            // younger transaction appended to the stream last.
+            let q = sqlx::query(
+                "SELECT version, last_tx > pg_current_xact_id()::text::bigint, EXISTS (SELECT 1 \
+                 FROM larder_events WHERE event_id = ANY($2::uuid[])) FROM larder_streams \
+                 WHERE stream_id = $1",
+            )
+            .bind(stream)
+            .bind(&ids_again);
             let rows = self.ev_fetch_all(q, "events.append").await?;
-            let actual = match rows.first() {
-                Some(r) => Some(u64_of(
-                    r.try_get::<i64, _>(0).map_err(dec("events.append"))?,
-                    "version",
-                )?),
-                None => None,
+            let Some(r) = rows.first() else {
+                return Ok(Err(None));
             };
-            Ok(Err(actual))
+            let d = dec("events.append");
+            let actual = u64_of(r.try_get::<i64, _>(0).map_err(&d)?, "version")?;
+            let younger: bool = r.try_get(1).map_err(&d)?;
+            let stored: bool = r.try_get(2).map_err(&d)?;
+            let satisfied = match expected {
+                ExpectedVersion::Any | ExpectedVersion::StreamExists => true,
+                ExpectedVersion::NoStream => false,
+                ExpectedVersion::Exact(n) => n == actual,
+            };
+            if satisfied && younger && !stored {
+                // Appending now would put this stream's new events before the younger
+                // transaction's in the global log: run the unit of work again (it gets a
+                // younger transaction id).
+                return Err(Error::Transient {
+                    kind: larder_core::TransientKind::Serialization,
+                });
+            }
+            Ok(Err(Some(actual)))
         })
     }
 
@@ -446,7 +499,7 @@ impl EventTransaction for PgTransaction {
         Box::pin(async move {
             let q = sqlx::query(
                 "INSERT INTO larder_snapshots (stream_id, stream_version, schema_version, state, \
-                 taken_at) VALUES ($1, $2, $3, $4::jsonb, $5) ON CONFLICT (stream_id) DO UPDATE \
+                 taken_at) VALUES ($1, $2, $3, $4::json, $5) ON CONFLICT (stream_id) DO UPDATE \
                  SET stream_version = excluded.stream_version, schema_version = \
                  excluded.schema_version, state = excluded.state, taken_at = excluded.taken_at",
             )

@@ -191,7 +191,15 @@ impl EventTransaction for SqliteTransaction {
             let base = current.unwrap_or(0);
             let new_version = base + events.len() as u64;
             let last = if events.len() <= ROWS_PER_INSERT {
-                self.insert_events(stream, base + 1, events).await?
+                match self.insert_events(stream, base + 1, events).await {
+                    Ok(l) => l,
+                    // A stored event id (a retry): the statement changed nothing and the
+                    // transaction goes on; the event store tells "already appended" apart.
+                    Err(Error::AlreadyExists {
+                        entity: "event", ..
+                    }) => return Ok(Err(current)),
+                    Err(e) => return Err(e),
+                }
             } else {
                 // Several statements: keep the append atomic with a savepoint.
                 self.ev_execute(sqlx::query("SAVEPOINT larder_append"), "events.append")

@@ -65,8 +65,10 @@ pub struct StoredCheckpoint {
 ///
 /// - `append` is atomic: either every event is stored with the versions following the
 ///   stream's current one, or nothing is and the stream is unchanged. When the stream's
-///   version does not satisfy `expected` it returns `Ok(Err(actual))` (no error raised in
-///   the database, the transaction stays usable). Two transactions appending to the same
+///   version does not satisfy `expected`, or one of the event ids is already stored, it
+///   returns `Ok(Err(actual))` (no error raised in the database, the transaction stays
+///   usable).
+/// - In the global log, a stream's events keep their version order. Two transactions appending to the same
 ///   stream with the same expectation: exactly one succeeds.
 /// - `read_all` never returns an event while an event before it in log order may still
 ///   commit (no gaps, no skips), and orders by [`Checkpoint`].

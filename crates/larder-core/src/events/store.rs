@@ -504,22 +504,15 @@ impl EventStore {
         let ids = &ids;
         let rows = &rows;
         let result = run!(uow, span, "events.append", |tx| async move {
-            if matches!(
-                expected,
-                ExpectedVersion::Any | ExpectedVersion::StreamExists
-            ) {
-                // No version to trip over: look for a retry first.
-                if let Some(r) = already_appended(tx, stream, ids, expected, None).await? {
-                    return Ok(r);
-                }
-            }
+            // The backend refuses (without an error) a wrong version or an event id that
+            // is already stored; the ids tell a retry from a conflict.
             match tx.append(stream, expected, rows).await? {
                 Ok((version, checkpoint)) => Ok(AppendResult {
                     stream_version: version,
                     checkpoint,
                     already_appended: false,
                 }),
-                Err(actual) => match already_appended(tx, stream, ids, expected, actual).await? {
+                Err(actual) => match already_appended(tx, stream, ids).await? {
                     Some(r) => Ok(r),
                     None => Err(conflict(stream, expected, actual)),
                 },
@@ -903,8 +896,6 @@ async fn already_appended(
     tx: &mut dyn EventTransaction,
     stream: &str,
     ids: &[Uuid],
-    expected: ExpectedVersion,
-    actual: Option<u64>,
 ) -> Result<Option<AppendResult>> {
     let found = tx.find_events(ids).await?;
     if found.is_empty() {
@@ -920,7 +911,6 @@ async fn already_appended(
         }));
     }
     let (id, s, _, _) = &found[0];
-    let _ = (expected, actual);
     Err(Error::AlreadyExists {
         entity: "event",
         id: format!("{id} (in stream `{}`)", shown(s)),

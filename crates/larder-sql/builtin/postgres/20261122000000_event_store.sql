@@ -6,10 +6,19 @@
 -- than the oldest transaction still running (pg_snapshot_xmin of their snapshot), in
 -- (tx, position) order, so an event that commits late with an earlier position can never
 -- be skipped, and appenders are never serialized.
+--
+-- Payloads are `json`, not `jsonb`: validated, and returned byte for byte as appended
+-- (key order, whitespace), as on SQLite and in memory.
 
+-- `last_tx`: the transaction id of the stream's last appender. Transaction ids are handed
+-- out at a transaction's first write, not at commit, so an older transaction could append
+-- after a younger one and its events would sort first in (tx, position) order; an append
+-- therefore requires last_tx <= its own id (otherwise it fails as retryable), which keeps
+-- every stream in version order in the global log.
 CREATE TABLE larder_streams (
     stream_id TEXT COLLATE "C" NOT NULL PRIMARY KEY,
-    version BIGINT NOT NULL CHECK (version >= 0)
+    version BIGINT NOT NULL CHECK (version >= 0),
+    last_tx BIGINT NOT NULL DEFAULT 0
 );
 
 CREATE TABLE larder_events (
@@ -20,8 +29,8 @@ CREATE TABLE larder_events (
     event_id UUID NOT NULL,
     event_type TEXT COLLATE "C" NOT NULL,
     schema_version INTEGER NOT NULL,
-    payload JSONB NOT NULL,
-    metadata JSONB,
+    payload JSON NOT NULL,
+    metadata JSON,
     recorded_at BIGINT NOT NULL,
     CONSTRAINT larder_events_stream_version_key UNIQUE (stream_id, stream_version),
     CONSTRAINT larder_events_event_id_key UNIQUE (event_id)
@@ -33,7 +42,7 @@ CREATE TABLE larder_snapshots (
     stream_id TEXT COLLATE "C" NOT NULL PRIMARY KEY,
     stream_version BIGINT NOT NULL,
     schema_version INTEGER NOT NULL,
-    state JSONB NOT NULL,
+    state JSON NOT NULL,
     taken_at BIGINT NOT NULL
 );
 
