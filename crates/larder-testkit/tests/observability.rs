@@ -176,3 +176,72 @@ async fn every_operation_is_a_span_with_db_attributes() {
         pg.finish().await;
     }
 }
+
+async fn exercise_events(store: &larder::Store, system: &str, spans: &Spans) {
+    use larder::events::{EventData, EventStore, ExpectedVersion, ReadDirection};
+    let es = EventStore::open(store).await.unwrap();
+    spans.clear();
+    let mut uow = store
+        .begin_with(
+            UowOptions::default()
+                .with_actor("bob")
+                .with_correlation_id("req-8"),
+        )
+        .await
+        .unwrap();
+    let ev = || EventData::new("Placed", &serde_json::json!({"n": 1})).unwrap();
+    es.append(&mut uow, "order-1", ExpectedVersion::NoStream, vec![ev()])
+        .await
+        .unwrap();
+    let conflict = es
+        .append(&mut uow, "order-1", ExpectedVersion::NoStream, vec![ev()])
+        .await;
+    assert!(conflict.is_err());
+    let read = es
+        .read_stream(&mut uow, "order-1", 1, 10, ReadDirection::Forward)
+        .await
+        .unwrap();
+    assert_eq!(read.len(), 1);
+    uow.commit().await.unwrap();
+    let all = spans.all();
+    let names: Vec<&str> = all.iter().map(|c| c.name).collect();
+    assert_eq!(
+        names,
+        [
+            "larder.uow.begin",
+            "larder.events.append",
+            "larder.events.append",
+            "larder.events.read_stream",
+            "larder.uow.commit"
+        ],
+        "{system}"
+    );
+    for c in &all[1..4] {
+        assert_eq!(c.fields["db.system.name"], system, "{c:?}");
+        assert_eq!(c.fields["db.collection.name"], "larder_events", "{c:?}");
+        assert_eq!(c.fields["larder.stream"], "order-1", "{c:?}");
+        assert_eq!(c.fields["larder.actor"], "bob", "{c:?}");
+        assert_eq!(c.fields["larder.correlation_id"], "req-8", "{c:?}");
+    }
+    assert_eq!(all[1].fields["db.response.returned_rows"], "1");
+    assert_eq!(all[2].fields["error.type"], "conflict");
+    assert!(all[2].fields["error.message"].contains("order-1"));
+    assert_eq!(all[3].fields["db.response.returned_rows"], "1");
+}
+
+#[tokio::test]
+async fn every_event_store_operation_is_a_span() {
+    let spans = Spans::default();
+    let subscriber = tracing_subscriber::registry().with(spans.clone());
+    let _g = tracing::subscriber::set_default(subscriber);
+
+    let mem = backends::memory("observability::ev_memory").await.unwrap();
+    exercise_events(&mem.store, "memory", &spans).await;
+    let lite = backends::sqlite("observability::ev_sqlite").await.unwrap();
+    exercise_events(&lite.store, "sqlite", &spans).await;
+    lite.finish().await;
+    if let Some(pg) = backends::postgres("observability::ev_postgres").await {
+        exercise_events(&pg.store, "postgresql", &spans).await;
+        pg.finish().await;
+    }
+}

@@ -89,6 +89,7 @@ pub struct EventStoreBuilder {
     upcasters: HashMap<(String, u32), Upcaster>,
     snapshot_every: HashMap<String, u64>,
     poll_interval: Duration,
+    prepare: bool,
 }
 
 impl fmt::Debug for EventStoreBuilder {
@@ -98,11 +99,22 @@ impl fmt::Debug for EventStoreBuilder {
             .field("upcasters", &self.upcasters.keys().collect::<Vec<_>>())
             .field("snapshot_every", &self.snapshot_every)
             .field("poll_interval", &self.poll_interval)
+            .field("prepare", &self.prepare)
             .finish_non_exhaustive()
     }
 }
 
 impl EventStoreBuilder {
+    /// Whether [`open`](EventStoreBuilder::open) makes the tables ready by applying
+    /// larder's built-in migration module when it is pending (default `true`). Turn it off
+    /// when migrations run at deploy time (`larder migrate up`) or the role the service
+    /// connects with may not create tables.
+    #[must_use]
+    pub fn prepare(mut self, yes: bool) -> Self {
+        self.prepare = yes;
+        self
+    }
+
     /// Input caps.
     #[must_use]
     pub fn limits(mut self, limits: EventLimits) -> Self {
@@ -170,11 +182,13 @@ impl EventStoreBuilder {
             db.system.name = self.store.backend_name(),
             db.operation.name = "prepare",
         );
-        self.store
-            .backend()
-            .prepare_events()
-            .instrument(span)
-            .await?;
+        if self.prepare {
+            self.store
+                .backend()
+                .prepare_events()
+                .instrument(span)
+                .await?;
+        }
         Ok(EventStore {
             inner: Arc::new(Inner {
                 store: self.store,
@@ -294,6 +308,7 @@ impl EventStore {
             upcasters: HashMap::new(),
             snapshot_every: HashMap::new(),
             poll_interval: Duration::from_millis(250),
+            prepare: true,
         }
     }
 
