@@ -39,8 +39,8 @@ mod pg {
     event_id UUID NOT NULL,
     event_type TEXT COLLATE "C" NOT NULL,
     schema_version INTEGER NOT NULL,
-    payload JSONB NOT NULL,
-    metadata JSONB,
+    payload JSON NOT NULL,
+    metadata JSON,
     recorded_at BIGINT NOT NULL,
     CONSTRAINT raw_events_stream_version_key UNIQUE (stream_id, stream_version),
     CONSTRAINT raw_events_event_id_key UNIQUE (event_id)
@@ -49,11 +49,11 @@ mod pg {
     ];
     pub(super) const APPEND_ONE: &str = "INSERT INTO raw_events (stream_id, stream_version, \
         event_id, event_type, schema_version, payload, metadata, recorded_at) \
-        VALUES ($1, $2, $3, $4, $5, CAST($6 AS jsonb), CAST($7 AS jsonb), $8)";
+        VALUES ($1, $2, $3, $4, $5, CAST($6 AS json), CAST($7 AS json), $8)";
     /// larder's insert from arrays, without the stream-version row.
     pub(super) const APPEND_BATCH: &str = "INSERT INTO raw_events (stream_id, stream_version, \
         event_id, event_type, schema_version, payload, metadata, recorded_at) \
-        SELECT $1, $2 + u.ord, u.id, u.ty, u.sv, u.payload::jsonb, u.meta::jsonb, $8 \
+        SELECT $1, $2 + u.ord, u.id, u.ty, u.sv, u.payload::json, u.meta::json, $8 \
         FROM unnest($3::uuid[], $4::text[], $5::int4[], $6::text[], $7::text[]) \
         WITH ORDINALITY AS u(id, ty, sv, payload, meta, ord) ORDER BY u.ord";
     pub(super) const READ_STREAM: &str = "SELECT position, tx, stream_id, stream_version, \
