@@ -368,7 +368,10 @@ async fn main() -> Result<()> {
         .map_err(anyhow::Error::msg)?;
     events.save(&mut uow, &mut cart).await?;
     uow.commit().await?;
-    ensure!(cart.state().checked_out && cart.version() == 3, "checked out");
+    ensure!(
+        cart.state().checked_out && cart.version() == 3,
+        "checked out"
+    );
     println!("cart ada-1 checked out at version {}", cart.version());
 
     let _ = stop.send(());
