@@ -121,6 +121,10 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         })
     }
 
+    /// Called after a unit of work that appended events committed (PostgreSQL sends a
+    /// coalesced `NOTIFY` for subscribers in other processes). Must not block.
+    fn events_committed(&self) {}
+
     /// Wake-ups from other processes when events are appended (PostgreSQL
     /// `LISTEN/NOTIFY`); `None` where the backend has none (in-process wake-ups and polling
     /// still work). The stream ends when the connection is lost.

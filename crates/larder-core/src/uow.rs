@@ -579,6 +579,7 @@ impl Uow {
                     self.audit("uow.commit", Ok(()));
                     if self.appended.is_some() {
                         self.store.signals().log.send_modify(|n| *n += 1);
+                        self.store.backend().events_committed();
                     }
                     for hook in std::mem::take(&mut self.hooks.post_commit) {
                         hook();

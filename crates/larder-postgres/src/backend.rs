@@ -22,6 +22,8 @@ pub struct PgBackend {
     caps: Capabilities,
     record_query_text: bool,
     notify: bool,
+    /// Wakes the notifier task (started at the first commit that appended events).
+    notifier: Arc<std::sync::OnceLock<tokio::sync::watch::Sender<u64>>>,
 }
 
 const DEFAULT_MAX_CONNECTIONS: u32 = 8;
@@ -81,12 +83,15 @@ impl PgBackend {
                 .with_server_side_cancel(true),
             record_query_text: false,
             notify: true,
+            notifier: Arc::new(std::sync::OnceLock::new()),
         }
     }
 
-    /// Whether appends send `NOTIFY larder_events` so subscribers in other processes wake
-    /// at once (default on; off: they poll). PostgreSQL serializes the commits of
-    /// transactions that notified, briefly, on a database-wide lock.
+    /// Whether commits that appended events send `NOTIFY larder_events` so subscribers in
+    /// other processes wake at once (default on; off: they poll). The notification is sent
+    /// after the commit by a background task on a pooled connection, coalescing bursts —
+    /// not inside the appending transaction, because PostgreSQL serializes the commits of
+    /// transactions that notified on a database-wide lock.
     #[must_use]
     pub fn with_notify(mut self, yes: bool) -> Self {
         self.notify = yes;
@@ -129,7 +134,7 @@ impl Backend for PgBackend {
                 self.pool.begin().await
             }
             .map_err(|e| map(e, "uow.begin"))?;
-            let mut tx = PgTransaction::new(tx, self.record_query_text, self.notify);
+            let mut tx = PgTransaction::new(tx, self.record_query_text);
             tx.set_deadline(opts.deadline);
             Ok(Box::new(SqlTransaction(tx)) as Box<dyn Transaction>)
         })
@@ -177,6 +182,42 @@ impl Backend for PgBackend {
                     )
                 })
         })
+    }
+
+    fn events_committed(&self) {
+        if !self.notify {
+            return;
+        }
+        let tx = self.notifier.get_or_init(|| {
+            let (tx, mut rx) = tokio::sync::watch::channel(0u64);
+            let pool = self.pool.clone();
+            tokio::spawn(async move {
+                let mut schema: Option<String> = None;
+                while rx.changed().await.is_ok() {
+                    rx.mark_unchanged();
+                    if schema.is_none() {
+                        schema = sqlx::query_scalar("SELECT current_schema()::text")
+                            .fetch_one(&pool)
+                            .await
+                            .ok();
+                    }
+                    let Some(s) = &schema else { continue };
+                    if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
+                        .bind(crate::events::NOTIFY_CHANNEL)
+                        .bind(s)
+                        .execute(&pool)
+                        .await
+                    {
+                        tracing::debug!(target: "larder::events", error = %e, "notify failed; subscribers will poll");
+                        if pool.is_closed() {
+                            return;
+                        }
+                    }
+                }
+            });
+            tx
+        });
+        tx.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     fn listen_events(&self) -> BoxFuture<'_, Result<Option<BoxStream<'static, ()>>>> {

@@ -18,11 +18,16 @@
 //! **Appends are one round trip**: a data-modifying CTE checks and moves the stream's
 //! version (`larder_streams`, a conditional upsert or update: concurrent appenders with the
 //! same expectation queue on the row and exactly one wins) and inserts the events from
-//! arrays; when the version check fails, or one of the event ids is already stored (a
-//! retry), nothing is inserted and no error is raised, so the transaction stays usable
-//! and the event store can tell "already appended" from a conflict. (Two transactions
-//! racing to append the *same new* event id: the second fails on the unique index.) The same statement sends `NOTIFY larder_events` (payload:
-//! the schema) for live subscribers in other processes.
+//! arrays with `ON CONFLICT (event_id) DO NOTHING`. When the version check fails nothing is
+//! written and no error is raised, so the transaction stays usable. When an event id was
+//! already stored (a retry after an unknown commit outcome), fewer rows come back than
+//! were sent: a second statement undoes the append's writes and the event store reports
+//! "already appended". No statement probes the event ids on the common path.
+//!
+//! **Wake-ups**: after a commit that appended, the backend's notifier task sends
+//! `NOTIFY larder_events` (payload: the schema) on a pooled connection, coalescing bursts;
+//! the notification is not part of the appending transaction, whose commit would otherwise
+//! take PostgreSQL's database-wide notification lock.
 
 use larder_core::backend::BoxFuture;
 use larder_core::events::{
@@ -45,88 +50,49 @@ const COLS: &str = "position, tx, stream_id, stream_version, event_id, event_typ
 
 /// The statement of one append, by expectation: `$1` stream, `$2` number of events,
 /// `$3..$7` the event arrays, `$8` recorded_at, `$9` the expected version.
-fn append_sql(expected: ExpectedVersion, notify: bool) -> &'static str {
-    // The stream statement moves the version only if the expectation holds, none of the
-    // event ids is stored yet, and no younger transaction appended to the stream last.
+fn append_sql(expected: ExpectedVersion) -> &'static str {
+    // `p`: the stream's last appender before this statement (for the rare repair).
+    // `s`: moves the version only if the expectation holds and no younger transaction
+    // appended to the stream last. `e`: inserts the events; a stored event id is skipped
+    // (`ON CONFLICT DO NOTHING`), which the caller detects by the count and repairs.
     macro_rules! stmt {
-        ($stream:literal, $notify:literal) => {
+        ($stream:literal) => {
             concat!(
-                "WITH s AS (",
+                "WITH p AS (SELECT last_tx FROM larder_streams WHERE stream_id = $1), s AS (",
                 $stream,
                 "), e AS (INSERT INTO larder_events (stream_id, stream_version, event_id, \
                  event_type, schema_version, payload, metadata, recorded_at) \
                  SELECT $1, s.version - $2 + u.ord, u.id, u.ty, u.sv, u.payload::json, \
                  u.meta::json, $8 FROM s, unnest($3::uuid[], $4::text[], $5::int4[], \
                  $6::text[], $7::text[]) WITH ORDINALITY AS u(id, ty, sv, payload, meta, ord) \
-                 ORDER BY u.ord RETURNING position, tx) \
+                 ORDER BY u.ord ON CONFLICT (event_id) DO NOTHING RETURNING position, tx) \
                  SELECT (SELECT version FROM s), (SELECT max(position) FROM e), \
-                 (SELECT max(tx) FROM e)",
-                $notify
+                 (SELECT max(tx) FROM e), (SELECT count(*) FROM e), (SELECT last_tx FROM p)"
             )
         };
     }
-    macro_rules! any {
-        ($notify:literal) => {
-            stmt!(
-                "INSERT INTO larder_streams AS t (stream_id, version, last_tx) SELECT $1, $2, \
-                 pg_current_xact_id()::text::bigint WHERE NOT EXISTS (SELECT 1 FROM \
-                 larder_events WHERE event_id = ANY($3::uuid[])) ON CONFLICT (stream_id) DO \
-                 UPDATE SET version = t.version + $2, last_tx = excluded.last_tx \
-                 WHERE t.last_tx <= excluded.last_tx RETURNING t.version",
-                $notify
-            )
-        };
-    }
-    macro_rules! no_stream {
-        ($notify:literal) => {
-            stmt!(
-                "INSERT INTO larder_streams (stream_id, version, last_tx) SELECT $1, $2, \
-                 pg_current_xact_id()::text::bigint WHERE NOT EXISTS (SELECT 1 FROM \
-                 larder_events WHERE event_id = ANY($3::uuid[])) ON CONFLICT (stream_id) \
-                 DO NOTHING RETURNING version",
-                $notify
-            )
-        };
-    }
-    macro_rules! exists {
-        ($notify:literal) => {
-            stmt!(
-                "UPDATE larder_streams SET version = version + $2, last_tx = \
-                 pg_current_xact_id()::text::bigint WHERE stream_id = $1 AND last_tx <= \
-                 pg_current_xact_id()::text::bigint AND NOT EXISTS (SELECT 1 FROM \
-                 larder_events WHERE event_id = ANY($3::uuid[])) RETURNING version",
-                $notify
-            )
-        };
-    }
-    macro_rules! exact {
-        ($notify:literal) => {
-            stmt!(
-                "UPDATE larder_streams SET version = version + $2, last_tx = \
-                 pg_current_xact_id()::text::bigint WHERE stream_id = $1 AND version = $9 \
-                 AND last_tx <= pg_current_xact_id()::text::bigint AND NOT EXISTS (SELECT 1 \
-                 FROM larder_events WHERE event_id = ANY($3::uuid[])) RETURNING version",
-                $notify
-            )
-        };
-    }
-    match (expected, notify) {
-        (ExpectedVersion::Any, true) => {
-            any!(", (SELECT count(*) FROM s, pg_notify('larder_events', current_schema()))")
-        }
-        (ExpectedVersion::Any, false) => any!(""),
-        (ExpectedVersion::NoStream | ExpectedVersion::Exact(0), true) => {
-            no_stream!(", (SELECT count(*) FROM s, pg_notify('larder_events', current_schema()))")
-        }
-        (ExpectedVersion::NoStream | ExpectedVersion::Exact(0), false) => no_stream!(""),
-        (ExpectedVersion::StreamExists, true) => {
-            exists!(", (SELECT count(*) FROM s, pg_notify('larder_events', current_schema()))")
-        }
-        (ExpectedVersion::StreamExists, false) => exists!(""),
-        (ExpectedVersion::Exact(_), true) => {
-            exact!(", (SELECT count(*) FROM s, pg_notify('larder_events', current_schema()))")
-        }
-        (ExpectedVersion::Exact(_), false) => exact!(""),
+    match expected {
+        ExpectedVersion::Any => stmt!(
+            "INSERT INTO larder_streams AS t (stream_id, version, last_tx) VALUES ($1, $2, \
+             pg_current_xact_id()::text::bigint) ON CONFLICT (stream_id) DO UPDATE SET \
+             version = t.version + $2, last_tx = excluded.last_tx \
+             WHERE t.last_tx <= excluded.last_tx RETURNING t.version"
+        ),
+        ExpectedVersion::NoStream | ExpectedVersion::Exact(0) => stmt!(
+            "INSERT INTO larder_streams (stream_id, version, last_tx) VALUES ($1, $2, \
+             pg_current_xact_id()::text::bigint) ON CONFLICT (stream_id) DO NOTHING \
+             RETURNING version"
+        ),
+        ExpectedVersion::StreamExists => stmt!(
+            "UPDATE larder_streams SET version = version + $2, last_tx = \
+             pg_current_xact_id()::text::bigint WHERE stream_id = $1 AND last_tx <= \
+             pg_current_xact_id()::text::bigint RETURNING version"
+        ),
+        ExpectedVersion::Exact(_) => stmt!(
+            "UPDATE larder_streams SET version = version + $2, last_tx = \
+             pg_current_xact_id()::text::bigint WHERE stream_id = $1 AND version = $9 \
+             AND last_tx <= pg_current_xact_id()::text::bigint RETURNING version"
+        ),
     }
 }
 
@@ -251,7 +217,6 @@ impl EventTransaction for PgTransaction {
         Box::pin(async move {
             let n = i64::try_from(events.len()).unwrap_or(i64::MAX);
             let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
-            let ids_again = ids.clone();
             let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
             let versions: Vec<i32> = events
                 .iter()
@@ -260,7 +225,7 @@ impl EventTransaction for PgTransaction {
             let payloads: Vec<&str> = events.iter().map(|e| e.payload.as_str()).collect();
             let metas: Vec<Option<&str>> = events.iter().map(|e| e.metadata.as_deref()).collect();
             let recorded = events.first().map_or(0, |e| e.recorded_at_micros);
-            let mut q = sqlx::query(append_sql(expected, self.notify))
+            let mut q = sqlx::query(append_sql(expected))
                 .bind(stream)
                 .bind(n)
                 .bind(ids)
@@ -275,39 +240,61 @@ impl EventTransaction for PgTransaction {
                 q = q.bind(i64_of(v));
             }
             let rows = self.ev_fetch_all(q, "events.append").await?;
+            let d = dec("events.append");
             let row = rows
                 .first()
                 .ok_or_else(|| Error::backend(crate::error::BACKEND, "append returned no row"))?;
-            let version: Option<i64> = row.try_get(0).map_err(dec("events.append"))?;
+            let version: Option<i64> = row.try_get(0).map_err(&d)?;
             if let Some(version) = version {
-                let pos: Option<i64> = row.try_get(1).map_err(dec("events.append"))?;
-                let tx: Option<i64> = row.try_get(2).map_err(dec("events.append"))?;
-                let cp = checkpoint(tx.unwrap_or(0), pos.unwrap_or(0))?;
-                return Ok(Ok((u64_of(version, "version")?, cp)));
+                let inserted: i64 = row.try_get(3).map_err(&d)?;
+                if inserted == n {
+                    let pos: Option<i64> = row.try_get(1).map_err(&d)?;
+                    let tx: Option<i64> = row.try_get(2).map_err(&d)?;
+                    let cp = checkpoint(tx.unwrap_or(0), pos.unwrap_or(0))?;
+                    return Ok(Ok((u64_of(version, "version")?, cp)));
+                }
+                // An event id was already stored (a retry): undo this statement's
+                // writes, so nothing of the append remains.
+                let before: Option<i64> = row.try_get(4).map_err(&d)?;
+                let q = match before {
+                    None => sqlx::query(
+                        "WITH d AS (DELETE FROM larder_events WHERE stream_id = $1) \
+                         DELETE FROM larder_streams WHERE stream_id = $1",
+                    )
+                    .bind(stream),
+                    Some(last_tx) => sqlx::query(
+                        "WITH d AS (DELETE FROM larder_events WHERE stream_id = $1 AND \
+                         stream_version > $2 AND stream_version <= $3) UPDATE larder_streams \
+                         SET version = $2, last_tx = $4 WHERE stream_id = $1",
+                    )
+                    .bind(stream)
+                    .bind(version - n)
+                    .bind(version)
+                    .bind(last_tx),
+                };
+                self.ev_execute(q, "events.append").await?;
+                let actual = before.map(|_| u64_of(version - n, "version")).transpose()?;
+                return Ok(Err(actual));
             }
-            // Nothing was written: a wrong version, a stored event id (a retry), or a
-            // younger transaction appended to the stream last.
+            // Nothing was written: a wrong version, or a younger transaction appended to
+            // the stream last.
             let q = sqlx::query(
-                "SELECT version, last_tx > pg_current_xact_id()::text::bigint, EXISTS (SELECT 1 \
-                 FROM larder_events WHERE event_id = ANY($2::uuid[])) FROM larder_streams \
-                 WHERE stream_id = $1",
+                "SELECT version, last_tx > pg_current_xact_id()::text::bigint \
+                 FROM larder_streams WHERE stream_id = $1",
             )
-            .bind(stream)
-            .bind(&ids_again);
+            .bind(stream);
             let rows = self.ev_fetch_all(q, "events.append").await?;
             let Some(r) = rows.first() else {
                 return Ok(Err(None));
             };
-            let d = dec("events.append");
             let actual = u64_of(r.try_get::<i64, _>(0).map_err(&d)?, "version")?;
             let younger: bool = r.try_get(1).map_err(&d)?;
-            let stored: bool = r.try_get(2).map_err(&d)?;
             let satisfied = match expected {
                 ExpectedVersion::Any | ExpectedVersion::StreamExists => true,
                 ExpectedVersion::NoStream => false,
                 ExpectedVersion::Exact(n) => n == actual,
             };
-            if satisfied && younger && !stored {
+            if satisfied && younger {
                 // Appending now would put this stream's new events before the younger
                 // transaction's in the global log: run the unit of work again (it gets a
                 // younger transaction id).
@@ -328,7 +315,10 @@ impl EventTransaction for PgTransaction {
                 "SELECT event_id, stream_id, stream_version, tx, position FROM larder_events \
                  WHERE event_id = ANY($1)",
             )
-            .bind(ids);
+            .bind(ids)
+            // Planned per execution: a generic plan cached while the table was small
+            // would scan it.
+            .persistent(false);
             let rows = self.ev_fetch_all(q, "events.append").await?;
             rows.iter()
                 .map(|r| {

@@ -24,8 +24,6 @@ pub struct PgTransaction {
     /// clears `aborted` (that is how PostgreSQL recovers from an error inside a scope).
     healthy_savepoints: Vec<String>,
     record_sql: bool,
-    /// Appends send `NOTIFY larder_events`.
-    pub(crate) notify: bool,
 }
 
 impl std::fmt::Debug for PgTransaction {
@@ -39,11 +37,7 @@ impl std::fmt::Debug for PgTransaction {
 }
 
 impl PgTransaction {
-    pub(crate) fn new(
-        tx: sqlx::Transaction<'static, Postgres>,
-        record_sql: bool,
-        notify: bool,
-    ) -> Self {
+    pub(crate) fn new(tx: sqlx::Transaction<'static, Postgres>, record_sql: bool) -> Self {
         PgTransaction {
             tx: Some(tx),
             deadline: None,
@@ -51,7 +45,6 @@ impl PgTransaction {
             aborted: None,
             healthy_savepoints: Vec::new(),
             record_sql,
-            notify,
         }
     }
 

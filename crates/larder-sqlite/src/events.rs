@@ -85,9 +85,7 @@ fn read_all_sql(categories: bool, types: bool) -> String {
         filter.push_str(" AND event_type IN (SELECT value FROM json_each(?4))");
     }
     format!(
-        "SELECT h.head, e.* FROM (SELECT max(position) AS head FROM larder_events) h \
-         LEFT JOIN (SELECT {COLS} FROM larder_events WHERE position > ?1{filter} \
-         ORDER BY position LIMIT ?2) e ON 1 ORDER BY e.position"
+        "SELECT {COLS} FROM larder_events WHERE position > ?1{filter} ORDER BY position LIMIT ?2"
     )
 }
 
@@ -321,16 +319,20 @@ impl EventTransaction for SqliteTransaction {
                 q = q.bind(json(&filter.event_types)?);
             }
             let rows = self.ev_fetch_all(q, "events.read_all").await?;
-            let d = |e| map(e, "events.read_all");
-            let mut head = None;
-            let mut events = Vec::with_capacity(rows.len());
-            for r in &rows {
-                let h: Option<i64> = r.try_get(0).map_err(d)?;
-                head = Some(Checkpoint::new(0, u64_of(h.unwrap_or(0), "position")?));
-                if r.try_get::<Option<i64>, _>(1).map_err(d)?.is_some() {
-                    events.push(event(r, 1)?);
-                }
-            }
+            let events = rows
+                .iter()
+                .map(|r| event(r, 0))
+                .collect::<Result<Vec<_>>>()?;
+            // A short page reached the end: report how far the log goes, so the reader's
+            // checkpoint passes filtered-out events. Same transaction, same snapshot (a
+            // read transaction keeps its snapshot; a write one holds the only write lock).
+            let head = if events.len() < limit as usize {
+                let q = sqlx::query("SELECT max(position) FROM larder_events");
+                let h = self.ev_i64(q, "events.read_all").await?.unwrap_or(0);
+                Some(Checkpoint::new(0, u64_of(h, "position")?))
+            } else {
+                None
+            };
             Ok(ReadAllBatch { events, head })
         })
     }
