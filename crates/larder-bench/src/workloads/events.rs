@@ -1,6 +1,6 @@
 //! W1–W4, the event store: single-event appends, batch appends, stream reads and
 //! global-log reads, larder's `EventStore` against the raw baseline of
-//! [`raw_events`](crate::raw_events).
+//! [`raw_events`].
 //!
 //! W1 and W2 write: every run starts from a fresh database (larder's event tables created
 //! by `EventStore::open`, `raw_events` by hand-written DDL checked against them), and the
