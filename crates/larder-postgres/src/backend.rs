@@ -28,6 +28,9 @@ pub struct PgBackend {
 
 const DEFAULT_MAX_CONNECTIONS: u32 = 8;
 
+/// The shortest time between two `NOTIFY larder_events` of one backend.
+const NOTIFY_INTERVAL: Duration = Duration::from_millis(5);
+
 // Hand-written: connection options can hold a password; print only what is safe.
 impl std::fmt::Debug for PgBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -89,7 +92,8 @@ impl PgBackend {
 
     /// Whether commits that appended events send `NOTIFY larder_events` so subscribers in
     /// other processes wake at once (default on; off: they poll). The notification is sent
-    /// after the commit by a background task on a pooled connection, coalescing bursts —
+    /// after the commit by a background task on a pooled connection, at most once per
+    /// 5 ms (commits in between are coalesced) —
     /// not inside the appending transaction, because PostgreSQL serializes the commits of
     /// transactions that notified on a database-wide lock.
     #[must_use]
@@ -213,6 +217,9 @@ impl Backend for PgBackend {
                             return;
                         }
                     }
+                    // At most one notification per interval: commits in between are
+                    // coalesced into the next one (a listener reads everything new anyway).
+                    tokio::time::sleep(NOTIFY_INTERVAL).await;
                 }
             });
             tx

@@ -1,4 +1,3 @@
 DROP TABLE IF EXISTS larder_checkpoints;
 DROP TABLE IF EXISTS larder_snapshots;
 DROP TABLE IF EXISTS larder_events;
-DROP TABLE IF EXISTS larder_streams;

@@ -3,12 +3,10 @@
 --
 -- No gaps, no skips: SQLite has one writer at a time (larder opens write transactions with
 -- BEGIN IMMEDIATE), so AUTOINCREMENT positions are allocated in commit order, and
--- AUTOINCREMENT never reuses a position, not even after a rollback of the newest events.
-
-CREATE TABLE larder_streams (
-    stream_id TEXT NOT NULL PRIMARY KEY,
-    version INTEGER NOT NULL CHECK (version >= 0)
-) STRICT;
+-- AUTOINCREMENT never reuses a committed position.
+--
+-- No streams table: with one writer, a stream's version is its highest event version
+-- (from the (stream_id, stream_version) index), and an append writes one table.
 
 CREATE TABLE larder_events (
     position INTEGER PRIMARY KEY AUTOINCREMENT,
