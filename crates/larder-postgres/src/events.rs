@@ -51,14 +51,13 @@ const COLS: &str = "position, tx, stream_id, stream_version, event_id, event_typ
 /// The statement of one append, by expectation: `$1` stream, `$2` number of events,
 /// `$3..$7` the event arrays, `$8` recorded_at, `$9` the expected version.
 fn append_sql(expected: ExpectedVersion) -> &'static str {
-    // `p`: the stream's last appender before this statement (for the rare repair).
     // `s`: moves the version only if the expectation holds and no younger transaction
     // appended to the stream last. `e`: inserts the events; a stored event id is skipped
     // (`ON CONFLICT DO NOTHING`), which the caller detects by the count and repairs.
     macro_rules! stmt {
         ($stream:literal) => {
             concat!(
-                "WITH p AS (SELECT last_tx FROM larder_streams WHERE stream_id = $1), s AS (",
+                "WITH s AS (",
                 $stream,
                 "), e AS (INSERT INTO larder_events (stream_id, stream_version, event_id, \
                  event_type, schema_version, payload, metadata, recorded_at) \
@@ -67,7 +66,7 @@ fn append_sql(expected: ExpectedVersion) -> &'static str {
                  $6::text[], $7::text[]) WITH ORDINALITY AS u(id, ty, sv, payload, meta, ord) \
                  ORDER BY u.ord ON CONFLICT (event_id) DO NOTHING RETURNING position, tx) \
                  SELECT (SELECT version FROM s), (SELECT max(position) FROM e), \
-                 (SELECT max(tx) FROM e), (SELECT count(*) FROM e), (SELECT last_tx FROM p)"
+                 (SELECT max(tx) FROM e), (SELECT count(*) FROM e)"
             )
         };
     }
@@ -255,25 +254,30 @@ impl EventTransaction for PgTransaction {
                 }
                 // An event id was already stored (a retry): undo this statement's
                 // writes, so nothing of the append remains.
-                let before: Option<i64> = row.try_get(4).map_err(&d)?;
-                let q = match before {
-                    None => sqlx::query(
+                // (A stream is never stored at version 0: back at 0, it did not exist.)
+                let before = version - n;
+                let q = if before == 0 {
+                    sqlx::query(
                         "WITH d AS (DELETE FROM larder_events WHERE stream_id = $1) \
                          DELETE FROM larder_streams WHERE stream_id = $1",
                     )
-                    .bind(stream),
-                    Some(last_tx) => sqlx::query(
+                    .bind(stream)
+                } else {
+                    // `last_tx` stays this transaction's id: at worst an older transaction
+                    // appending to the stream later retries once.
+                    sqlx::query(
                         "WITH d AS (DELETE FROM larder_events WHERE stream_id = $1 AND \
                          stream_version > $2 AND stream_version <= $3) UPDATE larder_streams \
-                         SET version = $2, last_tx = $4 WHERE stream_id = $1",
+                         SET version = $2 WHERE stream_id = $1",
                     )
                     .bind(stream)
-                    .bind(version - n)
+                    .bind(before)
                     .bind(version)
-                    .bind(last_tx),
                 };
                 self.ev_execute(q, "events.append").await?;
-                let actual = before.map(|_| u64_of(version - n, "version")).transpose()?;
+                let actual = (before > 0)
+                    .then(|| u64_of(before, "version"))
+                    .transpose()?;
                 return Ok(Err(actual));
             }
             // Nothing was written: a wrong version, or a younger transaction appended to
