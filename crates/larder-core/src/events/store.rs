@@ -483,6 +483,10 @@ impl EventStore {
     ///   [`AppendResult::already_appended`] set, never a duplicate.
     /// - Empty stream ids, bad type names, invalid JSON and oversized payloads or batches
     ///   are typed errors before any I/O.
+    /// - On PostgreSQL, a unit of work whose transaction is older than the stream's last
+    ///   appender fails with a retryable [`Error::Transient`] (appending would put the
+    ///   stream's events out of version order in the global log): run it again, e.g. in
+    ///   [`Store::transaction`](crate::Store::transaction), which does so by itself.
     pub async fn append(
         &self,
         uow: &mut Uow,
