@@ -501,7 +501,7 @@ impl EventTransaction for PgTransaction {
             .bind(i64_of(s.stream_version))
             .bind(i32::try_from(s.schema_version).unwrap_or(i32::MAX))
             .bind(&s.state)
-            .bind(now());
+            .bind(larder_core::events::now_micros());
             self.ev_execute(q, "events.save_snapshot").await.map(|_| ())
         })
     }
@@ -599,10 +599,4 @@ impl EventTransaction for PgTransaction {
                 .collect()
         })
     }
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }

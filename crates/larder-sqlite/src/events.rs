@@ -409,7 +409,7 @@ impl EventTransaction for SqliteTransaction {
             .bind(i64_of(s.stream_version))
             .bind(i64::from(s.schema_version))
             .bind(&s.state)
-            .bind(now());
+            .bind(larder_core::events::now_micros());
             self.ev_execute(q, "events.save_snapshot").await.map(|_| ())
         })
     }
@@ -504,10 +504,4 @@ impl EventTransaction for SqliteTransaction {
                 .collect()
         })
     }
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }

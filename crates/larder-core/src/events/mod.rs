@@ -42,7 +42,7 @@ mod types;
 pub use aggregate::{Aggregate, EventSourced};
 pub use backend::{EventTransaction, LogStats, NewEvent, ReadAllBatch, StoredCheckpoint};
 pub use projection::{Projection, ProjectionRunner, ProjectionStatus, RebuildProgress};
-pub use store::{EventLimits, EventStore, EventStoreBuilder, Upcaster};
+pub use store::{EventLimits, EventStore, EventStoreBuilder, Upcaster, now_micros};
 pub use subscription::Subscription;
 pub use types::{
     AppendResult, Checkpoint, DomainEvent, EventData, EventFilter, ExpectedVersion, Metadata,

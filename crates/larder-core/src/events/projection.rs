@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::store::EventStore;
+use super::subscription::LogWaker;
 use super::types::{Checkpoint, EventFilter, RecordedEvent};
 use crate::backend::BoxFuture;
 use crate::error::{Error, Result};
@@ -238,37 +239,12 @@ impl ProjectionRunner {
     }
 
     async fn follow(&self, p: Arc<dyn DynProjection>) -> Result<()> {
-        let poll = self.events.inner.poll_interval;
-        let mut local = self.events.store().signals().log.subscribe();
-        let mut remote = self
-            .events
-            .store()
-            .backend()
-            .listen_events()
-            .await
-            .ok()
-            .flatten();
+        let mut waker = LogWaker::new(&self.events).await;
         loop {
-            local.mark_unchanged();
+            waker.mark_seen();
             let (_, end) = self.step(p.as_ref()).await?;
             if end {
-                let local_wake = Box::pin(local.changed());
-                let remote_wake: BoxFuture<'_, bool> = match remote.as_mut() {
-                    Some(r) => {
-                        Box::pin(async move { futures_util::StreamExt::next(r).await.is_some() })
-                    }
-                    None => Box::pin(std::future::pending()),
-                };
-                let woke = tokio::time::timeout(
-                    poll,
-                    futures_util::future::select(local_wake, remote_wake),
-                )
-                .await;
-                let lost = matches!(woke, Ok(futures_util::future::Either::Right((false, _))));
-                drop(woke);
-                if lost {
-                    remote = None;
-                }
+                waker.wait().await;
             }
         }
     }

@@ -267,7 +267,8 @@ macro_rules! run {
     }};
 }
 
-pub(crate) fn now_micros() -> i64 {
+/// Now, in microseconds since the Unix epoch (the event store's timestamp unit).
+pub fn now_micros() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))

@@ -99,6 +99,57 @@ impl Stream for Subscription {
     }
 }
 
+/// Waits for the log to move: an in-process commit that appended, a wake-up from another
+/// process (PostgreSQL `LISTEN/NOTIFY`), or the poll interval, whichever comes first.
+/// Shared by subscriptions and projection runners.
+pub(crate) struct LogWaker {
+    local: tokio::sync::watch::Receiver<u64>,
+    remote: Option<BoxStream<'static, ()>>,
+    poll: std::time::Duration,
+}
+
+impl LogWaker {
+    pub(crate) async fn new(events: &EventStore) -> LogWaker {
+        LogWaker {
+            local: events.store().signals().log.subscribe(),
+            remote: events
+                .store()
+                .backend()
+                .listen_events()
+                .await
+                .ok()
+                .flatten(),
+            poll: events.inner.poll_interval,
+        }
+    }
+
+    /// Call before reading: a commit after this point ends the next [`LogWaker::wait`].
+    pub(crate) fn mark_seen(&mut self) {
+        self.local.mark_unchanged();
+    }
+
+    /// Sleeps until the log may have moved (or the poll interval passed).
+    pub(crate) async fn wait(&mut self) {
+        let local_wake = Box::pin(self.local.changed());
+        let remote_wake: Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>> =
+            match self.remote.as_mut() {
+                Some(r) => Box::pin(async move { r.next().await.is_some() }),
+                None => Box::pin(std::future::pending()),
+            };
+        let woke = tokio::time::timeout(
+            self.poll,
+            futures_util::future::select(local_wake, remote_wake),
+        )
+        .await;
+        let lost = matches!(woke, Ok(futures_util::future::Either::Right((false, _))));
+        drop(woke);
+        if lost {
+            // The notification connection is gone: fall back to polling.
+            self.remote = None;
+        }
+    }
+}
+
 async fn follow(
     events: EventStore,
     mut cp: Checkpoint,
@@ -107,16 +158,9 @@ async fn follow(
     tx: mpsc::Sender<Result<RecordedEvent>>,
 ) {
     let poll = events.inner.poll_interval;
-    let mut local = events.store().signals().log.subscribe();
-    let mut remote: Option<BoxStream<'static, ()>> = events
-        .store()
-        .backend()
-        .listen_events()
-        .await
-        .ok()
-        .flatten();
+    let mut waker = LogWaker::new(&events).await;
     loop {
-        local.mark_unchanged();
+        waker.mark_seen();
         let batch = async {
             let mut uow = events.store().read().await?;
             let b = events.read_all(&mut uow, cp, page, &filter).await?;
@@ -141,21 +185,7 @@ async fn follow(
         }
         cp = batch.next;
         if batch.end_of_log {
-            let local_wake = Box::pin(local.changed());
-            let remote_wake: Pin<Box<dyn std::future::Future<Output = bool> + Send>> =
-                match remote.as_mut() {
-                    Some(r) => Box::pin(async move { r.next().await.is_some() }),
-                    None => Box::pin(std::future::pending()),
-                };
-            let woke =
-                tokio::time::timeout(poll, futures_util::future::select(local_wake, remote_wake))
-                    .await;
-            let lost = matches!(woke, Ok(futures_util::future::Either::Right((false, _))));
-            drop(woke);
-            if lost {
-                // The notification connection is gone: fall back to polling.
-                remote = None;
-            }
+            waker.wait().await;
         }
     }
 }
