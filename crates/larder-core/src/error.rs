@@ -84,6 +84,20 @@ pub enum Error {
         kind: TransientKind,
     },
 
+    /// The database rolled the transaction back because a statement in it had failed (an
+    /// error that was caught and ignored, raw SQL through a backend extension, a stream
+    /// dropped after an error): nothing of the unit of work was committed.
+    #[error(
+        "{operation} failed: the database had already aborted the transaction because an earlier statement failed{}; nothing was committed, run the unit of work again",
+        fmt_cause(.cause)
+    )]
+    TransactionAborted {
+        /// The operation that found out (`uow.commit`, `uow.release_savepoint`).
+        operation: &'static str,
+        /// The first failure larder saw in this transaction, when it saw one.
+        cause: Option<String>,
+    },
+
     /// A field name that the entity does not register.
     #[error("unknown field `{field}` on {entity}")]
     UnknownField {
@@ -210,6 +224,13 @@ pub enum Error {
     },
 }
 
+fn fmt_cause(cause: &Option<String>) -> String {
+    match cause {
+        Some(c) => format!(" ({c})"),
+        None => String::new(),
+    }
+}
+
 fn fmt_actual(actual: &Option<u64>) -> String {
     match actual {
         Some(v) => v.to_string(),
@@ -227,6 +248,7 @@ impl Error {
             Error::Conflict { .. } => "conflict",
             Error::DeadlineExceeded { .. } => "deadline_exceeded",
             Error::Transient { .. } => "transient",
+            Error::TransactionAborted { .. } => "transaction_aborted",
             Error::UnknownField { .. } => "unknown_field",
             Error::TypeMismatch { .. } => "type_mismatch",
             Error::InvalidQuery(_) => "invalid_query",

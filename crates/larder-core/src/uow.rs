@@ -516,6 +516,8 @@ impl Uow {
         self.savepoints += 1;
         let name = format!("larder_sp_{}", self.savepoints);
         let hooks_before = self.hooks.lens();
+        // Events appended inside the scope are undone with it: so is their position.
+        let appended_before = self.appended;
         let deadline = self.deadline;
         let span = self.span_for("larder.uow.savepoint");
         let tx = self.tx_mut()?;
@@ -540,6 +542,7 @@ impl Uow {
             }
             Err(_) => {
                 self.hooks.truncate(hooks_before);
+                self.appended = appended_before;
                 let tx = self.tx_mut()?;
                 bounded(
                     deadline,
@@ -570,9 +573,12 @@ impl Uow {
                     }
                 }
             }
-            let Some(tx) = self.tx.take() else {
+            let Some(mut tx) = self.tx.take() else {
                 return Err(Error::Closed("unit of work"));
             };
+            // A per-call deadline (`Repo::with_deadline`) bounded its call only: the commit
+            // is bounded by the unit of work's own deadline, on every backend.
+            tx.set_deadline(self.deadline);
             let r = bounded(self.deadline, "uow.commit", tx.commit()).await;
             match r {
                 Ok(()) => {

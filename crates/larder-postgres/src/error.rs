@@ -25,6 +25,14 @@ pub(crate) fn map(e: sqlx::Error, operation: &'static str) -> Error {
                     kind: TransientKind::Busy,
                 };
             }
+            // in_failed_sql_transaction: an earlier statement failed and the server aborted
+            // the transaction; every statement but ROLLBACK fails until it ends.
+            "25P02" => {
+                return Error::TransactionAborted {
+                    operation,
+                    cause: None,
+                };
+            }
             // query_canceled: our statement_timeout fired.
             "57014" => return Error::DeadlineExceeded { operation },
             _ => {}

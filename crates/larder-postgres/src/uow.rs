@@ -93,13 +93,16 @@ impl PgTransaction {
                 Error::DeadlineExceeded { .. } => Error::DeadlineExceeded {
                     operation: "uow.commit",
                 },
-                other => Error::backend(
-                    crate::error::BACKEND,
-                    format!(
-                        "the transaction was aborted by an earlier error ({}) and has been rolled back",
-                        other.kind()
-                    ),
-                ),
+                // Retryable causes stay retryable: `Store::transaction` runs it again.
+                Error::Transient { kind } => Error::Transient { kind: *kind },
+                Error::TransactionAborted { cause, .. } => Error::TransactionAborted {
+                    operation: "uow.commit",
+                    cause: cause.clone(),
+                },
+                other => Error::TransactionAborted {
+                    operation: "uow.commit",
+                    cause: Some(one_line(&other.to_string())),
+                },
             });
         }
         e
@@ -131,6 +134,32 @@ impl PgTransaction {
             Ok(_) => Ok(()),
             Err(e) => Err(self.note(map(e, op))),
         }
+    }
+}
+
+/// An error message quoted inside another: one line, control characters escaped, bounded.
+fn one_line(s: &str) -> String {
+    let mut out: String = s.chars().take(200).flat_map(char::escape_debug).collect();
+    if s.chars().count() > 200 {
+        out.push('…');
+    }
+    out
+}
+
+/// Whether `e` is a database error with this SQLSTATE.
+fn has_sqlstate(e: &sqlx::Error, code: &str) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some(code))
+}
+
+/// An error found while arming the commit's deadline: in an aborted transaction every
+/// statement fails with 25P02, which the error map reports as `TransactionAborted`.
+fn aborted_at_commit(e: Error, cause: Option<String>) -> Error {
+    match e {
+        Error::TransactionAborted { .. } => Error::TransactionAborted {
+            operation: "uow.commit",
+            cause,
+        },
+        other => other,
     }
 }
 
@@ -264,18 +293,65 @@ impl SqlDriver for PgTransaction {
     fn commit(mut self) -> BoxFuture<'static, Result<()>> {
         Box::pin(async move {
             if let Some(e) = self.aborted.take() {
-                // COMMIT of an aborted transaction "succeeds" as a ROLLBACK: refuse it.
+                // A statement of ours failed: the server has aborted the transaction.
                 if let Some(tx) = self.tx.take() {
                     let _ = tx.rollback().await;
                 }
                 return Err(e);
             }
-            self.arm().await?;
-            let tx = self
+            self.arm().await.map_err(|e| aborted_at_commit(e, None))?;
+            let mut tx = self
                 .tx
                 .take()
                 .ok_or(Error::Closed("postgresql transaction"))?;
-            tx.commit().await.map_err(|e| map(e, "uow.commit"))
+            // Whether the transaction commits is decided by the server, not by bookkeeping:
+            // a failed statement larder never saw (raw SQL through `PgUowExt`, a stream
+            // dropped after an error) aborts the transaction, and PostgreSQL then answers
+            // `COMMIT` with the tag `ROLLBACK` — which sqlx does not expose. So the commit is
+            // one simple query, one round trip, led by a probe the server answers: `SAVEPOINT`
+            // fails with 25P02 in an aborted transaction and with 25P01 when there is no
+            // transaction any more (raw `COMMIT`/`ROLLBACK` through the extension), and the
+            // rest of the string is then skipped; otherwise `COMMIT` runs (the probe
+            // subtransaction wrote nothing, so it costs no xid). The trailing `BEGIN` opens an
+            // empty transaction that keeps sqlx's own transaction depth true; the rollback
+            // sqlx queues when `tx` drops ends it (no xid, no snapshot: nothing to undo),
+            // flushed by the pool's release ping, off the caller's path.
+            match sqlx::raw_sql(AssertSqlSafe(
+                "SAVEPOINT larder_commit_probe; COMMIT; BEGIN",
+            ))
+            .execute(&mut *tx)
+            .await
+            {
+                Ok(_) => Ok(()),
+                Err(e) if has_sqlstate(&e, "25P02") => {
+                    let _ = tx.rollback().await;
+                    Err(Error::TransactionAborted {
+                        operation: "uow.commit",
+                        cause: None,
+                    })
+                }
+                Err(e) if has_sqlstate(&e, "25P01") => {
+                    let _ = sqlx::raw_sql(AssertSqlSafe("BEGIN"))
+                        .execute(&mut *tx)
+                        .await;
+                    Err(Error::TransactionAborted {
+                        operation: "uow.commit",
+                        cause: Some(
+                            "the transaction was ended by a statement run on the raw connection"
+                                .into(),
+                        ),
+                    })
+                }
+                Err(e) => {
+                    // COMMIT itself failed (deferred constraint, serialization failure,
+                    // lost connection): the server ended the transaction. Re-open an empty
+                    // one so the rollback sqlx queues on drop has a transaction to end.
+                    let _ = sqlx::raw_sql(AssertSqlSafe("BEGIN"))
+                        .execute(&mut *tx)
+                        .await;
+                    Err(map(e, "uow.commit"))
+                }
+            }
         })
     }
 

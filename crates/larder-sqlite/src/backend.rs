@@ -19,6 +19,15 @@ use crate::uow::SqliteTransaction;
 #[derive(Clone)]
 pub struct SqliteBackend {
     pool: SqlitePool,
+    /// The write permit: SQLite has one writer at a time, and its busy handler (sleep and
+    /// poll) is unfair — the writer that just committed takes the lock again while the
+    /// others sleep. Writers of this backend queue for this FIFO permit before `BEGIN
+    /// IMMEDIATE`, so `SQLITE_BUSY` only happens against other processes (or other
+    /// backends on the same file), and waits are in arrival order, bounded by the deadline.
+    writer: Arc<tokio::sync::Semaphore>,
+    /// How long a writer waits for the permit before `Transient(Busy)` (SQLite's own busy
+    /// timeout: the same contract as before, now in arrival order).
+    busy_timeout: Duration,
     caps: Capabilities,
     record_query_text: bool,
 }
@@ -74,7 +83,10 @@ impl SqliteBackend {
             .connect_with(opts)
             .await
             .map_err(|e| map(e, "connect"))?;
-        Ok(SqliteBackend::from_pool(pool).with_record_query_text(settings.record_query_text))
+        let mut backend =
+            SqliteBackend::from_pool(pool).with_record_query_text(settings.record_query_text);
+        backend.busy_timeout = settings.sqlite.busy_timeout;
+        Ok(backend)
     }
 
     /// Wraps an existing pool. The caller is responsible for its pragmas; prefer
@@ -82,6 +94,8 @@ impl SqliteBackend {
     pub fn from_pool(pool: SqlitePool) -> SqliteBackend {
         SqliteBackend {
             pool,
+            writer: Arc::new(tokio::sync::Semaphore::new(1)),
+            busy_timeout: Duration::from_secs(5),
             caps: Capabilities::default()
                 .with_regex(true)
                 .with_server_side_cancel(true),
@@ -108,6 +122,21 @@ impl SqliteBackend {
     }
 }
 
+impl SqliteBackend {
+    /// Waits (FIFO) for this backend's write permit.
+    async fn write_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit> {
+        match tokio::time::timeout(self.busy_timeout, self.writer.clone().acquire_owned()).await {
+            Ok(Ok(p)) => Ok(p),
+            Ok(Err(_)) => Err(Error::Closed("sqlite backend")),
+            // The same answer SQLite's busy handler gives after its timeout (a task that
+            // opens a second write unit of work while holding one ends up here, not hung).
+            Err(_) => Err(Error::Transient {
+                kind: larder_core::TransientKind::Busy,
+            }),
+        }
+    }
+}
+
 impl Backend for SqliteBackend {
     fn name(&self) -> &'static str {
         BACKEND
@@ -121,13 +150,20 @@ impl Backend for SqliteBackend {
         Box::pin(async move {
             // Writers take the write lock up front (BEGIN IMMEDIATE): a read-then-write
             // transaction can then never fail with SQLITE_BUSY on its first write.
+            // Writers queue in arrival order for the in-process write permit first (the
+            // core bounds this wait by the unit of work's deadline).
+            let permit = if opts.read_only {
+                None
+            } else {
+                Some(self.write_permit().await?)
+            };
             let tx = if opts.read_only {
                 self.pool.begin().await
             } else {
                 self.pool.begin_with("BEGIN IMMEDIATE").await
             }
             .map_err(|e| map(e, "uow.begin"))?;
-            let mut tx = SqliteTransaction::new(tx, self.record_query_text);
+            let mut tx = SqliteTransaction::new(tx, self.record_query_text, permit);
             tx.set_deadline(opts.deadline);
             Ok(Box::new(SqlTransaction(tx)) as Box<dyn Transaction>)
         })
@@ -136,6 +172,7 @@ impl Backend for SqliteBackend {
     fn prepare<'a>(&'a self, def: &'a EntityDef) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let stmts = ddl::create_table(def, Dialect::Sqlite)?;
+            let _permit = self.write_permit().await?;
             let mut tx = self
                 .pool
                 .begin_with("BEGIN IMMEDIATE")

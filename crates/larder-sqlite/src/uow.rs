@@ -22,6 +22,13 @@ pub struct SqliteTransaction {
     /// `base`, 0 = none), so the deadline can change per call without reinstalling it.
     cell: Option<(Arc<AtomicU64>, std::time::Instant)>,
     record_sql: bool,
+    /// Set when a write statement failed in a way after which SQLite may have rolled the
+    /// whole transaction back by itself (interrupted by the deadline, disk full, I/O error,
+    /// out of memory). Later statements would then run outside any transaction and commit
+    /// one by one, so they are refused, and `commit` rolls back and fails.
+    pub(crate) rolled_back: Option<Error>,
+    /// The backend's write permit, held until the transaction ends (`None`: read-only).
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl std::fmt::Debug for SqliteTransaction {
@@ -34,12 +41,18 @@ impl std::fmt::Debug for SqliteTransaction {
 }
 
 impl SqliteTransaction {
-    pub(crate) fn new(tx: sqlx::Transaction<'static, Sqlite>, record_sql: bool) -> Self {
+    pub(crate) fn new(
+        tx: sqlx::Transaction<'static, Sqlite>,
+        record_sql: bool,
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Self {
         SqliteTransaction {
             tx: Some(tx),
             deadline: None,
             cell: None,
             record_sql,
+            rolled_back: None,
+            _permit: permit,
         }
     }
 
@@ -57,6 +70,18 @@ impl SqliteTransaction {
     /// Points the connection's progress handler at the current deadline, installing the
     /// handler the first time a deadline is used in this transaction.
     pub(crate) async fn arm(&mut self) -> Result<()> {
+        if let Some(e) = &self.rolled_back {
+            return Err(match e {
+                Error::DeadlineExceeded { .. } => Error::TransactionAborted {
+                    operation: "sqlite statement",
+                    cause: Some("an earlier statement was cancelled by the deadline".into()),
+                },
+                _ => Error::TransactionAborted {
+                    operation: "sqlite statement",
+                    cause: Some(e.kind().into()),
+                },
+            });
+        }
         match (self.deadline, &self.cell) {
             (None, None) => Ok(()),
             (None, Some((cell, _))) => {
@@ -89,6 +114,33 @@ impl SqliteTransaction {
         }
     }
 
+    /// Maps the error of a write statement, remembering when SQLite may have rolled the
+    /// transaction back with it (see `rolled_back`).
+    pub(crate) fn write_failed(&mut self, e: sqlx::Error, op: &'static str) -> Error {
+        let code = match &e {
+            sqlx::Error::Database(db) => db.code().and_then(|c| c.parse::<u32>().ok()),
+            _ => None,
+        };
+        let err = map(e, op);
+        // SQLITE_NOMEM 7, SQLITE_INTERRUPT 9, SQLITE_IOERR 10, SQLITE_CORRUPT 11,
+        // SQLITE_FULL 13: "it might be necessary for SQLite to rollback and cancel the
+        // entire transaction" (sqlite.org/lang_transaction.html).
+        if code.is_some_and(|c| matches!(c & 0xff, 7 | 9 | 10 | 11 | 13))
+            && self.rolled_back.is_none()
+        {
+            self.rolled_back = Some(match &err {
+                Error::DeadlineExceeded { .. } => Error::DeadlineExceeded {
+                    operation: "uow.commit",
+                },
+                _ => Error::TransactionAborted {
+                    operation: "uow.commit",
+                    cause: Some(err.kind().into()),
+                },
+            });
+        }
+        err
+    }
+
     /// Arms the deadline, records the query text if asked, and binds the values.
     async fn prepare(
         &mut self,
@@ -111,10 +163,8 @@ impl SqliteTransaction {
         );
         self.arm().await?;
         let conn = self.conn()?;
-        sqlx::query(AssertSqlSafe(sql))
-            .execute(conn)
-            .await
-            .map_err(|e| map(e, op))?;
+        let r = sqlx::query(AssertSqlSafe(sql)).execute(conn).await;
+        r.map_err(|e| self.write_failed(e, op))?;
         Ok(())
     }
 }
@@ -154,9 +204,8 @@ impl SqlDriver for SqliteTransaction {
             let (sql, args) = self.prepare(b).await?;
             let r = sqlx::query_with(AssertSqlSafe(sql), args)
                 .execute(self.conn()?)
-                .await
-                .map_err(|e| map(e, op))?;
-            Ok(r.rows_affected())
+                .await;
+            Ok(r.map_err(|e| self.write_failed(e, op))?.rows_affected())
         })
     }
 
@@ -241,9 +290,45 @@ impl SqlDriver for SqliteTransaction {
 
     fn commit(mut self) -> BoxFuture<'static, Result<()>> {
         Box::pin(async move {
+            if let Some(e) = self.rolled_back.take() {
+                if let Some(tx) = self.tx.take() {
+                    let _ = tx.rollback().await;
+                }
+                return Err(e);
+            }
             self.arm().await?;
-            let tx = self.tx.take().ok_or(Error::Closed("sqlite transaction"))?;
-            tx.commit().await.map_err(|e| map(e, "uow.commit"))
+            let mut tx = self.tx.take().ok_or(Error::Closed("sqlite transaction"))?;
+            // SQLite decides: when it rolled the whole transaction back itself (an
+            // interrupted write, a full disk, an I/O error, or a raw `ROLLBACK`/`COMMIT`
+            // through the extension), `COMMIT` fails with "no transaction is active". The
+            // COMMIT is ours (not sqlx's), followed by an empty deferred `BEGIN` (no lock)
+            // that the rollback sqlx queues on drop ends: sqlx's transaction depth stays
+            // true whatever happened, so the pooled connection can begin again (a failed
+            // sqlx commit would leave it unable to).
+            match sqlx::raw_sql(AssertSqlSafe("COMMIT; BEGIN"))
+                .execute(&mut *tx)
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(e) => {
+                    let _ = sqlx::raw_sql(AssertSqlSafe("BEGIN"))
+                        .execute(&mut *tx)
+                        .await;
+                    Err(match &e {
+                        sqlx::Error::Database(db)
+                            if db.message().contains("no transaction is active") =>
+                        {
+                            Error::TransactionAborted {
+                                operation: "uow.commit",
+                                cause: Some(
+                                    "sqlite had rolled the transaction back (a failed statement, or one run on the raw connection)".into(),
+                                ),
+                            }
+                        }
+                        _ => map(e, "uow.commit"),
+                    })
+                }
+            }
         })
     }
 
@@ -251,6 +336,7 @@ impl SqlDriver for SqliteTransaction {
         Box::pin(async move {
             // Rollback is not bounded by the deadline: it must always get through.
             self.deadline = None;
+            self.rolled_back = None;
             self.arm().await?;
             let tx = self.tx.take().ok_or(Error::Closed("sqlite transaction"))?;
             tx.rollback().await.map_err(|e| map(e, "uow.rollback"))

@@ -1020,3 +1020,96 @@ pub async fn subscriptions_catch_up_then_follow_live(db: &TestDb) {
     let mut sub = es.subscribe(cp, EventFilter::all());
     assert_eq!(n_of(&next(&mut sub).await), 6);
 }
+
+/// The last event in the log, read by a fresh unit of work.
+async fn last_position(es: &EventStore) -> Option<Checkpoint> {
+    settle(es).await;
+    let mut cp = Checkpoint::START;
+    let mut last = None;
+    loop {
+        let page = read_all(es, cp, 1000, &EventFilter::all()).await;
+        if let Some(e) = page.events.last() {
+            last = Some(e.checkpoint);
+        }
+        cp = page.next;
+        if page.end_of_log {
+            return last;
+        }
+    }
+}
+
+/// Issue 8 D3: `Committed::position` is the last event that committed in the unit of work
+/// (or `None`): appends undone by a savepoint do not count, and on SQLite, where an undone
+/// position is handed out again, the reported position is the event that holds it.
+pub async fn committed_position_forgets_appends_rolled_back_by_a_savepoint(db: &TestDb) {
+    let es = events(db).await;
+    // Only append undone by a savepoint: no position.
+    let mut uow = db.store.begin().await.unwrap();
+    let es2 = es.clone();
+    let r: Result<()> = uow
+        .savepoint(|u| {
+            Box::pin(async move {
+                es2.append(u, "sp-1", ExpectedVersion::Any, vec![ev("A", 1)])
+                    .await?;
+                Err(Error::InvalidEvent("undo".into()))
+            })
+        })
+        .await;
+    assert!(r.is_err());
+    let c = uow.commit().await.unwrap();
+    assert_eq!(c.position, None, "nothing committed in this unit of work");
+    assert_eq!(last_position(&es).await, None);
+
+    // A kept append, then one undone: the kept one is reported.
+    let mut uow = db.store.begin().await.unwrap();
+    es.append(&mut uow, "sp-2", ExpectedVersion::Any, vec![ev("A", 2)])
+        .await
+        .unwrap();
+    let es2 = es.clone();
+    let _ = uow
+        .savepoint(|u| {
+            Box::pin(async move {
+                es2.append(u, "sp-3", ExpectedVersion::Any, vec![ev("A", 3)])
+                    .await?;
+                Err::<(), _>(Error::InvalidEvent("undo".into()))
+            })
+        })
+        .await;
+    let c = uow.commit().await.unwrap();
+    assert_eq!(c.position, last_position(&es).await);
+    assert!(c.position.is_some());
+
+    // Undone, then appended again (SQLite reuses the undone position): the reported
+    // position is that of the event that committed.
+    let mut uow = db.store.begin().await.unwrap();
+    let es2 = es.clone();
+    let _ = uow
+        .savepoint(|u| {
+            Box::pin(async move {
+                es2.append(
+                    u,
+                    "sp-4",
+                    ExpectedVersion::Any,
+                    vec![ev("A", 4), ev("A", 5)],
+                )
+                .await?;
+                Err::<(), _>(Error::InvalidEvent("undo".into()))
+            })
+        })
+        .await;
+    es.append(&mut uow, "sp-5", ExpectedVersion::Any, vec![ev("A", 6)])
+        .await
+        .unwrap();
+    let c = uow.commit().await.unwrap();
+    let last = last_position(&es).await;
+    assert_eq!(c.position, last);
+    let page = read_all(&es, Checkpoint::START, 1000, &EventFilter::all()).await;
+    let at = page
+        .events
+        .iter()
+        .find(|e| Some(e.checkpoint) == c.position)
+        .expect("the reported position holds an event");
+    assert_eq!(at.stream_id, "sp-5");
+    // A projection that has caught up sees the position as reached.
+    assert!(read_stream(&es, "sp-4").await.is_empty());
+}

@@ -43,6 +43,8 @@ macro_rules! conformance {
                 transaction_helper_commits_on_ok_and_rolls_back_on_err,
                 transaction_helper_retries_conflicts_only_when_opted_in,
                 finished_unit_of_work_is_closed,
+                commit_ok_means_the_writes_are_visible,
+                per_call_deadline_does_not_leak_into_commit,
                 // repository
                 insert_and_get_round_trip_documents,
                 insert_and_get_round_trip_mapped_columns,
@@ -95,6 +97,7 @@ macro_rules! events_conformance {
                 projections_commit_checkpoints_with_their_writes,
                 wait_for_gives_read_your_writes,
                 subscriptions_catch_up_then_follow_live,
+                committed_position_forgets_appends_rolled_back_by_a_savepoint,
             );
         }
     };

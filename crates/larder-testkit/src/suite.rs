@@ -1123,3 +1123,129 @@ pub async fn wrappers_forward_through_arc_dyn_backend(db: &TestDb) {
     assert!(get_item(&store, "w").await.is_some());
     assert_eq!(store.backend_name(), db.backend);
 }
+
+// ---------------------------------------------------------------------------------------
+// issue 8: commit tells the truth, deadlines are scoped
+
+/// Whether `id` is committed, read by a fresh unit of work.
+async fn committed(store: &Store, id: &str) -> bool {
+    get_item(store, id).await.is_some()
+}
+
+/// After every kind of failure a caller can swallow inside a unit of work — a duplicate
+/// insert, a stale update, a call past its own deadline, a stream dropped mid-way, a
+/// stream whose deadline passed — `commit()` returns `Ok` exactly when the unit of work's
+/// earlier write is visible afterwards (never `Ok` with the writes gone).
+pub async fn commit_ok_means_the_writes_are_visible(db: &TestDb) {
+    let store = setup(db).await;
+    let many: Vec<Item> = (0..300)
+        .map(|i| Item::new(&format!("m{i:04}"), "many", i))
+        .collect();
+    insert_items(store, &many).await;
+    insert_items(store, &[Item::new("dup", "d", 1)]).await;
+    for case in 0..5 {
+        let id = format!("truth-{case}");
+        let mut uow = store.begin().await.unwrap();
+        uow.repo::<Item>()
+            .insert(&Item::new(&id, "t", 1))
+            .await
+            .unwrap();
+        match case {
+            0 => {
+                let e = uow.repo::<Item>().insert(&Item::new("dup", "d", 1)).await;
+                assert!(matches!(e, Err(Error::AlreadyExists { .. })), "{e:?}");
+            }
+            1 => {
+                let mut stale = uow.repo::<Item>().require(&"dup".to_owned()).await.unwrap();
+                stale.version += 7;
+                let e = uow.repo::<Item>().save(&mut stale).await;
+                assert!(matches!(e, Err(Error::Conflict { .. })), "{e:?}");
+            }
+            2 => {
+                let past = Deadline::after(Duration::ZERO);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                let e = uow
+                    .repo::<Item>()
+                    .with_deadline(past)
+                    .count(&Spec::all())
+                    .await;
+                assert!(matches!(e, Err(Error::DeadlineExceeded { .. })), "{e:?}");
+            }
+            3 => {
+                let q = Query::new(field("name").eq("many"));
+                let mut s = uow.repo::<Item>().stream(&q);
+                let _ = s.next().await.unwrap().unwrap();
+                drop(s);
+            }
+            _ => {
+                let q = Query::new(field("name").eq("many"));
+                let mut s = uow
+                    .repo::<Item>()
+                    .with_deadline(Deadline::after(Duration::from_millis(30)))
+                    .stream(&q);
+                let _ = s.next().await;
+                tokio::time::sleep(Duration::from_millis(60)).await;
+                while let Some(r) = s.next().await {
+                    if r.is_err() {
+                        break;
+                    }
+                }
+                drop(s);
+            }
+        }
+        let c = uow.commit().await;
+        let visible = committed(store, &id).await;
+        assert_eq!(
+            c.is_ok(),
+            visible,
+            "case {case}: commit returned {c:?} but the write is {}",
+            if visible { "visible" } else { "gone" }
+        );
+    }
+}
+
+/// A per-call deadline bounds that call only: a commit after it passed succeeds, on
+/// every backend; the unit of work's own deadline still bounds the commit.
+pub async fn per_call_deadline_does_not_leak_into_commit(db: &TestDb) {
+    let store = setup(db).await;
+    let mut uow = store.begin().await.unwrap();
+    uow.repo::<Item>()
+        .insert(&Item::new("a", "x", 1))
+        .await
+        .unwrap();
+    let got = uow
+        .repo::<Item>()
+        .with_deadline(Deadline::after(Duration::from_millis(40)))
+        .get(&"a".to_owned())
+        .await
+        .unwrap();
+    assert!(got.is_some());
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    // Later calls without a per-call deadline are unbounded too.
+    assert_eq!(uow.repo::<Item>().count(&Spec::all()).await.unwrap(), 1);
+    let _ = uow
+        .repo::<Item>()
+        .with_deadline(Deadline::after(Duration::from_millis(40)))
+        .count(&Spec::all())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    uow.commit()
+        .await
+        .expect("commit after a per-call deadline passed");
+    assert!(committed(store, "a").await);
+
+    // The unit of work's own deadline bounds the commit, on every backend.
+    let mut uow = store
+        .begin_with(UowOptions::default().with_timeout(Duration::from_millis(300)))
+        .await
+        .unwrap();
+    uow.repo::<Item>()
+        .insert(&Item::new("b", "x", 1))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let e = uow.commit().await;
+    assert!(matches!(e, Err(Error::DeadlineExceeded { .. })), "{e:?}");
+    assert!(!committed(store, "b").await);
+}
