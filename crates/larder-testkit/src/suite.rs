@@ -1145,8 +1145,8 @@ const EXTREME_FLOATS: &[f64] = &[
     -f64::MIN_POSITIVE,
     5e-324,
     -5e-324,
-    2.225_073_858_507_200_9e-308, // largest subnormal
-    3.402_823_466_385_288_6e38,   // f32::MAX widened
+    f64::from_bits(0x000f_ffff_ffff_ffff), // largest subnormal
+    3.402_823_466_385_288_6e38,            // f32::MAX widened
     -2.418_261_144_083_014_7e92,
     1e300,
     0.1 + 0.2,
@@ -1299,12 +1299,20 @@ pub async fn extreme_finite_floats_read_back_exactly(db: &TestDb) {
         let json = Spec::from_json(&serde_json::to_string(&built).unwrap()).unwrap();
         for spec in [&built, &json] {
             let hits = uow.repo::<Sample>().find(&Query::new(spec.clone())).await;
-            assert_eq!(ids_of(&hits.unwrap().items), [id.clone()], "{x:e} {spec:?}");
+            assert_eq!(
+                ids_of(&hits.unwrap().items),
+                [id.as_str()],
+                "{x:e} {spec:?}"
+            );
             let hits = uow
                 .repo::<Measurement>()
                 .find(&Query::new(spec.clone()))
                 .await;
-            assert_eq!(ids_of(&hits.unwrap().items), [id.clone()], "{x:e} {spec:?}");
+            assert_eq!(
+                ids_of(&hits.unwrap().items),
+                [id.as_str()],
+                "{x:e} {spec:?}"
+            );
         }
     }
 }
