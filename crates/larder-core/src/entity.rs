@@ -282,7 +282,12 @@ impl Record {
 /// `from_record(to_record(x)?)` must give back an equal entity; `to_record` must fill
 /// `values` in the order of `def().fields`, and `body` exactly for document storage.
 /// For document storage `from_record` must decode from the body alone: streams leave
-/// `values` empty, so that the field columns are not read for every row.
+/// `values` empty, so that the field columns are not read for every row; build the body
+/// with [`encode_body`] (not `serde_json::to_string`, which writes NaN as `null`).
+///
+/// The repository checks every record before writing it ([`Record::prepare_for_write`]):
+/// non-finite floats and over-long indexed text are refused with a typed error, negative
+/// zero is stored as `0.0`, JSON `null` in a nullable JSON field as SQL `NULL`.
 pub trait Entity: Send + Sync + Sized + 'static {
     /// The id type.
     type Id: crate::value::FieldValue + Clone + Send + Sync;

@@ -31,7 +31,9 @@ pub enum FieldType {
     Text,
     /// A UUID.
     Uuid,
-    /// A JSON document (not orderable; supports `json_contains` / `json_has_key`).
+    /// A JSON document (not orderable; supports `json_contains` / `json_has_key`). In a
+    /// nullable JSON field, JSON `null` is stored as SQL `NULL` (it reads back as `None` and
+    /// matches `is_null`); in a required one it is a value that `is_null` does not match.
     Json,
 }
 
@@ -371,6 +373,10 @@ impl FieldValue for serde_json::Value {
 }
 
 /// Stores any serde type in a JSON field (`JSONB` on PostgreSQL, JSON text on SQLite).
+///
+/// Floats inside follow [`FieldType::Float`]: a NaN or infinity anywhere in `T` makes the
+/// write fail with [`Error::TypeMismatch`]; every finite float reads back bit for bit,
+/// except negative zero, stored as `0.0`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Json<T>(pub T);
@@ -451,11 +457,17 @@ pub(crate) fn non_finite_found(f: f64, inside: Option<FieldType>) -> String {
 /// `serde_json` would silently write as `null` (a value that then cannot be read back).
 /// Serialization errors are not reported here: the real serializer reports them.
 pub(crate) fn find_non_finite<T: Serialize + ?Sized>(v: &T) -> Option<NonFinite> {
-    let mut check = float_check::FloatCheck::default();
-    match v.serialize(&mut check) {
-        Err(float_check::CheckError::NonFinite(n)) => Some(n),
-        _ => None,
-    }
+    // The common case (no bad float) walks without building paths; only a hit walks again
+    // to name where it is.
+    let found = |track| {
+        let mut check = float_check::FloatCheck::new(track);
+        match v.serialize(&mut check) {
+            Err(float_check::CheckError::NonFinite(n)) => Some(n),
+            _ => None,
+        }
+    };
+    found(false)?;
+    found(true)
 }
 
 /// Replaces negative zero with `0.0` throughout a JSON document (see [`FieldType::Float`]).
@@ -522,12 +534,33 @@ mod float_check {
         }
     }
 
-    #[derive(Debug, Default)]
+    #[derive(Debug)]
     pub(super) struct FloatCheck {
+        /// Whether to record the path (only needed to name a bad float in the error).
+        track: bool,
         path: Vec<String>,
     }
 
     impl FloatCheck {
+        pub(super) fn new(track: bool) -> Self {
+            FloatCheck {
+                track,
+                path: Vec::new(),
+            }
+        }
+
+        fn push(&mut self, seg: impl FnOnce() -> String) {
+            if self.track {
+                self.path.push(seg());
+            }
+        }
+
+        fn pop(&mut self) {
+            if self.track {
+                self.path.pop();
+            }
+        }
+
         fn float(&self, value: f64) -> Result<(), CheckError> {
             if value.is_finite() {
                 return Ok(());
@@ -542,10 +575,14 @@ mod float_check {
             Err(CheckError::NonFinite(NonFinite { path, value }))
         }
 
-        fn nested<T: Serialize + ?Sized>(&mut self, seg: String, v: &T) -> Result<(), CheckError> {
-            self.path.push(seg);
+        fn nested<T: Serialize + ?Sized>(
+            &mut self,
+            seg: impl FnOnce() -> String,
+            v: &T,
+        ) -> Result<(), CheckError> {
+            self.push(seg);
             let r = v.serialize(&mut *self);
-            self.path.pop();
+            self.pop();
             r
         }
     }
@@ -566,9 +603,9 @@ mod float_check {
         }
 
         fn element<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), CheckError> {
-            let seg = format!("[{}]", self.index);
+            let i = self.index;
             self.index += 1;
-            self.check.nested(seg, v)
+            self.check.nested(|| format!("[{i}]"), v)
         }
     }
 
@@ -632,7 +669,7 @@ mod float_check {
             variant: &'static str,
             v: &T,
         ) -> Result<(), CheckError> {
-            self.nested(variant.to_owned(), v)
+            self.nested(|| variant.to_owned(), v)
         }
         fn serialize_seq(self, _: Option<usize>) -> Result<Compound<'a>, CheckError> {
             Ok(Compound::new(self))
@@ -654,7 +691,7 @@ mod float_check {
             variant: &'static str,
             _: usize,
         ) -> Result<Compound<'a>, CheckError> {
-            self.path.push(variant.to_owned());
+            self.push(|| variant.to_owned());
             Ok(Compound::new(self))
         }
         fn serialize_map(self, _: Option<usize>) -> Result<Compound<'a>, CheckError> {
@@ -670,7 +707,7 @@ mod float_check {
             variant: &'static str,
             _: usize,
         ) -> Result<Compound<'a>, CheckError> {
-            self.path.push(variant.to_owned());
+            self.push(|| variant.to_owned());
             Ok(Compound::new(self))
         }
     }
@@ -715,7 +752,7 @@ mod float_check {
             self.element(v)
         }
         fn end(self) -> Result<(), CheckError> {
-            self.check.path.pop();
+            self.check.pop();
             Ok(())
         }
     }
@@ -725,16 +762,18 @@ mod float_check {
         type Error = CheckError;
         fn serialize_key<T: Serialize + ?Sized>(&mut self, k: &T) -> Result<(), CheckError> {
             // Keys name the path in the error only; JSON keys are text.
-            self.key = match serde_json::to_value(k) {
-                Ok(serde_json::Value::String(s)) => s,
-                Ok(other) => other.to_string(),
-                Err(_) => "?".to_owned(),
-            };
+            if self.check.track {
+                self.key = match serde_json::to_value(k) {
+                    Ok(serde_json::Value::String(s)) => s,
+                    Ok(other) => other.to_string(),
+                    Err(_) => "?".to_owned(),
+                };
+            }
             Ok(())
         }
         fn serialize_value<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), CheckError> {
             let key = std::mem::take(&mut self.key);
-            self.check.nested(key, v)
+            self.check.nested(|| key, v)
         }
         fn end(self) -> Result<(), CheckError> {
             Ok(())
@@ -749,7 +788,7 @@ mod float_check {
             key: &'static str,
             v: &T,
         ) -> Result<(), CheckError> {
-            self.check.nested(key.to_owned(), v)
+            self.check.nested(|| key.to_owned(), v)
         }
         fn end(self) -> Result<(), CheckError> {
             Ok(())
@@ -764,10 +803,10 @@ mod float_check {
             key: &'static str,
             v: &T,
         ) -> Result<(), CheckError> {
-            self.check.nested(key.to_owned(), v)
+            self.check.nested(|| key.to_owned(), v)
         }
         fn end(self) -> Result<(), CheckError> {
-            self.check.path.pop();
+            self.check.pop();
             Ok(())
         }
     }
