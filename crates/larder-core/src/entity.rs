@@ -2,8 +2,10 @@
 
 use std::ops::{Deref, DerefMut};
 
+use serde::Serialize;
+
 use crate::error::{Error, Result};
-use crate::value::{FieldType, Value};
+use crate::value::{CanonicalFloats, FieldType, Value, find_non_finite, normalize_json_zeros};
 
 /// How an entity is laid out in storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +93,16 @@ pub struct EntityDef {
 pub const VERSION_COLUMN: &str = "version";
 /// The name of the JSON body column of document entities.
 pub const BODY_COLUMN: &str = "body";
+
+/// The longest text, in UTF-8 bytes, that a text id or an indexed text field may hold.
+///
+/// Every backend enforces it on write with [`Error::LimitExceeded`], before any SQL: an
+/// index entry must fit in a PostgreSQL btree page (about 2.7 KB), and memory and SQLite
+/// refuse the same values so that data written on one backend can move to another. Which
+/// fields are indexed is [`EntityDef::is_indexed`]. Text fields that are not indexed (in
+/// mapped-column entities), and the JSON body of documents, are bounded only by
+/// [`Limits::max_record_bytes`](crate::Limits::max_record_bytes).
+pub const MAX_INDEXED_TEXT_BYTES: usize = 2048;
 
 /// Checks that `s` is a safe SQL identifier by larder's grammar.
 ///
@@ -186,6 +198,13 @@ impl EntityDef {
         }
     }
 
+    /// Whether larder keeps an index on the field's column: fields marked `indexed`, and
+    /// every non-JSON field of a document entity (the id is always indexed: it is the
+    /// primary key).
+    pub fn is_indexed(&self, f: &FieldDef) -> bool {
+        f.indexed || (self.storage == Storage::Document && f.ty != FieldType::Json)
+    }
+
     /// The definition of a resolved field.
     pub fn field_def(&self, f: FieldRef) -> &FieldDef {
         match f {
@@ -218,6 +237,31 @@ pub struct Record {
 }
 
 impl Record {
+    /// Checks a record about to be written and brings it to its stored form, so that every
+    /// backend stores (and refuses) exactly the same values. Called by the repository on
+    /// every insert and update, before any SQL.
+    ///
+    /// - A non-finite float (NaN, ±infinity) anywhere in `id` or `values` is an
+    ///   [`Error::TypeMismatch`]: SQL backends cannot store it, and JSON would turn it into
+    ///   `null`.
+    /// - Text in the id or in an indexed field ([`EntityDef::is_indexed`]) longer than
+    ///   [`MAX_INDEXED_TEXT_BYTES`] is an [`Error::LimitExceeded`].
+    /// - Negative zero becomes `0.0`, in float fields and inside JSON values (see
+    ///   [`FieldType::Float`]).
+    /// - JSON `null` in a nullable JSON field becomes SQL `NULL`: `Some(json!(null))` is
+    ///   stored as `None`, reads back as `None` and matches `is_null()` on every backend,
+    ///   as it does in a document body. In a non-nullable JSON field it stays JSON `null`,
+    ///   which is a value: `is_null()` never matches it.
+    ///
+    /// The JSON body of a document is checked when it is encoded: use [`encode_body`].
+    pub fn prepare_for_write(&mut self, def: &EntityDef) -> Result<()> {
+        check_value(&def.id, &mut self.id, true)?;
+        for (f, v) in def.fields.iter().zip(self.values.iter_mut()) {
+            check_value(f, v, def.is_indexed(f))?;
+        }
+        Ok(())
+    }
+
     /// The value of a resolved field.
     pub fn get(&self, f: FieldRef) -> &Value {
         match f {
@@ -238,7 +282,12 @@ impl Record {
 /// `from_record(to_record(x)?)` must give back an equal entity; `to_record` must fill
 /// `values` in the order of `def().fields`, and `body` exactly for document storage.
 /// For document storage `from_record` must decode from the body alone: streams leave
-/// `values` empty, so that the field columns are not read for every row.
+/// `values` empty, so that the field columns are not read for every row; build the body
+/// with [`encode_body`] (not `serde_json::to_string`, which writes NaN as `null`).
+///
+/// The repository checks every record before writing it ([`Record::prepare_for_write`]):
+/// non-finite floats and over-long indexed text are refused with a typed error, negative
+/// zero is stored as `0.0`, JSON `null` in a nullable JSON field as SQL `NULL`.
 pub trait Entity: Send + Sync + Sized + 'static {
     /// The id type.
     type Id: crate::value::FieldValue + Clone + Send + Sync;
@@ -285,6 +334,51 @@ impl<T> DerefMut for Versioned<T> {
     fn deref_mut(&mut self) -> &mut T {
         &mut self.value
     }
+}
+
+fn check_value(f: &FieldDef, v: &mut Value, indexed: bool) -> Result<()> {
+    match v {
+        Value::Float(x) if !x.is_finite() => {
+            let inside = (f.ty != FieldType::Float).then_some(f.ty);
+            return Err(Error::TypeMismatch {
+                field: f.name.to_owned(),
+                expected: "a finite float",
+                found: crate::value::non_finite_found(*x, inside),
+            });
+        }
+        Value::Float(x) if *x == 0.0 => *x = 0.0,
+        Value::Text(s) if indexed && s.len() > MAX_INDEXED_TEXT_BYTES => {
+            return Err(Error::LimitExceeded {
+                what: "length in bytes of a text id or indexed text field",
+                limit: MAX_INDEXED_TEXT_BYTES as u64,
+                actual: s.len() as u64,
+            });
+        }
+        Value::Json(serde_json::Value::Null) if f.nullable => *v = Value::Null,
+        Value::Json(j) => normalize_json_zeros(j),
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Encodes a document entity's JSON body: what `#[derive(Entity)]` calls for
+/// `Record::body`, and what hand-written document entities should call too.
+///
+/// Unlike `serde_json::to_string`, which silently writes NaN and ±infinity as `null` (a
+/// body that then cannot be decoded), a non-finite float anywhere in the entity is an
+/// [`Error::TypeMismatch`] naming its path (`samples[2]`); negative zero is written as
+/// `0.0` (see [`FieldType::Float`]). Every other float is written in its shortest form
+/// that reads back bit for bit.
+pub fn encode_body<T: Serialize + ?Sized>(def: &EntityDef, entity: &T) -> Result<String> {
+    if let Some(bad) = find_non_finite(entity) {
+        return Err(bad.into_error());
+    }
+    let mut out = Vec::with_capacity(128);
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, CanonicalFloats);
+    entity
+        .serialize(&mut ser)
+        .map_err(|e| mapping_error(def.name, "encode", e))?;
+    String::from_utf8(out).map_err(|e| mapping_error(def.name, "encode", e))
 }
 
 /// Builds a [`Error::Mapping`] for an entity.
@@ -336,5 +430,79 @@ mod tests {
         d.fields
             .push(FieldDef::new("status", FieldType::Int).with_column("s2"));
         assert!(d.validate().is_err());
+    }
+
+    #[test]
+    fn writes_reject_non_finite_floats_and_long_indexed_text() {
+        let d = EntityDef {
+            fields: vec![
+                FieldDef::new("x", FieldType::Float),
+                FieldDef::new("label", FieldType::Text).with_index(true),
+                FieldDef::new("note", FieldType::Text),
+                FieldDef::new("meta", FieldType::Json).with_nullable(true),
+            ],
+            ..def()
+        };
+        let rec = |x: f64, label: &str, note: &str, meta: Value| Record {
+            id: Value::from("a"),
+            version: 1,
+            values: vec![Value::Float(x), label.into(), note.into(), meta],
+            body: None,
+        };
+        let long = "x".repeat(MAX_INDEXED_TEXT_BYTES + 1);
+        for x in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let e = rec(x, "", "", Value::Null).prepare_for_write(&d);
+            assert!(matches!(e, Err(Error::TypeMismatch { .. })), "{x}: {e:?}");
+        }
+        let e = rec(1.0, &long, "", Value::Null).prepare_for_write(&d);
+        assert!(matches!(e, Err(Error::LimitExceeded { .. })), "{e:?}");
+        let mut r = rec(1.0, "", "", Value::Null);
+        r.id = Value::Text(long.clone());
+        assert!(matches!(
+            r.prepare_for_write(&d),
+            Err(Error::LimitExceeded { .. })
+        ));
+        // Not indexed: only the record size limit applies.
+        let mut r = rec(-0.0, "", &long, Value::Json(serde_json::json!({"z": -0.0})));
+        r.prepare_for_write(&d).unwrap();
+        assert_eq!(r.values[0], Value::Float(0.0));
+        assert!(matches!(r.values[0], Value::Float(z) if z.is_sign_positive()));
+        assert_eq!(r.values[3], Value::Json(serde_json::json!({"z": 0.0})));
+        let mut r = rec(1.0, "", "", Value::Json(serde_json::Value::Null));
+        r.prepare_for_write(&d).unwrap();
+        assert_eq!(r.values[3], Value::Null);
+    }
+
+    #[test]
+    fn document_bodies_reject_non_finite_floats_by_path() {
+        #[derive(Serialize)]
+        struct Doc {
+            id: String,
+            samples: Vec<f64>,
+            inner: std::collections::BTreeMap<String, Option<f32>>,
+        }
+        let d = def();
+        let mut doc = Doc {
+            id: "a".into(),
+            samples: vec![1.0, -0.0, 0.1],
+            inner: [("k".to_owned(), Some(-0.0f32))].into(),
+        };
+        assert_eq!(
+            encode_body(&d, &doc).unwrap(),
+            r#"{"id":"a","samples":[1.0,0.0,0.1],"inner":{"k":0.0}}"#
+        );
+        doc.samples[2] = f64::NAN;
+        let e = encode_body(&d, &doc).unwrap_err();
+        assert!(
+            matches!(&e, Error::TypeMismatch { field, .. } if field == "samples[2]"),
+            "{e}"
+        );
+        doc.samples[2] = 0.5;
+        doc.inner.insert("k".into(), Some(f32::NEG_INFINITY));
+        let e = encode_body(&d, &doc).unwrap_err();
+        assert!(
+            matches!(&e, Error::TypeMismatch { field, .. } if field == "inner.k"),
+            "{e}"
+        );
     }
 }

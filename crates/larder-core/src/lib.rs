@@ -28,7 +28,10 @@ mod uow;
 pub use audit::{AuditRecord, AuditSink, MemoryAuditSink, TracingAuditSink};
 pub use backend::{Backend, BeginOptions, BoxFuture, BoxStream, Capabilities, Transaction};
 pub use deadline::Deadline;
-pub use entity::{Entity, EntityDef, FieldDef, FieldRef, Record, Storage, Versioned};
+pub use entity::{
+    Entity, EntityDef, FieldDef, FieldRef, MAX_INDEXED_TEXT_BYTES, Record, Storage, Versioned,
+    encode_body,
+};
 pub use error::{AsLarderError, BoxError, Error, Result, TransientKind};
 pub use query::{Direction, Nulls, Order, Page, Query};
 pub use repo::{Repo, decode_body};

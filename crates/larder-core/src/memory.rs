@@ -397,9 +397,16 @@ impl Transaction for MemoryTx {
             let Some(t) = self.table(def) else {
                 return Ok(Vec::new());
             };
+            // Each stored row at most once, however often its id is asked for: the SQL
+            // backends' `WHERE id IN (…)` returns a row once too.
+            let mut seen = std::collections::BTreeSet::new();
             Ok(ids
                 .iter()
-                .filter_map(|id| t.get(&Key(id.clone())).cloned())
+                .filter_map(|id| {
+                    let key = Key(id.clone());
+                    let row = t.get(&key)?;
+                    seen.insert(key).then(|| row.clone())
+                })
                 .collect())
         })
     }

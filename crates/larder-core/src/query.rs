@@ -345,7 +345,61 @@ struct CursorBody {
     /// Fingerprint of the ordering the cursor belongs to.
     o: String,
     /// The key values.
-    k: Vec<Value>,
+    k: Vec<CursorKey>,
+}
+
+/// A key value in a cursor, tagged with its type. Floats travel as their IEEE-754 bits so
+/// that a cursor never depends on printing and parsing decimals: the keyset position is
+/// exactly the last row's value, on every backend.
+#[derive(Serialize, Deserialize)]
+enum CursorKey {
+    #[serde(rename = "n")]
+    Null,
+    #[serde(rename = "b")]
+    Bool(bool),
+    #[serde(rename = "i")]
+    Int(i64),
+    /// `f64::to_bits`, as 16 hex digits.
+    #[serde(rename = "f")]
+    Float(String),
+    #[serde(rename = "t")]
+    Text(String),
+    #[serde(rename = "u")]
+    Uuid(uuid::Uuid),
+    #[serde(rename = "j")]
+    Json(serde_json::Value),
+}
+
+impl CursorKey {
+    fn from_value(v: &Value) -> CursorKey {
+        match v {
+            Value::Null => CursorKey::Null,
+            Value::Bool(b) => CursorKey::Bool(*b),
+            Value::Int(i) => CursorKey::Int(*i),
+            Value::Float(f) => CursorKey::Float(format!("{:016x}", f.to_bits())),
+            Value::Text(s) => CursorKey::Text(s.clone()),
+            Value::Uuid(u) => CursorKey::Uuid(*u),
+            Value::Json(j) => CursorKey::Json(j.clone()),
+        }
+    }
+
+    fn into_value(self) -> Result<Value> {
+        Ok(match self {
+            CursorKey::Null => Value::Null,
+            CursorKey::Bool(b) => Value::Bool(b),
+            CursorKey::Int(i) => Value::Int(i),
+            CursorKey::Float(bits) => {
+                let bits = u64::from_str_radix(&bits, 16)
+                    .ok()
+                    .filter(|_| bits.len() == 16)
+                    .ok_or_else(|| Error::InvalidCursor("malformed float key".into()))?;
+                Value::Float(f64::from_bits(bits))
+            }
+            CursorKey::Text(s) => Value::Text(s),
+            CursorKey::Uuid(u) => Value::Uuid(u),
+            CursorKey::Json(j) => Value::Json(j),
+        })
+    }
 }
 
 fn fingerprint(def: &EntityDef, order: &[OrderKey]) -> String {
@@ -369,7 +423,10 @@ fn fingerprint(def: &EntityDef, order: &[OrderKey]) -> String {
 pub fn encode_cursor(def: &EntityDef, order: &[OrderKey], last: &Record) -> String {
     let body = CursorBody {
         o: fingerprint(def, order),
-        k: order.iter().map(|k| last.get(k.field).clone()).collect(),
+        k: order
+            .iter()
+            .map(|k| CursorKey::from_value(last.get(k.field)))
+            .collect(),
     };
     let json = serde_json::to_vec(&body).unwrap_or_default();
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
@@ -400,6 +457,7 @@ fn decode_cursor(token: &str, def: &EntityDef, order: &[OrderKey]) -> Result<Vec
         .iter()
         .zip(body.k)
         .map(|(k, v)| {
+            let v = v.into_value()?;
             let fd = def.field_def(k.field);
             if v.is_null() && !fd.nullable {
                 return Err(Error::InvalidCursor(format!("null for `{}`", fd.name)));
@@ -473,5 +531,45 @@ mod tests {
             q.with_after("!!!").plan(&d, &Limits::default(), true),
             Err(Error::InvalidCursor(_))
         ));
+    }
+
+    #[test]
+    fn float_cursor_keys_round_trip_bit_for_bit() {
+        let d = EntityDef {
+            fields: vec![FieldDef::new("x", FieldType::Float)],
+            ..def()
+        };
+        let q = Query::all().order_by(Order::desc("x"));
+        let plan = q.plan(&d, &Limits::default(), true).unwrap();
+        let floats = [
+            f64::from(f32::MAX),
+            -2.418_261_144_083_014_7e92,
+            f64::MAX,
+            f64::MIN,
+            f64::MIN_POSITIVE,
+            5e-324,
+            -0.0,
+            0.1 + 0.2,
+            2f64.sqrt(),
+            f64::INFINITY,
+        ];
+        for x in floats {
+            let rec = Record {
+                id: Value::Int(1),
+                version: 1,
+                values: vec![Value::Float(x)],
+                body: None,
+            };
+            let c = encode_cursor(&d, &plan.order, &rec);
+            let p2 = q
+                .clone()
+                .with_after(&c)
+                .plan(&d, &Limits::default(), true)
+                .unwrap();
+            let Some(Value::Float(y)) = p2.after.as_ref().map(|a| a[0].clone()) else {
+                panic!("no float key in {:?}", p2.after);
+            };
+            assert_eq!(y.to_bits(), x.to_bits(), "{x:e}");
+        }
     }
 }

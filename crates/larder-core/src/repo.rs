@@ -117,6 +117,7 @@ impl<'u, T: Entity> Repo<'u, T> {
                 "to_record does not match the entity definition",
             ));
         }
+        rec.prepare_for_write(def)?;
         let limit = self.uow.limits().max_record_bytes;
         let size = rec.body.as_ref().map_or(0, String::len)
             + rec

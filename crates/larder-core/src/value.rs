@@ -22,13 +22,18 @@ pub enum FieldType {
     Bool,
     /// A signed 64-bit integer.
     Int,
-    /// A 64-bit float (NaN is rejected).
+    /// A 64-bit float. Only finite values are stored: NaN and ±infinity are rejected on
+    /// write (and as specification operands), and negative zero is stored as `0.0` (SQLite
+    /// `REAL` columns and PostgreSQL `jsonb` cannot hold it). Every other `f64` reads back
+    /// bit for bit on every backend.
     Float,
     /// UTF-8 text.
     Text,
     /// A UUID.
     Uuid,
-    /// A JSON document (not orderable; supports `json_contains` / `json_has_key`).
+    /// A JSON document (not orderable; supports `json_contains` / `json_has_key`). In a
+    /// nullable JSON field, JSON `null` is stored as SQL `NULL` (it reads back as `None` and
+    /// matches `is_null`); in a required one it is a value that `is_null` does not match.
     Json,
 }
 
@@ -368,13 +373,23 @@ impl FieldValue for serde_json::Value {
 }
 
 /// Stores any serde type in a JSON field (`JSONB` on PostgreSQL, JSON text on SQLite).
+///
+/// Floats inside follow [`FieldType::Float`]: a NaN or infinity anywhere in `T` makes the
+/// write fail with [`Error::TypeMismatch`]; every finite float reads back bit for bit,
+/// except negative zero, stored as `0.0`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Json<T>(pub T);
 
 impl<T: Serialize + serde::de::DeserializeOwned> FieldValue for Json<T> {
     const TYPE: FieldType = FieldType::Json;
+    /// A non-finite float anywhere inside `T` (which `serde_json` would silently turn into
+    /// `null`) is returned as that [`Value::Float`], so the write is rejected with a typed
+    /// error instead of storing a value that cannot be read back.
     fn to_value(&self) -> Value {
+        if let Some(bad) = find_non_finite(&self.0) {
+            return Value::Float(bad.value);
+        }
         Value::Json(serde_json::to_value(&self.0).unwrap_or(serde_json::Value::Null))
     }
     fn from_value(v: Value) -> std::result::Result<Self, String> {
@@ -395,6 +410,404 @@ impl<T: FieldValue> FieldValue for Option<T> {
         match v {
             Value::Null => Ok(None),
             v => T::from_value(v).map(Some),
+        }
+    }
+}
+
+/// A non-finite float found inside a serializable value.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct NonFinite {
+    /// Where: `field`, `list[2]`, `map.key` (empty for the value itself).
+    pub(crate) path: String,
+    /// The value (NaN or ±infinity).
+    pub(crate) value: f64,
+}
+
+impl NonFinite {
+    /// The typed write error for this float.
+    pub(crate) fn into_error(self) -> Error {
+        Error::TypeMismatch {
+            field: shown(&self.path),
+            expected: "a finite float",
+            found: non_finite_found(self.value, None),
+        }
+    }
+}
+
+/// The `found` of the write error for a non-finite float (`inside`: the type of the JSON
+/// value it was found in, if any).
+pub(crate) fn non_finite_found(f: f64, inside: Option<FieldType>) -> String {
+    let name = if f.is_nan() {
+        "NaN"
+    } else if f > 0.0 {
+        "inf"
+    } else {
+        "-inf"
+    };
+    match inside {
+        None => format!("{name} (larder stores finite floats only)"),
+        Some(ty) => format!(
+            "{name} inside a {} value (larder stores finite floats only)",
+            ty.name()
+        ),
+    }
+}
+
+/// Walks `v`'s serde serialization and returns the first non-finite `f32`/`f64`, which
+/// `serde_json` would silently write as `null` (a value that then cannot be read back).
+/// Serialization errors are not reported here: the real serializer reports them.
+pub(crate) fn find_non_finite<T: Serialize + ?Sized>(v: &T) -> Option<NonFinite> {
+    // The common case (no bad float) walks without building paths; only a hit walks again
+    // to name where it is.
+    let found = |track| {
+        let mut check = float_check::FloatCheck::new(track);
+        match v.serialize(&mut check) {
+            Err(float_check::CheckError::NonFinite(n)) => Some(n),
+            _ => None,
+        }
+    };
+    found(false)?;
+    found(true)
+}
+
+/// Replaces negative zero with `0.0` throughout a JSON document (see [`FieldType::Float`]).
+pub(crate) fn normalize_json_zeros(j: &mut serde_json::Value) {
+    match j {
+        serde_json::Value::Number(n) => {
+            if n.is_f64()
+                && n.as_f64().is_some_and(|f| f == 0.0 && f.is_sign_negative())
+                && let Some(zero) = serde_json::Number::from_f64(0.0)
+            {
+                *n = zero;
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(normalize_json_zeros),
+        serde_json::Value::Object(o) => o.values_mut().for_each(normalize_json_zeros),
+        _ => {}
+    }
+}
+
+/// A `serde_json` formatter that writes negative zero as `0.0` (see [`FieldType::Float`]);
+/// otherwise compact, and floats print in their shortest round-trip form.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct CanonicalFloats;
+
+impl serde_json::ser::Formatter for CanonicalFloats {
+    fn write_f64<W: ?Sized + std::io::Write>(&mut self, w: &mut W, v: f64) -> std::io::Result<()> {
+        let v = if v == 0.0 { 0.0 } else { v };
+        serde_json::ser::CompactFormatter.write_f64(w, v)
+    }
+
+    fn write_f32<W: ?Sized + std::io::Write>(&mut self, w: &mut W, v: f32) -> std::io::Result<()> {
+        let v = if v == 0.0 { 0.0 } else { v };
+        serde_json::ser::CompactFormatter.write_f32(w, v)
+    }
+}
+
+mod float_check {
+    //! A serde `Serializer` that writes nothing and stops at the first non-finite float.
+
+    use std::fmt;
+
+    use serde::Serialize;
+    use serde::ser::{self, Serializer};
+
+    use super::NonFinite;
+
+    #[derive(Debug)]
+    pub(super) enum CheckError {
+        NonFinite(NonFinite),
+        Other,
+    }
+
+    impl fmt::Display for CheckError {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("non-finite float")
+        }
+    }
+
+    impl std::error::Error for CheckError {}
+
+    impl ser::Error for CheckError {
+        fn custom<T: fmt::Display>(_: T) -> Self {
+            CheckError::Other
+        }
+    }
+
+    #[derive(Debug)]
+    pub(super) struct FloatCheck {
+        /// Whether to record the path (only needed to name a bad float in the error).
+        track: bool,
+        path: Vec<String>,
+    }
+
+    impl FloatCheck {
+        pub(super) fn new(track: bool) -> Self {
+            FloatCheck {
+                track,
+                path: Vec::new(),
+            }
+        }
+
+        fn push(&mut self, seg: impl FnOnce() -> String) {
+            if self.track {
+                self.path.push(seg());
+            }
+        }
+
+        fn pop(&mut self) {
+            if self.track {
+                self.path.pop();
+            }
+        }
+
+        fn float(&self, value: f64) -> Result<(), CheckError> {
+            if value.is_finite() {
+                return Ok(());
+            }
+            let mut path = String::new();
+            for seg in &self.path {
+                if !path.is_empty() && !seg.starts_with('[') {
+                    path.push('.');
+                }
+                path.push_str(seg);
+            }
+            Err(CheckError::NonFinite(NonFinite { path, value }))
+        }
+
+        fn nested<T: Serialize + ?Sized>(
+            &mut self,
+            seg: impl FnOnce() -> String,
+            v: &T,
+        ) -> Result<(), CheckError> {
+            self.push(seg);
+            let r = v.serialize(&mut *self);
+            self.pop();
+            r
+        }
+    }
+
+    pub(super) struct Compound<'a> {
+        check: &'a mut FloatCheck,
+        index: usize,
+        key: String,
+    }
+
+    impl<'a> Compound<'a> {
+        fn new(check: &'a mut FloatCheck) -> Self {
+            Compound {
+                check,
+                index: 0,
+                key: String::new(),
+            }
+        }
+
+        fn element<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), CheckError> {
+            let i = self.index;
+            self.index += 1;
+            self.check.nested(|| format!("[{i}]"), v)
+        }
+    }
+
+    macro_rules! ok_scalars {
+        ($($m:ident: $t:ty),* $(,)?) => {$(
+            fn $m(self, _: $t) -> Result<(), CheckError> { Ok(()) }
+        )*};
+    }
+
+    impl<'a> Serializer for &'a mut FloatCheck {
+        type Ok = ();
+        type Error = CheckError;
+        type SerializeSeq = Compound<'a>;
+        type SerializeTuple = Compound<'a>;
+        type SerializeTupleStruct = Compound<'a>;
+        type SerializeTupleVariant = Compound<'a>;
+        type SerializeMap = Compound<'a>;
+        type SerializeStruct = Compound<'a>;
+        type SerializeStructVariant = Compound<'a>;
+
+        ok_scalars!(serialize_bool: bool, serialize_i8: i8, serialize_i16: i16,
+            serialize_i32: i32, serialize_i64: i64, serialize_i128: i128, serialize_u8: u8,
+            serialize_u16: u16, serialize_u32: u32, serialize_u64: u64, serialize_u128: u128,
+            serialize_char: char, serialize_str: &str, serialize_bytes: &[u8],
+            serialize_unit_struct: &'static str);
+
+        fn serialize_f32(self, v: f32) -> Result<(), CheckError> {
+            self.float(f64::from(v))
+        }
+        fn serialize_f64(self, v: f64) -> Result<(), CheckError> {
+            self.float(v)
+        }
+        fn serialize_none(self) -> Result<(), CheckError> {
+            Ok(())
+        }
+        fn serialize_some<T: Serialize + ?Sized>(self, v: &T) -> Result<(), CheckError> {
+            v.serialize(self)
+        }
+        fn serialize_unit(self) -> Result<(), CheckError> {
+            Ok(())
+        }
+        fn serialize_unit_variant(
+            self,
+            _: &'static str,
+            _: u32,
+            _: &'static str,
+        ) -> Result<(), CheckError> {
+            Ok(())
+        }
+        fn serialize_newtype_struct<T: Serialize + ?Sized>(
+            self,
+            _: &'static str,
+            v: &T,
+        ) -> Result<(), CheckError> {
+            v.serialize(self)
+        }
+        fn serialize_newtype_variant<T: Serialize + ?Sized>(
+            self,
+            _: &'static str,
+            _: u32,
+            variant: &'static str,
+            v: &T,
+        ) -> Result<(), CheckError> {
+            self.nested(|| variant.to_owned(), v)
+        }
+        fn serialize_seq(self, _: Option<usize>) -> Result<Compound<'a>, CheckError> {
+            Ok(Compound::new(self))
+        }
+        fn serialize_tuple(self, _: usize) -> Result<Compound<'a>, CheckError> {
+            Ok(Compound::new(self))
+        }
+        fn serialize_tuple_struct(
+            self,
+            _: &'static str,
+            _: usize,
+        ) -> Result<Compound<'a>, CheckError> {
+            Ok(Compound::new(self))
+        }
+        fn serialize_tuple_variant(
+            self,
+            _: &'static str,
+            _: u32,
+            variant: &'static str,
+            _: usize,
+        ) -> Result<Compound<'a>, CheckError> {
+            self.push(|| variant.to_owned());
+            Ok(Compound::new(self))
+        }
+        fn serialize_map(self, _: Option<usize>) -> Result<Compound<'a>, CheckError> {
+            Ok(Compound::new(self))
+        }
+        fn serialize_struct(self, _: &'static str, _: usize) -> Result<Compound<'a>, CheckError> {
+            Ok(Compound::new(self))
+        }
+        fn serialize_struct_variant(
+            self,
+            _: &'static str,
+            _: u32,
+            variant: &'static str,
+            _: usize,
+        ) -> Result<Compound<'a>, CheckError> {
+            self.push(|| variant.to_owned());
+            Ok(Compound::new(self))
+        }
+    }
+
+    impl ser::SerializeSeq for Compound<'_> {
+        type Ok = ();
+        type Error = CheckError;
+        fn serialize_element<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), CheckError> {
+            self.element(v)
+        }
+        fn end(self) -> Result<(), CheckError> {
+            Ok(())
+        }
+    }
+
+    impl ser::SerializeTuple for Compound<'_> {
+        type Ok = ();
+        type Error = CheckError;
+        fn serialize_element<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), CheckError> {
+            self.element(v)
+        }
+        fn end(self) -> Result<(), CheckError> {
+            Ok(())
+        }
+    }
+
+    impl ser::SerializeTupleStruct for Compound<'_> {
+        type Ok = ();
+        type Error = CheckError;
+        fn serialize_field<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), CheckError> {
+            self.element(v)
+        }
+        fn end(self) -> Result<(), CheckError> {
+            Ok(())
+        }
+    }
+
+    impl ser::SerializeTupleVariant for Compound<'_> {
+        type Ok = ();
+        type Error = CheckError;
+        fn serialize_field<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), CheckError> {
+            self.element(v)
+        }
+        fn end(self) -> Result<(), CheckError> {
+            self.check.pop();
+            Ok(())
+        }
+    }
+
+    impl ser::SerializeMap for Compound<'_> {
+        type Ok = ();
+        type Error = CheckError;
+        fn serialize_key<T: Serialize + ?Sized>(&mut self, k: &T) -> Result<(), CheckError> {
+            // Keys name the path in the error only; JSON keys are text.
+            if self.check.track {
+                self.key = match serde_json::to_value(k) {
+                    Ok(serde_json::Value::String(s)) => s,
+                    Ok(other) => other.to_string(),
+                    Err(_) => "?".to_owned(),
+                };
+            }
+            Ok(())
+        }
+        fn serialize_value<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), CheckError> {
+            let key = std::mem::take(&mut self.key);
+            self.check.nested(|| key, v)
+        }
+        fn end(self) -> Result<(), CheckError> {
+            Ok(())
+        }
+    }
+
+    impl ser::SerializeStruct for Compound<'_> {
+        type Ok = ();
+        type Error = CheckError;
+        fn serialize_field<T: Serialize + ?Sized>(
+            &mut self,
+            key: &'static str,
+            v: &T,
+        ) -> Result<(), CheckError> {
+            self.check.nested(|| key.to_owned(), v)
+        }
+        fn end(self) -> Result<(), CheckError> {
+            Ok(())
+        }
+    }
+
+    impl ser::SerializeStructVariant for Compound<'_> {
+        type Ok = ();
+        type Error = CheckError;
+        fn serialize_field<T: Serialize + ?Sized>(
+            &mut self,
+            key: &'static str,
+            v: &T,
+        ) -> Result<(), CheckError> {
+            self.check.nested(|| key.to_owned(), v)
+        }
+        fn end(self) -> Result<(), CheckError> {
+            self.check.pop();
+            Ok(())
         }
     }
 }

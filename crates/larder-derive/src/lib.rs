@@ -716,13 +716,11 @@ fn generate(
     };
 
     let (body, from_record) = if document {
-        let to_string = quote_spanned!(ident.span()=> #p::serde_json::to_string::<#ident>);
+        let encode = quote_spanned!(ident.span()=> #p::encode_body::<#ident>);
         let decode = quote_spanned!(ident.span()=> #p::decode_body::<#ident>);
         (
             quote! {
-                ::core::option::Option::Some(#to_string(self).map_err(|__larder_e| {
-                    #p::mapping_error(#entity, "encode", __larder_e)
-                })?)
+                ::core::option::Option::Some(#encode(<Self as #p::Entity>::def(), self)?)
             },
             quote! {
                 #decode(<Self as #p::Entity>::def(), &__larder_record)

@@ -77,3 +77,92 @@ pub struct Counter {
     /// The count.
     pub count: i64,
 }
+
+/// A mapped-columns entity for float, integer and text values at their limits: orderable
+/// keys of every type (nullable and not), an `f32`, JSON fields, unindexed text.
+#[derive(Debug, Clone, PartialEq, Entity)]
+#[larder(table = "samples")]
+pub struct Sample {
+    /// Text id.
+    pub id: String,
+    /// Required float.
+    #[larder(indexed)]
+    pub x: f64,
+    /// Nullable float.
+    #[larder(indexed)]
+    pub y: Option<f64>,
+    /// Required integer.
+    #[larder(indexed)]
+    pub n: i64,
+    /// Nullable indexed text.
+    #[larder(indexed)]
+    pub label: Option<String>,
+    /// A float stored from `f32`.
+    pub small: f32,
+    /// Unindexed text (only the record size limit applies).
+    pub note: String,
+    /// Nullable JSON.
+    pub meta: Option<serde_json::Value>,
+    /// Required JSON (JSON `null` is a value here).
+    pub attrs: serde_json::Value,
+    /// Floats inside a JSON field.
+    pub series: larder::Json<Vec<f64>>,
+}
+
+impl Sample {
+    /// A sample with `x` and everything else plain.
+    pub fn new(id: &str, x: f64) -> Sample {
+        Sample {
+            id: id.into(),
+            x,
+            y: None,
+            n: 0,
+            label: None,
+            small: 0.0,
+            note: String::new(),
+            meta: None,
+            attrs: serde_json::json!({}),
+            series: larder::Json(Vec::new()),
+        }
+    }
+}
+
+/// A document entity with the same keys as [`Sample`], plus floats that live only in the
+/// JSON body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Entity)]
+#[larder(table = "measurements", document)]
+pub struct Measurement {
+    /// Text id.
+    pub id: String,
+    /// Required float.
+    #[larder(indexed)]
+    pub x: f64,
+    /// Nullable float.
+    #[larder(indexed)]
+    pub y: Option<f64>,
+    /// Required integer.
+    #[larder(indexed)]
+    pub n: i64,
+    /// Nullable text.
+    #[larder(indexed)]
+    pub label: Option<String>,
+    /// A float stored from `f32` (body only).
+    pub small: f32,
+    /// Floats in the body only.
+    pub samples: Vec<f64>,
+}
+
+impl Measurement {
+    /// A measurement with `x` and everything else plain.
+    pub fn new(id: &str, x: f64) -> Measurement {
+        Measurement {
+            id: id.into(),
+            x,
+            y: None,
+            n: 0,
+            label: None,
+            small: 0.0,
+            samples: Vec::new(),
+        }
+    }
+}

@@ -72,6 +72,14 @@ macro_rules! conformance {
                 uow_deadline_bounds_later_calls_and_store_stays_healthy,
                 audit_sink_receives_one_record_per_operation,
                 wrappers_forward_through_arc_dyn_backend,
+                // values at their limits
+                non_finite_floats_are_rejected_on_write,
+                extreme_finite_floats_read_back_exactly,
+                negative_zero_is_stored_as_positive_zero,
+                keyset_pagination_over_float_keys_terminates,
+                long_ids_and_indexed_text_are_limit_exceeded,
+                get_many_with_duplicate_ids_returns_each_entity_once,
+                json_null_in_a_nullable_json_field_is_sql_null,
             );
         }
     };

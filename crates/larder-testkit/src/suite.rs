@@ -11,7 +11,7 @@ use larder::{
 use serde_json::json;
 
 use crate::backends::TestDb;
-use crate::entities::{Account, Item};
+use crate::entities::{Account, Item, Measurement, Sample};
 
 async fn setup(db: &TestDb) -> &Store {
     db.store.register::<Item>().await.expect("register items");
@@ -1248,4 +1248,441 @@ pub async fn per_call_deadline_does_not_leak_into_commit(db: &TestDb) {
     let e = uow.commit().await;
     assert!(matches!(e, Err(Error::DeadlineExceeded { .. })), "{e:?}");
     assert!(!committed(store, "b").await);
+}
+
+// ---------------------------------------------------------------------------------------
+// values at their limits
+
+async fn setup_values(db: &TestDb) -> &Store {
+    let store = setup(db).await;
+    store.register::<Sample>().await.expect("register samples");
+    store
+        .register::<Measurement>()
+        .await
+        .expect("register measurements");
+    store
+}
+
+/// Finite floats at the edges of `f64` (and some whose decimal form is long).
+const EXTREME_FLOATS: &[f64] = &[
+    f64::MAX,
+    f64::MIN,
+    f64::MIN_POSITIVE,
+    -f64::MIN_POSITIVE,
+    5e-324,
+    -5e-324,
+    f64::from_bits(0x000f_ffff_ffff_ffff), // largest subnormal
+    3.402_823_466_385_288_6e38,            // f32::MAX widened
+    -2.418_261_144_083_014_7e92,
+    1e300,
+    0.1 + 0.2,
+    1e16,
+    -9_007_199_254_740_994.0,
+    1.5,
+];
+
+fn bits_eq(a: f64, b: f64) -> bool {
+    a.to_bits() == b.to_bits()
+}
+
+/// NaN and ±infinity are refused on write with a typed error before any SQL, in every
+/// kind of float field (mapped column, document column, document body, inside JSON), on
+/// insert and update; nothing is stored and the unit of work stays usable.
+pub async fn non_finite_floats_are_rejected_on_write(db: &TestDb) {
+    let store = setup_values(db).await;
+    let mut uow = store.begin().await.unwrap();
+    for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        let samples = [
+            Sample::new("s", bad),
+            Sample {
+                y: Some(bad),
+                ..Sample::new("s", 1.0)
+            },
+            Sample {
+                small: f32::NAN,
+                ..Sample::new("s", 1.0)
+            },
+            Sample {
+                series: larder::Json(vec![1.0, bad]),
+                ..Sample::new("s", 1.0)
+            },
+        ];
+        for s in &samples {
+            let e = uow.repo::<Sample>().insert(s).await;
+            assert!(
+                matches!(e, Err(Error::TypeMismatch { .. })),
+                "{bad} in {s:?}: {e:?}"
+            );
+        }
+        let measurements = [
+            Measurement::new("m", bad),
+            Measurement {
+                y: Some(bad),
+                ..Measurement::new("m", 1.0)
+            },
+            Measurement {
+                samples: vec![0.5, bad],
+                ..Measurement::new("m", 1.0)
+            },
+        ];
+        for m in &measurements {
+            let e = uow.repo::<Measurement>().insert(m).await;
+            let Err(Error::TypeMismatch { field, .. }) = &e else {
+                panic!("{bad} in {m:?}: {e:?}");
+            };
+            assert!(["x", "y", "samples[1]"].contains(&field.as_str()), "{e:?}");
+        }
+        let item = Item {
+            price: Some(bad),
+            ..Item::new("i", "n", 1)
+        };
+        let e = uow.repo::<Item>().insert(&item).await;
+        assert!(matches!(e, Err(Error::TypeMismatch { .. })), "{e:?}");
+    }
+    // The unit of work is still usable (no statement failed), and updates are checked too.
+    uow.repo::<Sample>()
+        .insert(&Sample::new("ok", 1.0))
+        .await
+        .unwrap();
+    let e = uow
+        .repo::<Sample>()
+        .update(&Sample::new("ok", f64::NAN), 1)
+        .await;
+    assert!(matches!(e, Err(Error::TypeMismatch { .. })), "{e:?}");
+    uow.commit().await.unwrap();
+    let mut uow = store.read().await.unwrap();
+    assert_eq!(uow.repo::<Sample>().count(&Spec::all()).await.unwrap(), 1);
+    assert_eq!(
+        uow.repo::<Measurement>().count(&Spec::all()).await.unwrap(),
+        0
+    );
+    assert_eq!(uow.repo::<Item>().count(&Spec::all()).await.unwrap(), 0);
+    let got = uow.repo::<Sample>().require(&"ok".into()).await.unwrap();
+    assert!(bits_eq(got.x, 1.0) && got.version == 1);
+}
+
+/// Every finite float reads back bit for bit (mapped columns, document columns, document
+/// bodies, JSON fields, `f32`), and `eq` on it matches the row, built in Rust or through
+/// the JSON form of specifications.
+pub async fn extreme_finite_floats_read_back_exactly(db: &TestDb) {
+    let store = setup_values(db).await;
+    let mut uow = store.begin().await.unwrap();
+    for (i, &x) in EXTREME_FLOATS.iter().enumerate() {
+        let id = format!("f{i:02}");
+        #[allow(clippy::cast_possible_truncation)]
+        let small = if x.abs() <= f64::from(f32::MAX) {
+            x as f32
+        } else {
+            f32::MIN_POSITIVE
+        };
+        uow.repo::<Sample>()
+            .insert(&Sample {
+                y: Some(-x),
+                small,
+                series: larder::Json(vec![x, -x]),
+                ..Sample::new(&id, x)
+            })
+            .await
+            .unwrap();
+        uow.repo::<Measurement>()
+            .insert(&Measurement {
+                y: Some(-x),
+                small,
+                samples: vec![x, -x],
+                ..Measurement::new(&id, x)
+            })
+            .await
+            .unwrap();
+        uow.repo::<Item>()
+            .insert(&Item {
+                price: Some(x),
+                ..Item::new(&id, "n", 1)
+            })
+            .await
+            .unwrap();
+    }
+    uow.commit().await.unwrap();
+    let mut uow = store.read().await.unwrap();
+    for (i, &x) in EXTREME_FLOATS.iter().enumerate() {
+        let id = format!("f{i:02}");
+        let s = uow.repo::<Sample>().require(&id).await.unwrap();
+        assert!(bits_eq(s.x, x) && bits_eq(s.y.unwrap(), -x), "{x:e}: {s:?}");
+        assert!(
+            bits_eq(s.series.0[0], x) && bits_eq(s.series.0[1], -x),
+            "{s:?}"
+        );
+        let m = uow.repo::<Measurement>().require(&id).await.unwrap();
+        assert!(bits_eq(m.x, x) && bits_eq(m.y.unwrap(), -x), "{x:e}: {m:?}");
+        assert!(
+            bits_eq(m.samples[0], x) && bits_eq(m.samples[1], -x),
+            "{m:?}"
+        );
+        assert_eq!(m.small.to_bits(), s.small.to_bits(), "{x:e}");
+        let it = uow.repo::<Item>().require(&id).await.unwrap();
+        assert!(bits_eq(it.price.unwrap(), x), "{x:e}: {it:?}");
+
+        let built = field("x").eq(x);
+        let json = Spec::from_json(&serde_json::to_string(&built).unwrap()).unwrap();
+        for spec in [&built, &json] {
+            let hits = uow.repo::<Sample>().find(&Query::new(spec.clone())).await;
+            assert_eq!(
+                ids_of(&hits.unwrap().items),
+                [id.as_str()],
+                "{x:e} {spec:?}"
+            );
+            let hits = uow
+                .repo::<Measurement>()
+                .find(&Query::new(spec.clone()))
+                .await;
+            assert_eq!(
+                ids_of(&hits.unwrap().items),
+                [id.as_str()],
+                "{x:e} {spec:?}"
+            );
+        }
+    }
+}
+
+fn ids_of<T: larder::Entity<Id = String>>(items: &[larder::Versioned<T>]) -> Vec<String> {
+    items.iter().map(|v| v.id()).collect()
+}
+
+/// Negative zero is stored as `0.0` on every backend (SQLite `REAL` columns and
+/// PostgreSQL `jsonb` cannot hold it), in columns, bodies and JSON fields alike.
+pub async fn negative_zero_is_stored_as_positive_zero(db: &TestDb) {
+    let store = setup_values(db).await;
+    let mut uow = store.begin().await.unwrap();
+    uow.repo::<Sample>()
+        .insert(&Sample {
+            y: Some(-0.0),
+            small: -0.0,
+            meta: Some(json!({"z": -0.0})),
+            series: larder::Json(vec![-0.0]),
+            ..Sample::new("z", -0.0)
+        })
+        .await
+        .unwrap();
+    uow.repo::<Measurement>()
+        .insert(&Measurement {
+            y: Some(-0.0),
+            small: -0.0,
+            samples: vec![-0.0],
+            ..Measurement::new("z", -0.0)
+        })
+        .await
+        .unwrap();
+    uow.commit().await.unwrap();
+    let mut uow = store.read().await.unwrap();
+    let positive = |f: f64| bits_eq(f, 0.0);
+    let s = uow.repo::<Sample>().require(&"z".into()).await.unwrap();
+    assert!(positive(s.x) && positive(s.y.unwrap()), "{s:?}");
+    assert!(
+        positive(f64::from(s.small)) && positive(s.series.0[0]),
+        "{s:?}"
+    );
+    let z = s.meta.as_ref().and_then(|m| m["z"].as_f64()).unwrap();
+    assert!(positive(z), "{s:?}");
+    let m = uow
+        .repo::<Measurement>()
+        .require(&"z".into())
+        .await
+        .unwrap();
+    assert!(positive(m.x) && positive(m.y.unwrap()), "{m:?}");
+    assert!(
+        positive(f64::from(m.small)) && positive(m.samples[0]),
+        "{m:?}"
+    );
+    for spec in [field("x").eq(0.0), field("x").eq(-0.0)] {
+        assert_eq!(uow.repo::<Sample>().count(&spec).await.unwrap(), 1);
+        assert_eq!(uow.repo::<Measurement>().count(&spec).await.unwrap(), 1);
+    }
+}
+
+/// Keyset pagination by a float key whose decimal form needs all 17 digits terminates and
+/// visits every row once (three equal keys, descending, one row per page).
+pub async fn keyset_pagination_over_float_keys_terminates(db: &TestDb) {
+    let store = setup_values(db).await;
+    let x = f64::from(f32::MAX);
+    let mut uow = store.begin().await.unwrap();
+    for id in ["a", "b", "c"] {
+        uow.repo::<Sample>()
+            .insert(&Sample::new(id, x))
+            .await
+            .unwrap();
+        uow.repo::<Measurement>()
+            .insert(&Measurement::new(id, x))
+            .await
+            .unwrap();
+    }
+    uow.commit().await.unwrap();
+    let mut uow = store.read().await.unwrap();
+    let base = Query::all().order_by(Order::desc("x")).with_limit(1);
+    let mut seen = (Vec::new(), Vec::new());
+    let mut q = base.clone();
+    for _ in 0..5 {
+        let page = uow.repo::<Sample>().find(&q).await.unwrap();
+        seen.0.extend(ids_of(&page.items));
+        match page.next {
+            Some(c) => q = base.clone().with_after(c),
+            None => break,
+        }
+    }
+    let mut q = base.clone();
+    for _ in 0..5 {
+        let page = uow.repo::<Measurement>().find(&q).await.unwrap();
+        seen.1.extend(ids_of(&page.items));
+        match page.next {
+            Some(c) => q = base.clone().with_after(c),
+            None => break,
+        }
+    }
+    assert_eq!(seen.0, ["a", "b", "c"]);
+    assert_eq!(seen.1, ["a", "b", "c"]);
+}
+
+/// Text ids and indexed text fields longer than `MAX_INDEXED_TEXT_BYTES` are
+/// `LimitExceeded` on every backend, before SQL; at the limit they are stored; text that is
+/// not indexed is bounded only by the record size.
+pub async fn long_ids_and_indexed_text_are_limit_exceeded(db: &TestDb) {
+    let store = setup_values(db).await;
+    let max = larder::MAX_INDEXED_TEXT_BYTES;
+    // Incompressible text, so PostgreSQL's index cannot shrink it below its page limit.
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut text = |len: usize| -> String {
+        (0..len)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                char::from(b'!' + u8::try_from(seed % 94).unwrap())
+            })
+            .collect()
+    };
+    let (at_limit, over) = (text(max), text(max + 1));
+    let long_note = text(16 * 1024);
+    let mut uow = store.begin().await.unwrap();
+    let too_long = |e: &larder::Result<larder::Versioned<()>>| {
+        matches!(e, Err(Error::LimitExceeded { limit, actual, .. })
+            if usize::try_from(*limit).unwrap() == max && usize::try_from(*actual).unwrap() == max + 1)
+    };
+    let e = uow.repo::<Item>().insert(&Item::new(&over, "n", 1)).await;
+    assert!(too_long(&e), "{e:?}");
+    let e = uow.repo::<Item>().insert(&Item::new("a", &over, 1)).await;
+    assert!(too_long(&e), "document text fields are indexed: {e:?}");
+    let e = uow
+        .repo::<Item>()
+        .insert(&Item {
+            tag: Some(over.clone()),
+            ..Item::new("a", "n", 1)
+        })
+        .await;
+    assert!(too_long(&e), "{e:?}");
+    let e = uow
+        .repo::<Sample>()
+        .insert(&Sample {
+            label: Some(over.clone()),
+            ..Sample::new("a", 1.0)
+        })
+        .await;
+    assert!(too_long(&e), "{e:?}");
+    let e = uow.repo::<Sample>().insert(&Sample::new(&over, 1.0)).await;
+    assert!(too_long(&e), "{e:?}");
+    // Multi-byte characters count in bytes.
+    let wide = "é".repeat(max / 2 + 1);
+    let e = uow.repo::<Item>().insert(&Item::new("w", &wide, 1)).await;
+    assert!(matches!(e, Err(Error::LimitExceeded { .. })), "{e:?}");
+    // At the limit, and unindexed text far over it, are stored.
+    uow.repo::<Item>()
+        .insert(&Item {
+            tag: Some(at_limit.clone()),
+            note: long_note.clone(),
+            ..Item::new(&at_limit, &at_limit, 1)
+        })
+        .await
+        .unwrap();
+    uow.repo::<Sample>()
+        .insert(&Sample {
+            label: Some(at_limit.clone()),
+            note: long_note.clone(),
+            ..Sample::new(&at_limit, 1.0)
+        })
+        .await
+        .unwrap();
+    uow.commit().await.unwrap();
+    let mut uow = store.read().await.unwrap();
+    let it = uow.repo::<Item>().require(&at_limit).await.unwrap();
+    assert_eq!((&it.name, &it.note), (&at_limit, &long_note));
+    let s = uow.repo::<Sample>().require(&at_limit).await.unwrap();
+    assert_eq!((s.label.as_ref(), &s.note), (Some(&at_limit), &long_note));
+    assert_eq!(uow.repo::<Item>().count(&Spec::all()).await.unwrap(), 1);
+}
+
+/// `get_many` with an id given several times returns that entity once, at its first
+/// position, on every backend.
+pub async fn get_many_with_duplicate_ids_returns_each_entity_once(db: &TestDb) {
+    let store = setup(db).await;
+    insert_items(store, &[Item::new("a", "1", 1), Item::new("b", "2", 2)]).await;
+    let mut uow = store.read().await.unwrap();
+    let got = uow
+        .repo::<Item>()
+        .get_many(&["b".into(), "a".into(), "b".into(), "x".into(), "a".into()])
+        .await
+        .unwrap();
+    assert_eq!(ids(&got), ["b", "a"]);
+    let got = uow.repo::<Account>().get_many(&[7, 7, 7]).await.unwrap();
+    assert!(got.is_empty());
+}
+
+/// JSON `null` in a nullable JSON field is stored as SQL `NULL`: it reads back as `None`
+/// and matches `is_null` (mapped columns and documents alike). In a non-nullable JSON
+/// field it is a value: it reads back as JSON `null` and never matches `is_null`.
+pub async fn json_null_in_a_nullable_json_field_is_sql_null(db: &TestDb) {
+    let store = setup_values(db).await;
+    let mut uow = store.begin().await.unwrap();
+    uow.repo::<Sample>()
+        .insert(&Sample {
+            meta: Some(serde_json::Value::Null),
+            attrs: serde_json::Value::Null,
+            ..Sample::new("jn", 1.0)
+        })
+        .await
+        .unwrap();
+    uow.repo::<Sample>()
+        .insert(&Sample {
+            meta: Some(json!({"a": 1})),
+            ..Sample::new("jv", 1.0)
+        })
+        .await
+        .unwrap();
+    uow.repo::<Item>()
+        .insert(&Item {
+            meta: Some(serde_json::Value::Null),
+            ..Item::new("jn", "n", 1)
+        })
+        .await
+        .unwrap();
+    uow.repo::<Item>()
+        .insert(&Item {
+            meta: Some(json!([1])),
+            ..Item::new("jv", "n", 1)
+        })
+        .await
+        .unwrap();
+    uow.commit().await.unwrap();
+    let mut uow = store.read().await.unwrap();
+    let s = uow.repo::<Sample>().require(&"jn".into()).await.unwrap();
+    assert_eq!((&s.meta, &s.attrs), (&None, &serde_json::Value::Null));
+    let it = uow.repo::<Item>().require(&"jn".into()).await.unwrap();
+    assert_eq!(it.meta, None);
+    let q = Query::new(field("meta").is_null());
+    let hits = uow.repo::<Sample>().find(&q).await.unwrap();
+    assert_eq!(ids_of(&hits.items), ["jn"]);
+    let hits = uow.repo::<Item>().find(&q).await.unwrap();
+    assert_eq!(ids(&hits.items), ["jn"]);
+    let n = uow
+        .repo::<Sample>()
+        .count(&field("attrs").is_null())
+        .await
+        .unwrap();
+    assert_eq!(n, 0, "JSON null in a required JSON field is a value");
 }

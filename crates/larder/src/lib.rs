@@ -65,9 +65,9 @@ use std::sync::Arc;
 pub use larder_core::{
     AsLarderError, AuditRecord, AuditSink, Capabilities, Committed, DatabaseUrl, Deadline,
     Direction, Entity, EntityDef, Error, FieldDef, FieldRef, FieldType, FieldValue, Json, Limits,
-    MemoryAuditSink, Nulls, Order, Page, Query, Record, Repo, Result, Settings, Spec, Storage,
-    Store, StoreConfig, TracingAuditSink, TransactionOptions, TransientKind, Uow, UowOptions,
-    Value, Versioned, field,
+    MAX_INDEXED_TEXT_BYTES, MemoryAuditSink, Nulls, Order, Page, Query, Record, Repo, Result,
+    Settings, Spec, Storage, Store, StoreConfig, TracingAuditSink, TransactionOptions,
+    TransientKind, Uow, UowOptions, Value, Versioned, field,
 };
 
 /// `#[derive(Entity)]`: maps a struct to a document or to columns.
@@ -217,6 +217,6 @@ pub mod __private {
     pub use larder_core::entity::mapping_error;
     pub use larder_core::{
         Entity, EntityDef, FieldDef, FieldType, FieldValue, Record, Result, Storage, Value,
-        decode_body,
+        decode_body, encode_body,
     };
 }
