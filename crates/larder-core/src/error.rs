@@ -456,6 +456,58 @@ mod tests {
     }
 
     #[test]
+    fn quote_escapes_controls_separators_and_backslashes() {
+        assert_eq!(
+            quote("a\u{1b}[2J\n\u{2028}\u{202e}\\"),
+            "a\\u{1b}[2J\\n\\u{2028}\\u{202e}\\\\"
+        );
+        assert_eq!(quote("héllo `x`"), "héllo `x`");
+        assert_eq!(quote(&"é".repeat(70)), format!("{}…", "é".repeat(64)));
+    }
+
+    #[test]
+    fn every_variant_prints_on_one_line() {
+        let raw = "x\n\u{1b}[2Jy";
+        for e in [
+            Error::NotFound {
+                entity: "item",
+                id: raw.into(),
+            },
+            Error::InvalidQuery(raw.into()),
+            Error::Configuration(raw.into()),
+            Error::backend("sqlite", raw.to_owned()),
+            Error::callback("hook", raw.to_owned()),
+        ] {
+            let text = e.to_string();
+            assert!(!text.chars().any(char::is_control), "{text:?}");
+            assert!(text.contains("\\u{1b}[2Jy"), "{text:?}");
+        }
+        // Text already quoted is not escaped twice.
+        let e = Error::InvalidQuery(format!("field `{}`", quote("a\nb")));
+        assert_eq!(e.to_string(), "invalid query: field `a\\nb`");
+    }
+
+    #[test]
+    fn regex_errors_are_one_line_without_the_caret_diagram() {
+        let pattern = "\u{1b}a(";
+        let e = regex::Regex::new(pattern).unwrap_err();
+        assert!(
+            e.to_string().contains('\n'),
+            "the regex crate's message changed: {e}"
+        );
+        let text = regex_error(pattern, &e);
+        assert_eq!(text, "unclosed group in pattern `\\u{1b}a(`");
+    }
+
+    #[test]
+    fn one_line_joins_lines_and_drops_carets() {
+        assert_eq!(
+            one_line("a:\n    b(\n     ^\nerror: c\u{7}"),
+            "a: b( error: c\\u{7}"
+        );
+    }
+
+    #[test]
     fn shown_truncates_and_escapes() {
         let s = shown(&format!("a\n{}", "x".repeat(100)));
         assert!(s.starts_with("a\\n"));
