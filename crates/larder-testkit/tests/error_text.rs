@@ -1,6 +1,7 @@
 //! D11: caller input never reaches error text raw. Every error that quotes what a caller
 //! passed in (field names, sort keys, regex patterns, ids, cursor and checkpoint tokens,
-//! stream ids, event types, projection and checkpoint names, JSON specifications, settings)
+//! stream ids, event types, checkpoint names, JSON specifications, settings, migration
+//! module and file names)
 //! escapes control characters and stays on one line, on every backend — error text goes to
 //! logs and terminals, where `ESC [2J` clears the screen and a newline forges a log line.
 
@@ -26,7 +27,7 @@ const HOSTILE: [&str; 8] = [
 
 /// The text fails if it holds a control character, a newline or an invisible format
 /// character.
-fn assert_one_clean_line(what: &str, input: &str, e: &Error) {
+fn assert_one_clean_line(what: &str, input: &str, e: &dyn std::fmt::Display) {
     for text in [e.to_string(), format!("{e:#}")] {
         let bad: Vec<char> = text
             .chars()
@@ -130,6 +131,17 @@ fn hostile_input_in_specs_queries_tokens_and_settings_is_escaped_on_one_line() {
             h,
             s.apply_toml(&format!("[database]\n{key} = 1\n")),
         );
+    }
+    // Migration module and file names (from folders, or typed on the command line).
+    for h in HOSTILE {
+        let files = [(format!("1_{h}.sql"), "select 1".to_owned())];
+        let e = larder::migrate::parse_module("app", &files, "migrations/app").unwrap_err();
+        assert_one_clean_line("migration file name", h, &e);
+        let files = [(format!("{h}_x.sql"), "select 1".to_owned())];
+        let e = larder::migrate::parse_module("app", &files, "migrations/app").unwrap_err();
+        assert_one_clean_line("migration version", h, &e);
+        let e = larder::migrate::parse_module(h, &[], h).unwrap_err();
+        assert_one_clean_line("migration module", h, &e);
     }
     // Text larder does not write itself (a driver's error, a callback's error) is
     // flattened and escaped by `Error`'s `Display`.
