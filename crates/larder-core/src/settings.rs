@@ -672,7 +672,7 @@ mod tests {
             format!("postgres://u:{CANARY}@h:port/db"),
             format!("postgresql://u:{CANARY}@[::1/db"),
             format!("postgres://u:{CANARY}@h/db\u{1b}[2J"),
-            format!("{CANARY}"),
+            CANARY.to_owned(),
             format!("sqlite:{CANARY} x"),
         ] {
             let u = DatabaseUrl::new(url.clone());

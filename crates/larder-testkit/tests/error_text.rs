@@ -87,7 +87,7 @@ fn hostile_input_in_specs_queries_tokens_and_settings_is_escaped_on_one_line() {
             "json spec field",
             h,
             Spec::from_json(&serde_json::json!({ "eq": { "field": h, "value": 1 } }).to_string())
-                .and_then(|s| resolve(s)),
+                .and_then(resolve),
         );
         must_fail(
             "json query",

@@ -221,14 +221,13 @@ async fn secrets_in_unusual_urls_and_unknown_parameters_never_print() {
                     "{e} {e:?} {:?}",
                     std::error::Error::source(&e).map(ToString::to_string)
                 );
-                if let Some(name) = unknown {
-                    if !matches!(e, larder::Error::Configuration(_))
-                        || !text.contains(&format!("`{name}`"))
-                    {
-                        untyped.push(format!(
-                            "expected a configuration error naming `{name}`, got {text}"
-                        ));
-                    }
+                if let Some(name) = unknown
+                    && (!matches!(e, larder::Error::Configuration(_))
+                        || !text.contains(&format!("`{name}`")))
+                {
+                    untyped.push(format!(
+                        "expected a configuration error naming `{name}`, got {text}"
+                    ));
                 }
                 printed.push(text);
             }
