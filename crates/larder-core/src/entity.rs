@@ -132,7 +132,7 @@ impl EntityDef {
         if !is_safe_identifier(self.table) || self.table.starts_with("_larder") {
             return Err(bad(format!(
                 "table name `{}` is not a safe identifier",
-                self.table
+                crate::error::quote(self.table)
             )));
         }
         if !matches!(
@@ -152,7 +152,10 @@ impl EntityDef {
         for f in std::iter::once(&self.id).chain(&self.fields) {
             for ident in [f.name, f.column] {
                 if !is_safe_identifier(ident) {
-                    return Err(bad(format!("`{ident}` is not a safe identifier")));
+                    return Err(bad(format!(
+                        "`{}` is not a safe identifier",
+                        crate::error::quote(ident)
+                    )));
                 }
             }
             if columns.contains(&f.column) {

@@ -35,12 +35,14 @@ impl fmt::Display for TransientKind {
 /// Database errors are classified once, in the backend, so callers match on
 /// [`Error::Conflict`] or [`Error::AlreadyExists`] and never on a driver's error code.
 /// Messages are lowercase and never contain secrets (passwords in URLs are redacted before
-/// any error is built).
+/// any error is built). A message is always one line without control characters: caller
+/// input is embedded through [`quote`], and `Display` escapes whatever a driver's or a
+/// callback's text still holds (see [`one_line`]).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The entity does not exist.
-    #[error("{entity} `{id}` not found")]
+    #[error("{entity} `{}` not found", ol(.id))]
     NotFound {
         /// The entity (collection) name.
         entity: &'static str,
@@ -49,7 +51,7 @@ pub enum Error {
     },
 
     /// An entity with this id already exists.
-    #[error("{entity} `{id}` already exists")]
+    #[error("{entity} `{}` already exists", ol(.id))]
     AlreadyExists {
         /// The entity (collection) name.
         entity: &'static str,
@@ -58,7 +60,7 @@ pub enum Error {
     },
 
     /// Optimistic concurrency check failed: someone else wrote first.
-    #[error("version conflict on {entity} `{id}`: expected version {expected}, found {}", fmt_actual(.actual))]
+    #[error("version conflict on {entity} `{}`: expected version {expected}, found {}", ol(.id), fmt_actual(.actual))]
     Conflict {
         /// The entity (collection) name.
         entity: &'static str,
@@ -99,7 +101,7 @@ pub enum Error {
     },
 
     /// A field name that the entity does not register.
-    #[error("unknown field `{field}` on {entity}")]
+    #[error("unknown field `{}` on {entity}", ol(.field))]
     UnknownField {
         /// The entity (collection) name.
         entity: &'static str,
@@ -108,7 +110,7 @@ pub enum Error {
     },
 
     /// A value whose type does not fit the field.
-    #[error("field `{field}` expects {expected}, got {found}")]
+    #[error("field `{}` expects {expected}, got {}", ol(.field), ol(.found))]
     TypeMismatch {
         /// The field name.
         field: String,
@@ -119,26 +121,27 @@ pub enum Error {
     },
 
     /// A specification, query or cursor that is well-typed but not acceptable.
-    #[error("invalid query: {0}")]
+    #[error("invalid query: {}", ol(.0))]
     InvalidQuery(String),
 
     /// A malformed or foreign pagination cursor.
-    #[error("invalid cursor: {0}")]
+    #[error("invalid cursor: {}", ol(.0))]
     InvalidCursor(String),
 
     /// A malformed event-log checkpoint token.
-    #[error("invalid checkpoint: {0}")]
+    #[error("invalid checkpoint: {}", ol(.0))]
     InvalidCheckpoint(String),
 
     /// An event that cannot be appended as given (empty stream id, bad type name, payload
     /// that is not a JSON object…).
-    #[error("invalid event: {0}")]
+    #[error("invalid event: {}", ol(.0))]
     InvalidEvent(String),
 
     /// A stored event whose type (or schema version, after upcasting) the reader does not
     /// know.
     #[error(
-        "unknown event type `{event_type}` (schema version {schema_version}): register an upcaster or add it to the event type"
+        "unknown event type `{}` (schema version {schema_version}): register an upcaster or add it to the event type",
+        ol(.event_type)
     )]
     UnknownEventType {
         /// The stored event type.
@@ -175,7 +178,7 @@ pub enum Error {
     },
 
     /// The entity's declaration (table, field names) is invalid.
-    #[error("invalid entity definition for {entity}: {reason}")]
+    #[error("invalid entity definition for {}: {}", ol(.entity), ol(.reason))]
     InvalidEntity {
         /// The entity name.
         entity: String,
@@ -184,7 +187,7 @@ pub enum Error {
     },
 
     /// Converting between an entity and its stored form failed.
-    #[error("could not {direction} {entity}: {source}")]
+    #[error("could not {direction} {entity}: {}", src_line(.source))]
     Mapping {
         /// The entity name.
         entity: &'static str,
@@ -196,7 +199,7 @@ pub enum Error {
     },
 
     /// The configuration (URL, settings file, environment) is invalid.
-    #[error("invalid configuration: {0}")]
+    #[error("invalid configuration: {}", ol(.0))]
     Configuration(String),
 
     /// The store, pool or unit of work is closed.
@@ -204,7 +207,7 @@ pub enum Error {
     Closed(&'static str),
 
     /// An error from a user callback (a hook or a transaction closure).
-    #[error("{context}: {source}")]
+    #[error("{context}: {}", src_line(.source))]
     Callback {
         /// Where it happened, e.g. `pre-commit hook`.
         context: &'static str,
@@ -214,7 +217,7 @@ pub enum Error {
     },
 
     /// Any other database or driver error, already stripped of secrets.
-    #[error("{backend} error: {source}")]
+    #[error("{backend} error: {}", src_line(.source))]
     Backend {
         /// The backend name.
         backend: &'static str,
@@ -308,14 +311,151 @@ impl AsLarderError for Error {
     }
 }
 
-/// Renders a caller-supplied string safely into an error message: at most 64 characters,
-/// control characters escaped.
-pub(crate) fn shown(s: &str) -> String {
-    let mut out: String = s.chars().take(64).flat_map(char::escape_debug).collect();
-    if s.chars().count() > 64 {
+/// The longest caller input, in characters, that [`quote`] copies into a message.
+pub const QUOTE_MAX_CHARS: usize = 64;
+
+/// Renders caller input (a field name, an id, a pattern, a token, a stream name…) so that it
+/// can be embedded in an error message, a log line or a terminal: control characters
+/// (newlines, tabs, `ESC`, `NUL`, U+0080–U+009F), Unicode line/paragraph separators,
+/// bidirectional overrides and other invisible format characters, and the backslash itself
+/// are escaped like [`char::escape_default`] (`\n`, `\u{1b}`, `\\`), so the text stays on
+/// one line and cannot move the cursor or recolour a terminal; input longer than
+/// [`QUOTE_MAX_CHARS`] characters is cut there and ends with `…`.
+///
+/// Every [`Error`] that quotes caller input builds its message with this function. On top
+/// of that, the `Display` of every [`Error`] escapes any control character that a message
+/// still holds (a driver's or a callback's text), so no error prints on more than one line.
+///
+/// ```
+/// use larder_core::error::quote;
+/// assert_eq!(quote("total"), "total");
+/// assert_eq!(quote("a\nb\u{1b}[2J"), "a\\nb\\u{1b}[2J");
+/// assert_eq!(quote(&"x".repeat(100)), format!("{}…", "x".repeat(64)));
+/// ```
+pub fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len().min(QUOTE_MAX_CHARS * 2));
+    let mut chars = s.chars();
+    for c in chars.by_ref().take(QUOTE_MAX_CHARS) {
+        push_escaped(&mut out, c, true);
+    }
+    if chars.next().is_some() {
         out.push('…');
     }
     out
+}
+
+/// The crate's short name for [`quote`].
+pub(crate) fn shown(s: &str) -> String {
+    quote(s)
+}
+
+/// Whether `c` must not appear raw in an error message: control characters, line and
+/// paragraph separators, and invisible format characters (bidirectional overrides and
+/// isolates, zero-width characters, the byte-order mark) that can disguise text.
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061c}'
+                | '\u{200b}'..='\u{200f}'
+                | '\u{2028}'..='\u{202e}'
+                | '\u{2060}'..='\u{2069}'
+                | '\u{feff}'
+        )
+}
+
+fn push_escaped(out: &mut String, c: char, backslash: bool) {
+    if c == '\\' && backslash {
+        out.push_str("\\\\");
+    } else if needs_escape(c) {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            _ => out.extend(c.escape_unicode()),
+        }
+    } else {
+        out.push(c);
+    }
+}
+
+/// Text of a foreign error (a driver's, a parser's, a callback's) flattened to one line:
+/// lines are trimmed and joined with a space, lines that only point at a column (`^^^`)
+/// are dropped, and control characters are escaped (backslashes are kept, so text that
+/// [`quote`] already escaped is left as it is). At most 1,000 characters are kept.
+pub fn one_line(s: &str) -> String {
+    const MAX: usize = 1000;
+    let mut out = String::with_capacity(s.len().min(MAX));
+    let lines = s
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.chars().all(|c| matches!(c, '^' | '~' | '-')));
+    let mut n = 0;
+    for (i, line) in lines.enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        for c in line.chars() {
+            if n == MAX {
+                out.push('…');
+                return out;
+            }
+            push_escaped(&mut out, c, false);
+            n += 1;
+        }
+    }
+    out
+}
+
+/// `Display` adapter that writes a message with [`one_line`]'s escaping (used by the
+/// `Display` of [`Error`], so that no variant can print a control character).
+struct OneLine<'a>(&'a str);
+
+impl fmt::Display for OneLine<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.0.chars().any(needs_escape) {
+            return f.write_str(self.0);
+        }
+        let mut out = String::with_capacity(self.0.len() + 8);
+        for c in self.0.chars() {
+            push_escaped(&mut out, c, false);
+        }
+        f.write_str(&out)
+    }
+}
+
+fn ol(s: &str) -> OneLine<'_> {
+    OneLine(s)
+}
+
+fn src_line(e: &BoxError) -> String {
+    one_line(&e.to_string())
+}
+
+/// A one-line description of why `pattern` is not a valid regular expression, without the
+/// multi-line caret diagram of the regex crate's message; the pattern is [`quote`]d.
+pub(crate) fn regex_error(pattern: &str, e: &regex::Error) -> String {
+    match e {
+        regex::Error::Syntax(text) => {
+            // The regex crate prints "regex parse error:", the pattern, a caret line and
+            // "error: <what>"; keep only the last part.
+            let what = text
+                .lines()
+                .rev()
+                .find_map(|l| l.trim().strip_prefix("error:"))
+                .map_or_else(|| one_line(text), |w| one_line(w.trim()));
+            format!("{what} in pattern `{}`", quote(pattern))
+        }
+        regex::Error::CompiledTooBig(limit) => format!(
+            "pattern `{}` compiles to more than the size limit of {limit} bytes",
+            quote(pattern)
+        ),
+        other => format!(
+            "{} in pattern `{}`",
+            one_line(&other.to_string()),
+            quote(pattern)
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -335,6 +475,58 @@ mod tests {
             "version conflict on order `42`: expected version 3, found 4"
         );
         assert_eq!(e.kind(), "conflict");
+    }
+
+    #[test]
+    fn quote_escapes_controls_separators_and_backslashes() {
+        assert_eq!(
+            quote("a\u{1b}[2J\n\u{2028}\u{202e}\\"),
+            "a\\u{1b}[2J\\n\\u{2028}\\u{202e}\\\\"
+        );
+        assert_eq!(quote("héllo `x`"), "héllo `x`");
+        assert_eq!(quote(&"é".repeat(70)), format!("{}…", "é".repeat(64)));
+    }
+
+    #[test]
+    fn every_variant_prints_on_one_line() {
+        let raw = "x\n\u{1b}[2Jy";
+        for e in [
+            Error::NotFound {
+                entity: "item",
+                id: raw.into(),
+            },
+            Error::InvalidQuery(raw.into()),
+            Error::Configuration(raw.into()),
+            Error::backend("sqlite", raw.to_owned()),
+            Error::callback("hook", raw.to_owned()),
+        ] {
+            let text = e.to_string();
+            assert!(!text.chars().any(char::is_control), "{text:?}");
+            assert!(text.contains("\\u{1b}[2Jy"), "{text:?}");
+        }
+        // Text already quoted is not escaped twice.
+        let e = Error::InvalidQuery(format!("field `{}`", quote("a\nb")));
+        assert_eq!(e.to_string(), "invalid query: field `a\\nb`");
+    }
+
+    #[test]
+    fn regex_errors_are_one_line_without_the_caret_diagram() {
+        let pattern = "\u{1b}a(";
+        let e = regex::Regex::new(pattern).unwrap_err();
+        assert!(
+            e.to_string().contains('\n'),
+            "the regex crate's message changed: {e}"
+        );
+        let text = regex_error(pattern, &e);
+        assert_eq!(text, "unclosed group in pattern `\\u{1b}a(`");
+    }
+
+    #[test]
+    fn one_line_joins_lines_and_drops_carets() {
+        assert_eq!(
+            one_line("a:\n    b(\n     ^\nerror: c\u{7}"),
+            "a: b( error: c\\u{7}"
+        );
     }
 
     #[test]

@@ -40,8 +40,14 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 
-/// A database URL whose password (userinfo or `password=` query parameter) never appears
-/// in `Debug` or `Display`.
+/// A database URL whose secrets never appear in `Debug` or `Display`.
+///
+/// Redaction fails closed (see [`redact_url`]): the password of the userinfo, the value of
+/// every query parameter not known to be harmless, and the fragment are replaced by `***`;
+/// a URL that does not parse, or whose shape could hide a secret where a driver would not
+/// look for one (`postgres:u:pw@host`, `postgres:/u:pw@host`, an `@` after the host), is
+/// shown as its scheme followed by `***`; text without a scheme (a `key=value` connection
+/// string) is shown as `<redacted>`.
 ///
 /// ```
 /// use larder_core::settings::DatabaseUrl;
@@ -49,6 +55,12 @@ use crate::error::{Error, Result};
 /// assert_eq!(url.to_string(), "postgres://app:***@db/app?sslmode=disable");
 /// assert!(!format!("{url:?}").contains("hunter2"));
 /// assert_eq!(url.expose(), "postgres://app:hunter2@db/app?sslmode=disable");
+/// assert_eq!(DatabaseUrl::new("postgres:app:hunter2@db/app").to_string(), "postgres:***");
+/// assert_eq!(DatabaseUrl::new("host=db password=hunter2").to_string(), "<redacted>");
+/// assert_eq!(
+///     DatabaseUrl::new("postgres://db/app?PASSWORD=hunter2").to_string(),
+///     "postgres://db/app?PASSWORD=***"
+/// );
 /// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct DatabaseUrl(String);
@@ -59,7 +71,8 @@ impl DatabaseUrl {
         DatabaseUrl(url.into())
     }
 
-    /// The real URL, secrets included: only for handing to a driver.
+    /// The real URL, secrets included: only for handing to a driver, after
+    /// [`DatabaseUrl::check`].
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -76,41 +89,264 @@ impl DatabaseUrl {
     pub fn redacted(&self) -> String {
         redact_url(&self.0)
     }
+
+    /// Checks the URL against what a backend's driver reads from it, before the URL is
+    /// handed to the driver: with [`UrlRules::hierarchical`] it must parse as
+    /// `scheme://[user[:password]@]host…`, and every query parameter name must be one of
+    /// [`UrlRules::params`] (exactly, case included, as the driver compares them).
+    ///
+    /// Why: a driver that does not know a parameter may log it, value included (sqlx's
+    /// PostgreSQL driver warns "ignoring unrecognized connect parameter" with the value),
+    /// so a misspelt `?PASSWORD=…` would print the password. The error names the parameter,
+    /// never its value.
+    ///
+    /// ```
+    /// use larder_core::settings::{DatabaseUrl, UrlRules};
+    /// const RULES: UrlRules = UrlRules {
+    ///     backend: "postgresql",
+    ///     hierarchical: true,
+    ///     params: &["sslmode", "password", "options[*]"],
+    /// };
+    /// assert!(DatabaseUrl::new("postgres://u@h/db?sslmode=disable").check(&RULES).is_ok());
+    /// assert!(DatabaseUrl::new("postgres://h/db?options[search_path]=a").check(&RULES).is_ok());
+    /// let e = DatabaseUrl::new("postgres://h/db?PASSWORD=hunter2").check(&RULES).unwrap_err();
+    /// assert!(e.to_string().contains("`PASSWORD`") && !e.to_string().contains("hunter2"));
+    /// assert!(DatabaseUrl::new("postgres:u:hunter2@h/db").check(&RULES).is_err());
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Configuration`] with the redacted URL.
+    pub fn check(&self, rules: &UrlRules) -> Result<()> {
+        let backend = rules.backend;
+        let names: Vec<String> = if rules.hierarchical {
+            let invalid = |why: &dyn fmt::Display| {
+                Error::Configuration(format!(
+                    "invalid {backend} url `{}`: {why}",
+                    self.redacted()
+                ))
+            };
+            let parsed = url::Url::parse(&self.0).map_err(|e| invalid(&e))?;
+            let hierarchical =
+                split_scheme(&self.0).is_some_and(|(_, rest)| rest.starts_with("//"));
+            if !hierarchical || !parsed.has_authority() {
+                return Err(invalid(&format_args!(
+                    "expected `{}://user:password@host:port/database?parameters`",
+                    parsed.scheme()
+                )));
+            }
+            parsed.query_pairs().map(|(k, _)| k.into_owned()).collect()
+        } else {
+            // As sqlx's SQLite driver reads it: everything after the first `?`.
+            self.0
+                .split_once('?')
+                .map(|(_, q)| {
+                    url::form_urlencoded::parse(q.as_bytes())
+                        .map(|(k, _)| k.into_owned())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        for name in &names {
+            if rules.allows(name) {
+                continue;
+            }
+            let hint = match rules.params.iter().find(|p| p.eq_ignore_ascii_case(name)) {
+                Some(p) => format!(" (names are case-sensitive: did you mean `{p}`?)"),
+                None => String::new(),
+            };
+            return Err(Error::Configuration(format!(
+                "the {backend} url has an unknown parameter `{}`{hint}: remove it (its value is \
+                 not shown); known parameters: {}",
+                crate::error::quote(name),
+                rules.params.join(", ")
+            )));
+        }
+        Ok(())
+    }
 }
 
-/// Replaces passwords in a URL (userinfo and `password`/`pass`/`pwd`/`token`/`secret`
-/// query parameters, percent-encoded or not) with `***`. Strings that do not parse as a
-/// URL are redacted whole if they contain an `@` or a `password` key.
-pub fn redact_url(s: &str) -> String {
-    const SECRET_KEYS: [&str; 6] = ["password", "pass", "pwd", "token", "secret", "sslpassword"];
-    match url::Url::parse(s) {
-        Ok(mut u) => {
-            if u.password().is_some() {
-                let _ = u.set_password(Some("***"));
+/// What a backend's driver reads from its URL, for [`DatabaseUrl::check`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UrlRules {
+    /// The backend's name, for error messages.
+    pub backend: &'static str,
+    /// Whether the URL must be hierarchical, `scheme://authority/path?query`. Other shapes
+    /// are refused: a driver would read `postgres:u:pw@host` as a path, so the password
+    /// would reach the server (and its error messages) as a database name.
+    pub hierarchical: bool,
+    /// The query parameter names the driver understands, compared exactly; one `*` in an
+    /// entry matches any text (`options[*]`).
+    pub params: &'static [&'static str],
+}
+
+impl UrlRules {
+    fn allows(&self, name: &str) -> bool {
+        self.params.iter().any(|p| match p.split_once('*') {
+            None => *p == name,
+            Some((pre, post)) => {
+                name.len() >= pre.len() + post.len()
+                    && name.starts_with(pre)
+                    && name.ends_with(post)
             }
-            let pairs: Vec<(String, String)> = u
-                .query_pairs()
-                .map(|(k, v)| {
-                    let secret = SECRET_KEYS.iter().any(|s| k.eq_ignore_ascii_case(s));
-                    (
-                        k.into_owned(),
-                        if secret { "***".into() } else { v.into_owned() },
-                    )
-                })
-                .collect();
-            if !pairs.is_empty() {
+        })
+    }
+}
+
+/// Query parameters whose values [`redact_url`] shows: they configure the connection and
+/// never carry a secret. Compared without case; every other value is redacted.
+const SHOWN_PARAMS: [&str; 21] = [
+    "sslmode",
+    "ssl-mode",
+    "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
+    "sslcert",
+    "ssl-cert",
+    "statement-cache-capacity",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "application_name",
+    "connect_timeout",
+    "search_path",
+    "target_session_attrs",
+    "mode",
+    "cache",
+    "immutable",
+    "vfs",
+];
+
+const HIDDEN: &str = "***";
+
+/// The scheme of an RFC 3986 URL (`ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ) ":"`) and
+/// the text after its colon.
+fn split_scheme(s: &str) -> Option<(&str, &str)> {
+    let (scheme, rest) = s.split_once(':')?;
+    let mut cs = scheme.chars();
+    let ok = cs.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && cs.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    ok.then_some((scheme, rest))
+}
+
+fn shown_value(name: &str) -> bool {
+    SHOWN_PARAMS.iter().any(|p| p.eq_ignore_ascii_case(name))
+}
+
+fn redact_pairs<'a>(
+    pairs: impl Iterator<Item = (std::borrow::Cow<'a, str>, std::borrow::Cow<'a, str>)>,
+) -> Vec<(String, String)> {
+    pairs
+        .map(|(k, v)| {
+            // A shown value must also look like one: `host=h password=…` is one value.
+            let plain = v.chars().all(|c| {
+                c.is_ascii_alphanumeric()
+                    || matches!(c, '.' | '_' | '-' | '/' | ':' | '~' | ',' | '[' | ']')
+            });
+            let v = if v.is_empty() || (shown_value(&k) && plain) {
+                v.into_owned()
+            } else {
+                HIDDEN.to_owned()
+            };
+            (k.into_owned(), v)
+        })
+        .collect()
+}
+
+/// Replaces the secrets in a database URL with `***`, failing closed:
+///
+/// - `scheme://user:password@host…`: the password is replaced; the username, host, port
+///   and path are kept;
+/// - query parameters: only the values of parameters known to configure the connection
+///   (`sslmode`, `host`, `port`, `application_name`, SQLite's `mode`…) are kept, and only
+///   when they are plain (letters, digits, `._-/:~,[]`); every other value (`password`, `PASSWORD`, `sslpassword`, `token`, unknown names) is
+///   replaced; a fragment is replaced;
+/// - a URL that does not parse, that has an `@` after its authority or in an opaque path
+///   (`postgres:u:pw@host`, `postgres:/u:pw@host`), or whose opaque path has characters
+///   other than letters, digits and `._-/~` (`sqlite::memory:` is kept): its scheme
+///   followed by `:***`;
+/// - text without a scheme (e.g. `host=db password=…`): `<redacted>`.
+///
+/// ```
+/// use larder_core::settings::redact_url;
+/// assert_eq!(redact_url("postgres://u:pw@h:5432/db?sslmode=require&password=pw"),
+///            "postgres://u:***@h:5432/db?sslmode=require&password=***");
+/// assert_eq!(redact_url("postgres:/u:pw@h/db"), "postgres:***");
+/// assert_eq!(redact_url("sqlite:data/app.db?mode=ro"), "sqlite:data/app.db?mode=ro");
+/// assert_eq!(redact_url("dbname=app password=pw"), "<redacted>");
+/// ```
+pub fn redact_url(s: &str) -> String {
+    let Some((scheme, rest)) = split_scheme(s) else {
+        return "<redacted>".to_owned();
+    };
+    let closed = || format!("{scheme}:{HIDDEN}");
+    if let Some(after) = rest.strip_prefix("//") {
+        // An `@` after the end of the authority means the parser and a reader disagree on
+        // where the userinfo ends (`postgres://u:12/x@h` is host `u`, port 12).
+        let authority_end = after.find(['/', '?', '#']).unwrap_or(after.len());
+        if after[authority_end..].contains('@') {
+            return closed();
+        }
+        let Ok(mut u) = url::Url::parse(s) else {
+            return closed();
+        };
+        if !u.has_authority() {
+            return closed();
+        }
+        if u.password().is_some() && u.set_password(Some(HIDDEN)).is_err() {
+            return closed();
+        }
+        if u.query().is_some() {
+            let pairs = redact_pairs(u.query_pairs());
+            if pairs.is_empty() {
+                u.set_query(None);
+            } else {
                 u.query_pairs_mut().clear().extend_pairs(pairs);
             }
-            u.to_string().replace("%2A%2A%2A", "***")
         }
-        Err(_) => {
-            let lower = s.to_ascii_lowercase();
-            if s.contains('@') || SECRET_KEYS.iter().any(|k| lower.contains(k)) {
-                "<redacted>".to_owned()
-            } else {
-                s.to_owned()
-            }
+        if u.fragment().is_some() {
+            u.set_fragment(Some(HIDDEN));
         }
+        return u.to_string().replace("%2A%2A%2A", HIDDEN);
+    }
+    // An opaque URL (`sqlite:app.db`, `sqlite::memory:`): no userinfo exists, so anything
+    // that looks like one is hidden.
+    let (path, query) = match rest.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (rest, None),
+    };
+    let safe_path = path == ":memory:"
+        || path
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/' | '~'));
+    if !safe_path || rest.contains(['@', '#']) {
+        return closed();
+    }
+    match query {
+        None => s.to_owned(),
+        Some(q) => {
+            let pairs = redact_pairs(url::form_urlencoded::parse(q.as_bytes()));
+            let q = url::form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(pairs)
+                .finish()
+                .replace("%2A%2A%2A", HIDDEN);
+            format!("{scheme}:{path}?{q}")
+        }
+    }
+}
+
+/// Hides secrets in free text that may quote a URL or a setting (a parser's or a driver's
+/// message, which is not a URL): the whole text is replaced by `<redacted>` if it contains
+/// an `@` or a password-like word (`pass`, `pwd`, `token`, `secret`), in any case.
+pub fn redact_text(s: &str) -> String {
+    const SECRET_WORDS: [&str; 4] = ["pass", "pwd", "token", "secret"];
+    let lower = s.to_ascii_lowercase();
+    if s.contains('@') || SECRET_WORDS.iter().any(|k| lower.contains(k)) {
+        "<redacted>".to_owned()
+    } else {
+        s.to_owned()
     }
 }
 
@@ -269,7 +505,7 @@ impl Settings {
             // toml's message quotes the offending line, which may hold a password.
             Error::Configuration(format!(
                 "settings file is not valid: {}",
-                redact_url(e.message())
+                redact_text(e.message())
             ))
         })?;
         if let Some(u) = f.database.url {
@@ -304,7 +540,10 @@ impl Settings {
 
     fn apply_file(&mut self, path: &Path) -> Result<()> {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::Configuration(format!("cannot read settings file {}: {e}", path.display()))
+            Error::Configuration(format!(
+                "cannot read settings file `{}`: {e}",
+                crate::error::quote(&path.display().to_string())
+            ))
         })?;
         self.apply_toml(&text)
     }
@@ -400,6 +639,126 @@ mod tests {
             assert!(!printed.contains("c4n4ry"), "{printed}");
             let s = Settings::from_url(url);
             assert!(!format!("{s:?}").contains("c4n4ry"));
+        }
+    }
+
+    #[test]
+    fn passwords_in_unusual_url_shapes_never_print() {
+        let enc = CANARY.replace('-', "%2D");
+        for url in [
+            // one slash, no slash: a driver reads the userinfo as a path
+            format!("postgres:/u:{CANARY}@h/db"),
+            format!("postgres:u:{CANARY}@h/db"),
+            format!("sqlite:u:{CANARY}@h/db"),
+            // key=value connection strings, with and without a scheme
+            format!("host=h user=u password={CANARY} dbname=d"),
+            format!("host=h PASSWORD='{CANARY}'"),
+            format!("postgres:host=h password={CANARY}"),
+            format!("postgres://?host=h password={CANARY}"),
+            // password-like and unknown parameters, in any case
+            format!("postgres://h/db?PASSWORD={CANARY}"),
+            format!("postgres://h/db?sslpassword={CANARY}"),
+            format!("postgres://h/db?Pass%77ord={CANARY}"),
+            format!("postgres://h/db?api_token={CANARY}&x={CANARY}"),
+            format!("postgres://h/db?options={CANARY}"),
+            format!("sqlite:app.db?PASSWORD={CANARY}"),
+            format!("sqlite://app.db?PassWord={enc}"),
+            // an `@` after the authority: the parser splits where a reader would not
+            format!("postgres://u:12/{CANARY}@h/db"),
+            format!("postgres://u:12?{CANARY}@h/db"),
+            format!("postgres://u:12#{CANARY}@h/db"),
+            format!("postgres://h/db#{CANARY}"),
+            // does not parse: redacted after the scheme
+            format!("postgres://u:{CANARY}@h:port/db"),
+            format!("postgresql://u:{CANARY}@[::1/db"),
+            format!("postgres://u:{CANARY}@h/db\u{1b}[2J"),
+            CANARY.to_owned(),
+            format!("sqlite:{CANARY} x"),
+        ] {
+            let u = DatabaseUrl::new(url.clone());
+            let printed = format!("{u} {u:?} {} {}", u.redacted(), redact_url(&url));
+            assert!(!printed.contains("c4n4ry"), "{url} -> {printed}");
+            assert!(!printed.contains("S3cret"), "{url} -> {printed}");
+            let s = Settings::from_url(url.clone());
+            let debug = format!("{s:?}");
+            assert!(!debug.contains("c4n4ry"), "{url} -> {debug}");
+        }
+    }
+
+    #[test]
+    fn redaction_keeps_what_is_safe_to_show() {
+        for (url, shown) in [
+            (
+                "postgres://u:pw@h:5432/db?sslmode=disable",
+                "postgres://u:***@h:5432/db?sslmode=disable",
+            ),
+            ("postgres://u@h/db", "postgres://u@h/db"),
+            (
+                "postgres://h/db?sslmode=require&PASSWORD=pw",
+                "postgres://h/db?sslmode=require&PASSWORD=***",
+            ),
+            ("postgres:u:pw@h/db", "postgres:***"),
+            ("postgres:/u:pw@h/db", "postgres:***"),
+            ("postgres://u:pw@h:port/db", "postgres:***"),
+            ("sqlite://larder.db", "sqlite://larder.db"),
+            ("sqlite:data/app.db?mode=ro", "sqlite:data/app.db?mode=ro"),
+            ("sqlite::memory:", "sqlite::memory:"),
+            ("memory://", "memory://"),
+            ("host=h password=pw", "<redacted>"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+    }
+
+    #[test]
+    fn unknown_url_parameters_are_refused_by_name_only() {
+        const PG: UrlRules = UrlRules {
+            backend: "postgresql",
+            hierarchical: true,
+            params: &["sslmode", "password", "options[*]"],
+        };
+        const LITE: UrlRules = UrlRules {
+            backend: "sqlite",
+            hierarchical: false,
+            params: &["mode", "cache"],
+        };
+        let ok = |u: &str, r: &UrlRules| DatabaseUrl::new(u).check(r).is_ok();
+        assert!(ok("postgres://u:pw@h/db?sslmode=disable&password=x", &PG));
+        assert!(ok("postgres://h/db?options[search_path]=a", &PG));
+        assert!(ok("sqlite:app.db?mode=ro", &LITE));
+        assert!(ok("sqlite::memory:", &LITE));
+        for (url, rules, name) in [
+            (
+                format!("postgres://h/db?PASSWORD={CANARY}"),
+                &PG,
+                "`PASSWORD`",
+            ),
+            (
+                format!("postgres://h/db?sslmode=disable&sslpassword={CANARY}"),
+                &PG,
+                "`sslpassword`",
+            ),
+            (
+                format!("postgres://h/db?options={CANARY}"),
+                &PG,
+                "`options`",
+            ),
+            (format!("sqlite:app.db?vfs={CANARY}"), &LITE, "`vfs`"),
+        ] {
+            let e = DatabaseUrl::new(url.clone()).check(rules).unwrap_err();
+            let text = e.to_string();
+            assert!(matches!(e, Error::Configuration(_)), "{text}");
+            assert!(text.contains(name), "{text}");
+            assert!(!text.contains("c4n4ry"), "{text}");
+        }
+        for url in [
+            format!("postgres:u:{CANARY}@h/db"),
+            format!("postgres:/u:{CANARY}@h/db"),
+            format!("postgres://u:{CANARY}@h:port/db"),
+        ] {
+            let e = DatabaseUrl::new(url).check(&PG).unwrap_err();
+            assert!(matches!(e, Error::Configuration(_)), "{e}");
+            assert!(!e.to_string().contains("c4n4ry"), "{e}");
         }
     }
 

@@ -730,7 +730,11 @@ fn resolve(
             textual(field, ty, "regex")?;
             text(pattern, "pattern length")?;
             regex::Regex::new(pattern).map_err(|e| {
-                Error::InvalidQuery(format!("invalid regex for `{}`: {}", shown(field), e))
+                Error::InvalidQuery(format!(
+                    "invalid regex for `{}`: {}",
+                    shown(field),
+                    crate::error::regex_error(pattern, &e)
+                ))
             })?;
             Pred::Regex {
                 field: f,

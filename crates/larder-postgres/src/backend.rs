@@ -7,7 +7,7 @@ use std::time::Duration;
 use larder_core::backend::{
     Backend, BeginOptions, BoxFuture, BoxStream, Capabilities, Transaction,
 };
-use larder_core::settings::Settings;
+use larder_core::settings::{Settings, UrlRules};
 use larder_core::{EntityDef, Error, Result};
 use larder_sql::{Dialect, SqlDriver, SqlTransaction, ddl};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -43,9 +43,43 @@ impl std::fmt::Debug for PgBackend {
     }
 }
 
+/// What sqlx's PostgreSQL driver reads from a URL (`PgConnectOptions::parse_from_url`):
+/// any other parameter would be logged by the driver, value included, so it is refused.
+const URL_RULES: UrlRules = UrlRules {
+    backend: "postgresql",
+    hierarchical: true,
+    params: &[
+        "sslmode",
+        "ssl-mode",
+        "sslrootcert",
+        "ssl-root-cert",
+        "ssl-ca",
+        "sslcert",
+        "ssl-cert",
+        "sslkey",
+        "ssl-key",
+        "statement-cache-capacity",
+        "host",
+        "hostaddr",
+        "port",
+        "dbname",
+        "user",
+        "password",
+        "application_name",
+        "options",
+        "options[*]",
+    ],
+};
+
 impl PgBackend {
     /// Connects to `settings.database_url` (`postgres://user:password@host:port/db?…`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Configuration`] for a URL of another shape or with a query parameter the
+    /// driver does not know (named, its value never shown), before the driver sees it.
     pub async fn connect(settings: &Settings) -> Result<PgBackend> {
+        settings.database_url.check(&URL_RULES)?;
         let opts = PgConnectOptions::from_str(settings.database_url.expose()).map_err(|_| {
             // sqlx's message may quote the URL: say what is wrong without it.
             Error::Configuration(format!(

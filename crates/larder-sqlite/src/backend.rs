@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use larder_core::backend::{Backend, BeginOptions, BoxFuture, Capabilities, Transaction};
-use larder_core::settings::{Settings, Synchronous};
+use larder_core::settings::{Settings, Synchronous, UrlRules};
 use larder_core::{EntityDef, Error, Result};
 use larder_sql::{Dialect, SqlDriver, SqlTransaction, ddl};
 use sqlx::sqlite::{
@@ -46,17 +46,30 @@ impl std::fmt::Debug for SqliteBackend {
     }
 }
 
+/// What sqlx's SQLite driver reads from a URL (`SqliteConnectOptions::from_str`).
+const URL_RULES: UrlRules = UrlRules {
+    backend: "sqlite",
+    hierarchical: false,
+    params: &["mode", "cache", "immutable", "vfs"],
+};
+
 impl SqliteBackend {
     /// Opens (creating if missing) the database named by `settings.database_url`:
     /// `sqlite://path/to/file.db`, `sqlite:relative.db` or `sqlite::memory:`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Configuration`] for a query parameter the driver does not know (named,
+    /// its value never shown), before the driver sees it.
     pub async fn connect(settings: &Settings) -> Result<SqliteBackend> {
+        settings.database_url.check(&URL_RULES)?;
         let url = settings.database_url.expose();
         let mut opts = SqliteConnectOptions::from_str(url)
             .map_err(|e| {
                 Error::Configuration(format!(
                     "invalid sqlite url `{}`: {}",
                     settings.database_url,
-                    larder_core::settings::redact_url(&e.to_string())
+                    larder_core::settings::redact_text(&e.to_string())
                 ))
             })?
             .create_if_missing(true)

@@ -656,7 +656,8 @@ impl Migrator {
                 .cloned()
             else {
                 return Err(MigrateError::NotFound(format!(
-                    "no history row for {module}/{version}"
+                    "no history row for {}/{version}",
+                    larder_core::error::quote(module)
                 )));
             };
             Self::in_transaction(d, async |d| {

@@ -26,6 +26,7 @@
 //! A line `-- larder:no-transaction` in the up script runs it outside a transaction
 //! (needed for `CREATE INDEX CONCURRENTLY`); it is recorded as dirty until it finishes.
 
+use larder_core::error::{one_line, quote};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -179,11 +180,15 @@ fn classify(file: &str) -> Result<FileKind, String> {
         );
     };
     if version.is_empty() || !version.bytes().all(|b| b.is_ascii_digit()) || version.len() > 18 {
-        return Err(format!("`{version}` is not a version (1 to 18 digits)"));
+        return Err(format!(
+            "`{}` is not a version (1 to 18 digits)",
+            quote(version)
+        ));
     }
     if !valid_name(name) {
         return Err(format!(
-            "`{name}` is not a migration name ([a-z0-9_], at most 100 characters)"
+            "`{}` is not a migration name ([a-z0-9_], at most 100 characters)",
+            quote(name)
         ));
     }
     let v: i64 = version
@@ -221,11 +226,15 @@ pub fn parse_module(
 ) -> Result<Module, MigrateError> {
     if !valid_module_name(module) {
         return Err(MigrateError::InvalidFile {
-            file: origin.to_owned(),
-            reason: format!("`{module}` is not a module name ([a-z0-9_], at most 63 characters)"),
+            file: one_line(origin),
+            reason: format!(
+                "`{}` is not a module name ([a-z0-9_], at most 63 characters)",
+                quote(module)
+            ),
         });
     }
-    let path = |f: &str| format!("{origin}/{f}");
+    // File and folder names are caller input: escaped, so a message stays on one line.
+    let path = |f: &str| one_line(&format!("{origin}/{f}"));
     let mut ups: BTreeMap<i64, (String, String, String)> = BTreeMap::new();
     let mut downs: BTreeMap<i64, (String, String, String)> = BTreeMap::new();
     let mut repeatables: BTreeMap<String, (String, String)> = BTreeMap::new();
