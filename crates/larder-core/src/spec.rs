@@ -28,6 +28,9 @@
 //! (including `NULL`s). Text compares byte-wise. `ilike` and `icontains` fold ASCII letters
 //! only (as PostgreSQL does under `COLLATE "C"` and SQLite's `LIKE`). In `like` patterns `%`
 //! matches any run of characters, `_` exactly one, and `\` escapes the next character.
+//! `regex` patterns are in larder's portable dialect ([`regex_dialect`](crate::regex_dialect)),
+//! which every backend runs identically. Text operands cannot contain NUL (U+0000), which no
+//! backend stores: [`Error::InvalidQuery`].
 
 use serde::{Deserialize, Serialize};
 
