@@ -30,8 +30,8 @@
 //! named groups (`(?P<x>…)`), flags other than `i` and `s` (`m`, `x`, `u`, `U`, `R`), a
 //! repetition applied directly to a repetition (`a**`: group it, `(?:a*)*`), a repetition of
 //! an anchor or of nothing (`^*`), counts above 255 (`a{256}`), NUL characters, and patterns
-//! whose expansion is too large (the product of nested repetition counts and pattern size
-//! over 10,000).
+//! whose expansion is too large (pattern size times nested repetition counts over 10,000,
+//! see [`MAX_EXPANDED_SIZE`]).
 //!
 //! [`Spec::Regex`]: crate::spec::Spec::Regex
 
@@ -44,8 +44,9 @@ use crate::error::{Error, Result, shown};
 
 /// Largest repetition count (PostgreSQL's `RE_DUPMAX`).
 pub const MAX_REPEAT: u32 = 255;
-/// Largest expanded size of a pattern (each literal, class and anchor counts one, multiplied
-/// by the counts of the repetitions around it). Keeps every engine's compiled form small.
+/// Largest expanded size of a pattern (each literal and anchor counts one, a class one per
+/// range, multiplied by the counts of the repetitions around it). Keeps every engine's
+/// compiled form small: PostgreSQL refuses "too complex" patterns at a few times this.
 pub const MAX_EXPANDED_SIZE: u64 = 10_000;
 /// Deepest nesting of groups and repetitions.
 const NEST_LIMIT: u32 = 64;
@@ -492,12 +493,8 @@ impl Node {
     /// The expanded size (see [`MAX_EXPANDED_SIZE`]).
     fn size(&self) -> u64 {
         match self {
-            Node::Empty
-            | Node::Literal(_)
-            | Node::Class { .. }
-            | Node::Any
-            | Node::Start
-            | Node::End => 1,
+            Node::Empty | Node::Literal(_) | Node::Any | Node::Start | Node::End => 1,
+            Node::Class { ranges, .. } => u64::try_from(ranges.len()).unwrap_or(u64::MAX).max(1),
             Node::Concat(v) => v.iter().map(Node::size).fold(0, u64::saturating_add),
             Node::Alternation(v) => v.iter().map(Node::size).fold(1, u64::saturating_add),
             Node::Group(n) => n.size(),
@@ -721,7 +718,12 @@ mod tests {
 
     #[test]
     fn the_largest_accepted_patterns_compile() {
-        for p in ["(?:[^a]{100}){100}", "(?:(?:a|b|c){255}){9}", "(?s).{255}"] {
+        for p in [
+            "(?:[^a]{100}){100}",
+            "(?:(?:a|b|c){255}){9}",
+            r"(?:\w{255}){9}",
+            "(?s).{255}",
+        ] {
             RegexPattern::parse("f", p).unwrap();
         }
     }

@@ -747,6 +747,16 @@ pub fn version_of(def: &EntityDef, id: &Value, d: Dialect) -> Built {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn like_to_regex_means_what_like_means() {
+        assert_eq!(like_to_regex("a%b_", false), "^a(?s:.*)b(?s:.)$");
+        assert_eq!(like_to_regex("a\\%.", true), "^[aA]%\\.$");
+        assert_eq!(
+            like_to_regex("%\u{FFFF}\n", false),
+            "^(?s:.*)\u{FFFF}\\x{a}$"
+        );
+    }
     use super::*;
     use larder_core::spec::{Limits, field};
     use larder_core::{FieldDef, Order as LOrder, Query as LQuery};
