@@ -4,8 +4,11 @@ use std::ops::{Deref, DerefMut};
 
 use serde::Serialize;
 
-use crate::error::{Error, Result};
-use crate::value::{CanonicalFloats, FieldType, Value, find_non_finite, normalize_json_zeros};
+use crate::error::{Error, Result, shown};
+use crate::value::{
+    CanonicalFloats, FieldType, Value, find_non_finite, json_nul, json_text_nul,
+    normalize_json_zeros, text_nul,
+};
 
 /// How an entity is laid out in storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,6 +211,22 @@ impl EntityDef {
         f.indexed || (self.storage == Storage::Document && f.ty != FieldType::Json)
     }
 
+    /// Checks an id used to look entities up (`get`, `get_many`, `delete`, `exists`): a text
+    /// id holding a NUL character (U+0000) is an [`Error::InvalidQuery`], on every backend
+    /// (no such id can be stored, see [`Record::check_storable`]).
+    pub fn check_id(&self, id: &Value) -> Result<()> {
+        if let Value::Text(t) = id
+            && let Some(at) = text_nul(t)
+        {
+            return Err(Error::InvalidQuery(format!(
+                "{} id `{}` contains a NUL character (U+0000) at byte {at}; ids cannot contain NUL",
+                self.name,
+                shown(t)
+            )));
+        }
+        Ok(())
+    }
+
     /// The definition of a resolved field.
     pub fn field_def(&self, f: FieldRef) -> &FieldDef {
         match f {
@@ -261,6 +280,43 @@ impl Record {
         check_value(&def.id, &mut self.id, true)?;
         for (f, v) in def.fields.iter().zip(self.values.iter_mut()) {
             check_value(f, v, def.is_indexed(f))?;
+        }
+        Ok(())
+    }
+
+    /// Checks that every text this record would write can be stored identically on every
+    /// backend: no NUL character (U+0000) in the id, a text field, a JSON field's strings or
+    /// keys, or a document body (PostgreSQL rejects NUL in `text` and `jsonb`). A field is
+    /// reported as [`Error::TypeMismatch`] naming it, a body as [`Error::Mapping`]. Called
+    /// by the repository on every insert and update, before any SQL is built.
+    pub fn check_storable(&self, def: &EntityDef) -> Result<()> {
+        let nul = |f: &FieldDef, v: &Value| -> Result<()> {
+            let found = match v {
+                Value::Text(t) => text_nul(t).map(|at| format!("text with one at byte {at}")),
+                Value::Json(j) if json_nul(j) => Some("json with one in a string".to_owned()),
+                _ => None,
+            };
+            match found {
+                Some(found) => Err(Error::TypeMismatch {
+                    field: f.name.to_owned(),
+                    expected: "a value without NUL characters (U+0000)",
+                    found,
+                }),
+                None => Ok(()),
+            }
+        };
+        nul(&def.id, &self.id)?;
+        for (f, v) in def.fields.iter().zip(&self.values) {
+            nul(f, v)?;
+        }
+        if let Some(body) = &self.body
+            && json_text_nul(body)
+        {
+            return Err(mapping_error(
+                def.name,
+                "encode",
+                "the document holds a NUL character (U+0000) in a string; remove it (no backend stores NUL the same way)",
+            ));
         }
         Ok(())
     }
@@ -419,6 +475,38 @@ mod tests {
         def().validate().unwrap();
         assert_eq!(def().field("total"), Some(FieldRef::Field(1)));
         assert_eq!(def().field("total_cents"), None);
+    }
+
+    #[test]
+    fn nul_in_written_text_is_a_typed_error() {
+        let d = def();
+        let rec = |id: &str, status: &str, body: Option<&str>| Record {
+            id: Value::from(id),
+            version: 1,
+            values: vec![Value::from(status), Value::Int(1)],
+            body: body.map(str::to_owned),
+        };
+        rec("a", "open", None).check_storable(&d).unwrap();
+        assert!(matches!(
+            rec("a\0b", "open", None).check_storable(&d),
+            Err(Error::TypeMismatch { ref field, .. }) if field == "id"
+        ));
+        assert!(matches!(
+            rec("a", "op\0en", None).check_storable(&d),
+            Err(Error::TypeMismatch { ref field, .. }) if field == "status"
+        ));
+        assert!(matches!(
+            rec("a", "open", Some(r#"{"note":"x\u0000"}"#)).check_storable(&d),
+            Err(Error::Mapping { .. })
+        ));
+        rec("a", "open", Some(r#"{"note":"x\\u0000"}"#))
+            .check_storable(&d)
+            .unwrap();
+        assert!(matches!(
+            d.check_id(&Value::from("a\0")),
+            Err(Error::InvalidQuery(_))
+        ));
+        d.check_id(&Value::Int(0)).unwrap();
     }
 
     #[test]

@@ -229,7 +229,7 @@ pub enum Error {
 
 fn fmt_cause(cause: &Option<String>) -> String {
     match cause {
-        Some(c) => format!(" ({c})"),
+        Some(c) => format!(" ({})", one_line(c)),
         None => String::new(),
     }
 }
@@ -432,32 +432,6 @@ fn src_line(e: &BoxError) -> String {
     one_line(&e.to_string())
 }
 
-/// A one-line description of why `pattern` is not a valid regular expression, without the
-/// multi-line caret diagram of the regex crate's message; the pattern is [`quote`]d.
-pub(crate) fn regex_error(pattern: &str, e: &regex::Error) -> String {
-    match e {
-        regex::Error::Syntax(text) => {
-            // The regex crate prints "regex parse error:", the pattern, a caret line and
-            // "error: <what>"; keep only the last part.
-            let what = text
-                .lines()
-                .rev()
-                .find_map(|l| l.trim().strip_prefix("error:"))
-                .map_or_else(|| one_line(text), |w| one_line(w.trim()));
-            format!("{what} in pattern `{}`", quote(pattern))
-        }
-        regex::Error::CompiledTooBig(limit) => format!(
-            "pattern `{}` compiles to more than the size limit of {limit} bytes",
-            quote(pattern)
-        ),
-        other => format!(
-            "{} in pattern `{}`",
-            one_line(&other.to_string()),
-            quote(pattern)
-        ),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -507,18 +481,6 @@ mod tests {
         // Text already quoted is not escaped twice.
         let e = Error::InvalidQuery(format!("field `{}`", quote("a\nb")));
         assert_eq!(e.to_string(), "invalid query: field `a\\nb`");
-    }
-
-    #[test]
-    fn regex_errors_are_one_line_without_the_caret_diagram() {
-        let pattern = "\u{1b}a(";
-        let e = regex::Regex::new(pattern).unwrap_err();
-        assert!(
-            e.to_string().contains('\n'),
-            "the regex crate's message changed: {e}"
-        );
-        let text = regex_error(pattern, &e);
-        assert_eq!(text, "unclosed group in pattern `\\u{1b}a(`");
     }
 
     #[test]

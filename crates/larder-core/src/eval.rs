@@ -92,7 +92,7 @@ pub fn eval(p: &Pred, r: &Record) -> Option<bool> {
             _ => Some(false),
         },
         Pred::Regex { field, pattern } => match r.get(*field) {
-            Value::Text(s) => regex::Regex::new(pattern).ok().map(|re| re.is_match(s)),
+            Value::Text(s) => Some(pattern.is_match(s)),
             _ => None,
         },
         Pred::JsonContains { field, value } => match r.get(*field) {

@@ -18,6 +18,7 @@ pub mod eval;
 pub mod events;
 pub mod memory;
 pub mod query;
+pub mod regex_dialect;
 pub mod settings;
 pub mod spec;
 pub mod value;

@@ -462,6 +462,11 @@ fn decode_cursor(token: &str, def: &EntityDef, order: &[OrderKey]) -> Result<Vec
             if v.is_null() && !fd.nullable {
                 return Err(Error::InvalidCursor(format!("null for `{}`", fd.name)));
             }
+            if let Value::Text(t) = &v
+                && t.contains('\0')
+            {
+                return Err(Error::InvalidCursor("not a larder cursor".into()));
+            }
             v.coerce(fd.name, fd.ty)
                 .map_err(|e| Error::InvalidCursor(e.to_string()))
         })

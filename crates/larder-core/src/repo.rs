@@ -65,6 +65,7 @@ macro_rules! run {
         let deadline = $self.effective_deadline();
         let result = async {
             Deadline::check(deadline, $op)?;
+            $id.map_or(Ok(()), |id| T::def().check_id(id))?;
             let $tx = $self.uow.tx_mut()?;
             $tx.set_deadline(deadline);
             bounded(deadline, $op, $call).await
@@ -117,6 +118,7 @@ impl<'u, T: Entity> Repo<'u, T> {
                 "to_record does not match the entity definition",
             ));
         }
+        rec.check_storable(def)?;
         rec.prepare_for_write(def)?;
         let limit = self.uow.limits().max_record_bytes;
         let size = rec.body.as_ref().map_or(0, String::len)
@@ -282,6 +284,9 @@ impl<'u, T: Entity> Repo<'u, T> {
             return Err(self.fail(span, "repository.get_many", None, e));
         }
         let values: Vec<Value> = ids.iter().map(FieldValue::to_value).collect();
+        if let Some(e) = values.iter().find_map(|v| T::def().check_id(v).err()) {
+            return Err(self.fail(span, "repository.get_many", None, e));
+        }
         let rows = run!(
             self,
             span,

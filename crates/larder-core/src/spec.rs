@@ -28,12 +28,16 @@
 //! (including `NULL`s). Text compares byte-wise. `ilike` and `icontains` fold ASCII letters
 //! only (as PostgreSQL does under `COLLATE "C"` and SQLite's `LIKE`). In `like` patterns `%`
 //! matches any run of characters, `_` exactly one, and `\` escapes the next character.
+//! `regex` patterns are in larder's portable dialect ([`regex_dialect`](crate::regex_dialect)),
+//! which every backend runs identically. Text operands cannot contain NUL (U+0000), which no
+//! backend stores: [`Error::InvalidQuery`].
 
 use serde::{Deserialize, Serialize};
 
 use crate::entity::{EntityDef, FieldRef};
 use crate::error::{Error, Result, shown};
-use crate::value::{FieldType, Value};
+use crate::regex_dialect::RegexPattern;
+use crate::value::{FieldType, Value, json_nul, text_nul};
 
 /// A filter over an entity's registered fields. See the [module docs](self).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -188,7 +192,8 @@ pub enum Spec {
     Regex {
         /// The field.
         field: String,
-        /// The pattern; keep to the portable subset (literals, `. * + ? ^ $ [] | ()`).
+        /// The pattern, in larder's portable dialect (see
+        /// [`regex_dialect`](crate::regex_dialect)).
         pattern: String,
     },
     /// The JSON field contains `value` (PostgreSQL `@>` semantics; capability
@@ -264,7 +269,13 @@ impl FieldExpr {
         starts_with => StartsWith.value,
         /// Ends with the literal suffix.
         ends_with => EndsWith.value,
-        /// Matches the regular expression.
+        /// Matches the regular expression, in larder's portable dialect: a subset of Rust
+        /// `regex` syntax that every backend runs identically (literals, `.`, `[…]` with
+        /// ranges and negation, ASCII-only `\d \w \s`, `^ $` for the whole text, groups,
+        /// `|`, `* + ? {m,n}` with counts ≤ 255, flags `(?i)` — ASCII letters only — and
+        /// `(?s)`). Anything else (`\p{L}`, `\b`, `\z`, `\x{41}`, named groups, `a**`,
+        /// …) is rejected with [`Error::InvalidQuery`] before any SQL is built. The full
+        /// table is in [`regex_dialect`](crate::regex_dialect).
         regex => Regex.pattern,
         /// JSON has the key (or array string element).
         json_has_key => JsonHasKey.key,
@@ -487,9 +498,10 @@ pub enum Pred {
         field: FieldRef,
         json: bool,
     },
+    /// A pattern of larder's regex dialect, parsed and rendered per engine.
     Regex {
         field: FieldRef,
-        pattern: String,
+        pattern: RegexPattern,
     },
     JsonContains {
         field: FieldRef,
@@ -566,6 +578,17 @@ fn resolve(
         }
         Ok(())
     };
+    // No backend stores NUL (U+0000) in text (it is rejected on write), and PostgreSQL
+    // cannot even receive it: an operand holding one is refused on every backend alike.
+    let no_nul = |v: &str, name: &str, op: &str| -> Result<()> {
+        match text_nul(v) {
+            Some(at) => Err(Error::InvalidQuery(format!(
+                "`{op}` operand for `{}` contains a NUL character (U+0000) at byte {at}; text cannot contain NUL",
+                shown(name)
+            ))),
+            None => Ok(()),
+        }
+    };
     let operand = |name: &str, ty: FieldType, v: &Value, op: &str| -> Result<Value> {
         if v.is_null() {
             return Err(Error::InvalidQuery(format!(
@@ -575,6 +598,7 @@ fn resolve(
         }
         if let Value::Text(t) = v {
             text(t, "text operand length")?;
+            no_nul(t, name, op)?;
         }
         v.clone().coerce(name, ty)
     };
@@ -601,6 +625,7 @@ fn resolve(
         let (f, ty) = lookup(field)?;
         textual(field, ty, op)?;
         text(&pattern, "pattern length")?;
+        no_nul(&pattern, field, op)?;
         if pattern.chars().rev().take_while(|c| *c == '\\').count() % 2 == 1 {
             return Err(Error::InvalidQuery(format!(
                 "`{op}` pattern on `{}` ends with a lone escape character",
@@ -729,16 +754,9 @@ fn resolve(
             let (f, ty) = lookup(field)?;
             textual(field, ty, "regex")?;
             text(pattern, "pattern length")?;
-            regex::Regex::new(pattern).map_err(|e| {
-                Error::InvalidQuery(format!(
-                    "invalid regex for `{}`: {}",
-                    shown(field),
-                    crate::error::regex_error(pattern, &e)
-                ))
-            })?;
             Pred::Regex {
                 field: f,
-                pattern: pattern.clone(),
+                pattern: RegexPattern::parse(field, pattern)?,
             }
         }
         Spec::JsonContains { field, value } => {
@@ -751,6 +769,12 @@ fn resolve(
                 )));
             }
             text(&value.to_string(), "json operand length")?;
+            if json_nul(value) {
+                return Err(Error::InvalidQuery(format!(
+                    "`json_contains` operand for `{}` contains a NUL character (U+0000) in a string; text cannot contain NUL",
+                    shown(field)
+                )));
+            }
             Pred::JsonContains {
                 field: f,
                 value: value.clone(),
@@ -766,6 +790,7 @@ fn resolve(
                 )));
             }
             text(key, "json key length")?;
+            no_nul(key, field, "json_has_key")?;
             Pred::JsonHasKey {
                 field: f,
                 key: key.clone(),
@@ -845,6 +870,26 @@ mod tests {
                 case_insensitive: false
             }
         );
+    }
+
+    #[test]
+    fn nul_in_operands_is_invalid_query() {
+        let l = Limits::default();
+        for s in [
+            field("name").eq("a\0b"),
+            field("name").is_in(["x", "\0"]),
+            field("name").between("a", "b\0"),
+            field("name").contains("a\0b"),
+            field("name").like("%\0"),
+            field("name").regex("a\0"),
+            field("tags").json_has_key("k\0"),
+            field("tags").json_contains(serde_json::json!({"k": ["\0"]})),
+            Spec::from_json(r#"{"op":"starts_with","field":"name","value":"a\u0000"}"#).unwrap(),
+        ] {
+            let e = s.resolve(&def(), &l).unwrap_err();
+            assert!(matches!(e, Error::InvalidQuery(_)), "{s:?}: {e:?}");
+            assert!(e.to_string().contains("U+0000"), "{e}");
+        }
     }
 
     #[test]

@@ -231,6 +231,47 @@ impl<'de> Deserialize<'de> for Value {
     }
 }
 
+/// The byte offset of the first NUL character (U+0000) in `s`, if any.
+///
+/// No backend stores NUL in text the same way (PostgreSQL refuses it, SQLite's `LIKE` stops
+/// at it), so larder rejects it in every written text value, id and JSON string, and in
+/// every text operand of a specification, before any SQL is built.
+pub fn text_nul(s: &str) -> Option<usize> {
+    s.find('\0')
+}
+
+/// Whether a JSON value holds a NUL character (U+0000) in any string or object key.
+pub fn json_nul(j: &serde_json::Value) -> bool {
+    match j {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(a) => a.iter().any(json_nul),
+        serde_json::Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || json_nul(v)),
+        _ => false,
+    }
+}
+
+/// Whether JSON text holds a NUL character: raw, or escaped as `\u0000` (an escape, not an
+/// escaped backslash followed by `u0000`).
+pub fn json_text_nul(text: &str) -> bool {
+    let b = text.as_bytes();
+    if b.contains(&0) {
+        return true;
+    }
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' {
+            if b.get(i + 1) == Some(&b'u') && b.get(i + 2..i + 6) == Some(b"0000".as_slice()) {
+                return true;
+            }
+            // Skip the escaped character (a backslash included).
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+    false
+}
+
 macro_rules! value_from {
     ($($t:ty => $v:ident $(as $cast:ty)?),* $(,)?) => {$(
         impl From<$t> for Value {
@@ -838,6 +879,23 @@ mod tests {
                 .coerce("x", FieldType::Float)
                 .is_err()
         );
+    }
+
+    #[test]
+    fn nul_is_found_in_text_json_and_json_text() {
+        assert_eq!(text_nul("a\0b"), Some(1));
+        assert_eq!(text_nul("ab"), None);
+        assert!(json_nul(&serde_json::json!({"k": ["x", "a\0"]})));
+        assert!(json_nul(&serde_json::json!({"a\0": 1})));
+        assert!(!json_nul(&serde_json::json!({"k": ["x\\u0000"]})));
+        assert!(json_text_nul(r#"{"k":"a\u0000"}"#));
+        assert!(json_text_nul("{\"k\":\"a\0\"}"));
+        assert!(
+            !json_text_nul(r#"{"k":"a\\u0000"}"#),
+            "an escaped backslash"
+        );
+        assert!(json_text_nul(r#"{"k":"a\\\u0000"}"#));
+        assert!(!json_text_nul(r#"{"k":"a\u0001"}"#));
     }
 
     #[test]

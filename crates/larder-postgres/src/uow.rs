@@ -101,7 +101,7 @@ impl PgTransaction {
                 },
                 other => Error::TransactionAborted {
                     operation: "uow.commit",
-                    cause: Some(one_line(&other.to_string())),
+                    cause: Some(larder_core::error::one_line(&other.to_string())),
                 },
             });
         }
@@ -135,15 +135,6 @@ impl PgTransaction {
             Err(e) => Err(self.note(map(e, op))),
         }
     }
-}
-
-/// An error message quoted inside another: one line, control characters escaped, bounded.
-fn one_line(s: &str) -> String {
-    let mut out: String = s.chars().take(200).flat_map(char::escape_debug).collect();
-    if s.chars().count() > 200 {
-        out.push('…');
-    }
-    out
 }
 
 /// Whether `e` is a database error with this SQLSTATE.

@@ -233,11 +233,31 @@ pub fn predicate(def: &EntityDef, p: &Pred, d: Dialect) -> Result<Expr> {
                     Expr::cust_with_exprs("$1 ILIKE $2", [c, Expr::val(pattern.as_str())])
                 }
                 // SQLite's LIKE ignores ASCII case, so case-sensitive LIKE becomes GLOB.
-                (Dialect::Sqlite, false) => {
-                    Expr::cust_with_exprs("? GLOB ?", [c, Expr::val(like_to_glob(pattern))])
-                }
-                (Dialect::Sqlite, true) => {
-                    Expr::cust_with_exprs("? LIKE ? ESCAPE '\\'", [c, Expr::val(pattern.as_str())])
+                (Dialect::Sqlite, ci) => {
+                    let like = if *ci {
+                        Expr::cust_with_exprs(
+                            "? LIKE ? ESCAPE '\\'",
+                            [c, Expr::val(pattern.as_str())],
+                        )
+                    } else {
+                        Expr::cust_with_exprs("? GLOB ?", [c, Expr::val(like_to_glob(pattern))])
+                    };
+                    if pattern.chars().any(sqlite_like_folds) {
+                        // SQLite's LIKE and GLOB read U+FFFE and U+FFFF as U+FFFD, so a
+                        // pattern holding one of the three also matches the others. The
+                        // exact test (a superset filter stays first, so an index still
+                        // helps) is the same pattern as a Rust regex.
+                        Expr::cust_with_exprs(
+                            "(? AND ? REGEXP ?)",
+                            [
+                                like,
+                                col(def, *field),
+                                Expr::val(like_to_regex(pattern, *case_insensitive)),
+                            ],
+                        )
+                    } else {
+                        like
+                    }
                 }
             }
         }
@@ -252,13 +272,18 @@ pub fn predicate(def: &EntityDef, p: &Pred, d: Dialect) -> Result<Expr> {
                 (true, Dialect::Sqlite) => Expr::cust_with_exprs("? IN ('[]', '{}')", [c]),
             }
         }
+        // The pattern was parsed and checked in core (larder's regex dialect) and is bound
+        // as rendered for this engine, so every backend runs the same expression.
         Pred::Regex { field, pattern } => {
             let c = col(def, *field);
-            let p = Expr::val(pattern.as_str());
             match d {
-                Dialect::Postgres => Expr::cust_with_exprs("$1 ~ $2", [c, p]),
-                // REGEXP is provided by sqlx's `regexp` feature (Rust regex syntax).
-                Dialect::Sqlite => Expr::cust_with_exprs("? REGEXP ?", [c, p]),
+                Dialect::Postgres => {
+                    Expr::cust_with_exprs("$1 ~ $2", [c, Expr::val(pattern.postgres())])
+                }
+                // REGEXP is provided by sqlx's `regexp` feature: Rust's `regex`, as memory.
+                Dialect::Sqlite => {
+                    Expr::cust_with_exprs("? REGEXP ?", [c, Expr::val(pattern.rust())])
+                }
             }
         }
         Pred::JsonContains { field, value } => match d {
@@ -298,6 +323,73 @@ pub fn predicate(def: &EntityDef, p: &Pred, d: Dialect) -> Result<Expr> {
             ),
         },
     })
+}
+
+/// The characters SQLite's `LIKE`/`GLOB` do not compare exactly (it reads U+FFFE and U+FFFF
+/// as U+FFFD, in patterns and in text).
+fn sqlite_like_folds(c: char) -> bool {
+    matches!(c, '\u{FFFD}' | '\u{FFFE}' | '\u{FFFF}')
+}
+
+/// Translates a LIKE pattern (`%`, `_`, `\` escapes; `ci`: ASCII letters fold) to an
+/// anchored Rust regex with the same meaning, compared character by character.
+pub fn like_to_regex(pattern: &str, ci: bool) -> String {
+    let mut out = String::with_capacity(pattern.len() + 8);
+    out.push('^');
+    let mut it = pattern.chars();
+    while let Some(c) = it.next() {
+        let lit = match c {
+            '%' => {
+                out.push_str("(?s:.*)");
+                continue;
+            }
+            '_' => {
+                out.push_str("(?s:.)");
+                continue;
+            }
+            '\\' => it.next().unwrap_or('\\'),
+            c => c,
+        };
+        if ci && lit.is_ascii_alphabetic() {
+            out.push('[');
+            out.push(lit.to_ascii_lowercase());
+            out.push(lit.to_ascii_uppercase());
+            out.push(']');
+        } else if lit.is_ascii_control() {
+            out.push_str(&format!("\\x{{{:x}}}", u32::from(lit)));
+        } else {
+            if regex_syntax_meta(lit) {
+                out.push('\\');
+            }
+            out.push(lit);
+        }
+    }
+    out.push('$');
+    out
+}
+
+/// Rust regex metacharacters (escaped with `\` to match literally).
+fn regex_syntax_meta(c: char) -> bool {
+    matches!(
+        c,
+        '\\' | '.'
+            | '+'
+            | '*'
+            | '?'
+            | '('
+            | ')'
+            | '|'
+            | '['
+            | ']'
+            | '{'
+            | '}'
+            | '^'
+            | '$'
+            | '#'
+            | '&'
+            | '-'
+            | '~'
+    )
 }
 
 /// Translates a LIKE pattern (`%`, `_`, `\` escapes) to an equivalent GLOB pattern.
@@ -655,6 +747,16 @@ pub fn version_of(def: &EntityDef, id: &Value, d: Dialect) -> Built {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn like_to_regex_means_what_like_means() {
+        assert_eq!(like_to_regex("a%b_", false), "^a(?s:.*)b(?s:.)$");
+        assert_eq!(like_to_regex("a\\%.", true), "^[aA]%\\.$");
+        assert_eq!(
+            like_to_regex("%\u{FFFF}\n", false),
+            "^(?s:.*)\u{FFFF}\\x{a}$"
+        );
+    }
     use super::*;
     use larder_core::spec::{Limits, field};
     use larder_core::{FieldDef, Order as LOrder, Query as LQuery};

@@ -59,6 +59,10 @@ macro_rules! conformance {
                 specification_operators_select_the_expected_rows,
                 unknown_fields_and_bad_values_are_typed_errors,
                 unsupported_operators_are_declared_and_typed,
+                regex_dialect_selects_the_same_rows_everywhere,
+                non_portable_regex_is_invalid_query_everywhere,
+                nul_in_text_is_a_typed_error_everywhere,
+                like_operators_compare_noncharacters_exactly,
                 // ordering and pagination
                 find_orders_by_several_keys_with_id_tie_break,
                 keyset_pagination_visits_every_row_once,

@@ -791,6 +791,308 @@ pub async fn unsupported_operators_are_declared_and_typed(db: &TestDb) {
     }
 }
 
+/// The rows of the regex rules: newlines, accented letters in both cases, digits,
+/// underscores, spaces, tabs, punctuation.
+fn regex_items() -> Vec<Item> {
+    [
+        ("r01", "a\nb"),
+        ("r02", "\n"),
+        ("r03", "é"),
+        ("r04", "É"),
+        ("r05", "abc_123"),
+        ("r06", "hello world"),
+        ("r07", "ABC"),
+        ("r08", "日本"),
+        ("r09", "a.b"),
+        ("r10", "x9"),
+        ("r11", "tab\there"),
+    ]
+    .into_iter()
+    .map(|(id, name)| Item::new(id, name, 1))
+    .collect()
+}
+
+/// `regex` means one thing on every backend (larder's dialect, see
+/// `larder::spec::FieldExpr::regex`): `.` stops at newlines unless `(?s)`, `(?i)` folds
+/// ASCII letters only, `\d \w \s` are ASCII, `^ $` anchor the whole text.
+pub async fn regex_dialect_selects_the_same_rows_everywhere(db: &TestDb) {
+    let store = setup(db).await;
+    if !store.capabilities().regex {
+        return;
+    }
+    insert_items(store, &regex_items()).await;
+    let cases: Vec<(&str, Vec<&str>)> = vec![
+        ("a.*b", vec!["r05", "r09", "r11"]),
+        ("(?s)a.*b", vec!["r01", "r05", "r09", "r11"]),
+        ("^.$", vec!["r03", "r04"]),
+        ("(?s)^.$", vec!["r02", "r03", "r04"]),
+        ("(?i)é", vec!["r03"]),
+        ("(?i)^É$", vec!["r04"]),
+        ("^[éÉ]$", vec!["r03", "r04"]),
+        ("(?i)^abc", vec!["r05", "r07"]),
+        ("^abc", vec!["r05"]),
+        (r"^\w+$", vec!["r05", "r07", "r10"]),
+        (r"\s", vec!["r01", "r02", "r06", "r11"]),
+        (
+            r"^\S+$",
+            vec!["r03", "r04", "r05", "r07", "r08", "r09", "r10"],
+        ),
+        (r"\d{3}$", vec!["r05"]),
+        (
+            r"^\D*$",
+            vec![
+                "r01", "r02", "r03", "r04", "r06", "r07", "r08", "r09", "r11",
+            ],
+        ),
+        (r"a\.b", vec!["r09"]),
+        (
+            r"[^a-z\n]",
+            vec![
+                "r03", "r04", "r05", "r06", "r07", "r08", "r09", "r10", "r11",
+            ],
+        ),
+        ("^日", vec!["r08"]),
+        ("o w", vec!["r06"]),
+        ("^(?:hello|x)", vec!["r06", "r10"]),
+        ("^(hello|x)[0-9 ]", vec!["r06", "r10"]),
+        ("b$", vec!["r01", "r09"]),
+        (r"^a\nb$", vec!["r01"]),
+        (r"\t", vec!["r11"]),
+    ];
+    let mut uow = store.read().await.unwrap();
+    for (pattern, expected) in cases {
+        let spec = field("name").regex(pattern);
+        let page = uow
+            .repo::<Item>()
+            .find(&Query::new(spec).with_limit(100))
+            .await
+            .unwrap_or_else(|e| panic!("pattern {pattern:?}: {e}"));
+        assert_eq!(ids(&page.items), expected, "pattern {pattern:?}");
+    }
+    // The largest patterns the dialect accepts run on every engine (PostgreSQL refuses
+    // "too complex" patterns only well above this size).
+    for pattern in [
+        "(?:[^a]{100}){100}",
+        "(?:(?:a|b|c){255}){9}",
+        r"(?:\w{255}){9}",
+        "(?s).{255}",
+    ] {
+        let n = uow
+            .repo::<Item>()
+            .count(&field("name").regex(pattern))
+            .await;
+        assert_eq!(
+            n.unwrap_or_else(|e| panic!("{pattern:?}: {e}")),
+            0,
+            "{pattern:?}"
+        );
+    }
+    uow.commit().await.unwrap();
+}
+
+/// Patterns outside larder's regex dialect (Unicode classes, counts over 255, named groups,
+/// nested repetitions, `\z`, hex escapes, word boundaries, other flags, NUL, syntax errors)
+/// are `InvalidQuery` on every backend, before any SQL: never a backend error.
+pub async fn non_portable_regex_is_invalid_query_everywhere(db: &TestDb) {
+    let store = setup(db).await;
+    insert_items(store, &regex_items()).await;
+    let mut uow = store.read().await.unwrap();
+    for pattern in [
+        r"\p{L}",
+        r"\pL",
+        "a{256}",
+        "(?P<x>a)",
+        "a**",
+        r"\z",
+        r"\x{41}",
+        r"\b",
+        r"\A",
+        r"\u0041",
+        "[[:alpha:]]",
+        "[a&&b]",
+        "(?m)^a",
+        "(?x) a",
+        "(?:a{255}){255}",
+        "a\0",
+        "(",
+        "[b-a]",
+        "\u{1b}[2J(",
+    ] {
+        let spec = field("name").regex(pattern);
+        let e = uow.repo::<Item>().count(&spec).await;
+        assert!(
+            matches!(e, Err(Error::InvalidQuery(_))),
+            "{pattern:?}: {e:?}"
+        );
+        let msg = e.unwrap_err().to_string();
+        assert!(
+            !msg.chars().any(char::is_control),
+            "{pattern:?}: one clean line: {msg:?}"
+        );
+        let e = uow.repo::<Item>().find(&Query::new(spec)).await;
+        assert!(
+            matches!(e, Err(Error::InvalidQuery(_))),
+            "{pattern:?}: {e:?}"
+        );
+    }
+    // The unit of work is still healthy: nothing reached the database.
+    assert_eq!(uow.repo::<Item>().count(&Spec::all()).await.unwrap(), 11);
+    uow.commit().await.unwrap();
+}
+
+/// NUL (U+0000) in text is refused the same way on every backend, before any SQL: written
+/// values (text fields, text ids, JSON strings, document bodies) are typed errors, and so
+/// are operands (also through the JSON form) and looked-up ids. The unit of work stays
+/// usable and nothing is written.
+pub async fn nul_in_text_is_a_typed_error_everywhere(db: &TestDb) {
+    let store = setup(db).await;
+    insert_items(
+        store,
+        &[Item::new("ok", "plain", 1), Item::new("ab", "ab", 2)],
+    )
+    .await;
+    let mut uow = store.begin().await.unwrap();
+    let field_of = |e: &Error| match e {
+        Error::TypeMismatch { field, .. } => field.clone(),
+        other => panic!("expected a type mismatch, got {other:?}"),
+    };
+    let bad_id = Item::new("n\0", "x", 1);
+    let e = uow.repo::<Item>().insert(&bad_id).await.unwrap_err();
+    assert_eq!(field_of(&e), "id");
+    let e = uow
+        .repo::<Item>()
+        .insert(&Item::new("n1", "a\0b", 1))
+        .await
+        .unwrap_err();
+    assert_eq!(field_of(&e), "name");
+    assert!(e.to_string().contains("U+0000"), "{e}");
+    let mut tagged = Item::new("n2", "x", 1);
+    tagged.tag = Some("\0".into());
+    assert_eq!(
+        field_of(&uow.repo::<Item>().insert(&tagged).await.unwrap_err()),
+        "tag"
+    );
+    let mut meta = Item::new("n3", "x", 1);
+    meta.meta = Some(json!({"k": ["\u{0}"]}));
+    assert_eq!(
+        field_of(&uow.repo::<Item>().insert(&meta).await.unwrap_err()),
+        "meta"
+    );
+    let mut note = Item::new("n4", "x", 1);
+    note.note = "body only\0".into();
+    let e = uow.repo::<Item>().insert(&note).await.unwrap_err();
+    assert!(matches!(e, Error::Mapping { .. }), "{e:?}");
+    let account = Account {
+        id: 7,
+        owner: "o\0".into(),
+        balance: 0,
+        external_ref: None,
+        cached: None,
+    };
+    let e = uow.repo::<Account>().insert(&account).await.unwrap_err();
+    assert_eq!(field_of(&e), "owner");
+    let e = uow
+        .repo::<Item>()
+        .update(&Item::new("ok", "pl\0ain", 1), 1)
+        .await
+        .unwrap_err();
+    assert_eq!(field_of(&e), "name");
+    // Looked-up ids.
+    let nul_id = "a\0b".to_owned();
+    let e = uow.repo::<Item>().get(&nul_id).await;
+    assert!(matches!(e, Err(Error::InvalidQuery(_))), "{e:?}");
+    let e = uow.repo::<Item>().exists(&nul_id).await;
+    assert!(matches!(e, Err(Error::InvalidQuery(_))), "{e:?}");
+    let e = uow.repo::<Item>().delete(&nul_id, 1).await;
+    assert!(matches!(e, Err(Error::InvalidQuery(_))), "{e:?}");
+    let e = uow
+        .repo::<Item>()
+        .get_many(&["ok".to_owned(), nul_id.clone()])
+        .await;
+    assert!(matches!(e, Err(Error::InvalidQuery(_))), "{e:?}");
+    // Operands.
+    let caps = store.capabilities().clone();
+    let mut specs = vec![
+        field("name").eq("a\0b"),
+        field("id").eq("a\0b"),
+        field("name").ne("\0"),
+        field("name").is_in(["ab", "a\0b"]),
+        field("name").between("a", "a\0"),
+        field("name").contains("a\0b"),
+        field("name").icontains("\0"),
+        field("name").starts_with("a\0"),
+        field("name").ends_with("\0b"),
+        field("name").like("a\0%"),
+        field("name").ilike("%\0"),
+        field("meta").json_has_key("k\0"),
+        Spec::from_json(r#"{"op":"contains","field":"name","value":"a\u0000b"}"#).unwrap(),
+        Spec::from_json(r#"{"op":"eq","field":"name","value":"a\u0000b"}"#).unwrap(),
+    ];
+    if caps.regex {
+        specs.push(field("name").regex("a\0b"));
+    }
+    if caps.json_contains {
+        specs.push(field("meta").json_contains(json!({"k": "\u{0}"})));
+    }
+    for spec in specs {
+        let e = uow.repo::<Item>().count(&spec).await;
+        assert!(matches!(e, Err(Error::InvalidQuery(_))), "{spec:?}: {e:?}");
+    }
+    // Nothing above reached the database: the unit of work commits, and nothing changed.
+    uow.repo::<Item>()
+        .insert(&Item::new("fine", "fine", 3))
+        .await
+        .unwrap();
+    uow.commit().await.unwrap();
+    assert_eq!(get_item(store, "ok").await.unwrap().name, "plain");
+    assert!(get_item(store, "fine").await.is_some());
+    let mut uow = store.read().await.unwrap();
+    assert_eq!(uow.repo::<Item>().count(&Spec::all()).await.unwrap(), 3);
+    uow.commit().await.unwrap();
+}
+
+/// `like` and its literal forms compare U+FFFD, U+FFFE and U+FFFF exactly (SQLite's LIKE
+/// and GLOB alone read the last two as the first).
+pub async fn like_operators_compare_noncharacters_exactly(db: &TestDb) {
+    let store = setup(db).await;
+    let rows = [
+        ("u1", "\u{FFFD}"),
+        ("u2", "\u{FFFE}"),
+        ("u3", "\u{FFFF}"),
+        ("u4", "a\u{FFFF}b"),
+        ("u5", "A\u{FFFD}"),
+        ("u6", "plain"),
+    ];
+    let items: Vec<Item> = rows.iter().map(|(id, n)| Item::new(id, n, 1)).collect();
+    insert_items(store, &items).await;
+    let cases = vec![
+        (field("name").contains("\u{FFFF}"), vec!["u3", "u4"]),
+        (field("name").contains("\u{FFFD}"), vec!["u1", "u5"]),
+        (field("name").starts_with("\u{FFFE}"), vec!["u2"]),
+        (field("name").ends_with("\u{FFFD}"), vec!["u1", "u5"]),
+        (field("name").like("a\u{FFFF}_"), vec!["u4"]),
+        (field("name").like("%\u{FFFE}%"), vec!["u2"]),
+        (field("name").ilike("a\u{FFFD}"), vec!["u5"]),
+        (field("name").icontains("A\u{FFFF}"), vec!["u4"]),
+        (field("name").eq("\u{FFFF}"), vec!["u3"]),
+        (field("name").like("_"), vec!["u1", "u2", "u3"]),
+        (
+            field("name").contains("\u{FFFF}").not(),
+            vec!["u1", "u2", "u5", "u6"],
+        ),
+    ];
+    let mut uow = store.read().await.unwrap();
+    for (spec, expected) in cases {
+        let page = uow
+            .repo::<Item>()
+            .find(&Query::new(spec.clone()).with_limit(100))
+            .await
+            .unwrap();
+        assert_eq!(ids(&page.items), expected, "{spec:?}");
+    }
+    uow.commit().await.unwrap();
+}
+
 // ---------------------------------------------------------------------------------------
 // ordering and pagination
 

@@ -1,6 +1,9 @@
 //! F1 differential test: random specifications (depth ≤ 5, every operator, NULLs, empty
-//! `IN`, unicode, `%` `_` `\` in patterns) over random entities return the same ids in the
-//! same order on memory, SQLite and PostgreSQL. F3: different literal values never change
+//! `IN`, unicode, `%` `_` `\` in patterns, regex patterns with case-insensitive non-ASCII,
+//! `.` against newlines, anchors, escapes and ASCII classes) over random entities (names
+//! with newlines, tabs, `é`/`É`, digits, underscores, spaces) return the same ids in the
+//! same order on memory, SQLite and PostgreSQL; patterns outside the regex dialect are
+//! rejected with the same typed error everywhere. F3: different literal values never change
 //! the generated SQL text.
 //!
 //! `LARDER_DIFF_CASES` sets the number of specifications (default 1,000; the "full" run uses
@@ -56,6 +59,17 @@ const NAMES: &[&str] = &[
     "zz",
     "Zebra",
     " space",
+    "a\nb",
+    "\n",
+    "line one\nline two",
+    "é",
+    "É",
+    "école",
+    "École",
+    "x9_y",
+    "12 34",
+    "tab\tend",
+    "a.b",
 ];
 const TAGS: &[&str] = &["x", "y", "X", "", "tag", "ü", "%", "_"];
 const PRICES: &[f64] = &[-1.5, 0.0, 0.5, 2.0, 2.5, 1e10, -0.25];
@@ -105,6 +119,69 @@ fn literal(rng: &mut Rng) -> String {
     (0..len).map(|_| *rng.pick(PARTS)).collect()
 }
 
+/// A regex pattern: mostly inside larder's dialect (case-insensitive non-ASCII, `.`
+/// against newlines, anchors, escapes, ASCII classes), sometimes outside it (Unicode
+/// classes, word boundaries, `\z`, counts over 255…), which every backend must reject alike.
+fn regex_pattern(rng: &mut Rng) -> String {
+    const WHOLE: &[&str] = &[
+        "^a",
+        "e$",
+        "^[a-c]",
+        "an",
+        "^.$",
+        "x|y",
+        "^$",
+        "p+l",
+        "(?i)é",
+        "(?i)^É",
+        "(?i)école",
+        "(?i)^ÉCOLE$",
+        "^[éÉ]",
+        "(?s)^.$",
+        "a.*b",
+        "(?s)a.*b",
+        "^a.b$",
+        "(?s)^a.b$",
+        r"\d",
+        r"^\d+",
+        r"\w+$",
+        r"^\W",
+        r"\s",
+        r"^\S+$",
+        r"\D$",
+        "[^a-z]",
+        r"[\d_]",
+        r"a\.b",
+        r"\\",
+        r"\n",
+        r"^\n",
+        r"(?i)a\.B",
+        "^(?:a|x)[0-9_]",
+        "(a|é)$",
+        "e{2}",
+        "p{1,2}",
+        r"[[:alpha:]]",
+        r"\p{L}",
+        r"\pL",
+        r"e\b",
+        r"\z",
+        r"\x{41}",
+        "a{256}",
+        "(?P<x>a)",
+        "a**",
+        "(?m)^b",
+    ];
+    const PIECES: &[&str] = &[
+        "a", "é", "É", ".", "^", "$", r"\d", r"\w", r"\s", "[a-c]", "[^e]", r"\n", " ", "_",
+        "(?i)", "(?s)", "*", "+", "?", "|", "(?:b|e)", r"\.",
+    ];
+    if rng.chance(60) {
+        return (*rng.pick(WHOLE)).to_owned();
+    }
+    let len = rng.below(4) + 1;
+    (0..len).map(|_| *rng.pick(PIECES)).collect()
+}
+
 fn value_for(rng: &mut Rng, f: &str) -> Value {
     match f {
         "name" => Value::from(*rng.pick(NAMES)),
@@ -138,7 +215,7 @@ fn random_spec(rng: &mut Rng, depth: usize) -> Spec {
     }
     let f = *rng.pick(SCALAR_FIELDS);
     let t = *rng.pick(TEXT_FIELDS);
-    match rng.below(20) {
+    match rng.below(22) {
         0 => field(f).eq(value_for(rng, f)),
         1 => field(f).ne(value_for(rng, f)),
         2 => field(f).lt(value_for(rng, f)),
@@ -168,10 +245,9 @@ fn random_spec(rng: &mut Rng, depth: usize) -> Spec {
         18 => match rng.below(3) {
             0 => field("meta").json_has_key(*rng.pick(&["a", "b", "x", "c"])),
             1 => field("meta").json_contains(rng.pick(&metas()).clone()),
-            _ => {
-                field(t).regex(*rng.pick(&["^a", "e$", "^[a-c]", "an", "^.$", "x|y", "^$", "p+l"]))
-            }
+            _ => field(t).regex(regex_pattern(rng)),
         },
+        19 | 20 => field(t).regex(regex_pattern(rng)),
         _ => field(f).is_null().not(),
     }
 }
@@ -352,6 +428,7 @@ async fn random_specifications_agree_on_memory_sqlite_and_postgres() {
     let mut checked = 0usize;
     let mut compared_with_pg = 0usize;
     let mut non_empty = 0usize;
+    let mut rejected = 0usize;
     for round in 0..rounds {
         let mut rng = Rng(seed.wrapping_add(round));
         let items = random_items(&mut rng, 80);
@@ -387,15 +464,26 @@ async fn random_specifications_agree_on_memory_sqlite_and_postgres() {
             let reference: Vec<String> = match reference {
                 Ok(p) => p.items.iter().map(|v| v.id.clone()).collect(),
                 Err(e) => {
-                    // Rejected by validation (e.g. a regex the generator built badly):
-                    // every backend must reject it the same way.
+                    // Rejected by validation (a pattern outside the regex dialect, a
+                    // repetition without operand…): every backend must reject it the same
+                    // way, with the same typed error (never a backend error).
+                    assert!(
+                        !matches!(e, larder::Error::Backend { .. }),
+                        "memory failed on {q:?}: {e}"
+                    );
                     for u in uows.iter_mut().skip(1) {
-                        let other = u.repo::<Item>().find(&q).await;
-                        assert!(
-                            other.is_err(),
-                            "memory rejected {q:?} ({e}) but a backend accepted it"
-                        );
+                        match u.repo::<Item>().find(&q).await {
+                            Err(o) => assert_eq!(
+                                o.kind(),
+                                e.kind(),
+                                "memory rejected {q:?} with {e} but a backend with {o}"
+                            ),
+                            Ok(_) => {
+                                panic!("memory rejected {q:?} ({e}) but a backend accepted it")
+                            }
+                        }
                     }
+                    rejected += 1;
                     continue;
                 }
             };
@@ -441,7 +529,7 @@ async fn random_specifications_agree_on_memory_sqlite_and_postgres() {
         }
     }
     eprintln!(
-        "differential: {checked} specifications checked, {compared_with_pg} also on PostgreSQL, {non_empty} with non-empty results"
+        "differential: {checked} specifications checked, {compared_with_pg} also on PostgreSQL, {non_empty} with non-empty results, {rejected} rejected alike"
     );
     assert!(
         checked * 10 >= total * 9,

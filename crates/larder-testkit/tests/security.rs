@@ -426,3 +426,30 @@ async fn rejected_input_leaves_the_unit_of_work_usable() {
         db.finish().await;
     }
 }
+
+/// Regex patterns outside larder's dialect and NUL characters in text (operands, looked-up
+/// ids, written values) are typed errors decided in core, before any SQL: the tripwire
+/// backend is never reached.
+#[tokio::test]
+async fn non_portable_regex_and_nul_text_are_rejected_before_sql() {
+    let store = Store::new(Arc::new(Tripwire(Capabilities::default().with_regex(true))));
+    let mut uow = store.begin().await.unwrap();
+    for p in [
+        r"\p{L}", r"\pL", "a{256}", "(?P<x>a)", "a**", r"\z", r"\x{41}", r"\b", "(?m)^a", "a\0",
+    ] {
+        let e = uow.repo::<Item>().count(&field("name").regex(p)).await;
+        assert!(matches!(e, Err(Error::InvalidQuery(_))), "{p:?}: {e:?}");
+    }
+    for spec in [
+        field("name").eq("a\0b"),
+        field("name").contains("a\0b"),
+        Spec::from_json(r#"{"op":"contains","field":"name","value":"a\u0000b"}"#).unwrap(),
+    ] {
+        let e = uow.repo::<Item>().count(&spec).await;
+        assert!(matches!(e, Err(Error::InvalidQuery(_))), "{spec:?}: {e:?}");
+    }
+    let e = uow.repo::<Item>().get(&"a\0b".to_owned()).await;
+    assert!(matches!(e, Err(Error::InvalidQuery(_))), "{e:?}");
+    let e = uow.repo::<Item>().insert(&Item::new("a", "x\0", 1)).await;
+    assert!(matches!(e, Err(Error::TypeMismatch { .. })), "{e:?}");
+}
