@@ -37,7 +37,7 @@ pub use error::{AsLarderError, BoxError, Error, Result, TransientKind};
 pub use query::{Direction, Nulls, Order, Page, Query};
 pub use repo::{Repo, decode_body};
 pub use settings::{DatabaseUrl, Settings};
-pub use spec::{Limits, Spec, field};
+pub use spec::{Limits, MAX_BOUND_VALUES, Spec, field};
 pub use uow::{Committed, Store, StoreConfig, TransactionOptions, Uow, UowOptions};
 pub use value::{FieldType, FieldValue, Json, Value};
 

@@ -274,7 +274,11 @@ impl<'u, T: Entity> Repo<'u, T> {
     /// Reads the entities with these ids, in the order of `ids`; missing ids are skipped.
     pub async fn get_many(&mut self, ids: &[T::Id]) -> Result<Vec<Versioned<T>>> {
         let span = op_span!(self, "larder.repository.get_many", "get_many");
-        let max = self.uow.limits().max_batch;
+        let max = self
+            .uow
+            .limits()
+            .max_batch
+            .min(crate::spec::MAX_BOUND_VALUES);
         if ids.len() > max {
             let e = Error::LimitExceeded {
                 what: "ids per get_many",

@@ -398,7 +398,16 @@ impl Spec {
     /// values to the fields' types. Nothing is sent to a database before this succeeds.
     pub fn resolve(&self, def: &EntityDef, limits: &Limits) -> Result<Pred> {
         let mut budget = limits.max_spec_nodes;
-        resolve(self, def, limits, 0, &mut budget)
+        let pred = resolve(self, def, limits, 0, &mut budget)?;
+        let bound = pred.bound_values();
+        if bound > MAX_BOUND_VALUES {
+            return Err(Error::LimitExceeded {
+                what: "values bound by one query (every backend binds each value as a parameter)",
+                limit: MAX_BOUND_VALUES as u64,
+                actual: bound as u64,
+            });
+        }
+        Ok(pred)
     }
 }
 
@@ -408,6 +417,13 @@ impl std::ops::Not for Spec {
         Spec::not(self)
     }
 }
+
+/// The most values one statement may bind, on every backend: each `in`-list element, id of
+/// a `get_many` and operand is one bind parameter, and SQLite allows 32,766 per statement
+/// (PostgreSQL 65,535). A query or `get_many` over this fails with
+/// [`Error::LimitExceeded`] before any SQL, whatever [`Limits`] allow, so a raised
+/// [`Limits::max_in_list`] or [`Limits::max_batch`] can never reach a backend's own limit.
+pub const MAX_BOUND_VALUES: usize = 30_000;
 
 /// Hard limits on caller input, enforced before any SQL is built.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -420,13 +436,14 @@ pub struct Limits {
     pub max_spec_depth: usize,
     /// Most nodes in one specification.
     pub max_spec_nodes: usize,
-    /// Longest `in`/`not_in` list.
+    /// Longest `in`/`not_in` list. Whatever it is set to, a query binds at most
+    /// [`MAX_BOUND_VALUES`] values.
     pub max_in_list: usize,
     /// Longest text operand or pattern, in bytes.
     pub max_text_len: usize,
     /// Most ordering keys.
     pub max_order_keys: usize,
-    /// Most ids in one `get_many`.
+    /// Most ids in one `get_many` (at most [`MAX_BOUND_VALUES`], whatever it is set to).
     pub max_batch: usize,
     /// Largest encoded entity (document body or sum of column texts), in bytes.
     pub max_record_bytes: usize,
@@ -514,6 +531,18 @@ pub enum Pred {
 }
 
 impl Pred {
+    /// An upper bound of the values a backend binds to run this predicate (each `in`
+    /// element is one; other leaves count two, which covers every backend's rendering).
+    pub fn bound_values(&self) -> usize {
+        match self {
+            Pred::True | Pred::IsNull { .. } => 0,
+            Pred::And(ps) | Pred::Or(ps) => ps.iter().map(Pred::bound_values).sum(),
+            Pred::Not(p) => p.bound_values(),
+            Pred::In { values, .. } => values.len(),
+            _ => 2,
+        }
+    }
+
     /// The operator names used in this predicate that need a backend capability
     /// (`regex`, `json_contains`).
     pub fn required_capabilities(&self, out: &mut Vec<&'static str>) {

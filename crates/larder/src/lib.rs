@@ -65,9 +65,9 @@ use std::sync::Arc;
 pub use larder_core::{
     AsLarderError, AuditRecord, AuditSink, Capabilities, Committed, DatabaseUrl, Deadline,
     Direction, Entity, EntityDef, Error, FieldDef, FieldRef, FieldType, FieldValue, Json, Limits,
-    MAX_INDEXED_TEXT_BYTES, MemoryAuditSink, Nulls, Order, Page, Query, Record, Repo, Result,
-    Settings, Spec, Storage, Store, StoreConfig, TracingAuditSink, TransactionOptions,
-    TransientKind, Uow, UowOptions, Value, Versioned, field,
+    MAX_BOUND_VALUES, MAX_INDEXED_TEXT_BYTES, MemoryAuditSink, Nulls, Order, Page, Query, Record,
+    Repo, Result, Settings, Spec, Storage, Store, StoreConfig, TracingAuditSink,
+    TransactionOptions, TransientKind, Uow, UowOptions, Value, Versioned, field,
 };
 
 /// `#[derive(Entity)]`: maps a struct to a document or to columns.
@@ -115,7 +115,7 @@ pub use larder_core::events::{
 
 /// Specifications: filters over registered fields, with a builder and a JSON form.
 pub mod spec {
-    pub use larder_core::spec::{FieldExpr, Limits, Spec, escape_like, field};
+    pub use larder_core::spec::{FieldExpr, Limits, MAX_BOUND_VALUES, Spec, escape_like, field};
 }
 
 /// Queries, ordering, pages and cursors.
