@@ -1,6 +1,6 @@
 //! `larder-bench`: larder against hand-written sqlx, in the same process, the same run and
 //! the same fresh database, with the same durability settings (see
-//! `design/WORKLOADS.md`).
+//! `WORKLOADS.md` in this crate).
 //!
 //! ```text
 //! cargo run --release -p larder-bench -- [--backend sqlite|postgres|all]
