@@ -43,7 +43,13 @@ pub fn skip(test: &str, reason: &str) {
         !backends_required(),
         "{test}: {reason}, and LARDER_REQUIRE_BACKENDS=1 forbids skipping"
     );
-    eprintln!("skipping {test}: {reason}");
+    // Written to the process's stderr directly, not through `eprintln!`: the test harness
+    // captures `eprintln!` of passing tests, so a skipped test would look like a pass.
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "SKIPPED (did not run) {test}: {reason}"
+    );
 }
 
 /// The in-memory backend.
