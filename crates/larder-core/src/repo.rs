@@ -5,10 +5,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use futures_core::Stream;
-use tracing::Instrument;
 
 use crate::backend::BoxStream;
-use crate::deadline::{CLIENT_GRACE, Deadline, bounded};
+use crate::deadline::{CLIENT_GRACE, Deadline};
 use crate::entity::{Entity, EntityDef, Record, Storage, Versioned};
 use crate::error::{Error, Result};
 use crate::query::{Page, Query, encode_cursor};
@@ -57,21 +56,17 @@ macro_rules! op_span {
     };
 }
 
-/// Runs one backend call with deadline, span, and audit. A macro (not a method taking a
-/// closure) so the call can borrow locals without higher-ranked lifetime gymnastics.
+/// Runs one backend call through [`Uow::call`] (deadline, backstop timer, span) and records
+/// its outcome with [`Uow::finish_op`] (span fields, audit). A macro only so that call sites
+/// read as one line; the ceremony itself lives in `Uow`.
 macro_rules! run {
     ($self:ident, $span:expr, $op:literal, $id:expr, $rows:expr, |$tx:ident| $call:expr) => {{
         let span = $span;
         let deadline = $self.effective_deadline();
-        let result = async {
-            Deadline::check(deadline, $op)?;
-            $id.map_or(Ok(()), |id| T::def().check_id(id))?;
-            let $tx = $self.uow.tx_mut()?;
-            $tx.set_deadline(deadline);
-            bounded(deadline, $op, $call).await
-        }
-        .instrument(span.clone())
-        .await;
+        let result = match $id.map_or(Ok(()), |id| T::def().check_id(id)) {
+            Ok(()) => $self.uow.call($op, deadline, &span, |$tx| $call).await,
+            Err(e) => Err(e),
+        };
         $self.after(&span, $op, $id, &result, $rows);
         result
     }};
@@ -149,20 +144,14 @@ impl<'u, T: Entity> Repo<'u, T> {
         result: &Result<R>,
         rows: impl Fn(&R) -> u64,
     ) {
-        match result {
-            Ok(r) => {
-                let n = rows(r);
-                span.record("db.response.returned_rows", n);
-                self.uow
-                    .audit_full(operation, Some(T::def().name), entity_id, n, Ok(()));
-            }
-            Err(e) => {
-                span.record("error.type", e.kind());
-                span.record("error.message", tracing::field::display(e));
-                self.uow
-                    .audit_full(operation, Some(T::def().name), entity_id, 0, Err(e.kind()));
-            }
-        }
+        self.uow.finish_op(
+            span,
+            operation,
+            Some(T::def().name),
+            entity_id,
+            result,
+            rows,
+        );
     }
 
     /// Inserts a new entity as version 1. A duplicate id fails with
@@ -452,10 +441,8 @@ impl<'u, T: Entity> Repo<'u, T> {
         entity_id: Option<&Value>,
         e: Error,
     ) -> Error {
-        span.record("error.type", e.kind());
-        span.record("error.message", tracing::field::display(&e));
         self.uow
-            .audit_full(operation, Some(T::def().name), entity_id, 0, Err(e.kind()));
+            .record_failure(&span, operation, Some(T::def().name), entity_id, &e);
         e
     }
 }

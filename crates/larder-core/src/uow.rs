@@ -639,6 +639,83 @@ impl Uow {
         self.appended = Some(self.appended.map_or(cp, |a| a.max(cp)));
     }
 
+    /// The ceremony of one storage operation, written once for every category (repositories,
+    /// the event store, what comes next): the deadline checked before any I/O, the backend
+    /// transaction bounded by it, the client backstop timer, the span. Record the outcome
+    /// with [`Uow::finish_op`].
+    pub(crate) async fn call<'a, R>(
+        &'a mut self,
+        op: &'static str,
+        deadline: Option<Deadline>,
+        span: &tracing::Span,
+        f: impl FnOnce(&'a mut (dyn Transaction + 'static)) -> BoxFuture<'a, Result<R>>,
+    ) -> Result<R> {
+        Deadline::check(deadline, op)?;
+        let tx = self
+            .tx
+            .as_deref_mut()
+            .ok_or(Error::Closed("unit of work"))?;
+        tx.set_deadline(deadline);
+        bounded(deadline, op, f(tx)).instrument(span.clone()).await
+    }
+
+    /// [`Uow::call`] on the transaction's event-log primitives
+    /// ([`Error::Unsupported`] on a backend without an event store).
+    pub(crate) async fn call_events<'a, R>(
+        &'a mut self,
+        op: &'static str,
+        deadline: Option<Deadline>,
+        span: &tracing::Span,
+        f: impl FnOnce(&'a mut dyn crate::events::EventTransaction) -> BoxFuture<'a, Result<R>>,
+    ) -> Result<R> {
+        let backend = self.store.backend_name();
+        self.call(op, deadline, span, move |tx| match tx.events() {
+            Some(ev) => f(ev),
+            None => Box::pin(async move {
+                Err(Error::Unsupported {
+                    operation: "event store",
+                    backend,
+                })
+            }),
+        })
+        .await
+    }
+
+    /// Records the outcome of an operation on its span (`db.response.returned_rows` or
+    /// `error.type` + `error.message`) and writes its one audit record.
+    pub(crate) fn finish_op<R>(
+        &self,
+        span: &tracing::Span,
+        op: &'static str,
+        collection: Option<&'static str>,
+        entity_id: Option<&crate::Value>,
+        result: &Result<R>,
+        rows: impl Fn(&R) -> u64,
+    ) {
+        match result {
+            Ok(r) => {
+                let n = rows(r);
+                span.record("db.response.returned_rows", n);
+                self.audit_full(op, collection, entity_id, n, Ok(()));
+            }
+            Err(e) => self.record_failure(span, op, collection, entity_id, e),
+        }
+    }
+
+    /// The failure half of [`Uow::finish_op`], for errors found before the backend call.
+    pub(crate) fn record_failure(
+        &self,
+        span: &tracing::Span,
+        op: &'static str,
+        collection: Option<&'static str>,
+        entity_id: Option<&crate::Value>,
+        e: &Error,
+    ) {
+        span.record("error.type", e.kind());
+        span.record("error.message", tracing::field::display(e));
+        self.audit_full(op, collection, entity_id, 0, Err(e.kind()));
+    }
+
     pub(crate) fn tx_mut(&mut self) -> Result<&mut Box<dyn Transaction>> {
         self.tx.as_mut().ok_or(Error::Closed("unit of work"))
     }

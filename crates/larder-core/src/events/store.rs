@@ -17,7 +17,7 @@ use super::types::{
     RecordedEvent, Snapshot, StreamInfo,
 };
 use crate::backend::BoxStream;
-use crate::deadline::{Deadline, bounded};
+use crate::deadline::Deadline;
 use crate::error::{Error, Result, shown};
 use crate::uow::{Store, Uow};
 
@@ -246,24 +246,13 @@ macro_rules! ev_span {
     };
 }
 
-/// Runs one backend call: deadline check, the transaction's event primitives, the client
-/// backstop timer, the span.
+/// Runs one backend call on the event primitives through [`Uow::call_events`] (deadline,
+/// backstop timer, span); `finish` records the outcome.
 macro_rules! run {
     ($uow:expr, $span:expr, $op:literal, |$tx:ident| $call:expr) => {{
         let deadline = $uow.deadline();
-        async {
-            Deadline::check(deadline, $op)?;
-            let backend = $uow.store().backend_name();
-            let raw = $uow.tx_mut()?;
-            raw.set_deadline(deadline);
-            let $tx = raw.events().ok_or(Error::Unsupported {
-                operation: "event store",
-                backend,
-            })?;
-            bounded(deadline, $op, $call).await
-        }
-        .instrument($span.clone())
-        .await
+        $uow.call_events($op, deadline, &$span, |$tx| Box::pin($call))
+            .await
     }};
 }
 
@@ -281,18 +270,7 @@ fn finish<R>(
     result: &Result<R>,
     rows: impl Fn(&R) -> u64,
 ) {
-    match result {
-        Ok(r) => {
-            let n = rows(r);
-            span.record("db.response.returned_rows", n);
-            uow.audit_full(op, Some("larder_events"), None, n, Ok(()));
-        }
-        Err(e) => {
-            span.record("error.type", e.kind());
-            span.record("error.message", tracing::field::display(e));
-            uow.audit_full(op, Some("larder_events"), None, 0, Err(e.kind()));
-        }
-    }
+    uow.finish_op(span, op, Some("larder_events"), None, result, rows);
 }
 
 impl EventStore {
@@ -508,14 +486,7 @@ impl EventStore {
         let rows = match prep {
             Ok(r) => r,
             Err(e) => {
-                span.record("error.type", e.kind());
-                uow.audit_full(
-                    "events.append",
-                    Some("larder_events"),
-                    None,
-                    0,
-                    Err(e.kind()),
-                );
+                uow.record_failure(&span, "events.append", Some("larder_events"), None, &e);
                 return Err(e);
             }
         };
