@@ -166,13 +166,31 @@ impl Backend for PgBackend {
 
     fn begin<'a>(&'a self, opts: &'a BeginOptions) -> BoxFuture<'a, Result<Box<dyn Transaction>>> {
         Box::pin(async move {
-            let tx = if opts.read_only {
-                self.pool.begin_with("BEGIN READ ONLY").await
+            let begin = if opts.read_only {
+                "BEGIN READ ONLY"
             } else {
-                self.pool.begin().await
+                "BEGIN"
+            };
+            // With a deadline, `BEGIN` and the transaction-local `statement_timeout` travel
+            // in one simple query: a unit of work with a deadline costs no extra round trip.
+            // The value is a number computed here, never caller input.
+            let armed = opts.deadline.map(|d| {
+                u64::try_from(d.remaining().as_millis())
+                    .unwrap_or(u64::MAX)
+                    .max(1)
+            });
+            let tx = match armed {
+                None => self.pool.begin_with(begin).await,
+                Some(ms) => {
+                    self.pool
+                        .begin_with(sqlx::AssertSqlSafe(format!(
+                            "{begin}; SET LOCAL statement_timeout = {ms}"
+                        )))
+                        .await
+                }
             }
             .map_err(|e| map(e, "uow.begin"))?;
-            let mut tx = PgTransaction::new(tx, self.record_query_text);
+            let mut tx = PgTransaction::new(tx, self.record_query_text).armed_at_begin(armed);
             tx.set_deadline(opts.deadline);
             Ok(Box::new(SqlTransaction(tx)) as Box<dyn Transaction>)
         })

@@ -2,6 +2,7 @@
 
 use futures_util::StreamExt;
 use larder_core::backend::{BoxFuture, BoxStream};
+use larder_core::deadline::CLIENT_GRACE;
 use larder_core::{Deadline, EntityDef, Error, Record, Result, Uow};
 use larder_sql::{Built, Dialect, Shape, SqlDriver};
 use sqlx::postgres::{PgArguments, PgConnection, Postgres};
@@ -15,8 +16,8 @@ use crate::row::{bind, record};
 pub struct PgTransaction {
     tx: Option<sqlx::Transaction<'static, Postgres>>,
     deadline: Option<Deadline>,
-    /// Whether `statement_timeout` is currently set for this transaction.
-    timeout_armed: bool,
+    /// The `statement_timeout` (ms) currently set for this transaction, if any.
+    armed_ms: Option<u64>,
     /// Set when a statement failed: PostgreSQL has aborted the transaction, and a later
     /// `COMMIT` would silently roll back, so `commit` must fail instead.
     aborted: Option<Error>,
@@ -41,7 +42,7 @@ impl PgTransaction {
         PgTransaction {
             tx: Some(tx),
             deadline: None,
-            timeout_armed: false,
+            armed_ms: None,
             aborted: None,
             healthy_savepoints: Vec::new(),
             record_sql,
@@ -59,21 +60,39 @@ impl PgTransaction {
         self.tx.as_deref_mut()
     }
 
-    /// Sets `statement_timeout` (transaction-local) to the time left before the deadline,
-    /// or resets it when the deadline was lifted. One round trip, only when a deadline is
-    /// in play.
+    /// Records that `BEGIN` already set `statement_timeout` to `ms` (see the backend's
+    /// `begin`: one round trip for both).
+    pub(crate) fn armed_at_begin(mut self, ms: Option<u64>) -> Self {
+        self.armed_ms = ms;
+        self
+    }
+
+    /// Makes `statement_timeout` (transaction-local) fit the deadline, with a round trip
+    /// only when the value in force does not: a statement starting now may run the armed
+    /// time, which must be at least the time left (or it would be cancelled early) and at
+    /// most the time left plus the client grace (or it would outlive the deadline). So a
+    /// unit of work arms once at `BEGIN` and again at most every `CLIENT_GRACE` of elapsed
+    /// time, or when a per-call deadline changes it; lifting the deadline resets it.
     pub(crate) async fn arm(&mut self) -> Result<()> {
-        let ms = match (self.deadline, self.timeout_armed) {
-            (None, false) => return Ok(()),
-            (None, true) => 0,
-            (Some(d), _) => {
+        let ms = match (self.deadline, self.armed_ms) {
+            (None, None) => return Ok(()),
+            (None, Some(_)) => 0,
+            (Some(d), armed) => {
                 let left = d.remaining().as_millis();
                 if left == 0 {
                     return Err(Error::DeadlineExceeded {
                         operation: "uow.deadline",
                     });
                 }
-                u64::try_from(left).unwrap_or(u64::MAX)
+                let left = u64::try_from(left).unwrap_or(u64::MAX);
+                let grace = u64::try_from(CLIENT_GRACE.as_millis()).unwrap_or(u64::MAX);
+                if let Some(a) = armed
+                    && a >= left
+                    && a <= left.saturating_add(grace)
+                {
+                    return Ok(());
+                }
+                left
             }
         };
         let conn = self.conn()?;
@@ -82,7 +101,7 @@ impl PgTransaction {
             .execute(conn)
             .await
             .map_err(|e| map(e, "uow.deadline"))?;
-        self.timeout_armed = ms != 0;
+        self.armed_ms = (ms != 0).then_some(ms);
         Ok(())
     }
 
