@@ -307,19 +307,19 @@ impl Backend for PgBackend {
 }
 
 /// Reads a table of the current schema from the catalog (the table name is a bound
-/// parameter). No columns: no such table.
+/// parameter). The primary key is read from `pg_catalog` (visible to every role;
+/// `information_schema`'s constraint views hide tables the role does not own or write).
+/// No columns: no such table.
 async fn introspect(conn: &mut sqlx::PgConnection, table: &str) -> Result<ddl::FoundTable> {
     let err = |e| map(e, "store.register");
     let columns = sqlx::query_as::<_, (String, String, Option<String>, bool, bool, bool)>(
         "SELECT c.column_name::text, c.data_type::text, c.collation_name::text, \
                 c.is_nullable = 'NO', \
-                EXISTS (SELECT 1 FROM information_schema.table_constraints t \
-                        JOIN information_schema.key_column_usage k \
-                          ON k.constraint_schema = t.constraint_schema \
-                         AND k.constraint_name = t.constraint_name \
-                        WHERE t.table_schema = c.table_schema AND t.table_name = c.table_name \
-                          AND t.constraint_type = 'PRIMARY KEY' \
-                          AND k.column_name = c.column_name), \
+                EXISTS (SELECT 1 FROM pg_catalog.pg_index i \
+                        JOIN pg_catalog.pg_attribute a \
+                          ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
+                        WHERE i.indrelid = format('%I.%I', c.table_schema, c.table_name)::regclass \
+                          AND i.indisprimary AND a.attname = c.column_name), \
                 c.column_default IS NOT NULL OR c.is_identity = 'YES' OR c.is_generated = 'ALWAYS' \
          FROM information_schema.columns c \
          WHERE c.table_schema = current_schema() AND c.table_name = $1 \

@@ -191,7 +191,7 @@ pub fn compare(def: &EntityDef, d: Dialect, found: &FoundTable) -> Result<()> {
             diffs.push(format!("column `{}` ({ty}) is missing", e.name));
             continue;
         };
-        if !f.sql_type.eq_ignore_ascii_case(e.sql_type) {
+        if !same_type(d, &f.sql_type, e.sql_type) {
             diffs.push(format!(
                 "column `{}` is {}, the entity needs {}",
                 e.name,
@@ -237,7 +237,7 @@ pub fn compare(def: &EntityDef, d: Dialect, found: &FoundTable) -> Result<()> {
         }
     }
     for (name, column) in expected_indexes(def) {
-        if !found.indexes.iter().any(|i| *i == name) {
+        if !found.indexes.contains(&name) {
             diffs.push(format!("index `{name}` on `{column}` is missing"));
         }
     }
@@ -249,6 +249,33 @@ pub fn compare(def: &EntityDef, d: Dialect, found: &FoundTable) -> Result<()> {
             table: def.table.to_owned(),
             differences: diffs.join("; "),
         })
+    }
+}
+
+/// Whether a declared type is the type larder expects. PostgreSQL's catalog reports
+/// canonical names (`int8` and `bigint` are both `bigint`); SQLite keeps the declared text,
+/// and a column's behaviour follows from it by SQLite's affinity rules (`INT`, `BIGINT` →
+/// INTEGER, `VARCHAR(9)` → TEXT, `DOUBLE` → REAL, sqlite.org/datatype3.html §3.1), so that
+/// is what is compared.
+fn same_type(d: Dialect, found: &str, expected: &str) -> bool {
+    match d {
+        Dialect::Sqlite => sqlite_affinity(found) == sqlite_affinity(expected),
+        _ => found.eq_ignore_ascii_case(expected),
+    }
+}
+
+fn sqlite_affinity(declared: &str) -> &'static str {
+    let t = declared.to_ascii_uppercase();
+    if t.contains("INT") {
+        "INTEGER"
+    } else if ["CHAR", "CLOB", "TEXT"].iter().any(|k| t.contains(k)) {
+        "TEXT"
+    } else if t.is_empty() || t.contains("BLOB") {
+        "BLOB"
+    } else if ["REAL", "FLOA", "DOUB"].iter().any(|k| t.contains(k)) {
+        "REAL"
+    } else {
+        "NUMERIC"
     }
 }
 
@@ -424,6 +451,21 @@ mod tests {
         assert_eq!(
             differences(compare(&v1, d, &plain)),
             "column `id` has collation default, the entity needs \"C\""
+        );
+    }
+
+    #[test]
+    fn sqlite_types_compare_by_affinity() {
+        let d = Dialect::Sqlite;
+        let v1 = def(Storage::Columns);
+        let mut found = as_created(&v1, d);
+        found.columns[0].sql_type = "VARCHAR(64)".into();
+        found.columns[1].sql_type = "bigint".into();
+        compare(&v1, d, &found).unwrap();
+        found.columns[1].sql_type = "DOUBLE".into();
+        assert_eq!(
+            differences(compare(&v1, d, &found)),
+            "column `version` is DOUBLE, the entity needs INTEGER"
         );
     }
 
