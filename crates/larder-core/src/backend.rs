@@ -95,6 +95,12 @@ pub struct BeginOptions {
 ///   writes; write transactions must not fail later with a "busy" error merely because they
 ///   read first (SQLite: `BEGIN IMMEDIATE`).
 /// - `prepare` creates the entity's table and indexes if they are missing; it is idempotent.
+///   An existing table is never altered: it is checked against the definition (columns,
+///   their types, the id column, larder's indexes) and a difference is an
+///   [`Error::SchemaMismatch`](crate::Error::SchemaMismatch) naming it (SQL backends may
+///   tolerate columns they did not create if inserts still work without them).
+/// - Repository primitives on an entity whose table was never prepared fail with
+///   [`Error::NotRegistered`](crate::Error::NotRegistered), never a panic or a raw error.
 pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// `db.system.name` of the backend: `sqlite`, `postgresql` or `memory`.
     fn name(&self) -> &'static str;
@@ -105,7 +111,8 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Opens a transaction.
     fn begin<'a>(&'a self, opts: &'a BeginOptions) -> BoxFuture<'a, Result<Box<dyn Transaction>>>;
 
-    /// Creates the entity's table and indexes if missing.
+    /// Creates the entity's table and indexes if missing, or checks the existing table
+    /// against the definition.
     fn prepare<'a>(&'a self, def: &'a EntityDef) -> BoxFuture<'a, Result<()>>;
 
     /// Makes the event store's tables ready: the SQL backends apply larder's built-in

@@ -321,11 +321,13 @@ impl Record {
         Ok(())
     }
 
-    /// The value of a resolved field.
+    /// The value of a resolved field (`NULL`, not a panic, for an index past `values`: a
+    /// field resolved against another definition than the record's).
     pub fn get(&self, f: FieldRef) -> &Value {
+        static NULL: Value = Value::Null;
         match f {
             FieldRef::Id => &self.id,
-            FieldRef::Field(i) => &self.values[i],
+            FieldRef::Field(i) => self.values.get(i).unwrap_or(&NULL),
         }
     }
 }

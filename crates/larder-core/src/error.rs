@@ -186,6 +186,34 @@ pub enum Error {
         reason: String,
     },
 
+    /// The entity's table exists but does not match the entity's definition (a field
+    /// added, removed or retyped, a changed id type, another storage layout, a missing
+    /// index): found by `Store::register`, which never alters an existing table, and by
+    /// a repository statement that names a column the table lacks.
+    #[error(
+        "table `{table}` does not match {entity}: {}; the table needs a migration (write one with `larder migrate new <name>`)",
+        ol(.differences)
+    )]
+    SchemaMismatch {
+        /// The entity name.
+        entity: &'static str,
+        /// The table.
+        table: String,
+        /// What differs, column by column (`; `-separated).
+        differences: String,
+    },
+
+    /// The entity was used before `Store::register` created or checked its table.
+    #[error(
+        "{entity} is not registered: call `store.register::<T>()` for it before use (table `{table}`)"
+    )]
+    NotRegistered {
+        /// The entity name.
+        entity: &'static str,
+        /// The table.
+        table: String,
+    },
+
     /// Converting between an entity and its stored form failed.
     #[error("could not {direction} {entity}: {}", src_line(.source))]
     Mapping {
@@ -263,6 +291,8 @@ impl Error {
             Error::Unsupported { .. } => "unsupported",
             Error::ReadOnly { .. } => "read_only",
             Error::InvalidEntity { .. } => "invalid_entity",
+            Error::SchemaMismatch { .. } => "schema_mismatch",
+            Error::NotRegistered { .. } => "not_registered",
             Error::Mapping { .. } => "mapping",
             Error::Configuration(_) => "configuration",
             Error::Closed(_) => "closed",

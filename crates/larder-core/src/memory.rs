@@ -57,6 +57,8 @@ impl Ord for Key {
 #[derive(Debug, Default)]
 struct State {
     tables: HashMap<String, BTreeMap<Key, Record>>,
+    /// The definition each table was registered with: its rows have that layout.
+    defs: HashMap<String, EntityDef>,
     log: EventLog,
 }
 
@@ -156,8 +158,16 @@ impl Backend for MemoryBackend {
     fn prepare<'a>(&'a self, def: &'a EntityDef) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let mut s = self.state.write().await;
-            s.tables.entry(def.table.to_owned()).or_default();
-            Ok(())
+            match s.defs.get(def.table) {
+                // Rows keep the layout of the registered definition: another definition of
+                // the same table is drift, as an existing SQL table would be.
+                Some(registered) => check_registered(registered, def),
+                None => {
+                    s.defs.insert(def.table.to_owned(), def.clone());
+                    s.tables.entry(def.table.to_owned()).or_default();
+                    Ok(())
+                }
+            }
         })
     }
 
@@ -224,6 +234,17 @@ impl MemoryTx {
 
     fn check(&self, op: &'static str) -> Result<()> {
         Deadline::check(self.deadline, op)
+    }
+
+    /// `def` is the definition its table was registered with (the layout of its rows).
+    fn registered(&self, def: &EntityDef) -> Result<()> {
+        match self.state().defs.get(def.table) {
+            Some(registered) => check_registered(registered, def),
+            None => Err(Error::NotRegistered {
+                entity: def.name,
+                table: def.table.to_owned(),
+            }),
+        }
     }
 
     fn table<'s>(&'s self, def: &EntityDef) -> Option<&'s BTreeMap<Key, Record>> {
@@ -318,6 +339,64 @@ impl MemoryTx {
     }
 }
 
+/// `Ok` when `def` is the definition its table was registered with; otherwise the
+/// differences, column by column, as a SQL backend reports a table that does not match.
+fn check_registered(registered: &EntityDef, def: &EntityDef) -> Result<()> {
+    if registered == def {
+        return Ok(());
+    }
+    let mut diffs = Vec::new();
+    let describe = |d: &EntityDef| {
+        let mut cols: Vec<(&'static str, &'static str, bool, bool)> = vec![
+            (d.id.column, d.id.ty.name(), d.id.nullable, true),
+            (crate::entity::VERSION_COLUMN, "int", false, false),
+        ];
+        if d.storage == crate::entity::Storage::Document {
+            cols.push((crate::entity::BODY_COLUMN, "json", false, false));
+        }
+        for f in &d.fields {
+            cols.push((f.column, f.ty.name(), f.nullable, d.is_indexed(f)));
+        }
+        cols
+    };
+    let (found, expected) = (describe(registered), describe(def));
+    let null = |n: bool| if n { "nullable" } else { "not null" };
+    for (col, ty, nullable, indexed) in &expected {
+        match found.iter().find(|f| f.0 == *col) {
+            None => diffs.push(format!("column `{col}` ({ty}) is missing")),
+            Some((_, fty, fnull, findexed)) => {
+                if fty != ty {
+                    diffs.push(format!("column `{col}` is {fty}, the entity needs {ty}"));
+                }
+                if fnull != nullable {
+                    diffs.push(format!(
+                        "column `{col}` is {}, the entity needs it {}",
+                        null(*fnull),
+                        null(*nullable)
+                    ));
+                }
+                if *indexed && !findexed {
+                    diffs.push(format!("column `{col}` has no index"));
+                }
+            }
+        }
+    }
+    for (col, ..) in &found {
+        if !expected.iter().any(|e| e.0 == *col) {
+            diffs.push(format!("column `{col}` is not in the entity"));
+        }
+    }
+    if diffs.is_empty() {
+        // Same columns, other names or order: the rows' layout still differs.
+        diffs.push("the fields are declared differently (names or order)".to_owned());
+    }
+    Err(Error::SchemaMismatch {
+        entity: def.name,
+        table: def.table.to_owned(),
+        differences: diffs.join("; "),
+    })
+}
+
 fn unreachable_state() -> ! {
     // The guard is only taken by commit/rollback, which consume the transaction.
     panic!("larder memory transaction used after it finished")
@@ -342,6 +421,7 @@ impl Transaction for MemoryTx {
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             self.check("repository.insert")?;
+            self.registered(def)?;
             let key = Key(record.id.clone());
             if self.table(def).is_some_and(|t| t.contains_key(&key)) {
                 return Err(Error::AlreadyExists {
@@ -361,6 +441,7 @@ impl Transaction for MemoryTx {
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             self.check("repository.update")?;
+            self.registered(def)?;
             let key = Key(record.id.clone());
             let actual = self.table(def).and_then(|t| t.get(&key)).map(|r| r.version);
             if actual != Some(expected) {
@@ -378,6 +459,7 @@ impl Transaction for MemoryTx {
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             self.check("repository.delete")?;
+            self.registered(def)?;
             let key = Key(id.clone());
             let actual = self.table(def).and_then(|t| t.get(&key)).map(|r| r.version);
             if actual != Some(expected) {
@@ -394,6 +476,7 @@ impl Transaction for MemoryTx {
     ) -> BoxFuture<'a, Result<Vec<Record>>> {
         Box::pin(async move {
             self.check("repository.get")?;
+            self.registered(def)?;
             let Some(t) = self.table(def) else {
                 return Ok(Vec::new());
             };
@@ -414,6 +497,7 @@ impl Transaction for MemoryTx {
     fn count<'a>(&'a mut self, def: &'a EntityDef, filter: &'a Pred) -> BoxFuture<'a, Result<u64>> {
         Box::pin(async move {
             self.check("repository.count")?;
+            self.registered(def)?;
             Ok(self.matching(def, filter).len() as u64)
         })
     }
@@ -425,12 +509,16 @@ impl Transaction for MemoryTx {
     ) -> BoxFuture<'a, Result<Vec<Record>>> {
         Box::pin(async move {
             self.check("repository.find")?;
+            self.registered(def)?;
             Ok(self.run_select(def, plan))
         })
     }
 
     fn stream<'a>(&'a mut self, def: &'a EntityDef, plan: Select) -> BoxStream<'a, Result<Record>> {
-        let rows = match self.check("repository.stream") {
+        let rows = match self
+            .check("repository.stream")
+            .and_then(|()| self.registered(def))
+        {
             Ok(()) => self.run_select(def, &plan).into_iter().map(Ok).collect(),
             Err(e) => vec![Err(e)],
         };

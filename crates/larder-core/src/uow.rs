@@ -235,6 +235,13 @@ impl Store {
 
     /// Creates `T`'s table and indexes if they are missing (idempotent). For production
     /// schemas prefer migrations; `larder_sql::ddl` renders the same DDL for a migration file.
+    ///
+    /// An existing table is checked, never altered: if it does not match `T` (a field
+    /// added, removed or retyped, another id type or storage layout, a missing index) the
+    /// result is [`Error::SchemaMismatch`](crate::Error::SchemaMismatch) saying what differs,
+    /// column by column; write a migration. Every entity must be registered before use:
+    /// repository calls on one that is not fail with
+    /// [`Error::NotRegistered`](crate::Error::NotRegistered).
     pub async fn register<T: Entity>(&self) -> Result<()> {
         let def = T::def();
         def.validate()?;

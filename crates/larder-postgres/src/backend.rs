@@ -211,6 +211,13 @@ impl Backend for PgBackend {
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| map(e, "store.register"))?;
+            let found = introspect(&mut tx, def.table).await?;
+            if !found.columns.is_empty() {
+                // An existing table is never altered: it matches, or it needs a migration.
+                let checked = ddl::compare(def, Dialect::Postgres, &found);
+                tx.rollback().await.map_err(|e| map(e, "store.register"))?;
+                return checked;
+            }
             for s in stmts {
                 // DDL built from a validated registry (see larder_sql::ddl).
                 sqlx::query(sqlx::AssertSqlSafe(s))
@@ -315,4 +322,49 @@ impl Backend for PgBackend {
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }
+}
+
+/// Reads a table of the current schema from the catalog (the table name is a bound
+/// parameter). The primary key is read from `pg_catalog` (visible to every role;
+/// `information_schema`'s constraint views hide tables the role does not own or write).
+/// No columns: no such table.
+async fn introspect(conn: &mut sqlx::PgConnection, table: &str) -> Result<ddl::FoundTable> {
+    let err = |e| map(e, "store.register");
+    let columns = sqlx::query_as::<_, (String, String, Option<String>, bool, bool, bool)>(
+        "SELECT c.column_name::text, c.data_type::text, c.collation_name::text, \
+                c.is_nullable = 'NO', \
+                EXISTS (SELECT 1 FROM pg_catalog.pg_index i \
+                        JOIN pg_catalog.pg_attribute a \
+                          ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
+                        WHERE i.indrelid = format('%I.%I', c.table_schema, c.table_name)::regclass \
+                          AND i.indisprimary AND a.attname = c.column_name), \
+                c.column_default IS NOT NULL OR c.is_identity = 'YES' OR c.is_generated = 'ALWAYS' \
+         FROM information_schema.columns c \
+         WHERE c.table_schema = current_schema() AND c.table_name = $1 \
+         ORDER BY c.ordinal_position",
+    )
+    .bind(table)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(err)?
+    .into_iter()
+    .map(
+        |(name, sql_type, collation, not_null, primary_key, has_default)| ddl::FoundColumn {
+            name,
+            sql_type,
+            collation,
+            not_null,
+            primary_key,
+            has_default,
+        },
+    )
+    .collect();
+    let indexes = sqlx::query_scalar::<_, String>(
+        "SELECT indexname::text FROM pg_indexes WHERE schemaname = current_schema() AND tablename = $1",
+    )
+    .bind(table)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(err)?;
+    Ok(ddl::FoundTable { columns, indexes })
 }

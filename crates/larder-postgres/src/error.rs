@@ -51,3 +51,19 @@ pub(crate) fn map(e: sqlx::Error, operation: &'static str) -> Error {
         other => Error::backend(BACKEND, other),
     }
 }
+
+/// What a failed repository statement found missing: SQLSTATE `42P01` undefined_table,
+/// `42703` undefined_column.
+pub(crate) fn missing(e: &Error) -> Option<larder_sql::Missing> {
+    let Error::Backend { source, .. } = e else {
+        return None;
+    };
+    let Some(sqlx::Error::Database(db)) = source.downcast_ref::<sqlx::Error>() else {
+        return None;
+    };
+    match db.code().as_deref() {
+        Some("42P01") => Some(larder_sql::Missing::Table),
+        Some("42703") => Some(larder_sql::Missing::Column(db.message().to_owned())),
+        _ => None,
+    }
+}

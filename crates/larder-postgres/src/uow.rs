@@ -176,6 +176,10 @@ fn aborted_at_commit(e: Error, cause: Option<String>) -> Error {
 impl SqlDriver for PgTransaction {
     const DIALECT: Dialect = Dialect::Postgres;
 
+    fn missing(e: &Error) -> Option<larder_sql::Missing> {
+        crate::error::missing(e)
+    }
+
     fn events(&mut self) -> Option<&mut dyn larder_core::events::EventTransaction> {
         Some(self)
     }

@@ -75,9 +75,50 @@ pub trait SqlDriver: Send + 'static {
     /// Rolls back.
     fn rollback(self) -> BoxFuture<'static, Result<()>>;
 
+    /// Whether a failed statement of this driver (its error, as this driver mapped it)
+    /// says that the table, or a column, it names does not exist (SQLite `no such
+    /// table`, PostgreSQL `42P01`). The repository primitives turn that into
+    /// [`Error::NotRegistered`] / [`Error::SchemaMismatch`] naming the entity, instead of
+    /// checking the catalog before every call. Default: never.
+    fn missing(e: &Error) -> Option<Missing>
+    where
+        Self: Sized,
+    {
+        let _ = e;
+        None
+    }
+
     /// The event-log primitives of this transaction (`None`: not implemented).
     fn events(&mut self) -> Option<&mut dyn EventTransaction> {
         None
+    }
+}
+
+/// What a failed repository statement found missing (see [`SqlDriver::missing`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Missing {
+    /// The entity's table does not exist: the entity was not registered.
+    Table,
+    /// A column the statement names does not exist; the database's words.
+    Column(String),
+}
+
+/// Maps the error of a repository statement on `def`'s table (see [`SqlDriver::missing`]).
+fn on_entity<D: SqlDriver>(def: &EntityDef, e: Error) -> Error {
+    match D::missing(&e) {
+        Some(Missing::Table) => Error::NotRegistered {
+            entity: def.name,
+            table: def.table.to_owned(),
+        },
+        Some(Missing::Column(said)) => Error::SchemaMismatch {
+            entity: def.name,
+            table: def.table.to_owned(),
+            differences: format!(
+                "a column the entity uses is missing ({said}); `store.register::<T>()` lists every difference"
+            ),
+        },
+        None => e,
     }
 }
 
@@ -101,7 +142,7 @@ impl<D: SqlDriver> SqlTransaction<D> {
             .fetch_i64(compile::version_of(def, id, D::DIALECT), op)
             .await
         {
-            Err(e) => e,
+            Err(e) => on_entity::<D>(def, e),
             Ok(actual) => def.stale_write(id, expected, actual.and_then(|v| u64::try_from(v).ok())),
         }
     }
@@ -119,7 +160,8 @@ impl<D: SqlDriver> Transaction for SqlTransaction<D> {
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let b = compile::insert(def, record, D::DIALECT);
-            if self.0.execute(b, "repository.insert").await? == 0 {
+            let n = self.0.execute(b, "repository.insert").await;
+            if n.map_err(|e| on_entity::<D>(def, e))? == 0 {
                 return Err(Error::AlreadyExists {
                     entity: def.name,
                     id: record.id.display_id(),
@@ -137,7 +179,8 @@ impl<D: SqlDriver> Transaction for SqlTransaction<D> {
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let b = compile::update(def, record, expected, D::DIALECT);
-            if self.0.execute(b, "repository.update").await? == 0 {
+            let n = self.0.execute(b, "repository.update").await;
+            if n.map_err(|e| on_entity::<D>(def, e))? == 0 {
                 return Err(self
                     .write_failed(def, &record.id, expected, "repository.update")
                     .await);
@@ -154,7 +197,8 @@ impl<D: SqlDriver> Transaction for SqlTransaction<D> {
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let b = compile::delete(def, id, expected, D::DIALECT);
-            if self.0.execute(b, "repository.delete").await? == 0 {
+            let n = self.0.execute(b, "repository.delete").await;
+            if n.map_err(|e| on_entity::<D>(def, e))? == 0 {
                 return Err(self
                     .write_failed(def, id, expected, "repository.delete")
                     .await);
@@ -173,14 +217,16 @@ impl<D: SqlDriver> Transaction for SqlTransaction<D> {
                 return Ok(Vec::new());
             }
             let b = compile::get_many(def, ids, D::DIALECT);
-            self.0.fetch_records(def, b, "repository.get").await
+            let rows = self.0.fetch_records(def, b, "repository.get").await;
+            rows.map_err(|e| on_entity::<D>(def, e))
         })
     }
 
     fn count<'a>(&'a mut self, def: &'a EntityDef, filter: &'a Pred) -> BoxFuture<'a, Result<u64>> {
         Box::pin(async move {
             let b = compile::count(def, filter, D::DIALECT)?;
-            let n = self.0.fetch_i64(b, "repository.count").await?;
+            let n = self.0.fetch_i64(b, "repository.count").await;
+            let n = n.map_err(|e| on_entity::<D>(def, e))?;
             Ok(n.and_then(|n| u64::try_from(n).ok()).unwrap_or(0))
         })
     }
@@ -192,14 +238,19 @@ impl<D: SqlDriver> Transaction for SqlTransaction<D> {
     ) -> BoxFuture<'a, Result<Vec<Record>>> {
         Box::pin(async move {
             let b = compile::select(def, plan, D::DIALECT)?;
-            self.0.fetch_records(def, b, "repository.find").await
+            let rows = self.0.fetch_records(def, b, "repository.find").await;
+            rows.map_err(|e| on_entity::<D>(def, e))
         })
     }
 
     fn stream<'a>(&'a mut self, def: &'a EntityDef, plan: Select) -> BoxStream<'a, Result<Record>> {
         let shape = Shape::for_stream(def);
         match compile::select_shaped(def, &plan, D::DIALECT, shape) {
-            Ok(b) => self.0.stream_records(def, b, shape),
+            Ok(b) => self
+                .0
+                .stream_records(def, b, shape)
+                .map(move |r| r.map_err(|e| on_entity::<D>(def, e)))
+                .boxed(),
             Err(e) => futures_util::stream::once(async move { Err(e) }).boxed(),
         }
     }

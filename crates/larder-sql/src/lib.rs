@@ -18,7 +18,7 @@ pub mod driver;
 pub mod migrate;
 
 pub use compile::{Built, Dialect, Shape};
-pub use driver::{SqlDriver, SqlTransaction, decode_record};
+pub use driver::{Missing, SqlDriver, SqlTransaction, decode_record};
 
 #[doc(no_inline)]
 pub use larder_core::{EntityDef, query::Select, spec::Pred};

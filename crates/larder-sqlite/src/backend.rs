@@ -96,6 +96,16 @@ impl SqliteBackend {
             .connect_with(opts)
             .await
             .map_err(|e| map(e, "connect"))?;
+        if double_quoted_strings_enabled(&pool).await {
+            // Built without `LIBSQLITE3_FLAGS=-DSQLITE_DQS=0` (see the crate docs): a
+            // column missing from a table would read as a string literal. Registration
+            // checks tables against their entities, so this only matters for tables
+            // altered behind larder's back.
+            tracing::warn!(
+                target: "larder::sqlite",
+                "this SQLite library accepts double-quoted string literals; build it with LIBSQLITE3_FLAGS=-DSQLITE_DQS=0 so that an unknown column is always an error"
+            );
+        }
         let mut backend =
             SqliteBackend::from_pool(pool).with_record_query_text(settings.record_query_text);
         backend.busy_timeout = settings.sqlite.busy_timeout;
@@ -191,6 +201,16 @@ impl Backend for SqliteBackend {
                 .begin_with("BEGIN IMMEDIATE")
                 .await
                 .map_err(|e| map(e, "store.register"))?;
+            // Under the write lock: nobody creates or alters the table in between.
+            let found = introspect(&mut tx, def.table).await?;
+            if !found.columns.is_empty() {
+                // An existing table is never altered: it matches, or it needs a migration.
+                // Nothing was written; end the transaction now (not on drop) so the write
+                // lock is free when the permit is.
+                let checked = ddl::compare(def, Dialect::Sqlite, &found);
+                tx.rollback().await.map_err(|e| map(e, "store.register"))?;
+                return checked;
+            }
             for s in stmts {
                 // DDL built from a validated registry (see larder_sql::ddl).
                 sqlx::query(sqlx::AssertSqlSafe(s))
@@ -227,4 +247,42 @@ impl Backend for SqliteBackend {
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }
+}
+
+/// Reads a table's columns and indexes from SQLite's catalog (the table name is a bound
+/// parameter of the `pragma_*` table-valued functions). No columns: no such table.
+async fn introspect(conn: &mut sqlx::SqliteConnection, table: &str) -> Result<ddl::FoundTable> {
+    let err = |e| map(e, "store.register");
+    let columns = sqlx::query_as::<_, (String, String, bool, Option<String>, i64)>(
+        "SELECT name, type, \"notnull\", dflt_value, pk FROM pragma_table_info(?1)",
+    )
+    .bind(table)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(err)?
+    .into_iter()
+    .map(|(name, sql_type, not_null, default, pk)| ddl::FoundColumn {
+        name,
+        sql_type,
+        collation: None,
+        not_null,
+        primary_key: pk > 0,
+        has_default: default.is_some(),
+    })
+    .collect();
+    let indexes = sqlx::query_scalar::<_, String>("SELECT name FROM pragma_index_list(?1)")
+        .bind(table)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(err)?;
+    Ok(ddl::FoundTable { columns, indexes })
+}
+
+/// Whether this SQLite library reads an unknown double-quoted identifier as a string
+/// literal (the DQS misfeature): `SELECT "x"` then returns `'x'` instead of failing.
+pub(crate) async fn double_quoted_strings_enabled(pool: &SqlitePool) -> bool {
+    sqlx::query_scalar::<_, String>("SELECT \"larder_dqs_probe\"")
+        .fetch_one(pool)
+        .await
+        .is_ok()
 }

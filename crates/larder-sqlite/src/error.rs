@@ -33,3 +33,24 @@ pub(crate) fn map(e: sqlx::Error, operation: &'static str) -> Error {
         other => Error::backend(BACKEND, other),
     }
 }
+
+/// What a failed repository statement found missing: SQLite reports both as
+/// `SQLITE_ERROR` with a message (`no such table: t`, `no such column: c`, `table t has no
+/// column named c`). With double-quoted string literals off (see the crate docs) an unknown
+/// column is always such an error.
+pub(crate) fn missing(e: &Error) -> Option<larder_sql::Missing> {
+    let Error::Backend { source, .. } = e else {
+        return None;
+    };
+    let Some(sqlx::Error::Database(db)) = source.downcast_ref::<sqlx::Error>() else {
+        return None;
+    };
+    let msg = db.message();
+    if msg.starts_with("no such table") {
+        Some(larder_sql::Missing::Table)
+    } else if msg.starts_with("no such column") || msg.contains("has no column named") {
+        Some(larder_sql::Missing::Column(msg.to_owned()))
+    } else {
+        None
+    }
+}

@@ -11,6 +11,18 @@
 //! timeout. Read-only units of work use a deferred `BEGIN` and run concurrently with the
 //! writer (WAL). Deadlines interrupt the running statement through SQLite's progress
 //! handler, so the connection stays usable.
+//!
+//! # Unknown columns are errors
+//!
+//! By default SQLite reads a double-quoted identifier that names no column as a string
+//! literal (`"total" > 1` compares the text `'total'`, true for every row). larder's
+//! workspace builds the bundled SQLite with `SQLITE_DQS=0` (`LIBSQLITE3_FLAGS` in
+//! `.cargo/config.toml`), so such a statement fails. Cargo does not pass that setting on to
+//! crates that depend on larder: set `LIBSQLITE3_FLAGS=-DSQLITE_DQS=0` in your own build
+//! (environment or `[env]` in your `.cargo/config.toml`). Without it,
+//! [`SqliteBackend::connect`] logs a warning; `Store::register` still checks every
+//! existing table against its entity, so only tables altered behind larder's back are
+//! exposed.
 #![deny(rustdoc::broken_intra_doc_links)]
 
 mod backend;

@@ -191,6 +191,10 @@ impl Drop for SqliteTransaction {
 impl SqlDriver for SqliteTransaction {
     const DIALECT: Dialect = Dialect::Sqlite;
 
+    fn missing(e: &Error) -> Option<larder_sql::Missing> {
+        crate::error::missing(e)
+    }
+
     fn events(&mut self) -> Option<&mut dyn larder_core::events::EventTransaction> {
         Some(self)
     }

@@ -166,3 +166,80 @@ impl Measurement {
         }
     }
 }
+
+/// Schema drift: the version of `drift_orders` whose table exists (mapped columns).
+#[derive(Debug, Clone, PartialEq, Entity)]
+#[larder(table = "drift_orders", name = "drift_order")]
+pub struct DriftV1 {
+    /// Text id.
+    pub id: String,
+    /// Required, indexed.
+    #[larder(indexed)]
+    pub status: String,
+    /// Nullable.
+    pub note: Option<String>,
+}
+
+/// Schema drift: [`DriftV1`] plus a new indexed field.
+#[derive(Debug, Clone, PartialEq, Entity)]
+#[larder(table = "drift_orders", name = "drift_order")]
+pub struct DriftAddedField {
+    /// Text id.
+    pub id: String,
+    /// Required, indexed.
+    #[larder(indexed)]
+    pub status: String,
+    /// Nullable.
+    pub note: Option<String>,
+    /// New: not in the table.
+    #[larder(indexed)]
+    pub total: i64,
+}
+
+/// Schema drift: [`DriftV1`] with an integer id.
+#[derive(Debug, Clone, PartialEq, Entity)]
+#[larder(table = "drift_orders", name = "drift_order")]
+pub struct DriftIntId {
+    /// Integer id (the table's is text).
+    pub id: i64,
+    /// Required, indexed.
+    #[larder(indexed)]
+    pub status: String,
+    /// Nullable.
+    pub note: Option<String>,
+}
+
+/// Schema drift: [`DriftV1`] with `status` as an integer.
+#[derive(Debug, Clone, PartialEq, Entity)]
+#[larder(table = "drift_orders", name = "drift_order")]
+pub struct DriftRetyped {
+    /// Text id.
+    pub id: String,
+    /// Integer (the table's is text).
+    #[larder(indexed)]
+    pub status: i64,
+    /// Nullable.
+    pub note: Option<String>,
+}
+
+/// Schema drift: [`DriftV1`] without its required `status`.
+#[derive(Debug, Clone, PartialEq, Entity)]
+#[larder(table = "drift_orders", name = "drift_order")]
+pub struct DriftRemoved {
+    /// Text id.
+    pub id: String,
+    /// Nullable.
+    pub note: Option<String>,
+}
+
+/// Schema drift: [`DriftV1`]'s fields stored as a document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Entity)]
+#[larder(table = "drift_orders", name = "drift_order", document)]
+pub struct DriftDocument {
+    /// Text id.
+    pub id: String,
+    /// Required.
+    pub status: String,
+    /// Nullable.
+    pub note: Option<String>,
+}

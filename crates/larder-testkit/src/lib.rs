@@ -84,6 +84,9 @@ macro_rules! conformance {
                 long_ids_and_indexed_text_are_limit_exceeded,
                 get_many_with_duplicate_ids_returns_each_entity_once,
                 json_null_in_a_nullable_json_field_is_sql_null,
+                // schema drift and registration
+                register_detects_schema_drift,
+                using_an_unregistered_entity_is_a_typed_error,
             );
         }
     };

@@ -1988,3 +1988,188 @@ pub async fn json_null_in_a_nullable_json_field_is_sql_null(db: &TestDb) {
         .unwrap();
     assert_eq!(n, 0, "JSON null in a required JSON field is a value");
 }
+
+// ---------------------------------------------------------------------------------------
+// schema drift and registration
+
+/// `register` checks an existing table against the entity: a new field, another id type,
+/// a retyped field, a removed required field, another storage layout are each a typed
+/// `SchemaMismatch` naming the column and asking for a migration; nothing panics, an
+/// unregistered new version is refused as typed errors (on SQLite an unknown column is
+/// never read as a string literal), and the existing data is untouched.
+pub async fn register_detects_schema_drift(db: &TestDb) {
+    use crate::entities::{
+        DriftAddedField, DriftDocument, DriftIntId, DriftRemoved, DriftRetyped, DriftV1,
+    };
+    let store = &db.store;
+    store.register::<DriftV1>().await.expect("register v1");
+    let rows = [("a", "open"), ("b", "closed")].map(|(id, status)| DriftV1 {
+        id: id.into(),
+        status: status.into(),
+        note: None,
+    });
+    let mut uow = store.begin().await.unwrap();
+    for r in &rows {
+        uow.repo::<DriftV1>().insert(r).await.unwrap();
+    }
+    uow.commit().await.unwrap();
+
+    let drifted = |what: &str, column: &str, r: larder::Result<()>| match r {
+        Err(e @ Error::SchemaMismatch { .. }) => {
+            let Error::SchemaMismatch {
+                ref table,
+                ref differences,
+                ..
+            } = e
+            else {
+                unreachable!()
+            };
+            assert_eq!(table, "drift_orders", "{what}: {e}");
+            assert!(
+                differences.contains(&format!("`{column}`")),
+                "{what}: the difference should name `{column}`: {e}"
+            );
+            let text = e.to_string();
+            assert!(text.contains("larder migrate new"), "{what}: {text}");
+            assert!(!text.chars().any(char::is_control), "{what}: {text:?}");
+        }
+        other => panic!("{what}: expected a schema mismatch naming `{column}`, got {other:?}"),
+    };
+    drifted(
+        "a new indexed field",
+        "total",
+        store.register::<DriftAddedField>().await,
+    );
+    drifted("an integer id", "id", store.register::<DriftIntId>().await);
+    drifted(
+        "a retyped field",
+        "status",
+        store.register::<DriftRetyped>().await,
+    );
+    drifted(
+        "a removed required field",
+        "status",
+        store.register::<DriftRemoved>().await,
+    );
+    drifted(
+        "document storage",
+        "body",
+        store.register::<DriftDocument>().await,
+    );
+
+    // The new version used anyway: typed errors, never a wrong answer or a panic. (On
+    // SQLite with double-quoted string literals, `"total" > 1` compared the text 'total'
+    // and counted every row.)
+    let mut uow = store.read().await.unwrap();
+    let n = uow
+        .repo::<DriftAddedField>()
+        .count(&field("total").gt(1))
+        .await;
+    assert!(
+        matches!(n, Err(Error::SchemaMismatch { .. })),
+        "count on a column the table lacks: {n:?}"
+    );
+    drop(uow);
+    let mut uow = store.read().await.unwrap();
+    let found = uow
+        .repo::<DriftAddedField>()
+        .find(&Query::new(field("total").eq(3)))
+        .await;
+    assert!(
+        matches!(found, Err(Error::SchemaMismatch { .. })),
+        "find on a column the table lacks: {:?}",
+        found.map(|p| p.items.len())
+    );
+    drop(uow);
+    let mut uow = store.begin().await.unwrap();
+    let ins = uow
+        .repo::<DriftAddedField>()
+        .insert(&DriftAddedField {
+            id: "c".into(),
+            status: "open".into(),
+            note: None,
+            total: 3,
+        })
+        .await;
+    assert!(
+        matches!(ins, Err(Error::SchemaMismatch { .. })),
+        "insert into a column the table lacks: {ins:?}"
+    );
+    drop(uow);
+
+    // v1 still matches, and its data is untouched.
+    store.register::<DriftV1>().await.expect("v1 still matches");
+    let mut uow = store.read().await.unwrap();
+    let got = uow
+        .repo::<DriftV1>()
+        .get_many(&["a".to_owned(), "b".to_owned()])
+        .await
+        .unwrap();
+    let got: Vec<DriftV1> = got.into_iter().map(|v| v.value).collect();
+    assert_eq!(got, rows.to_vec());
+    assert_eq!(
+        uow.repo::<DriftV1>()
+            .count(&field("status").eq("open"))
+            .await
+            .unwrap(),
+        1
+    );
+    uow.commit().await.unwrap();
+}
+
+/// Every repository call on an entity that was never registered is a typed
+/// `NotRegistered` that says to call `store.register::<T>()` — on every backend, memory
+/// included; after registering, the same calls work.
+pub async fn using_an_unregistered_entity_is_a_typed_error(db: &TestDb) {
+    let store = &db.store;
+    let unregistered = |what: &str, r: larder::Result<()>| match r {
+        Err(e @ Error::NotRegistered { .. }) => {
+            let text = e.to_string();
+            assert!(
+                text.contains("call `store.register::<T>()`") && text.contains("items"),
+                "{what}: {text}"
+            );
+        }
+        other => panic!("{what}: expected NotRegistered, got {other:?}"),
+    };
+    let id = "a".to_owned();
+    let mut uow = store.begin().await.unwrap();
+    let r = uow.repo::<Item>().insert(&Item::new("a", "alpha", 1)).await;
+    unregistered("insert", r.map(|_| ()));
+    drop(uow);
+    let mut uow = store.begin().await.unwrap();
+    let r = uow
+        .repo::<Item>()
+        .update(&Item::new("a", "alpha", 2), 1)
+        .await;
+    unregistered("update", r.map(|_| ()));
+    drop(uow);
+    let mut uow = store.begin().await.unwrap();
+    unregistered("delete", uow.repo::<Item>().delete(&id, 1).await);
+    drop(uow);
+    let mut uow = store.read().await.unwrap();
+    let r = uow.repo::<Item>().get(&id).await;
+    unregistered("get", r.map(|_| ()));
+    drop(uow);
+    let mut uow = store.read().await.unwrap();
+    let r = uow.repo::<Item>().count(&Spec::all()).await;
+    unregistered("count", r.map(|_| ()));
+    drop(uow);
+    let mut uow = store.read().await.unwrap();
+    let r = uow.repo::<Item>().find(&Query::all()).await;
+    unregistered("find", r.map(|_| ()));
+    drop(uow);
+    let mut uow = store.read().await.unwrap();
+    let first = uow.repo::<Item>().stream(&Query::all()).next().await;
+    unregistered(
+        "stream",
+        first
+            .expect("a stream on an unregistered entity yields its error")
+            .map(|_| ()),
+    );
+    drop(uow);
+
+    setup(db).await;
+    insert_items(store, &[Item::new("a", "alpha", 1)]).await;
+    assert_eq!(get_item(store, "a").await.unwrap().name, "alpha");
+}

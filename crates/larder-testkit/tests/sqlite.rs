@@ -320,3 +320,43 @@ async fn writers_of_one_process_queue_fairly_for_the_write_lock() {
     );
     db.finish().await;
 }
+
+/// D13: on larder's SQLite connections an unknown double-quoted identifier is an error, in
+/// queries and in DDL — never the string literal it spells (SQLite's double-quoted string
+/// literals are compiled out: `SQLITE_DQS=0`). With them, `WHERE "total" > 1` compared
+/// the text 'total' and matched every row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_double_quoted_identifiers_are_errors() {
+    let db = backends::sqlite("sqlite::dqs").await.unwrap();
+    let mut uow = db.store.begin().await.unwrap();
+    let conn = uow.sqlite().unwrap();
+    for s in [
+        "CREATE TABLE t (a INTEGER)",
+        "INSERT INTO t VALUES (1), (2)",
+    ] {
+        sqlx::query(s).execute(&mut *conn).await.unwrap();
+    }
+    for s in [
+        r#"SELECT "no_such_column" FROM t"#,
+        r#"SELECT count(*) FROM t WHERE "total" > 1"#,
+        r#"SELECT "no_such_column""#,
+        r#"CREATE INDEX t_idx ON t ("no_such_column")"#,
+    ] {
+        let r = sqlx::query(s).fetch_all(&mut *conn).await;
+        match r {
+            Err(sqlx::Error::Database(e)) => {
+                assert!(e.message().contains("no such column"), "{s}: {e}")
+            }
+            other => panic!("{s}: expected `no such column`, got {other:?}"),
+        }
+    }
+    // Single-quoted strings and known double-quoted identifiers are unaffected.
+    let row = sqlx::query(r#"SELECT 'x', "a" FROM t ORDER BY "a" LIMIT 1"#)
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(row.get::<String, _>(0), "x");
+    assert_eq!(row.get::<i64, _>(1), 1);
+    uow.rollback().await.unwrap();
+    db.finish().await;
+}
