@@ -103,7 +103,12 @@ impl PgBackend {
             .min_connections(settings.min_connections)
             .acquire_timeout(settings.acquire_timeout)
             .idle_timeout(Some(Duration::from_secs(600)))
-            .connect_with(opts.application_name("larder"))
+            // `larder` unless the URL or the caller named the application.
+            .connect_with(if opts.get_application_name().is_some() {
+                opts
+            } else {
+                opts.application_name("larder")
+            })
             .await
             .map_err(|e| map(e, "connect"))?;
         Ok(PgBackend::from_pool(pool).with_record_query_text(settings.record_query_text))

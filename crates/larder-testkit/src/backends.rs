@@ -148,7 +148,10 @@ pub async fn postgres_with(
     tweak(&mut settings);
     let opts = sqlx::postgres::PgConnectOptions::from_str(&url)
         .expect("postgres url")
-        .options([("search_path", schema.as_str())]);
+        .options([("search_path", schema.as_str())])
+        // One application name per test (its schema name): session checks in tests look
+        // at their own sessions only, not at other tests' running at the same time.
+        .application_name(&schema);
     let backend = larder::postgres::PgBackend::connect_with(opts, &settings)
         .await
         .expect("connect to postgres");

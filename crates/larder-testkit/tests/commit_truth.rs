@@ -206,9 +206,10 @@ async fn pg_commits_leave_no_session_idle_in_transaction() {
     let mut left = i64::MAX;
     for _ in 0..100 {
         left = sqlx::query(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'larder' \
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 \
              AND state LIKE 'idle in transaction%' AND backend_xmin IS NOT NULL",
         )
+        .bind(&schema)
         .fetch_one(&admin)
         .await
         .unwrap()

@@ -18,14 +18,20 @@ async fn admin() -> sqlx::PgPool {
         .unwrap()
 }
 
-/// Sessions of this test's schema that are still busy or idle in a transaction.
-async fn lingering(admin: &sqlx::PgPool, marker: &str) -> Vec<String> {
+/// Sessions of this test's store (the testkit names them after the test's schema) that
+/// are still busy or idle in a transaction.
+async fn lingering(
+    admin: &sqlx::PgPool,
+    db: &larder_testkit::backends::TestDb,
+    marker: &str,
+) -> Vec<String> {
     sqlx::query(
         "SELECT state || ': ' || query FROM pg_stat_activity \
-         WHERE application_name = 'larder' AND pid <> pg_backend_pid() \
+         WHERE application_name = $2 AND pid <> pg_backend_pid() \
          AND (state LIKE 'idle in transaction%' OR (state = 'active' AND query LIKE '%' || $1 || '%'))",
     )
     .bind(marker)
+    .bind(db.pg_schema.as_deref().unwrap_or("larder"))
     .fetch_all(admin)
     .await
     .unwrap()
@@ -58,7 +64,7 @@ async fn pg_sleep_under_a_one_second_deadline_is_cancelled_server_side() {
     // The statement is gone and nothing is left idle in transaction.
     let mut left = Vec::new();
     for _ in 0..50 {
-        left = lingering(&admin, "h5-marker").await;
+        left = lingering(&admin, &db, "h5-marker").await;
         if left.is_empty() {
             break;
         }
@@ -181,7 +187,7 @@ async fn futures_dropped_mid_flight_leave_the_pool_healthy() {
     }
     let mut left = Vec::new();
     for _ in 0..100 {
-        left = lingering(&admin, "pg_sleep(0.01)").await;
+        left = lingering(&admin, &db, "pg_sleep(0.01)").await;
         if left.is_empty() {
             break;
         }
