@@ -744,10 +744,17 @@ mod tests {
             let step = base.saturating_mul(1 << attempt.min(6)).min(base * 50);
             let draws: Vec<Duration> = (0..2_000).map(|_| backoff(base, attempt)).collect();
             for d in &draws {
-                assert!(*d >= step / 2 && *d < step.mul_f64(1.5), "{d:?} for step {step:?}");
+                assert!(
+                    *d >= step / 2 && *d < step.mul_f64(1.5),
+                    "{d:?} for step {step:?}"
+                );
             }
             let distinct: std::collections::HashSet<_> = draws.iter().collect();
-            assert!(distinct.len() > 1_900, "only {} distinct draws", distinct.len());
+            assert!(
+                distinct.len() > 1_900,
+                "only {} distinct draws",
+                distinct.len()
+            );
             let mut tenths = [0u32; 10];
             for d in &draws {
                 let tenth = (1..10u32)
