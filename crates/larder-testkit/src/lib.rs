@@ -17,6 +17,7 @@
 pub mod backends;
 pub mod entities;
 pub mod events;
+pub mod rng;
 pub mod suite;
 
 pub use backends::TestDb;
