@@ -76,55 +76,14 @@ pub(crate) const MIN_AGE: i64 = 18;
 /// Oldest age generated.
 pub(crate) const MAX_AGE: i64 = 90;
 
-/// SplitMix64: a tiny, good-enough, reproducible generator.
-#[derive(Debug, Clone)]
-pub(crate) struct Rng(u64);
-
-impl Rng {
-    /// A generator for a seed.
-    pub(crate) fn new(seed: u64) -> Rng {
-        Rng(seed ^ 0x9e37_79b9_7f4a_7c15)
-    }
-
-    /// The next 64 random bits.
-    pub(crate) fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (n > 0; the modulo bias is irrelevant here).
-    pub(crate) fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-
-    /// Uniform index into a slice of length `n`.
-    pub(crate) fn index(&mut self, n: usize) -> usize {
-        let n64 = u64::try_from(n).unwrap_or(u64::MAX).max(1);
-        usize::try_from(self.below(n64)).unwrap_or(0)
-    }
-
-    /// Uniform in `lo..=hi`.
-    pub(crate) fn range_i64(&mut self, lo: i64, hi: i64) -> i64 {
-        let span = hi.abs_diff(lo).saturating_add(1);
-        lo.saturating_add_unsigned(self.below(span))
-    }
-
-    /// Shuffles a slice (Fisher–Yates).
-    pub(crate) fn shuffle<T>(&mut self, v: &mut [T]) {
-        for i in (1..v.len()).rev() {
-            let j = self.index(i + 1);
-            v.swap(i, j);
-        }
-    }
-}
+/// The seeded generator of the data sets (one for every test and benchmark).
+pub(crate) use larder_testkit::rng::Rng;
 
 /// The `index`-th entity of data set `seed`.
 pub(crate) fn customer(seed: u64, index: u64) -> Customer {
-    let mut r =
-        Rng::new(seed.wrapping_mul(0x0100_0000_01b3) ^ index.wrapping_mul(0xff51_afd7_ed55_8ccd));
+    let mut r = Rng::seeded(
+        seed.wrapping_mul(0x0100_0000_01b3) ^ index.wrapping_mul(0xff51_afd7_ed55_8ccd),
+    );
     let mut bytes = [0u8; 16];
     bytes[..8].copy_from_slice(&r.next_u64().to_le_bytes());
     bytes[8..].copy_from_slice(&r.next_u64().to_le_bytes());
@@ -182,7 +141,7 @@ const CURRENCIES: [&str; 4] = ["EUR", "USD", "GBP", "CHF"];
 
 /// The `index`-th stream id of data set `seed`: a random (v4-shaped) UUID in text form.
 pub(crate) fn stream_id(seed: u64, index: u64) -> String {
-    let mut r = Rng::new(seed.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ index.wrapping_mul(0x9e37));
+    let mut r = Rng::seeded(seed.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ index.wrapping_mul(0x9e37));
     let mut bytes = [0u8; 16];
     bytes[..8].copy_from_slice(&r.next_u64().to_le_bytes());
     bytes[8..].copy_from_slice(&r.next_u64().to_le_bytes());
@@ -198,7 +157,7 @@ pub(crate) fn item_added(stream: &str, seq: u64) -> ItemAdded {
     let h = stream.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     });
-    let mut r = Rng::new(h ^ seq.wrapping_mul(0xff51_afd7_ed55_8ccd));
+    let mut r = Rng::seeded(h ^ seq.wrapping_mul(0xff51_afd7_ed55_8ccd));
     let sku = format!("SKU-{:06}", r.below(1_000_000));
     let note = format!(
         "{} {} - gift wrap: {}, deliver to dock {:02} before {:02}:00, ref {:010}",

@@ -379,15 +379,18 @@ impl Store {
 }
 
 fn backoff(base: Duration, attempt: u32) -> Duration {
-    let exp = base.saturating_mul(1u32 << attempt.min(6)).min(base * 50);
-    // Jitter from the clock's sub-microsecond noise: enough to de-synchronize retriers
-    // without pulling in a random number generator.
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let frac = f64::from(nanos % 1000) / 1000.0;
-    exp.mul_f64(0.5 + frac)
+    jittered_backoff(base, attempt, base.saturating_mul(50))
+}
+
+/// The wait before retry number `attempt` (1-based): `base` doubled per attempt, capped at
+/// `cap`, times a random factor in [0.5, 1.5). The factor comes from a real random number
+/// generator (thread-local ChaCha seeded by the OS), not from the clock, so retriers that
+/// failed together (the losers of one deadlock, every projection of a restarted database)
+/// spread out instead of retrying in step.
+pub(crate) fn jittered_backoff(base: Duration, attempt: u32, cap: Duration) -> Duration {
+    let exp = base.saturating_mul(1u32 << attempt.min(30)).min(cap);
+    let factor: f64 = rand::RngExt::random_range(&mut rand::rng(), 0.5..1.5);
+    Duration::try_from_secs_f64(exp.as_secs_f64() * factor).unwrap_or(Duration::MAX)
 }
 
 type PreCommitHook = Box<dyn for<'a> FnOnce(&'a mut Uow) -> BoxFuture<'a, Result<()>> + Send>;
@@ -808,5 +811,58 @@ impl Drop for Uow {
                 hook();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The jitter is random, not clock noise: draws taken back to back differ, are not
+    /// ordered (a clock-derived factor grows between two quick calls), cover the whole
+    /// 50 %–150 % band, and never leave it.
+    #[test]
+    fn backoff_jitter_spreads_within_bounds() {
+        let base = Duration::from_millis(10);
+        for attempt in 1..=8u32 {
+            let step = base.saturating_mul(1 << attempt.min(6)).min(base * 50);
+            let draws: Vec<Duration> = (0..2_000).map(|_| backoff(base, attempt)).collect();
+            for d in &draws {
+                assert!(
+                    *d >= step / 2 && *d < step.mul_f64(1.5),
+                    "{d:?} for step {step:?}"
+                );
+            }
+            let distinct: std::collections::HashSet<_> = draws.iter().collect();
+            assert!(
+                distinct.len() > 1_900,
+                "only {} distinct draws",
+                distinct.len()
+            );
+            let mut tenths = [0u32; 10];
+            for d in &draws {
+                let tenth = (1..10u32)
+                    .filter(|&i| *d >= step.mul_f64(0.5 + f64::from(i) / 10.0))
+                    .count();
+                tenths[tenth] += 1;
+            }
+            assert!(tenths.iter().all(|&n| n >= 100), "uneven spread {tenths:?}");
+            let rising = draws.windows(2).filter(|w| w[1] > w[0]).count();
+            assert!(
+                (800..=1_200).contains(&rising),
+                "{rising} of 1,999 successive draws rise: correlated jitter"
+            );
+        }
+    }
+
+    #[test]
+    fn backoff_is_capped() {
+        let base = Duration::from_millis(2);
+        for attempt in [10, 31, 200, u32::MAX] {
+            let d = jittered_backoff(base, attempt, Duration::from_secs(1));
+            assert!(d >= Duration::from_millis(500) && d < Duration::from_millis(1_500));
+            assert!(backoff(base, attempt) < Duration::from_millis(150));
+        }
+        assert!(jittered_backoff(Duration::MAX, 3, Duration::MAX) >= Duration::MAX / 2);
     }
 }

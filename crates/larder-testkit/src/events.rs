@@ -1113,3 +1113,377 @@ pub async fn committed_position_forgets_appends_rolled_back_by_a_savepoint(db: &
     // A projection that has caught up sees the position as reached.
     assert!(read_stream(&es, "sp-4").await.is_empty());
 }
+
+// ---------------------------------------------------------------------------------------
+// Projection failure policy (issue 9: projections that survive)
+
+/// `Count`, with failures on the event whose `n` is `fail_on`: transient ones (while
+/// `transient_left` is above 0, or while `gate` is closed) or permanent ones.
+struct Flaky {
+    count: Count,
+    fail_on: i64,
+    permanent: bool,
+    transient_left: Arc<AtomicU64>,
+    gate: Arc<std::sync::atomic::AtomicBool>,
+    /// Handler calls on the failing event.
+    calls: Arc<AtomicU64>,
+}
+
+impl Flaky {
+    fn new(name: &'static str, fail_on: i64, permanent: bool, transient: u64) -> Flaky {
+        Flaky {
+            count: Count {
+                name,
+                filter: EventFilter::all(),
+                fail_on: None,
+            },
+            fail_on,
+            permanent,
+            transient_left: Arc::new(AtomicU64::new(transient)),
+            gate: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            calls: Arc::default(),
+        }
+    }
+}
+
+impl Projection for Flaky {
+    fn name(&self) -> &str {
+        self.count.name
+    }
+    async fn handle(&self, uow: &mut Uow, e: &RecordedEvent) -> Result<()> {
+        if n_of(e) == self.fail_on {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            if self.permanent {
+                return Err(Error::callback("projection", "poison event"));
+            }
+            let left = self.transient_left.load(Ordering::SeqCst);
+            if left > 0 || !self.gate.load(Ordering::SeqCst) {
+                self.transient_left
+                    .store(left.saturating_sub(1), Ordering::SeqCst);
+                return Err(Error::Transient {
+                    kind: larder::TransientKind::Deadlock,
+                });
+            }
+        }
+        self.count.handle(uow, e).await
+    }
+}
+
+fn status_of<'a>(
+    all: &'a [larder::events::ProjectionStatus],
+    name: &str,
+) -> &'a larder::events::ProjectionStatus {
+    all.iter()
+        .find(|s| s.name == name)
+        .expect("projection listed")
+}
+
+fn fast_retries() -> larder::events::ProjectionRetry {
+    larder::events::ProjectionRetry::default()
+        .with_backoff(Duration::from_millis(1), Duration::from_millis(20))
+}
+
+/// Polls `cond` every 10 ms for at most 10 s.
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{what}: not within 10 s");
+}
+
+/// Issue 9: a handler that fails transiently is retried with backoff (not counted against
+/// the handler budget, visible in the status) until it succeeds, while a second projection
+/// keeps up; both end caught up and nothing is applied twice.
+pub async fn projections_retry_transient_failures_while_others_keep_up(db: &TestDb) {
+    use larder::events::ProjectionState;
+    db.store.register::<Counter>().await.unwrap();
+    let es = EventStore::builder(&db.store)
+        .poll_interval(Duration::from_millis(50))
+        .open()
+        .await
+        .unwrap();
+    let mut head = Checkpoint::START;
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        head = append(&es, "tr-1", ExpectedVersion::Any, vec![ev("A", i)]).await;
+    }
+    for e in read_stream(&es, "tr-1").await {
+        ids.push(e.event_id);
+    }
+
+    // Exactly three transient failures on event 5, then success: `catch_up` ends caught
+    // up (max_retries 0: transient failures do not use the handler budget).
+    let flaky = Flaky::new("flaky3", 5, false, 3);
+    let calls = flaky.calls.clone();
+    let runner = ProjectionRunner::new(&es)
+        .batch_size(4)
+        .with_retry(fast_retries().with_max_retries(0))
+        .with(flaky)
+        .with(Count {
+            name: "steady3",
+            filter: EventFilter::all(),
+            fail_on: None,
+        });
+    assert_eq!(runner.catch_up().await.unwrap(), 20);
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        4,
+        "three failures, then success"
+    );
+    assert_eq!(
+        count_of(&db.store, "flaky3").await,
+        10,
+        "nothing applied twice"
+    );
+    assert_eq!(count_of(&db.store, "steady3").await, 10);
+    let status = runner.status().await.unwrap();
+    let f = status_of(&status, "flaky3");
+    assert_eq!((f.lag, f.retries, f.state), (0, 3, ProjectionState::Idle));
+    let last = f.last_error.as_ref().expect("last error kept");
+    assert!(last.transient && last.error_type == "transient", "{last:?}");
+    assert_eq!(last.attempts, 3);
+    assert_eq!(last.event.as_ref().map(|e| e.event_id), Some(ids[5]));
+    let s = status_of(&status, "steady3");
+    assert_eq!((s.lag, s.retries, &s.last_error), (0, 0, &None));
+
+    // Live: `flaky` keeps failing (gate closed) while `steady` follows the log to its
+    // head; then it recovers and catches up too.
+    let flaky = Flaky::new("flaky", 5, false, 3);
+    let (gate, calls) = (flaky.gate.clone(), flaky.calls.clone());
+    gate.store(false, Ordering::SeqCst);
+    let runner = ProjectionRunner::new(&es)
+        .batch_size(4)
+        .with_retry(fast_retries())
+        .with(flaky)
+        .with(Count {
+            name: "steady",
+            filter: EventFilter::all(),
+            fail_on: None,
+        });
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn({
+        let runner = runner.clone();
+        async move {
+            runner
+                .run(async {
+                    let _ = stop_rx.await;
+                })
+                .await
+        }
+    });
+    es.wait_for("steady", head, Deadline::after(Duration::from_secs(20)))
+        .await
+        .unwrap();
+    eventually("three failed attempts", || {
+        calls.load(Ordering::SeqCst) >= 3
+    })
+    .await;
+    assert_eq!(count_of(&db.store, "steady").await, 10);
+    assert_eq!(
+        count_of(&db.store, "flaky").await,
+        4,
+        "the batch before event 5"
+    );
+    let status = runner.status().await.unwrap();
+    let f = status_of(&status, "flaky");
+    assert!(f.retries >= 2, "{f:?}");
+    assert!(
+        matches!(
+            f.state,
+            ProjectionState::Retrying | ProjectionState::Running
+        ),
+        "{f:?}"
+    );
+    assert!(f.checkpoint.unwrap_or(Checkpoint::START) < head);
+    assert_eq!(
+        f.last_error
+            .as_ref()
+            .and_then(|l| l.event.as_ref())
+            .map(|e| e.event_id),
+        Some(ids[5])
+    );
+    assert_eq!(status_of(&status, "steady").lag, 0);
+
+    gate.store(true, Ordering::SeqCst);
+    es.wait_for("flaky", head, Deadline::after(Duration::from_secs(20)))
+        .await
+        .unwrap();
+    assert_eq!(
+        count_of(&db.store, "flaky").await,
+        10,
+        "nothing applied twice"
+    );
+    let status = runner.status().await.unwrap();
+    let f = status_of(&status, "flaky");
+    assert_eq!((f.lag, f.state), (0, ProjectionState::Running), "{f:?}");
+    assert!(f.retries >= 3, "{f:?}");
+    let _ = stop_tx.send(());
+    task.await.unwrap().unwrap();
+    let status = runner.status().await.unwrap();
+    assert_eq!(status_of(&status, "flaky").state, ProjectionState::Idle);
+}
+
+/// Spans named `larder.projection.batch`, with their fields, recorded while `f` runs.
+async fn batch_spans<F: std::future::Future>(
+    f: F,
+) -> (F::Output, Vec<std::collections::HashMap<String, String>>) {
+    use tracing::instrument::WithSubscriber;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    type Fields = std::collections::HashMap<String, String>;
+    #[derive(Clone, Default)]
+    struct Spans(Arc<std::sync::Mutex<Vec<(u64, Fields)>>>);
+    struct V<'a>(&'a mut Fields);
+    impl tracing::field::Visit for V<'_> {
+        fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+            let v = format!("{v:?}").trim_matches('"').to_owned();
+            self.0.insert(f.name().to_owned(), v);
+        }
+    }
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Spans {
+        fn on_new_span(
+            &self,
+            attrs: &tracing::span::Attributes<'_>,
+            id: &tracing::span::Id,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            if attrs.metadata().name() == "larder.projection.batch" {
+                let mut fields = Fields::new();
+                attrs.record(&mut V(&mut fields));
+                self.0.lock().unwrap().push((id.into_u64(), fields));
+            }
+        }
+        fn on_record(
+            &self,
+            id: &tracing::span::Id,
+            values: &tracing::span::Record<'_>,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            let mut spans = self.0.lock().unwrap();
+            if let Some((_, fields)) = spans.iter_mut().rev().find(|(i, _)| *i == id.into_u64()) {
+                values.record(&mut V(fields));
+            }
+        }
+    }
+    let spans = Spans::default();
+    let subscriber = tracing_subscriber::registry().with(spans.clone());
+    let out = f.with_subscriber(subscriber).await;
+    let fields = spans.0.lock().unwrap().drain(..).map(|(_, f)| f).collect();
+    (out, fields)
+}
+
+/// Issue 9: a handler that keeps failing is retried `max_retries` times, then its
+/// projection alone is stopped: the status shows the failing event and the error, the
+/// checkpoint does not pass the failing event, each failed batch's span carries
+/// `error.type`, and the other projection keeps up — in `catch_up` and in `run`.
+pub async fn a_failing_projection_stops_alone_with_the_failing_event_in_its_status(db: &TestDb) {
+    use larder::events::ProjectionState;
+    db.store.register::<Counter>().await.unwrap();
+    let es = EventStore::builder(&db.store)
+        .poll_interval(Duration::from_millis(50))
+        .open()
+        .await
+        .unwrap();
+    for i in 0..10 {
+        append(&es, "pf-1", ExpectedVersion::Any, vec![ev("A", i)]).await;
+    }
+    let poison = read_stream(&es, "pf-1").await.remove(6);
+    let flaky = Flaky::new("poisoned", 6, true, 0);
+    let calls = flaky.calls.clone();
+    let runner = ProjectionRunner::new(&es)
+        .batch_size(4)
+        .with_retry(fast_retries().with_max_retries(2))
+        .with(flaky)
+        .with(Count {
+            name: "healthy",
+            filter: EventFilter::all(),
+            fail_on: None,
+        });
+    let (r, spans) = batch_spans(runner.catch_up()).await;
+    let e = r.unwrap_err();
+    assert!(matches!(e, Error::Callback { .. }), "{e:?}");
+    assert_eq!(calls.load(Ordering::SeqCst), 3, "one try and two retries");
+    assert_eq!(count_of(&db.store, "poisoned").await, 4, "first batch only");
+    assert_eq!(
+        count_of(&db.store, "healthy").await,
+        10,
+        "the other kept up"
+    );
+
+    let status = runner.status().await.unwrap();
+    let p = status_of(&status, "poisoned");
+    assert_eq!(
+        (p.state, p.retries, p.lag),
+        (ProjectionState::Stopped, 2, 6)
+    );
+    let cp = p.checkpoint.expect("first batch committed");
+    assert!(
+        cp < poison.checkpoint,
+        "checkpoint passed the failing event"
+    );
+    let last = p.last_error.as_ref().expect("error in status");
+    assert_eq!((last.error_type, last.transient), ("callback", false));
+    assert!(last.message.contains("poison event"), "{last:?}");
+    assert_eq!(last.attempts, 3);
+    let failed = last.event.as_ref().expect("failing event in status");
+    assert_eq!(
+        (failed.checkpoint, failed.event_id, failed.stream_version),
+        (poison.checkpoint, poison.event_id, poison.stream_version)
+    );
+    let h = status_of(&status, "healthy");
+    assert_eq!(
+        (h.state, h.lag, &h.last_error),
+        (ProjectionState::Idle, 0, &None)
+    );
+
+    let failed_spans = spans
+        .iter()
+        .filter(|s| s.get("larder.projection").map(String::as_str) == Some("poisoned"))
+        .filter(|s| s.get("error.type").map(String::as_str) == Some("callback"))
+        .count();
+    assert_eq!(failed_spans, 3, "{spans:?}");
+    assert!(
+        spans
+            .iter()
+            .filter(|s| s.get("larder.projection").map(String::as_str) == Some("healthy"))
+            .all(|s| !s.contains_key("error.type") && s.contains_key("larder.events")),
+        "{spans:?}"
+    );
+
+    // Live: the poisoned projection stops again, `run` keeps the healthy one following
+    // new events until shutdown.
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn({
+        let runner = runner.clone();
+        async move {
+            runner
+                .run(async {
+                    let _ = stop_rx.await;
+                })
+                .await
+        }
+    });
+    let head = append(&es, "pf-2", ExpectedVersion::Any, vec![ev("A", 11)]).await;
+    es.wait_for("healthy", head, Deadline::after(Duration::from_secs(20)))
+        .await
+        .unwrap();
+    eventually("the poisoned projection stopped again", || {
+        calls.load(Ordering::SeqCst) >= 6
+    })
+    .await;
+    let status = runner.status().await.unwrap();
+    let p = status_of(&status, "poisoned");
+    assert_eq!(p.state, ProjectionState::Stopped, "{p:?}");
+    assert_eq!(p.checkpoint, Some(cp), "still before the failing event");
+    assert_eq!(status_of(&status, "healthy").lag, 0);
+    assert!(
+        !task.is_finished(),
+        "a stopped projection does not stop run"
+    );
+    let _ = stop_tx.send(());
+    task.await.unwrap().unwrap();
+    assert_eq!(count_of(&db.store, "healthy").await, 11);
+}

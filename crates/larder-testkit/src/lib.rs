@@ -17,6 +17,7 @@
 pub mod backends;
 pub mod entities;
 pub mod events;
+pub mod rng;
 pub mod suite;
 
 pub use backends::TestDb;
@@ -113,6 +114,8 @@ macro_rules! events_conformance {
                 wait_for_gives_read_your_writes,
                 subscriptions_catch_up_then_follow_live,
                 committed_position_forgets_appends_rolled_back_by_a_savepoint,
+                projections_retry_transient_failures_while_others_keep_up,
+                a_failing_projection_stops_alone_with_the_failing_event_in_its_status,
             );
         }
     };

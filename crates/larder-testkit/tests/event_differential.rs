@@ -8,27 +8,7 @@ use larder::events::{
     Checkpoint, EventData, EventFilter, EventStore, ExpectedVersion, ReadDirection,
 };
 use larder_testkit::backends::{self, TestDb};
-
-/// A small deterministic generator (xorshift64*), so a failing seed replays exactly.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn index(&mut self, len: usize) -> usize {
-        usize::try_from(self.below(len as u64)).unwrap_or(0)
-    }
-    fn small(&mut self, n: u32) -> u32 {
-        u32::try_from(self.below(u64::from(n))).unwrap_or(0)
-    }
-}
+use larder_testkit::rng::Rng;
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -99,11 +79,11 @@ fn gen_ops(rng: &mut Rng, n: usize) -> Vec<Op> {
                     1 => rng.below(6),
                     _ => u64::MAX,
                 },
-                limit: 1 + rng.small(5),
+                limit: 1 + rng.below::<u32>(5),
                 backward: rng.below(2) == 0,
             },
             _ => Op::ReadAll {
-                page: 1 + rng.small(7),
+                page: 1 + rng.below::<u32>(7),
                 filter: match rng.below(4) {
                     0 => EventFilter::category(cats[rng.index(3)]),
                     1 => EventFilter::event_types(["Paid", "Shipped"]),
@@ -222,7 +202,7 @@ async fn f2_event_operations_agree_on_every_backend() {
                 | 1
         });
     println!("F2 events: seed {seed} (LARDER_TEST_SEED={seed} replays it)");
-    let mut rng = Rng(seed);
+    let mut rng = Rng::seeded(seed);
     let ops = gen_ops(&mut rng, 300);
     let memory = backends::memory("f2_events").await.unwrap();
     let model = run(&memory, &ops).await;

@@ -32,32 +32,12 @@ use larder::events::{
 use larder::settings::Synchronous;
 use larder::{Error, Store, StoreConfig};
 use larder_testkit::backends::{self, TestDb};
+use larder_testkit::rng::Rng;
 use sqlx::Row;
 use uuid::Uuid;
 
 // ---------------------------------------------------------------------------------------
 // Helpers
-
-/// xorshift64*: enough randomness for schedules, and reproducible from a printed seed.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng((seed ^ 0x9e37_79b9_7f4a_7c15).max(1))
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn percent(&mut self, p: u64) -> bool {
-        self.below(100) < p
-    }
-}
 
 fn seed(test: &str) -> u64 {
     let seed = std::env::var("LARDER_TEST_SEED")
@@ -525,11 +505,11 @@ async fn writer(store: Store, es: EventStore, load: Load, mut rng: Rng, w: usize
                     .or_default()
                     .push(event("Stressed", (w * 100_000 + u * 10) as u64 + i));
             }
-            let rollback = rng.percent(load.rollback_pct);
+            let rollback = rng.chance(load.rollback_pct);
             let sleep = rng
-                .percent(load.sleep_pct)
+                .chance(load.sleep_pct)
                 .then(|| Duration::from_micros(1 + rng.below(load.max_sleep_us)));
-            let exact: Vec<bool> = batch.keys().map(|_| rng.percent(load.exact_pct)).collect();
+            let exact: Vec<bool> = batch.keys().map(|_| rng.chance(load.exact_pct)).collect();
             let mut uow = match store.begin().await {
                 Ok(u) => u,
                 // A busy SQLite writer lock after the busy timeout: retryable, as
@@ -766,7 +746,7 @@ async fn stress(
             store.clone(),
             es.clone(),
             load,
-            Rng::new(base.wrapping_add(w as u64 * 7919)),
+            Rng::seeded(base.wrapping_add(w as u64 * 7919)),
             w,
         )));
     }

@@ -102,10 +102,11 @@ pub use larder_derive::embed_migrations;
 pub mod events {
     pub use larder_core::events::{
         Aggregate, AppendResult, Checkpoint, DomainEvent, EventData, EventFilter, EventLimits,
-        EventSourced, EventStore, EventStoreBuilder, EventTransaction, ExpectedVersion, LogStats,
-        Metadata, NewEvent, Projection, ProjectionRunner, ProjectionStatus, ReadAll, ReadAllBatch,
-        ReadDirection, RebuildProgress, RecordedEvent, Snapshot, StoredCheckpoint, StreamInfo,
-        Subscription, Upcaster, category_of,
+        EventSourced, EventStore, EventStoreBuilder, EventTransaction, ExpectedVersion,
+        FailedEvent, LogStats, Metadata, NewEvent, Projection, ProjectionFailure, ProjectionRetry,
+        ProjectionRunner, ProjectionState, ProjectionStatus, ReadAll, ReadAllBatch, ReadDirection,
+        RebuildProgress, RecordedEvent, Snapshot, StoredCheckpoint, StreamInfo, Subscription,
+        Upcaster, category_of,
     };
 }
 

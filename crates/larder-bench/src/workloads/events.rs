@@ -181,7 +181,7 @@ pub(crate) async fn w3(cx: &Ctx<'_>) -> Result<Vec<Metric>> {
     let mut m = Metric::new("W3 read-stream", "streams/s", 0.9);
     for run in 0..cx.runs {
         let mut order = ids.clone();
-        Rng::new(3_100 + u64::from(run)).shuffle(&mut order);
+        Rng::seeded(3_100 + u64::from(run)).shuffle(&mut order);
         let spent = interleaved(run, &order, BLOCK_W3, async |side, id: &String| {
             let events = match side {
                 Side::Larder => larder_events::read_stream(&es, &db.store, id).await?,

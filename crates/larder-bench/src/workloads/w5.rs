@@ -25,7 +25,7 @@ pub(crate) async fn run(cx: &Ctx<'_>) -> Result<Vec<Metric>> {
         let db = cx.target.fresh().await?;
         let seed = 5_000 + u64::from(run);
         let entities: Vec<Customer> = (0..u64::try_from(n)?).map(|i| customer(seed, i)).collect();
-        let mut rng = Rng::new(seed);
+        let mut rng = Rng::seeded(seed);
         let mut get_order: Vec<Uuid> = entities.iter().map(|c| c.id).collect();
         rng.shuffle(&mut get_order);
         let mut update_order = get_order.clone();

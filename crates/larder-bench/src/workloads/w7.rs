@@ -37,7 +37,7 @@ pub(crate) async fn run(cx: &Ctx<'_>) -> Result<Vec<Metric>> {
     );
     raw::analyze(&db.raw).await?;
 
-    let mut rng = Rng::new(SEED);
+    let mut rng = Rng::seeded(SEED);
     let params: Vec<(&str, i64)> = (0..queries)
         .map(|_| {
             (

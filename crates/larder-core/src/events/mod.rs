@@ -41,7 +41,10 @@ mod types;
 
 pub use aggregate::{Aggregate, EventSourced};
 pub use backend::{EventTransaction, LogStats, NewEvent, ReadAllBatch, StoredCheckpoint};
-pub use projection::{Projection, ProjectionRunner, ProjectionStatus, RebuildProgress};
+pub use projection::{
+    FailedEvent, Projection, ProjectionFailure, ProjectionRetry, ProjectionRunner, ProjectionState,
+    ProjectionStatus, RebuildProgress,
+};
 pub use store::{EventLimits, EventStore, EventStoreBuilder, Upcaster, now_micros};
 pub use subscription::Subscription;
 pub use types::{

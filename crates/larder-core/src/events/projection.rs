@@ -1,17 +1,21 @@
 //! Projections: read models fed from the global log, with their checkpoint committed in
 //! the same transaction as their writes.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use super::store::EventStore;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use super::store::{EventStore, now_micros};
 use super::subscription::LogWaker;
 use super::types::{Checkpoint, EventFilter, RecordedEvent};
 use crate::backend::BoxFuture;
 use crate::error::{Error, Result};
-use crate::uow::Uow;
+use crate::uow::{TransactionOptions, Uow, jittered_backoff};
 
 /// A read model fed from the global log.
 ///
@@ -49,7 +53,8 @@ pub trait Projection: Send + Sync + 'static {
     }
 
     /// Applies one event, inside the batch's unit of work. An error rolls the whole batch
-    /// back (checkpoint included) and stops the runner with that error.
+    /// back (checkpoint included); the runner then retries, and stops this projection (only
+    /// this one) once its retries are spent — see [`ProjectionRunner`]'s failure policy.
     fn handle(
         &self,
         uow: &mut Uow,
@@ -88,6 +93,7 @@ impl<P: Projection> DynProjection for P {
 
 /// A projection's state, for status pages and `larder projections status`.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ProjectionStatus {
     /// Its name.
     pub name: String,
@@ -95,6 +101,178 @@ pub struct ProjectionStatus {
     pub checkpoint: Option<Checkpoint>,
     /// Committed events after its checkpoint (all events, whatever its filter).
     pub lag: u64,
+    /// What this runner is doing with it.
+    pub state: ProjectionState,
+    /// Batches this runner retried for it since the runner was created.
+    pub retries: u64,
+    /// Its most recent failed batch (kept after it recovered; [`ProjectionStatus::state`]
+    /// tells whether it is current).
+    pub last_error: Option<ProjectionFailure>,
+}
+
+/// What a [`ProjectionRunner`] is doing with one projection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ProjectionState {
+    /// Not running in this runner (never started, or `catch_up` finished).
+    #[default]
+    Idle,
+    /// Processing or following the log.
+    Running,
+    /// Its last batch failed; the runner retries it after a backoff.
+    Retrying,
+    /// Stopped after its retries were spent; the other projections keep running. Its
+    /// checkpoint is before the failing event ([`ProjectionFailure::event`]); the next
+    /// [`ProjectionRunner::run`] or [`ProjectionRunner::catch_up`] restarts it there.
+    Stopped,
+}
+
+impl ProjectionState {
+    /// Lowercase name (`idle`, `running`, `retrying`, `stopped`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProjectionState::Idle => "idle",
+            ProjectionState::Running => "running",
+            ProjectionState::Retrying => "retrying",
+            ProjectionState::Stopped => "stopped",
+        }
+    }
+}
+
+impl fmt::Display for ProjectionState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A failed batch of a projection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ProjectionFailure {
+    /// The error's [`Error::kind`] (also `error.type` on the `larder.projection.batch` span).
+    pub error_type: &'static str,
+    /// The error's message.
+    pub message: String,
+    /// Whether the error was transient ([`Error::is_transient`]), retried without limit
+    /// by default.
+    pub transient: bool,
+    /// Failed attempts in a row, this one included.
+    pub attempts: u32,
+    /// The event the handler failed on (`None`: the batch failed outside the handler, while
+    /// beginning, claiming the checkpoint, reading or committing).
+    pub event: Option<FailedEvent>,
+    /// When it failed, microseconds since the Unix epoch.
+    pub at_micros: i64,
+}
+
+/// The event a projection's handler failed on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FailedEvent {
+    /// Its position in the global log.
+    pub checkpoint: Checkpoint,
+    /// Its id.
+    pub event_id: Uuid,
+    /// Its stream.
+    pub stream_id: String,
+    /// Its version in the stream.
+    pub stream_version: u64,
+    /// Its type.
+    pub event_type: String,
+}
+
+impl FailedEvent {
+    fn of(e: &RecordedEvent) -> FailedEvent {
+        FailedEvent {
+            checkpoint: e.checkpoint,
+            event_id: e.event_id,
+            stream_id: e.stream_id.clone(),
+            stream_version: e.stream_version,
+            event_type: e.event_type.clone(),
+        }
+    }
+}
+
+/// How a [`ProjectionRunner`] retries a failed batch (see its failure policy).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ProjectionRetry {
+    /// Retries of a batch that failed with a non-transient error (a handler's own error,
+    /// a conflict, a deadline…) before the projection is stopped (default: the store's
+    /// [`TransactionOptions::max_retries`], 3).
+    pub max_retries: u32,
+    /// Retries of a batch that failed with a transient error (serialization failure,
+    /// deadlock, busy or unavailable database) before the projection is stopped; `None`
+    /// (the default): without limit, so an outage pauses projections instead of stopping
+    /// them.
+    pub max_transient_retries: Option<u32>,
+    /// First wait (default: the store's [`TransactionOptions::backoff`], 2 ms); doubled
+    /// per failed attempt in a row, with 50 %–150 % random jitter.
+    pub backoff: Duration,
+    /// Longest wait before the jitter (default 5 s).
+    pub max_backoff: Duration,
+}
+
+impl Default for ProjectionRetry {
+    fn default() -> Self {
+        ProjectionRetry::from(&TransactionOptions::default())
+    }
+}
+
+impl From<&TransactionOptions> for ProjectionRetry {
+    /// The store's transaction retry budget and first backoff for handler errors.
+    fn from(t: &TransactionOptions) -> Self {
+        ProjectionRetry {
+            max_retries: t.max_retries,
+            max_transient_retries: None,
+            backoff: t.backoff,
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+impl ProjectionRetry {
+    /// Sets the retry budget for non-transient errors.
+    #[must_use]
+    pub fn with_max_retries(mut self, n: u32) -> Self {
+        self.max_retries = n;
+        self
+    }
+
+    /// Sets the retry budget for transient errors (`None`: without limit).
+    #[must_use]
+    pub fn with_max_transient_retries(mut self, n: Option<u32>) -> Self {
+        self.max_transient_retries = n;
+        self
+    }
+
+    /// Sets the first wait and the longest one.
+    #[must_use]
+    pub fn with_backoff(mut self, first: Duration, max: Duration) -> Self {
+        self.backoff = first;
+        self.max_backoff = max;
+        self
+    }
+}
+
+/// What the runner remembers about one projection (shared by clones of the runner).
+#[derive(Debug, Clone, Default)]
+struct Health {
+    state: ProjectionState,
+    retries: u64,
+    last_error: Option<ProjectionFailure>,
+}
+
+/// A failed batch: the error, and the event the handler failed on.
+struct StepError {
+    error: Error,
+    event: Option<FailedEvent>,
+}
+
+impl From<Error> for StepError {
+    fn from(error: Error) -> Self {
+        StepError { error, event: None }
+    }
 }
 
 /// Progress of a rebuild.
@@ -112,12 +290,41 @@ pub struct RebuildProgress {
 /// runners of the same projection never process the same batch), read the next batch of
 /// the global log after it, hand each event to the projection, store the new checkpoint,
 /// commit. The log never skips (see [`EventStore::read_all`]), so neither does a
-/// projection.
+/// projection. Each step is a `larder.projection.batch` span (`larder.projection`,
+/// `larder.events`, `larder.attempt`, and `error.type`/`error.message` on failure).
+///
+/// # Failure policy
+///
+/// Projections are isolated: a failing projection never stops or delays the others.
+/// A failed batch rolls back whole, its checkpoint included, so nothing is applied twice;
+/// then, for that projection only:
+///
+/// - **Transient errors** ([`Error::is_transient`]: serialization failures, deadlocks, a
+///   busy or unavailable database), from the store or from the handler, are retried after
+///   a backoff, without limit by default ([`ProjectionRetry::max_transient_retries`]): an
+///   outage pauses projections, it does not stop them.
+/// - **Any other error** (the handler's own, a conflict, a deadline…) is retried
+///   [`ProjectionRetry::max_retries`] times (default: the store's
+///   [`TransactionOptions::max_retries`], 3), after a backoff. When the retries are spent
+///   the projection is **stopped** ([`ProjectionState::Stopped`]): its checkpoint stays
+///   where the failing batch started, before the failing event, and
+///   [`ProjectionRunner::status`] shows the error and the failing event's position and id
+///   ([`ProjectionFailure`]). [`Error::Closed`] (the store was closed) stops it at once.
+///
+/// Waits double from [`ProjectionRetry::backoff`] (the store's transaction backoff) up to
+/// [`ProjectionRetry::max_backoff`], with 50 %–150 % random jitter so that projections
+/// failing together do not retry together. Every retry is counted in
+/// [`ProjectionStatus::retries`] and logged (`larder::projections`, warn); a stop is logged
+/// at error level. Calling [`run`](ProjectionRunner::run) or
+/// [`catch_up`](ProjectionRunner::catch_up) again restarts stopped projections from their
+/// checkpoints with a fresh budget (fix the handler, or the data, first).
 #[derive(Clone)]
 pub struct ProjectionRunner {
     events: EventStore,
     projections: Vec<Arc<dyn DynProjection>>,
     batch: u32,
+    retry: ProjectionRetry,
+    health: Arc<Mutex<HashMap<String, Health>>>,
 }
 
 impl fmt::Debug for ProjectionRunner {
@@ -132,18 +339,29 @@ impl fmt::Debug for ProjectionRunner {
                     .collect::<Vec<_>>(),
             )
             .field("batch", &self.batch)
+            .field("retry", &self.retry)
             .finish_non_exhaustive()
     }
 }
 
 impl ProjectionRunner {
-    /// A runner over `events` with no projections yet; batches of 500 events.
+    /// A runner over `events` with no projections yet; batches of 500 events; retries
+    /// from the store's [`TransactionOptions`] (see the failure policy).
     pub fn new(events: &EventStore) -> ProjectionRunner {
         ProjectionRunner {
             events: events.clone(),
             projections: Vec::new(),
             batch: 500,
+            retry: ProjectionRetry::from(&events.store().config().transaction),
+            health: Arc::default(),
         }
+    }
+
+    /// How failed batches are retried (default: from the store's [`TransactionOptions`]).
+    #[must_use]
+    pub fn with_retry(mut self, retry: ProjectionRetry) -> Self {
+        self.retry = retry;
+        self
     }
 
     /// Adds a projection (names must be unique).
@@ -190,13 +408,18 @@ impl ProjectionRunner {
 
     /// One batch of one projection, in one unit of work. Returns (events handled, whether
     /// the log's readable end was reached).
-    async fn step(&self, p: &dyn DynProjection) -> Result<(usize, bool)> {
+    async fn step(&self, p: &dyn DynProjection) -> Result<(usize, bool), StepError> {
         let es = &self.events;
         let mut uow = es.store().begin().await?;
         let cp = es.claim_checkpoint(&mut uow, p.name()).await?;
         let batch = es.read_all(&mut uow, cp, self.batch, &p.filter()).await?;
         for e in &batch.events {
-            p.handle(&mut uow, e).await?;
+            if let Err(error) = p.handle(&mut uow, e).await {
+                return Err(StepError {
+                    error,
+                    event: Some(FailedEvent::of(e)),
+                });
+            }
         }
         if batch.next != cp {
             es.save_checkpoint(&mut uow, p.name(), batch.next).await?;
@@ -205,44 +428,162 @@ impl ProjectionRunner {
         Ok((batch.events.len(), batch.end_of_log))
     }
 
-    /// Processes every projection until each has reached the readable end of the log.
-    /// Returns the number of events handled.
+    fn update(&self, name: &str, f: impl FnOnce(&mut Health)) {
+        let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        f(health.entry(name.to_owned()).or_default());
+    }
+
+    /// One batch of `p` with the failure policy: retries with backoff until the batch
+    /// commits (returns the events handled and whether the end of the log was reached) or
+    /// the retries are spent (the projection is stopped and the error returned).
+    async fn step_retrying(&self, p: &dyn DynProjection) -> Result<(usize, bool)> {
+        let (mut failed, mut failed_transient) = (0u32, 0u32);
+        loop {
+            let attempt = failed + failed_transient + 1;
+            let span = tracing::info_span!(
+                "larder.projection.batch",
+                larder.projection = p.name(),
+                larder.events = tracing::field::Empty,
+                larder.attempt = attempt,
+                error.type = tracing::field::Empty,
+                error.message = tracing::field::Empty,
+            );
+            let e = match self.step(p).instrument(span.clone()).await {
+                Ok((n, end)) => {
+                    span.record("larder.events", n);
+                    return Ok((n, end));
+                }
+                Err(e) => e,
+            };
+            let transient = e.error.is_transient();
+            if transient {
+                failed_transient += 1;
+            } else {
+                failed += 1;
+            }
+            let give_up = matches!(e.error, Error::Closed(_))
+                || if transient {
+                    self.retry
+                        .max_transient_retries
+                        .is_some_and(|max| failed_transient > max)
+                } else {
+                    failed > self.retry.max_retries
+                };
+            span.record("larder.events", 0);
+            span.record("error.type", e.error.kind());
+            span.record("error.message", tracing::field::display(&e.error));
+            let failure = ProjectionFailure {
+                error_type: e.error.kind(),
+                message: e.error.to_string(),
+                transient,
+                attempts: attempt,
+                event: e.event,
+                at_micros: now_micros(),
+            };
+            let position = failure.event.as_ref().map(|ev| ev.checkpoint.token());
+            let event_id = failure.event.as_ref().map(|ev| ev.event_id.to_string());
+            self.update(p.name(), |h| {
+                h.last_error = Some(failure);
+                if give_up {
+                    h.state = ProjectionState::Stopped;
+                } else {
+                    h.state = ProjectionState::Retrying;
+                    h.retries += 1;
+                }
+            });
+            if give_up {
+                tracing::error!(
+                    target: "larder::projections",
+                    projection = p.name(),
+                    attempts = attempt,
+                    position,
+                    event_id,
+                    error.type = e.error.kind(),
+                    error = %e.error,
+                    "projection stopped: its checkpoint stays before the failing event"
+                );
+                return Err(e.error);
+            }
+            tracing::warn!(
+                target: "larder::projections",
+                projection = p.name(),
+                attempt,
+                position,
+                event_id,
+                error.type = e.error.kind(),
+                error = %e.error,
+                "projection batch failed; retrying"
+            );
+            let wait = jittered_backoff(self.retry.backoff, attempt, self.retry.max_backoff);
+            tokio::time::sleep(wait).await;
+            self.update(p.name(), |h| h.state = ProjectionState::Running);
+        }
+    }
+
+    /// Processes every projection until each has reached the readable end of the log (or
+    /// was stopped by the failure policy: the others still catch up). Returns the number of
+    /// events handled, or the error of the first projection that stopped.
     pub async fn catch_up(&self) -> Result<u64> {
         self.check_names()?;
         let mut total = 0;
+        let mut first_error = None;
         for p in &self.projections {
-            loop {
-                let (n, end) = self.step(p.as_ref()).await?;
-                total += n as u64;
-                if end {
-                    break;
+            self.update(p.name(), |h| h.state = ProjectionState::Running);
+            let r = loop {
+                match self.step_retrying(p.as_ref()).await {
+                    Ok((n, end)) => {
+                        total += n as u64;
+                        if end {
+                            break Ok(());
+                        }
+                    }
+                    Err(e) => break Err(e),
+                }
+            };
+            match r {
+                Ok(()) => self.update(p.name(), |h| h.state = ProjectionState::Idle),
+                Err(e) => {
+                    first_error.get_or_insert(e);
                 }
             }
         }
-        Ok(total)
+        first_error.map_or(Ok(total), Err)
     }
 
     /// Runs every projection concurrently until `shutdown` completes, waking on new
-    /// events (in-process at once, PostgreSQL `LISTEN/NOTIFY`, or polling). The first
-    /// projection error stops the runner and is returned; the failed batch was rolled
-    /// back, so restarting resumes exactly there.
+    /// events (in-process at once, PostgreSQL `LISTEN/NOTIFY`, or polling). A projection
+    /// whose retries are spent is stopped (see the failure policy; its error is in
+    /// [`status`](ProjectionRunner::status)) while the others keep running. Returns
+    /// `Ok(())` at shutdown, or the first stop's error once every projection has stopped.
     pub async fn run(&self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
         self.check_names()?;
         let loops = self.projections.iter().map(|p| self.follow(p.clone()));
-        let all = futures_util::future::try_join_all(loops);
+        let all = futures_util::future::join_all(loops);
         tokio::pin!(all);
         tokio::pin!(shutdown);
-        match futures_util::future::select(all, shutdown).await {
-            futures_util::future::Either::Left((r, _)) => r.map(|_| ()),
+        let r = match futures_util::future::select(all, shutdown).await {
+            futures_util::future::Either::Left((stops, _)) => {
+                stops.into_iter().find_map(Result::err).map_or(Ok(()), Err)
+            }
             futures_util::future::Either::Right(((), _)) => Ok(()),
+        };
+        for p in &self.projections {
+            self.update(p.name(), |h| {
+                if h.state != ProjectionState::Stopped {
+                    h.state = ProjectionState::Idle;
+                }
+            });
         }
+        r
     }
 
+    /// Follows the log with one projection; returns only when it is stopped.
     async fn follow(&self, p: Arc<dyn DynProjection>) -> Result<()> {
+        self.update(p.name(), |h| h.state = ProjectionState::Running);
         let mut waker = LogWaker::new(&self.events).await;
         loop {
             waker.mark_seen();
-            let (_, end) = self.step(p.as_ref()).await?;
+            let (_, end) = self.step_retrying(p.as_ref()).await?;
             if end {
                 waker.wait().await;
             }
@@ -272,8 +613,9 @@ impl ProjectionRunner {
         uow.commit().await?;
         let started = Instant::now();
         let mut done = 0u64;
+        self.update(p.name(), |h| h.state = ProjectionState::Running);
         loop {
-            let (n, end) = self.step(p.as_ref()).await?;
+            let (n, end) = self.step_retrying(p.as_ref()).await?;
             done += n as u64;
             progress(RebuildProgress {
                 done: done.min(total.max(done)),
@@ -283,6 +625,7 @@ impl ProjectionRunner {
                 break;
             }
         }
+        self.update(p.name(), |h| h.state = ProjectionState::Idle);
         tracing::info!(
             target: "larder::projections",
             projection = p.name(),
@@ -293,7 +636,8 @@ impl ProjectionRunner {
         Ok(done)
     }
 
-    /// Each projection's checkpoint and lag.
+    /// Each projection's checkpoint and lag (read from the store), and what this runner
+    /// (or a clone of it) is doing with it: state, retries, last failure.
     pub async fn status(&self) -> Result<Vec<ProjectionStatus>> {
         let es = &self.events;
         let mut uow = es.store().read().await?;
@@ -307,10 +651,20 @@ impl ProjectionRunner {
                     u64::MAX >> 1,
                 )
                 .await?;
+            let health = self
+                .health
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(p.name())
+                .cloned()
+                .unwrap_or_default();
             out.push(ProjectionStatus {
                 name: p.name().to_owned(),
                 checkpoint,
                 lag,
+                state: health.state,
+                retries: health.retries,
+                last_error: health.last_error,
             });
         }
         uow.commit().await?;
