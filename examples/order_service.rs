@@ -6,6 +6,11 @@
 //! RUST_LOG=larder=info cargo run -p examples --example order_service   # see the spans
 //! ```
 //!
+//! The data is durable: every run adds a new customer, orders and cart (fresh UUID v7 ids)
+//! to the same database and ends by printing how much it now holds, so running it again
+//! just works. Without `LARDER_DATABASE_URL` the database is `larder-order-service.db` in
+//! the system's temporary directory; delete it to start over.
+//!
 //! It shows: entities stored as a document and as mapped columns, a unit of work spanning
 //! two repositories, specification queries with ordering and keyset pagination, streaming,
 //! an optimistic-concurrency conflict resolved by retrying, and an event-sourced cart whose
@@ -132,8 +137,10 @@ async fn place_order(uow: &mut Uow, customer_id: Uuid, lines: Vec<Line>) -> Resu
     Ok(order)
 }
 
+// `pub(crate)`: `examples/tests/order_service.rs` runs this very program twice against
+// one database.
 #[tokio::main]
-async fn main() -> Result<()> {
+pub(crate) async fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .init();
@@ -141,13 +148,10 @@ async fn main() -> Result<()> {
     // # Step 3: open the store
     //
     // Settings come from the environment (`LARDER_DATABASE_URL`, …); without any, this
-    // example uses a fresh SQLite file next to the build output.
+    // example uses a SQLite file in the temporary directory, kept from run to run.
     let mut settings = Settings::from_env()?;
     if std::env::var_os("LARDER_DATABASE_URL").is_none() {
         let path = std::env::temp_dir().join("larder-order-service.db");
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-        }
         settings.database_url = larder::DatabaseUrl::new(format!("sqlite://{}", path.display()));
     }
     println!("store: {}", settings.database_url); // Display redacts passwords
@@ -220,7 +224,7 @@ async fn main() -> Result<()> {
     // The same filter as an HTTP API would receive it.
     let json = r#"{"op":"and","of":[{"op":"eq","field":"status","value":"open"},{"op":"lt","field":"total_cents","value":3000}]}"#;
     let small = uow.repo::<Order>().count(&Spec::from_json(json)?).await?;
-    println!("small open orders: {small}");
+    println!("small open orders (every customer, every run): {small}");
     uow.commit().await?;
 
     // # Step 6: a conflict, and the retry that resolves it
@@ -320,7 +324,9 @@ async fn main() -> Result<()> {
     let mut uow = store
         .begin_with(UowOptions::default().with_actor("ada"))
         .await?;
-    let mut cart = events.load::<Cart>(&mut uow, "ada-1").await?;
+    // A new cart on every run: a cart that is checked out takes no more items.
+    let cart_id = Uuid::now_v7().simple().to_string();
+    let mut cart = events.load::<Cart>(&mut uow, &cart_id).await?;
     cart.handle(CartCommand::Add(line("tea", 2, 450)))
         .map_err(anyhow::Error::msg)?;
     cart.handle(CartCommand::Add(line("scones", 6, 120)))
@@ -331,7 +337,7 @@ async fn main() -> Result<()> {
 
     // A second writer with a stale copy of the cart is refused (optimistic concurrency).
     let mut uow = store.begin().await?;
-    let mut stale = Aggregate::<Cart>::new("ada-1");
+    let mut stale = Aggregate::<Cart>::new(&cart_id);
     stale
         .handle(CartCommand::Add(line("jam", 1, 350)))
         .map_err(anyhow::Error::msg)?;
@@ -351,19 +357,19 @@ async fn main() -> Result<()> {
     let mut uow = store.read().await?;
     let total = uow
         .repo::<CartTotal>()
-        .require(&"cart-ada-1".to_owned())
+        .require(&format!("cart-{cart_id}"))
         .await?;
     uow.commit().await?;
     ensure!(total.total_cents == 2 * 450 + 6 * 120, "projection total");
     println!(
-        "cart ada-1: version {}, {} items; read model total {} cents",
+        "cart {cart_id}: version {}, {} items; read model total {} cents",
         cart.version(),
         cart.state().lines.len(),
         total.total_cents
     );
     // Check out: load (replay), decide, save.
     let mut uow = store.begin().await?;
-    let mut cart = events.load::<Cart>(&mut uow, "ada-1").await?;
+    let mut cart = events.load::<Cart>(&mut uow, &cart_id).await?;
     cart.handle(CartCommand::CheckOut)
         .map_err(anyhow::Error::msg)?;
     events.save(&mut uow, &mut cart).await?;
@@ -372,10 +378,25 @@ async fn main() -> Result<()> {
         cart.state().checked_out && cart.version() == 3,
         "checked out"
     );
-    println!("cart ada-1 checked out at version {}", cart.version());
+    println!("cart {cart_id} checked out at version {}", cart.version());
 
     let _ = stop.send(());
     projections.await??;
+
+    // # Step 9: the data stays
+    //
+    // Everything above was committed: this run's rows join those of earlier runs.
+    let mut uow = store.read().await?;
+    let customers = uow.repo::<Customer>().count(&Spec::all()).await?;
+    let orders = uow.repo::<Order>().count(&Spec::all()).await?;
+    let carts = uow.repo::<CartTotal>().count(&Spec::all()).await?;
+    let log = events.stats(&mut uow).await?;
+    uow.commit().await?;
+    println!(
+        "the database now holds {orders} order(s), {customers} customer(s), {carts} cart(s) \
+         and {} event(s)",
+        log.events
+    );
 
     store.close().await;
     Ok(())

@@ -111,14 +111,35 @@ enum ProjectionsCommand {
     },
 }
 
+/// Opens an initialised store's event store without applying migrations: these commands
+/// never create tables (see `crate::store`).
 async fn open(settings: &larder::Settings) -> Result<(Store, EventStore)> {
-    let store = larder::connect(settings)
-        .await
-        .with_context(|| format!("cannot open {}", settings.database_url))?;
-    let es = EventStore::open(&store)
-        .await
-        .context("cannot open the event store")?;
-    Ok((store, es))
+    let store = crate::store::open_existing(settings).await?;
+    match EventStore::builder(&store).prepare(false).open().await {
+        Ok(es) => Ok((store, es)),
+        Err(e) => {
+            store.close().await;
+            Err(e).context("cannot open the event store")
+        }
+    }
+}
+
+/// A checkpoint for people: the token to copy, then its parts, e.g.
+/// `c1.123.45 (tx 123, position 45)`; `(position 45)` where the backend orders by position
+/// alone (transaction part 0), `(start of the log)` for the start.
+pub(crate) fn human(cp: Checkpoint) -> String {
+    if cp == Checkpoint::START {
+        format!("{} (start of the log)", cp.token())
+    } else if cp.tx() == 0 {
+        format!("{} (position {})", cp.token(), cp.position())
+    } else {
+        format!(
+            "{} (tx {}, position {})",
+            cp.token(),
+            cp.tx(),
+            cp.position()
+        )
+    }
 }
 
 fn parse_checkpoint(token: &str) -> Result<Checkpoint> {
@@ -183,7 +204,7 @@ fn event_line(e: &RecordedEvent, with_stream: bool) -> String {
     }
     line.push_str(&format!(
         "  {}  {} v{}  {}  {}",
-        e.checkpoint.token(),
+        human(e.checkpoint),
         e.event_type,
         e.schema_version,
         rfc3339(e.recorded_at_micros),
@@ -236,15 +257,21 @@ fn print_lags(lags: &[ConsumerLag]) {
         .max()
         .unwrap_or(0)
         .max(4);
+    let cw = lags
+        .iter()
+        .map(|c| human(c.stored.checkpoint).len())
+        .max()
+        .unwrap_or(0)
+        .max(10);
     println!(
-        "{:<w$}  {:<24}  {:>10}  updated at",
+        "{:<w$}  {:<cw$}  {:>10}  updated at",
         "name", "checkpoint", "lag"
     );
     for c in lags {
         println!(
-            "{:<w$}  {:<24}  {:>10}  {}",
+            "{:<w$}  {:<cw$}  {:>10}  {}",
             c.stored.name,
-            c.stored.checkpoint.token(),
+            human(c.stored.checkpoint),
             c.lag,
             rfc3339(c.stored.updated_at_micros)
         );
@@ -330,7 +357,7 @@ async fn stats(store: &Store, es: &EventStore, json: bool) -> Result<()> {
     } else {
         println!("events    {}", s.events);
         println!("streams   {}", s.streams);
-        println!("head      {}", s.head.token());
+        println!("head      {}", human(s.head));
         println!();
         print_lags(&lags);
     }
@@ -407,7 +434,7 @@ async fn tail(
     if !json {
         eprintln!(
             "following the log after {}{} (Ctrl-C to stop)",
-            start.token(),
+            human(start),
             limit.map_or(String::new(), |n| format!(", {n} event(s)"))
         );
     }
@@ -488,7 +515,7 @@ async fn status(store: &Store, es: &EventStore, json: bool) -> Result<()> {
             serde_json::json!({"ok": true, "head": head.token(), "projections": lags_json(&lags)})
         );
     } else {
-        println!("log head  {}", head.token());
+        println!("log head  {}", human(head));
         println!();
         print_lags(&lags);
     }
@@ -552,7 +579,7 @@ async fn rebuild(
     if !json {
         println!(
             "reset projection `{name}` from {} to the start of the log ({total} event(s) to replay)",
-            previous.token()
+            human(previous)
         );
         println!(
             "the service's running ProjectionRunner replays them; the read model was not cleared"
@@ -659,7 +686,17 @@ async fn wait_caught_up(
 
 #[cfg(test)]
 mod tests {
-    use super::rfc3339;
+    use super::{Checkpoint, human, rfc3339};
+
+    #[test]
+    fn checkpoints_print_their_parts_next_to_the_token() {
+        assert_eq!(
+            human(Checkpoint::new(123, 45)),
+            "c1.123.45 (tx 123, position 45)"
+        );
+        assert_eq!(human(Checkpoint::new(0, 7)), "c1.0.7 (position 7)");
+        assert_eq!(human(Checkpoint::START), "c1.0.0 (start of the log)");
+    }
 
     #[test]
     fn rfc3339_formats_utc() {

@@ -13,13 +13,16 @@
 
 mod events;
 mod migrate;
+mod settings_view;
+mod store;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use anyhow::Result;
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use larder::settings::{DatabaseUrl, Settings};
 use sqlx::Row;
 
@@ -64,9 +67,10 @@ enum Command {
     /// cleared)
     Projections(events::ProjectionsArgs),
     /// Connect to the store, run a round trip, and report the backend, its capabilities
-    /// and durability settings. Exits non-zero when the store is unreachable.
+    /// and durability settings. Exits non-zero when the store is unreachable or not
+    /// initialised (`larder migrate up` initialises it); creates and changes nothing.
     Doctor,
-    /// Print the effective settings, with passwords redacted
+    /// Print the effective settings (key, value, where it came from), passwords redacted
     Settings,
 }
 
@@ -97,9 +101,10 @@ async fn durability(store: &larder::Store) -> Result<Vec<(String, String)>> {
             let row = sqlx::query(sqlx::AssertSqlSafe(format!("PRAGMA {p}")))
                 .fetch_one(&mut *conn)
                 .await?;
-            let v = row
-                .try_get::<String, _>(0)
-                .or_else(|_| row.try_get::<i64, _>(0).map(|i| i.to_string()))?;
+            let v = match row.try_get::<i64, _>(0) {
+                Ok(n) => pragma_name(p, n),
+                Err(_) => row.try_get::<String, _>(0)?.to_ascii_uppercase(),
+            };
             out.push((p.to_owned(), v));
         }
         let v: String = sqlx::query("SELECT sqlite_version()")
@@ -125,12 +130,26 @@ async fn durability(store: &larder::Store) -> Result<Vec<(String, String)>> {
     Ok(out)
 }
 
+/// A pragma's value by its documented name (`PRAGMA synchronous` answers 2 for `FULL`).
+fn pragma_name(pragma: &str, n: i64) -> String {
+    let name = match (pragma, n) {
+        ("synchronous", 0) => "OFF",
+        ("synchronous", 1) => "NORMAL",
+        ("synchronous", 2) => "FULL",
+        ("synchronous", 3) => "EXTRA",
+        ("foreign_keys", 0) => "OFF",
+        ("foreign_keys", 1) => "ON",
+        ("busy_timeout", ms) => return format!("{ms} ms"),
+        (_, n) => return n.to_string(),
+    };
+    name.to_owned()
+}
+
 async fn doctor(cli: &Cli) -> Result<()> {
     let s = settings(cli)?;
     let started = Instant::now();
-    let store = larder::connect(&s)
-        .await
-        .with_context(|| format!("cannot open {}", s.database_url))?;
+    // Refuses a missing or uninitialised store without creating anything.
+    let store = store::open_existing(&s).await?;
     let connect_ms = started.elapsed().as_secs_f64() * 1e3;
     let started = Instant::now();
     let uow = store.read().await?;
@@ -166,33 +185,15 @@ async fn doctor(cli: &Cli) -> Result<()> {
             caps.regex, caps.json_contains, caps.concurrent_writers, caps.server_side_cancel
         );
         for (k, v) in settings {
-            println!("{k:<30}{v}");
+            println!("{k} = {v}");
         }
     }
     Ok(())
 }
 
-fn print_settings(cli: &Cli) -> Result<()> {
+fn print_settings(cli: &Cli, url_flag: bool) -> Result<()> {
     let s = settings(cli)?;
-    if cli.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "database_url": s.database_url.to_string(),
-                "max_connections": s.max_connections,
-                "min_connections": s.min_connections,
-                "acquire_timeout_ms": s.acquire_timeout.as_millis(),
-                "default_deadline_ms": s.default_deadline.map(|d| d.as_millis()),
-                "sqlite_synchronous": format!("{:?}", s.sqlite.synchronous).to_lowercase(),
-                "sqlite_busy_timeout_ms": s.sqlite.busy_timeout.as_millis(),
-                "record_query_text": s.record_query_text,
-                "max_page_size": s.max_page_size,
-            })
-        );
-    } else {
-        println!("{s:#?}");
-    }
-    Ok(())
+    settings_view::print(&s, url_flag, cli.config.as_deref(), cli.json)
 }
 
 /// The error and its causes, skipping a cause whose text the message already contains
@@ -211,7 +212,10 @@ fn render(e: &anyhow::Error) -> String {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // `--database-url` itself, not its environment variable (for `settings`' sources).
+    let url_flag = matches.value_source("database_url") == Some(ValueSource::CommandLine);
     let r = match &cli.command {
         Command::Migrate(args) => match settings(&cli) {
             Ok(s) => migrate::run(args, &s, cli.json).await,
@@ -226,7 +230,7 @@ async fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Command::Doctor => doctor(&cli).await.map(|()| ExitCode::SUCCESS),
-        Command::Settings => print_settings(&cli).map(|()| ExitCode::SUCCESS),
+        Command::Settings => print_settings(&cli, url_flag).map(|()| ExitCode::SUCCESS),
     };
     match r {
         Ok(code) => code,
