@@ -559,6 +559,42 @@ fn e4_failed_migrations_leave_no_trace_or_stay_dirty_until_repaired() {
     }
 }
 
+/// A dirty migration of a user's module stops `migrate up` until repaired, but not the
+/// event store: `larder events` and `larder projections` commands (which apply the
+/// built-in module) keep working.
+#[test]
+fn a_dirty_user_migration_does_not_block_events_commands() {
+    for db in databases("dirty_events") {
+        write(
+            &db.dir,
+            "app",
+            "1_notx.sql",
+            "-- larder:no-transaction\nCREATE TABLE notx (id INTEGER);\nINSERT INTO missing_table VALUES (1);",
+        );
+        assert!(!run(&db.url, &db.dir, &["up"]).status.success());
+        for args in [&["events", "stats"][..], &["projections", "status"]] {
+            let o = Command::new(env!("CARGO_BIN_EXE_larder"))
+                .env_remove("LARDER_DATABASE_URL")
+                .env_remove("LARDER_CONFIG")
+                .args(["--database-url", &db.url])
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}: {args:?}: {}", db.backend, text(&o));
+        }
+        let o = run(&db.url, &db.dir, &["up"]);
+        assert!(text(&o).contains("app/1_notx is dirty"), "{}", text(&o));
+        write(
+            &db.dir,
+            "app",
+            "1_notx.sql",
+            "-- larder:no-transaction\nCREATE TABLE IF NOT EXISTS notx (id INTEGER);",
+        );
+        ok(&run(&db.url, &db.dir, &["repair", "app", "1"]));
+        ok(&run(&db.url, &db.dir, &["up"]));
+    }
+}
+
 #[test]
 fn baseline_marks_an_existing_schema_as_applied() {
     for db in databases("baseline") {

@@ -15,8 +15,10 @@
 //!
 //! - Every migration runs in its own transaction together with its history row, unless it
 //!   says `-- larder:no-transaction`; such a migration is recorded as dirty first and marked
-//!   successful when it finishes, so a crash or failure leaves it dirty, which stops later
-//!   runs until it is repaired.
+//!   successful when it finishes, so a crash or failure leaves it dirty, which stops every
+//!   later run that includes its module until it is repaired. The dirty check is per
+//!   module: a run over other modules only — the event store applying the built-in
+//!   `larder` module ([`apply_builtin`]) — is not stopped by it.
 //! - Concurrent migrators are serialized: PostgreSQL by a session advisory lock taken by
 //!   polling `pg_try_advisory_lock` (never a blocking wait, which can deadlock with
 //!   `CREATE INDEX CONCURRENTLY`), released on every path; SQLite by its write lock: each
@@ -93,7 +95,8 @@ pub fn builtin(dialect: Dialect) -> Module {
 }
 
 /// Applies the built-in module's pending migrations (idempotent, under the migration
-/// lock). Other modules' history is neither checked nor touched.
+/// lock). Other modules' history is neither checked nor touched: a dirty or missing
+/// migration of a user's module does not stop it (`EventStore::open` calls this).
 pub async fn apply_builtin(
     driver: &mut dyn MigrationDriver,
     dialect: Dialect,

@@ -12,7 +12,9 @@ use super::{HistoryRow, MigrateError, MigrationDriver};
 pub struct MigrateOptions {
     /// How long to wait for another migrator's lock.
     pub lock_timeout: Duration,
-    /// Do not stop when an applied migration's file is missing.
+    /// Do not stop on history rows without a file: an applied migration whose file is
+    /// gone, or any row (dirty included) of a module that is not in the set. A dirty
+    /// migration of one of the set's own modules still stops the run.
     pub ignore_missing: bool,
 }
 
@@ -253,17 +255,27 @@ impl Migrator {
             } else {
                 MigrationState::Dirty
             };
-            if !r.success {
-                problems.push(MigrateError::Dirty {
-                    module: r.module.clone(),
-                    version: r.version,
-                    name: r.name.clone(),
-                });
-            } else if !self.opts.ignore_missing {
-                problems.push(MigrateError::Missing {
-                    module: r.module.clone(),
-                    version: r.version,
-                    name: r.name.clone(),
+            // The dirty check is per module: a dirty row stops this run only when its
+            // module is one of this set's (it is half-migrated, and its later migrations
+            // are here). A row of a module outside the set — another service's module,
+            // a removed module folder, or every user module when the event store applies
+            // the built-in one — is this run's business only as a missing file, which
+            // `ignore_missing` waives.
+            let own = self.set.modules().iter().any(|m| m.name == r.module);
+            if !(self.opts.ignore_missing && (r.success || !own)) {
+                let (module, version, name) = (r.module.clone(), r.version, r.name.clone());
+                problems.push(if r.success {
+                    MigrateError::Missing {
+                        module,
+                        version,
+                        name,
+                    }
+                } else {
+                    MigrateError::Dirty {
+                        module,
+                        version,
+                        name,
+                    }
                 });
             }
             rows.push(StatusRow {
@@ -686,6 +698,78 @@ impl Migrator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::compile::Dialect;
+    use crate::migrate::{Module, builtin, source};
+
+    fn history_row(module: &str, version: i64, name: &str, success: bool) -> HistoryRow {
+        HistoryRow {
+            module: module.to_owned(),
+            version,
+            name: name.to_owned(),
+            kind: MigrationKind::Versioned,
+            checksum: "x".to_owned(),
+            applied_at: now_rfc3339(),
+            execution_ms: 0,
+            success,
+        }
+    }
+
+    fn migrator(modules: Vec<Module>, ignore_missing: bool) -> Migrator {
+        Migrator::new(MigrationSet::new(modules).unwrap()).with_options(MigrateOptions {
+            ignore_missing,
+            ..MigrateOptions::default()
+        })
+    }
+
+    fn app() -> Module {
+        source::parse_module(
+            "app",
+            &[("2_notx.sql".to_owned(), "SELECT 1;".to_owned())],
+            "app/migrations",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_dirty_row_of_another_module_does_not_stop_the_builtin_module() {
+        let history = [
+            history_row("app", 1, "ok", true),
+            history_row("app", 2, "notx", false),
+        ];
+        // What `apply_builtin` runs: the built-in module alone, ignoring other modules.
+        let builtin = migrator(vec![builtin(Dialect::Sqlite)], true);
+        let (rows, problems) = builtin.check(&history);
+        assert!(problems.is_empty(), "{problems:?}");
+        // `status` still shows it.
+        assert!(
+            rows.iter()
+                .any(|r| r.name == "notx" && r.state == MigrationState::Dirty)
+        );
+        // Without `ignore_missing` (a removed module folder) it is reported.
+        let strict = migrator(vec![builtin(Dialect::Sqlite)], false);
+        let problems = strict.check(&history).1;
+        assert!(
+            matches!(&problems[..], [MigrateError::Missing { .. }, MigrateError::Dirty { module, .. }] if module == "app"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn a_dirty_row_of_the_sets_own_module_always_stops_the_run() {
+        // With its file present, and with its file gone and `ignore_missing`.
+        for (history, ignore_missing) in [
+            (vec![history_row("app", 2, "notx", false)], false),
+            (vec![history_row("app", 2, "notx", false)], true),
+            (vec![history_row("app", 7, "gone", false)], true),
+        ] {
+            let m = migrator(vec![builtin(Dialect::Postgres), app()], ignore_missing);
+            let problems = m.check(&history).1;
+            assert!(
+                matches!(&problems[..], [MigrateError::Dirty { module, .. }] if module == "app"),
+                "{history:?}: {problems:?}"
+            );
+        }
+    }
 
     #[test]
     fn versions_are_timestamps() {
