@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use larder::migrate::{self, MigrateOptions, MigrationKind, MigrationState, Migrator};
+use larder::migrate::{self, MigrateOptions, MigrationKind, Migrator};
 
 /// Exit code of `verify` when it finds drift, missing files or dirty migrations.
 pub(crate) const EXIT_PROBLEMS: u8 = 3;
@@ -53,7 +53,10 @@ enum MigrateCommand {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Revert applied migrations with their down scripts (newest first)
+    /// Revert applied migrations with their down scripts (newest first). A down script
+    /// without statements (empty or only comments, like a fresh scaffold) is refused
+    /// unless it has the line `-- larder:no-op-down` (nothing to revert: the migration is
+    /// only forgotten); nothing is reverted then
     Down {
         /// How many migrations to revert [default: 1]
         #[arg(long, conflicts_with = "to")]
@@ -73,7 +76,9 @@ enum MigrateCommand {
     /// Check applied migrations against the files (checksums, missing files, dirty
     /// migrations) without applying anything; exits with 3 on problems
     Verify,
-    /// Create `<dir>/<module>/migrations/<timestamp>_<name>.sql` and its `.down.sql`
+    /// Create `<dir>/<module>/migrations/<timestamp>_<name>.sql` and its `.down.sql`. The
+    /// down script starts with comments only, which `down` refuses: write the statements
+    /// that revert the migration, or add the line `-- larder:no-op-down`
     New {
         /// Module (folder) name, [a-z0-9_]
         module: String,
@@ -133,7 +138,16 @@ fn scaffold(dir: &Path, module: &str, name: &str, json: bool) -> Result<()> {
     let up = folder.join(format!("{version}_{name}.sql"));
     let down = folder.join(format!("{version}_{name}.down.sql"));
     std::fs::write(&up, format!("-- {module}: {name}\n"))?;
-    std::fs::write(&down, format!("-- revert {module}: {name}\n"))?;
+    std::fs::write(
+        &down,
+        format!(
+            "-- revert {module}: {name}\n\
+             -- Write the statements that undo the up script. `larder migrate down` refuses\n\
+             -- a down script without statements; if nothing needs reverting, add the line\n\
+             -- `{}`, or delete this file (the migration cannot be reverted then).\n",
+            migrate::source::NO_OP_DOWN
+        ),
+    )?;
     if json {
         println!(
             "{}",
@@ -256,22 +270,32 @@ pub(crate) async fn run(
             dry_run,
         } => {
             if *dry_run {
-                let rows = migrator.status(d).await?;
-                let mut applied: Vec<_> = rows
-                    .iter()
-                    .filter(|r| {
-                        r.state == MigrationState::Applied
-                            && r.kind == MigrationKind::Versioned
-                            && module.as_ref().is_none_or(|m| *m == r.module)
-                            && to.is_none_or(|v| r.version > v)
-                    })
-                    .collect();
-                applied.reverse();
-                if to.is_none() {
-                    applied.truncate(steps.unwrap_or(1));
-                }
-                for r in applied {
-                    println!("would revert {}/{}_{}", r.module, r.version, r.name);
+                let plan = migrator
+                    .plan_down(d, module.as_deref(), *steps, *to)
+                    .await?;
+                if json {
+                    let steps: Vec<serde_json::Value> = plan
+                        .iter()
+                        .map(|s| {
+                            serde_json::json!({
+                                "migration": s.migration.label(),
+                                "statements": s.statements.iter().map(|st| st.sql.clone()).collect::<Vec<_>>(),
+                            })
+                        })
+                        .collect();
+                    println!(
+                        "{}",
+                        serde_json::json!({"ok": true, "dry_run": true, "revert": steps})
+                    );
+                } else {
+                    for s in &plan {
+                        let no_op = if s.statements.is_empty() {
+                            " (no-op down: only forgotten)"
+                        } else {
+                            ""
+                        };
+                        println!("would revert {}{no_op}", s.migration.label());
+                    }
                 }
             } else {
                 let report = migrator.down(d, module.as_deref(), *steps, *to).await?;

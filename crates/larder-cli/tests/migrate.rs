@@ -330,7 +330,48 @@ fn new_scaffolds_files_that_up_applies_and_dry_run_prints_the_plan() {
         );
         ok(&run(&db.url, &db.dir, &["up"]));
         assert_eq!(history(&db).len(), 2 + BUILTIN);
+
+        // The scaffolded down script is comments only: `down` refuses it (dry run too),
+        // reverting nothing, until it has statements or is marked as a no-op.
+        let down = std::fs::read_to_string(v2["down"].as_str().unwrap()).unwrap();
+        assert!(down.contains("-- larder:no-op-down"), "{down}");
+        assert!(migrate_split_is_empty(&down), "{down}");
+        for args in [&["down"][..], &["down", "--dry-run"]] {
+            let o = run(&db.url, &db.dir, args);
+            assert_eq!(o.status.code(), Some(1), "{args:?}: {}", text(&o));
+            assert!(
+                text(&o).contains("_add_paid has no statements")
+                    && text(&o).contains("`-- larder:no-op-down`"),
+                "{}",
+                text(&o)
+            );
+        }
+        assert_eq!(history(&db).len(), 2 + BUILTIN);
+        std::fs::write(
+            v2["down"].as_str().unwrap(),
+            "-- larder:no-op-down\n-- SQLite before 3.35 cannot drop a column.\n",
+        )
+        .unwrap();
+        let plan = ok(&run(&db.url, &db.dir, &["down", "--dry-run"]));
+        assert!(plan.contains("_add_paid (no-op down"), "{plan}");
+        assert!(ok(&run(&db.url, &db.dir, &["down"])).contains("1 migration(s) reverted"));
+        assert_eq!(history(&db).len(), 1 + BUILTIN);
+        // The first one's scaffold was never filled in either.
+        let o = run(&db.url, &db.dir, &["down"]);
+        assert!(
+            text(&o).contains("_create_invoices has no statements"),
+            "{}",
+            text(&o)
+        );
+        assert!(tables(&db).contains(&"invoices".to_owned()));
     }
+}
+
+/// Whether a script has no statement (comments only), as the migration runner sees it.
+fn migrate_split_is_empty(script: &str) -> bool {
+    script
+        .lines()
+        .all(|l| l.trim().is_empty() || l.trim_start().starts_with("--"))
 }
 
 /// A tree of 3 modules with dependencies and ~30 migrations.

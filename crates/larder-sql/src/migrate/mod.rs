@@ -302,6 +302,13 @@ pub enum MigrateError {
     /// `down` reached a migration without a down script.
     #[error("migration {0} has no down script; nothing was reverted")]
     NoDownScript(String),
+    /// `down` reached a migration whose down script has no statements (empty or only
+    /// comments, like a fresh scaffold) and is not marked `-- larder:no-op-down`.
+    #[error(
+        "the down script of migration {0} has no statements: write the statements that revert it, \
+         or add the line `-- larder:no-op-down` if nothing needs reverting; nothing was reverted"
+    )]
+    EmptyDownScript(String),
     /// A migration named on the command line does not exist.
     #[error("{0}")]
     NotFound(String),

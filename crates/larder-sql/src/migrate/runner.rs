@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::source::{Migration, MigrationKind, MigrationSet};
+use super::source::{Migration, MigrationKind, MigrationSet, is_marked_no_op_down};
 use super::split::{Statement, split};
 use super::{HistoryRow, MigrateError, MigrationDriver};
 
@@ -562,9 +562,70 @@ impl Migrator {
         }))
     }
 
+    /// The steps `down` would run, newest first (see [`Migrator::down`]); refuses like it.
+    fn down_steps(
+        &self,
+        history: &[HistoryRow],
+        module: Option<&str>,
+        steps: Option<usize>,
+        to: Option<i64>,
+    ) -> Result<Vec<PlannedStep>, MigrateError> {
+        let (rows, mut problems) = self.check(history);
+        if !problems.is_empty() {
+            return Err(problems.remove(0));
+        }
+        let mut targets: Vec<&Migration> = self
+            .set
+            .migrations()
+            .zip(&rows)
+            .filter(|(m, r)| {
+                r.state == MigrationState::Applied
+                    && m.kind == MigrationKind::Versioned
+                    && module.is_none_or(|x| x == m.module)
+                    && to.is_none_or(|v| m.version > v)
+            })
+            .map(|(m, _)| m)
+            .collect();
+        targets.reverse();
+        if to.is_none() {
+            targets.truncate(steps.unwrap_or(1));
+        }
+        targets
+            .into_iter()
+            .map(|m| {
+                let Some(down) = m.down.as_deref() else {
+                    return Err(MigrateError::NoDownScript(m.label()));
+                };
+                let statements = split(down);
+                if statements.is_empty() && !is_marked_no_op_down(down) {
+                    return Err(MigrateError::EmptyDownScript(m.label()));
+                }
+                Ok(PlannedStep {
+                    migration: m.clone(),
+                    statements,
+                })
+            })
+            .collect()
+    }
+
+    /// What `down` would revert, newest first, with the down scripts' statements
+    /// (verifying first; reverts nothing). Fails like `down` would.
+    pub async fn plan_down(
+        &self,
+        d: &mut dyn MigrationDriver,
+        module: Option<&str>,
+        steps: Option<usize>,
+        to: Option<i64>,
+    ) -> Result<Vec<PlannedStep>, MigrateError> {
+        let history = d.history().await?;
+        self.down_steps(&history, module, steps, to)
+    }
+
     /// Reverts the last `steps` applied versioned migrations (optionally of one module),
     /// or all applied ones above version `to`, newest first, each with its down script.
-    /// Fails before reverting anything if one of them has no down script.
+    /// Fails before reverting anything if one of them has no down script, or a down script
+    /// without statements that is not marked `-- larder:no-op-down` (a marked one only
+    /// forgets the history row).
     pub async fn down(
         &self,
         d: &mut dyn MigrationDriver,
@@ -575,36 +636,10 @@ impl Migrator {
         self.locked(d, async |d| {
             d.ensure_history().await?;
             let history = d.history().await?;
-            let (rows, mut problems) = self.check(&history);
-            if !problems.is_empty() {
-                return Err(problems.remove(0));
-            }
-            let mut targets: Vec<&Migration> = self
-                .set
-                .migrations()
-                .zip(&rows)
-                .filter(|(m, r)| {
-                    r.state == MigrationState::Applied
-                        && m.kind == MigrationKind::Versioned
-                        && module.is_none_or(|x| x == m.module)
-                        && to.is_none_or(|v| m.version > v)
-                })
-                .map(|(m, _)| m)
-                .collect();
-            targets.reverse();
-            if to.is_none() {
-                targets.truncate(steps.unwrap_or(1));
-            }
-            if let Some(m) = targets.iter().find(|m| m.down.is_none()) {
-                return Err(MigrateError::NoDownScript(m.label()));
-            }
+            let steps = self.down_steps(&history, module, steps, to)?;
             let mut report = Report::default();
-            for m in targets {
-                let statements = split(m.down.as_deref().unwrap_or_default());
-                let step = PlannedStep {
-                    migration: m.clone(),
-                    statements,
-                };
+            for step in steps {
+                let m = &step.migration;
                 let reverted = &report;
                 Self::in_transaction(d, async |d| {
                     Self::run_statements(d, &step, reverted).await?;
@@ -731,14 +766,74 @@ mod tests {
     }
 
     #[test]
+    fn a_down_script_without_statements_is_refused_unless_marked_no_op() {
+        let module = |down: &str| {
+            source::parse_module(
+                "app",
+                &[
+                    ("1_a.sql".to_owned(), "CREATE TABLE a (id INT);".to_owned()),
+                    ("1_a.down.sql".to_owned(), "DROP TABLE a;".to_owned()),
+                    ("2_b.sql".to_owned(), "CREATE TABLE b (id INT);".to_owned()),
+                    ("2_b.down.sql".to_owned(), down.to_owned()),
+                ],
+                "app/migrations",
+            )
+            .unwrap()
+        };
+        let applied = |m: &Module| -> Vec<HistoryRow> {
+            m.migrations
+                .iter()
+                .map(|x| HistoryRow {
+                    checksum: x.checksum.clone(),
+                    ..history_row("app", x.version, &x.name, true)
+                })
+                .collect()
+        };
+        for empty in ["", "\n\n", "-- revert app: b\n-- TODO\n", "/* nothing */ ;"] {
+            let m = module(empty);
+            let history = applied(&m);
+            let e = migrator(vec![m], false).down_steps(&history, None, Some(2), None);
+            assert!(
+                matches!(&e, Err(MigrateError::EmptyDownScript(l)) if l == "app/2_b"),
+                "{empty:?}: {e:?}"
+            );
+            assert!(
+                e.unwrap_err()
+                    .to_string()
+                    .contains("add the line `-- larder:no-op-down`")
+            );
+        }
+        for marked in [
+            "-- larder:no-op-down\n",
+            "-- revert app: b\n  -- LARDER:NO-OP-DOWN  \n",
+        ] {
+            let m = module(marked);
+            let history = applied(&m);
+            let steps = migrator(vec![m], false)
+                .down_steps(&history, None, Some(2), None)
+                .unwrap();
+            let labels: Vec<String> = steps.iter().map(|s| s.migration.label()).collect();
+            assert_eq!(labels, ["app/2_b", "app/1_a"], "{marked:?}");
+            assert!(steps[0].statements.is_empty());
+        }
+        // Only the migrations `down` would revert are checked.
+        let m = module("-- nothing");
+        let history: Vec<HistoryRow> = applied(&m).into_iter().take(1).collect();
+        let steps = migrator(vec![m], false)
+            .down_steps(&history, None, None, None)
+            .unwrap();
+        assert_eq!(steps[0].migration.label(), "app/1_a");
+    }
+
+    #[test]
     fn a_dirty_row_of_another_module_does_not_stop_the_builtin_module() {
         let history = [
             history_row("app", 1, "ok", true),
             history_row("app", 2, "notx", false),
         ];
         // What `apply_builtin` runs: the built-in module alone, ignoring other modules.
-        let builtin = migrator(vec![builtin(Dialect::Sqlite)], true);
-        let (rows, problems) = builtin.check(&history);
+        let only_builtin = migrator(vec![builtin(Dialect::Sqlite)], true);
+        let (rows, problems) = only_builtin.check(&history);
         assert!(problems.is_empty(), "{problems:?}");
         // `status` still shows it.
         assert!(

@@ -25,6 +25,10 @@
 //!
 //! A line `-- larder:no-transaction` in the up script runs it outside a transaction
 //! (needed for `CREATE INDEX CONCURRENTLY`); it is recorded as dirty until it finishes.
+//!
+//! A down script without statements (empty, or only comments) is refused by `down`, so a
+//! forgotten scaffold does not pretend to revert anything; a line `-- larder:no-op-down`
+//! in it marks it as an intentional no-op (`down` then only forgets the history row).
 
 use larder_core::error::{one_line, quote};
 use std::collections::{BTreeMap, BTreeSet};
@@ -204,10 +208,22 @@ fn classify(file: &str) -> Result<FileKind, String> {
     })
 }
 
-fn has_no_transaction_directive(script: &str) -> bool {
+/// The line that marks a down script without statements as an intentional no-op.
+pub const NO_OP_DOWN: &str = "-- larder:no-op-down";
+
+fn has_directive(script: &str, directive: &str) -> bool {
     script
         .lines()
-        .any(|l| l.trim().eq_ignore_ascii_case("-- larder:no-transaction"))
+        .any(|l| l.trim().eq_ignore_ascii_case(directive))
+}
+
+fn has_no_transaction_directive(script: &str) -> bool {
+    has_directive(script, "-- larder:no-transaction")
+}
+
+/// Whether a down script has a line [`NO_OP_DOWN`] (`-- larder:no-op-down`).
+pub fn is_marked_no_op_down(script: &str) -> bool {
+    has_directive(script, NO_OP_DOWN)
 }
 
 #[derive(serde::Deserialize)]
