@@ -17,6 +17,10 @@ pub(crate) const EXIT_PROBLEMS: u8 = 3;
 #[command(
     after_help = "Exit codes: 0 success, 1 error (the message names the module, version, \
 file and statement), 2 bad command line, 3 `verify` found problems.\n\
+A `.sql` file with a bad name is an error; files that look like migrations but are not \
+read (`1_a.SQL`, `1_a.sql.txt`, `1_a.txt`, subfolders) are printed as warnings (and under \
+`skipped_files` with --json). A down script without statements is refused by `down` \
+unless it has the line `-- larder:no-op-down`.\n\
 Examples:\n  larder migrate new orders create_orders\n  larder migrate up --dry-run\n  \
 larder --database-url postgres://app@db/app migrate up --json"
 )]
@@ -176,6 +180,16 @@ pub(crate) async fn run(
         anyhow::anyhow!("migrations need a SQL database (sqlite:// or postgres://)")
     })?;
     let set = migrate::set_from_dir(&args.dir, dialect)?;
+    // Files that look like migrations but are not read: warned about on stderr by every
+    // command (stdout stays one JSON document with --json), and listed in the JSON of
+    // `status`, `up` and `verify`. They do not fail `verify`.
+    let skipped: Vec<serde_json::Value> = set
+        .skipped()
+        .map(|s| {
+            eprintln!("warning: {s}");
+            serde_json::json!({"file": s.file, "reason": s.reason.as_str(), "message": s.to_string()})
+        })
+        .collect();
     let migrator = Migrator::new(set).with_options(MigrateOptions {
         lock_timeout: Duration::from_secs(args.lock_timeout),
         ignore_missing: args.ignore_missing,
@@ -250,7 +264,7 @@ pub(crate) async fn run(
                     .collect();
                 println!(
                     "{}",
-                    serde_json::json!({"ok": true, "applied": applied, "skipped": report.skipped})
+                    serde_json::json!({"ok": true, "applied": applied, "skipped": report.skipped, "skipped_files": skipped})
                 );
             } else {
                 for (l, ms) in &report.applied {
@@ -315,7 +329,7 @@ pub(crate) async fn run(
         }
         MigrateCommand::Status => {
             let rows = migrator.status(d).await?;
-            print_rows(&rows, json);
+            print_rows(&rows, &skipped, json);
             ExitCode::SUCCESS
         }
         MigrateCommand::Verify => {
@@ -323,7 +337,7 @@ pub(crate) async fn run(
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({"ok": v.problems.is_empty(), "problems": v.problems, "pending": v.pending})
+                    serde_json::json!({"ok": v.problems.is_empty(), "problems": v.problems, "pending": v.pending, "skipped_files": skipped})
                 );
             } else {
                 for p in &v.problems {
@@ -380,7 +394,7 @@ pub(crate) async fn run(
     Ok(code)
 }
 
-fn print_rows(rows: &[migrate::StatusRow], json: bool) {
+fn print_rows(rows: &[migrate::StatusRow], skipped: &[serde_json::Value], json: bool) {
     if json {
         let v: Vec<serde_json::Value> = rows
             .iter()
@@ -392,7 +406,10 @@ fn print_rows(rows: &[migrate::StatusRow], json: bool) {
                 })
             })
             .collect();
-        println!("{}", serde_json::json!({"ok": true, "migrations": v}));
+        println!(
+            "{}",
+            serde_json::json!({"ok": true, "migrations": v, "skipped_files": skipped})
+        );
         return;
     }
     println!(

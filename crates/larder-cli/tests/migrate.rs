@@ -656,11 +656,77 @@ fn baseline_marks_an_existing_schema_as_applied() {
     }
 }
 
+/// Files that look like migrations but are not read are reported by `status`, `up` and
+/// `verify` (stderr, and `skipped_files` in --json), never applied; `verify` still passes.
+#[test]
+fn skipped_files_are_reported_as_warnings() {
+    let db = databases("skipped").remove(0);
+    write(&db.dir, "app", "1_a.sql", "CREATE TABLE a (id INTEGER);");
+    write(&db.dir, "app", "2_b.SQL", "CREATE TABLE b (id INTEGER);");
+    write(
+        &db.dir,
+        "app",
+        "3_c.sql.txt",
+        "CREATE TABLE c (id INTEGER);",
+    );
+    write(&db.dir, "app", "README.md", "notes");
+    std::fs::create_dir_all(db.dir.join("app/migrations/old")).unwrap();
+    write(
+        &db.dir,
+        "app",
+        "old/4_d.sql",
+        "CREATE TABLE d (id INTEGER);",
+    );
+    let warned = |o: &Output| {
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        for f in ["2_b.SQL: skipped", "3_c.sql.txt: skipped", "old: skipped"] {
+            assert!(
+                err.contains(&format!("warning: {}", db.dir.display())) && err.contains(f),
+                "{f}: {err}"
+            );
+        }
+        assert!(!err.contains("README"), "{err}");
+    };
+    let o = run(&db.url, &db.dir, &["up"]);
+    ok(&o);
+    warned(&o);
+    assert_eq!(tables(&db).iter().filter(|t| t.len() == 1).count(), 1);
+    let o = run(&db.url, &db.dir, &["verify"]);
+    ok(&o);
+    warned(&o);
+    let o = run(&db.url, &db.dir, &["status", "--json"]);
+    warned(&o);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let files: Vec<(&str, &str)> = v["skipped_files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["file"].as_str().unwrap(), f["reason"].as_str().unwrap()))
+        .collect();
+    assert_eq!(files.len(), 3, "{v}");
+    assert!(
+        files[0].0.ends_with("app/migrations/2_b.SQL") && files[0].1 == "extension_case",
+        "{files:?}"
+    );
+    assert_eq!((files[1].1, files[2].1), ("not_sql", "folder"), "{files:?}");
+}
+
 #[test]
 fn bad_input_is_a_clear_error_naming_the_file() {
     let url = format!("sqlite://{}", scratch("bad").join("db.sqlite").display());
     type Files<'a> = &'a [(&'a str, &'a str, &'a str)];
-    let cases: [(&str, Files<'_>, &str); 5] = [
+    let cases: [(&str, Files<'_>, &str); 8] = [
+        ("dash", &[("m", "1-foo.sql", "SELECT 1;")], "1-foo.sql"),
+        (
+            "flyway name",
+            &[("m", "V1__x.sql", "SELECT 1;")],
+            "V1__x.sql",
+        ),
+        (
+            "missing version",
+            &[("m", "_x.sql", "SELECT 1;")],
+            "`` is not a version",
+        ),
         (
             "unparsable name",
             &[("m", "create_things.sql", "SELECT 1;")],

@@ -40,7 +40,9 @@ pub use runner::{
     MigrateOptions, MigrationState, Migrator, PlannedStep, Report, StatusRow, Verification,
     timestamp_version,
 };
-pub use source::{EmbeddedModule, Migration, MigrationKind, MigrationSet, Module};
+pub use source::{
+    EmbeddedModule, Migration, MigrationKind, MigrationSet, Module, SkipReason, SkippedFile,
+};
 
 use crate::compile::Dialect;
 
