@@ -1,7 +1,10 @@
 //! The migration runner: verification, planning and the operations.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use jiff::tz::Offset;
 
 use super::source::{Migration, MigrationKind, MigrationSet, is_marked_no_op_down};
 use super::split::{Statement, split};
@@ -135,44 +138,39 @@ fn key_of(module: &str, kind: MigrationKind, version: i64, name: &str) -> Key {
     }
 }
 
-/// Now in UTC as (year, month, day, hour, minute, second, millisecond), by the
-/// civil-from-days algorithm (no date crate needed for two formats).
-fn utc_now() -> (i64, i64, i64, i64, i64, i64, u32) {
-    let d = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = i64::try_from(d.as_secs()).unwrap_or(0);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (
-        year,
-        month,
-        day,
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_millis(),
+/// `ts` as stored in `applied_at`: RFC 3339 in UTC with milliseconds.
+fn rfc3339_millis(ts: Timestamp) -> String {
+    let t = Offset::UTC.to_datetime(ts);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        t.month(),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
     )
+}
+
+/// `ts` as a migration version, `YYYYMMDDHHMMSS` in UTC.
+fn version_at(ts: Timestamp) -> i64 {
+    let t = Offset::UTC.to_datetime(ts);
+    let date = (i64::from(t.year()) * 100 + i64::from(t.month())) * 100 + i64::from(t.day());
+    date * 1_000_000
+        + i64::from(t.hour()) * 10_000
+        + i64::from(t.minute()) * 100
+        + i64::from(t.second())
 }
 
 /// RFC 3339 UTC timestamp of now, as stored in `applied_at`.
 pub(crate) fn now_rfc3339() -> String {
-    let (y, mo, d, h, mi, s, ms) = utc_now();
-    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{ms:03}Z")
+    rfc3339_millis(Timestamp::now())
 }
 
 /// Now as a migration version, `YYYYMMDDHHMMSS` in UTC (what `larder migrate new` uses).
 pub fn timestamp_version() -> i64 {
-    let (y, mo, d, h, mi, s, _) = utc_now();
-    ((y * 100 + mo) * 100 + d) * 1_000_000 + h * 10_000 + mi * 100 + s
+    version_at(Timestamp::now())
 }
 
 fn elapsed_ms(t: Instant) -> i64 {
@@ -871,6 +869,45 @@ mod tests {
         let v = timestamp_version().to_string();
         assert_eq!(v.len(), 14);
         assert_eq!(&v[..4], &now_rfc3339()[..4]);
+    }
+
+    #[test]
+    fn timestamps_and_versions_have_fixed_formats() {
+        // (microseconds since the epoch, applied_at, version): the epoch, leap days of a
+        // year divisible by 400 and by 4, the day after a century that is not a leap year,
+        // the last millisecond of a year (sub-millisecond digits are cut, not rounded).
+        for (micros, text, version) in [
+            (0, "1970-01-01T00:00:00.000Z", 19_700_101_000_000),
+            (
+                951_782_400_000_000,
+                "2000-02-29T00:00:00.000Z",
+                20_000_229_000_000,
+            ),
+            (
+                1_709_210_096_123_456,
+                "2024-02-29T12:34:56.123Z",
+                20_240_229_123_456,
+            ),
+            (
+                4_107_542_400_000_000,
+                "2100-03-01T00:00:00.000Z",
+                21_000_301_000_000,
+            ),
+            (
+                946_684_799_999_999,
+                "1999-12-31T23:59:59.999Z",
+                19_991_231_235_959,
+            ),
+            (
+                1_795_253_400_000_000,
+                "2026-11-21T09:30:00.000Z",
+                20_261_121_093_000,
+            ),
+        ] {
+            let ts = Timestamp::from_microsecond(micros).unwrap();
+            assert_eq!(rfc3339_millis(ts), text);
+            assert_eq!(version_at(ts), version, "{text}");
+        }
     }
 
     #[test]
