@@ -150,27 +150,22 @@ fn parse_checkpoint(token: &str) -> Result<Checkpoint> {
     })
 }
 
-/// `YYYY-MM-DDTHH:MM:SS.ffffffZ` (UTC) from microseconds since the Unix epoch.
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ` (UTC) from microseconds since the Unix epoch (outside
+/// jiff's years -9999 to 9999: the microseconds, `<n>us`).
 fn rfc3339(micros: i64) -> String {
-    let secs = micros.div_euclid(1_000_000);
-    let frac = micros.rem_euclid(1_000_000);
-    let days = secs.div_euclid(86_400);
-    let tod = secs.rem_euclid(86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let Ok(ts) = jiff::Timestamp::from_microsecond(micros) else {
+        return format!("{micros}us");
+    };
+    let t = jiff::tz::Offset::UTC.to_datetime(ts);
     format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{frac:06}Z",
-        tod / 3_600,
-        tod % 3_600 / 60,
-        tod % 60
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+        t.year(),
+        t.month(),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.subsec_nanosecond() / 1_000
     )
 }
 
@@ -706,5 +701,11 @@ mod tests {
             "2024-02-29T12:34:56.123456Z"
         );
         assert_eq!(rfc3339(-1), "1969-12-31T23:59:59.999999Z");
+        assert_eq!(rfc3339(951_782_400_000_001), "2000-02-29T00:00:00.000001Z");
+        assert_eq!(
+            rfc3339(4_107_542_399_999_999),
+            "2100-02-28T23:59:59.999999Z"
+        );
+        assert_eq!(rfc3339(i64::MAX), format!("{}us", i64::MAX));
     }
 }

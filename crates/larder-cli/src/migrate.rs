@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use larder::migrate::{self, MigrateOptions, MigrationKind, MigrationState, Migrator};
+use larder::migrate::{self, MigrateOptions, MigrationKind, Migrator};
 
 /// Exit code of `verify` when it finds drift, missing files or dirty migrations.
 pub(crate) const EXIT_PROBLEMS: u8 = 3;
@@ -17,6 +17,10 @@ pub(crate) const EXIT_PROBLEMS: u8 = 3;
 #[command(
     after_help = "Exit codes: 0 success, 1 error (the message names the module, version, \
 file and statement), 2 bad command line, 3 `verify` found problems.\n\
+A `.sql` file with a bad name is an error; files that look like migrations but are not \
+read (`1_a.SQL`, `1_a.sql.txt`, `1_a.txt`, subfolders) are printed as warnings (and under \
+`skipped_files` with --json). A down script without statements is refused by `down` \
+unless it has the line `-- larder:no-op-down`.\n\
 Examples:\n  larder migrate new orders create_orders\n  larder migrate up --dry-run\n  \
 larder --database-url postgres://app@db/app migrate up --json"
 )]
@@ -53,7 +57,10 @@ enum MigrateCommand {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Revert applied migrations with their down scripts (newest first)
+    /// Revert applied migrations with their down scripts (newest first). A down script
+    /// without statements (empty or only comments, like a fresh scaffold) is refused
+    /// unless it has the line `-- larder:no-op-down` (nothing to revert: the migration is
+    /// only forgotten); nothing is reverted then
     Down {
         /// How many migrations to revert [default: 1]
         #[arg(long, conflicts_with = "to")]
@@ -73,7 +80,9 @@ enum MigrateCommand {
     /// Check applied migrations against the files (checksums, missing files, dirty
     /// migrations) without applying anything; exits with 3 on problems
     Verify,
-    /// Create `<dir>/<module>/migrations/<timestamp>_<name>.sql` and its `.down.sql`
+    /// Create `<dir>/<module>/migrations/<timestamp>_<name>.sql` and its `.down.sql`. The
+    /// down script starts with comments only, which `down` refuses: write the statements
+    /// that revert the migration, or add the line `-- larder:no-op-down`
     New {
         /// Module (folder) name, [a-z0-9_]
         module: String,
@@ -133,7 +142,16 @@ fn scaffold(dir: &Path, module: &str, name: &str, json: bool) -> Result<()> {
     let up = folder.join(format!("{version}_{name}.sql"));
     let down = folder.join(format!("{version}_{name}.down.sql"));
     std::fs::write(&up, format!("-- {module}: {name}\n"))?;
-    std::fs::write(&down, format!("-- revert {module}: {name}\n"))?;
+    std::fs::write(
+        &down,
+        format!(
+            "-- revert {module}: {name}\n\
+             -- Write the statements that undo the up script. `larder migrate down` refuses\n\
+             -- a down script without statements; if nothing needs reverting, add the line\n\
+             -- `{}`, or delete this file (the migration cannot be reverted then).\n",
+            migrate::source::NO_OP_DOWN
+        ),
+    )?;
     if json {
         println!(
             "{}",
@@ -162,6 +180,16 @@ pub(crate) async fn run(
         anyhow::anyhow!("migrations need a SQL database (sqlite:// or postgres://)")
     })?;
     let set = migrate::set_from_dir(&args.dir, dialect)?;
+    // Files that look like migrations but are not read: warned about on stderr by every
+    // command (stdout stays one JSON document with --json), and listed in the JSON of
+    // `status`, `up` and `verify`. They do not fail `verify`.
+    let skipped: Vec<serde_json::Value> = set
+        .skipped()
+        .map(|s| {
+            eprintln!("warning: {s}");
+            serde_json::json!({"file": s.file, "reason": s.reason.as_str(), "message": s.to_string()})
+        })
+        .collect();
     let migrator = Migrator::new(set).with_options(MigrateOptions {
         lock_timeout: Duration::from_secs(args.lock_timeout),
         ignore_missing: args.ignore_missing,
@@ -236,7 +264,7 @@ pub(crate) async fn run(
                     .collect();
                 println!(
                     "{}",
-                    serde_json::json!({"ok": true, "applied": applied, "skipped": report.skipped})
+                    serde_json::json!({"ok": true, "applied": applied, "skipped": report.skipped, "skipped_files": skipped})
                 );
             } else {
                 for (l, ms) in &report.applied {
@@ -256,22 +284,32 @@ pub(crate) async fn run(
             dry_run,
         } => {
             if *dry_run {
-                let rows = migrator.status(d).await?;
-                let mut applied: Vec<_> = rows
-                    .iter()
-                    .filter(|r| {
-                        r.state == MigrationState::Applied
-                            && r.kind == MigrationKind::Versioned
-                            && module.as_ref().is_none_or(|m| *m == r.module)
-                            && to.is_none_or(|v| r.version > v)
-                    })
-                    .collect();
-                applied.reverse();
-                if to.is_none() {
-                    applied.truncate(steps.unwrap_or(1));
-                }
-                for r in applied {
-                    println!("would revert {}/{}_{}", r.module, r.version, r.name);
+                let plan = migrator
+                    .plan_down(d, module.as_deref(), *steps, *to)
+                    .await?;
+                if json {
+                    let steps: Vec<serde_json::Value> = plan
+                        .iter()
+                        .map(|s| {
+                            serde_json::json!({
+                                "migration": s.migration.label(),
+                                "statements": s.statements.iter().map(|st| st.sql.clone()).collect::<Vec<_>>(),
+                            })
+                        })
+                        .collect();
+                    println!(
+                        "{}",
+                        serde_json::json!({"ok": true, "dry_run": true, "revert": steps})
+                    );
+                } else {
+                    for s in &plan {
+                        let no_op = if s.statements.is_empty() {
+                            " (no-op down: only forgotten)"
+                        } else {
+                            ""
+                        };
+                        println!("would revert {}{no_op}", s.migration.label());
+                    }
                 }
             } else {
                 let report = migrator.down(d, module.as_deref(), *steps, *to).await?;
@@ -291,7 +329,7 @@ pub(crate) async fn run(
         }
         MigrateCommand::Status => {
             let rows = migrator.status(d).await?;
-            print_rows(&rows, json);
+            print_rows(&rows, &skipped, json);
             ExitCode::SUCCESS
         }
         MigrateCommand::Verify => {
@@ -299,7 +337,7 @@ pub(crate) async fn run(
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({"ok": v.problems.is_empty(), "problems": v.problems, "pending": v.pending})
+                    serde_json::json!({"ok": v.problems.is_empty(), "problems": v.problems, "pending": v.pending, "skipped_files": skipped})
                 );
             } else {
                 for p in &v.problems {
@@ -356,7 +394,7 @@ pub(crate) async fn run(
     Ok(code)
 }
 
-fn print_rows(rows: &[migrate::StatusRow], json: bool) {
+fn print_rows(rows: &[migrate::StatusRow], skipped: &[serde_json::Value], json: bool) {
     if json {
         let v: Vec<serde_json::Value> = rows
             .iter()
@@ -368,7 +406,10 @@ fn print_rows(rows: &[migrate::StatusRow], json: bool) {
                 })
             })
             .collect();
-        println!("{}", serde_json::json!({"ok": true, "migrations": v}));
+        println!(
+            "{}",
+            serde_json::json!({"ok": true, "migrations": v, "skipped_files": skipped})
+        );
         return;
     }
     println!(

@@ -330,7 +330,48 @@ fn new_scaffolds_files_that_up_applies_and_dry_run_prints_the_plan() {
         );
         ok(&run(&db.url, &db.dir, &["up"]));
         assert_eq!(history(&db).len(), 2 + BUILTIN);
+
+        // The scaffolded down script is comments only: `down` refuses it (dry run too),
+        // reverting nothing, until it has statements or is marked as a no-op.
+        let down = std::fs::read_to_string(v2["down"].as_str().unwrap()).unwrap();
+        assert!(down.contains("-- larder:no-op-down"), "{down}");
+        assert!(migrate_split_is_empty(&down), "{down}");
+        for args in [&["down"][..], &["down", "--dry-run"]] {
+            let o = run(&db.url, &db.dir, args);
+            assert_eq!(o.status.code(), Some(1), "{args:?}: {}", text(&o));
+            assert!(
+                text(&o).contains("_add_paid has no statements")
+                    && text(&o).contains("`-- larder:no-op-down`"),
+                "{}",
+                text(&o)
+            );
+        }
+        assert_eq!(history(&db).len(), 2 + BUILTIN);
+        std::fs::write(
+            v2["down"].as_str().unwrap(),
+            "-- larder:no-op-down\n-- SQLite before 3.35 cannot drop a column.\n",
+        )
+        .unwrap();
+        let plan = ok(&run(&db.url, &db.dir, &["down", "--dry-run"]));
+        assert!(plan.contains("_add_paid (no-op down"), "{plan}");
+        assert!(ok(&run(&db.url, &db.dir, &["down"])).contains("1 migration(s) reverted"));
+        assert_eq!(history(&db).len(), 1 + BUILTIN);
+        // The first one's scaffold was never filled in either.
+        let o = run(&db.url, &db.dir, &["down"]);
+        assert!(
+            text(&o).contains("_create_invoices has no statements"),
+            "{}",
+            text(&o)
+        );
+        assert!(tables(&db).contains(&"invoices".to_owned()));
     }
+}
+
+/// Whether a script has no statement (comments only), as the migration runner sees it.
+fn migrate_split_is_empty(script: &str) -> bool {
+    script
+        .lines()
+        .all(|l| l.trim().is_empty() || l.trim_start().starts_with("--"))
 }
 
 /// A tree of 3 modules with dependencies and ~30 migrations.
@@ -559,6 +600,42 @@ fn e4_failed_migrations_leave_no_trace_or_stay_dirty_until_repaired() {
     }
 }
 
+/// A dirty migration of a user's module stops `migrate up` until repaired, but not the
+/// event store: `larder events` and `larder projections` commands (which apply the
+/// built-in module) keep working.
+#[test]
+fn a_dirty_user_migration_does_not_block_events_commands() {
+    for db in databases("dirty_events") {
+        write(
+            &db.dir,
+            "app",
+            "1_notx.sql",
+            "-- larder:no-transaction\nCREATE TABLE notx (id INTEGER);\nINSERT INTO missing_table VALUES (1);",
+        );
+        assert!(!run(&db.url, &db.dir, &["up"]).status.success());
+        for args in [&["events", "stats"][..], &["projections", "status"]] {
+            let o = Command::new(env!("CARGO_BIN_EXE_larder"))
+                .env_remove("LARDER_DATABASE_URL")
+                .env_remove("LARDER_CONFIG")
+                .args(["--database-url", &db.url])
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}: {args:?}: {}", db.backend, text(&o));
+        }
+        let o = run(&db.url, &db.dir, &["up"]);
+        assert!(text(&o).contains("app/1_notx is dirty"), "{}", text(&o));
+        write(
+            &db.dir,
+            "app",
+            "1_notx.sql",
+            "-- larder:no-transaction\nCREATE TABLE IF NOT EXISTS notx (id INTEGER);",
+        );
+        ok(&run(&db.url, &db.dir, &["repair", "app", "1"]));
+        ok(&run(&db.url, &db.dir, &["up"]));
+    }
+}
+
 #[test]
 fn baseline_marks_an_existing_schema_as_applied() {
     for db in databases("baseline") {
@@ -579,11 +656,77 @@ fn baseline_marks_an_existing_schema_as_applied() {
     }
 }
 
+/// Files that look like migrations but are not read are reported by `status`, `up` and
+/// `verify` (stderr, and `skipped_files` in --json), never applied; `verify` still passes.
+#[test]
+fn skipped_files_are_reported_as_warnings() {
+    let db = databases("skipped").remove(0);
+    write(&db.dir, "app", "1_a.sql", "CREATE TABLE a (id INTEGER);");
+    write(&db.dir, "app", "2_b.SQL", "CREATE TABLE b (id INTEGER);");
+    write(
+        &db.dir,
+        "app",
+        "3_c.sql.txt",
+        "CREATE TABLE c (id INTEGER);",
+    );
+    write(&db.dir, "app", "README.md", "notes");
+    std::fs::create_dir_all(db.dir.join("app/migrations/old")).unwrap();
+    write(
+        &db.dir,
+        "app",
+        "old/4_d.sql",
+        "CREATE TABLE d (id INTEGER);",
+    );
+    let warned = |o: &Output| {
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        for f in ["2_b.SQL: skipped", "3_c.sql.txt: skipped", "old: skipped"] {
+            assert!(
+                err.contains(&format!("warning: {}", db.dir.display())) && err.contains(f),
+                "{f}: {err}"
+            );
+        }
+        assert!(!err.contains("README"), "{err}");
+    };
+    let o = run(&db.url, &db.dir, &["up"]);
+    ok(&o);
+    warned(&o);
+    assert_eq!(tables(&db).iter().filter(|t| t.len() == 1).count(), 1);
+    let o = run(&db.url, &db.dir, &["verify"]);
+    ok(&o);
+    warned(&o);
+    let o = run(&db.url, &db.dir, &["status", "--json"]);
+    warned(&o);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let files: Vec<(&str, &str)> = v["skipped_files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["file"].as_str().unwrap(), f["reason"].as_str().unwrap()))
+        .collect();
+    assert_eq!(files.len(), 3, "{v}");
+    assert!(
+        files[0].0.ends_with("app/migrations/2_b.SQL") && files[0].1 == "extension_case",
+        "{files:?}"
+    );
+    assert_eq!((files[1].1, files[2].1), ("not_sql", "folder"), "{files:?}");
+}
+
 #[test]
 fn bad_input_is_a_clear_error_naming_the_file() {
     let url = format!("sqlite://{}", scratch("bad").join("db.sqlite").display());
     type Files<'a> = &'a [(&'a str, &'a str, &'a str)];
-    let cases: [(&str, Files<'_>, &str); 5] = [
+    let cases: [(&str, Files<'_>, &str); 8] = [
+        ("dash", &[("m", "1-foo.sql", "SELECT 1;")], "1-foo.sql"),
+        (
+            "flyway name",
+            &[("m", "V1__x.sql", "SELECT 1;")],
+            "V1__x.sql",
+        ),
+        (
+            "missing version",
+            &[("m", "_x.sql", "SELECT 1;")],
+            "`` is not a version",
+        ),
         (
             "unparsable name",
             &[("m", "create_things.sql", "SELECT 1;")],

@@ -19,8 +19,8 @@
 use std::path::Path;
 
 pub use larder_sql::migrate::source::{
-    self, BUILTIN_MODULE, EmbeddedModule, Migration, MigrationKind, MigrationSet, Module, checksum,
-    discover, normalize, parse_module, read_dir,
+    self, BUILTIN_MODULE, EmbeddedModule, Migration, MigrationKind, MigrationSet, Module,
+    SkipReason, SkippedFile, checksum, discover, normalize, parse_module, read_dir,
 };
 pub use larder_sql::migrate::split::{Statement, split};
 pub use larder_sql::migrate::{

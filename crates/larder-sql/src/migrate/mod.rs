@@ -15,8 +15,10 @@
 //!
 //! - Every migration runs in its own transaction together with its history row, unless it
 //!   says `-- larder:no-transaction`; such a migration is recorded as dirty first and marked
-//!   successful when it finishes, so a crash or failure leaves it dirty, which stops later
-//!   runs until it is repaired.
+//!   successful when it finishes, so a crash or failure leaves it dirty, which stops every
+//!   later run that includes its module until it is repaired. The dirty check is per
+//!   module: a run over other modules only — the event store applying the built-in
+//!   `larder` module ([`apply_builtin`]) — is not stopped by it.
 //! - Concurrent migrators are serialized: PostgreSQL by a session advisory lock taken by
 //!   polling `pg_try_advisory_lock` (never a blocking wait, which can deadlock with
 //!   `CREATE INDEX CONCURRENTLY`), released on every path; SQLite by its write lock: each
@@ -38,7 +40,9 @@ pub use runner::{
     MigrateOptions, MigrationState, Migrator, PlannedStep, Report, StatusRow, Verification,
     timestamp_version,
 };
-pub use source::{EmbeddedModule, Migration, MigrationKind, MigrationSet, Module};
+pub use source::{
+    EmbeddedModule, Migration, MigrationKind, MigrationSet, Module, SkipReason, SkippedFile,
+};
 
 use crate::compile::Dialect;
 
@@ -93,7 +97,8 @@ pub fn builtin(dialect: Dialect) -> Module {
 }
 
 /// Applies the built-in module's pending migrations (idempotent, under the migration
-/// lock). Other modules' history is neither checked nor touched.
+/// lock). Other modules' history is neither checked nor touched: a dirty or missing
+/// migration of a user's module does not stop it (`EventStore::open` calls this).
 pub async fn apply_builtin(
     driver: &mut dyn MigrationDriver,
     dialect: Dialect,
@@ -299,6 +304,13 @@ pub enum MigrateError {
     /// `down` reached a migration without a down script.
     #[error("migration {0} has no down script; nothing was reverted")]
     NoDownScript(String),
+    /// `down` reached a migration whose down script has no statements (empty or only
+    /// comments, like a fresh scaffold) and is not marked `-- larder:no-op-down`.
+    #[error(
+        "the down script of migration {0} has no statements: write the statements that revert it, \
+         or add the line `-- larder:no-op-down` if nothing needs reverting; nothing was reverted"
+    )]
+    EmptyDownScript(String),
     /// A migration named on the command line does not exist.
     #[error("{0}")]
     NotFound(String),

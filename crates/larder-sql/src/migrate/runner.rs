@@ -1,9 +1,12 @@
 //! The migration runner: verification, planning and the operations.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use super::source::{Migration, MigrationKind, MigrationSet};
+use jiff::Timestamp;
+use jiff::tz::Offset;
+
+use super::source::{Migration, MigrationKind, MigrationSet, is_marked_no_op_down};
 use super::split::{Statement, split};
 use super::{HistoryRow, MigrateError, MigrationDriver};
 
@@ -12,7 +15,9 @@ use super::{HistoryRow, MigrateError, MigrationDriver};
 pub struct MigrateOptions {
     /// How long to wait for another migrator's lock.
     pub lock_timeout: Duration,
-    /// Do not stop when an applied migration's file is missing.
+    /// Do not stop on history rows without a file: an applied migration whose file is
+    /// gone, or any row (dirty included) of a module that is not in the set. A dirty
+    /// migration of one of the set's own modules still stops the run.
     pub ignore_missing: bool,
 }
 
@@ -133,44 +138,39 @@ fn key_of(module: &str, kind: MigrationKind, version: i64, name: &str) -> Key {
     }
 }
 
-/// Now in UTC as (year, month, day, hour, minute, second, millisecond), by the
-/// civil-from-days algorithm (no date crate needed for two formats).
-fn utc_now() -> (i64, i64, i64, i64, i64, i64, u32) {
-    let d = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = i64::try_from(d.as_secs()).unwrap_or(0);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (
-        year,
-        month,
-        day,
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_millis(),
+/// `ts` as stored in `applied_at`: RFC 3339 in UTC with milliseconds.
+fn rfc3339_millis(ts: Timestamp) -> String {
+    let t = Offset::UTC.to_datetime(ts);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        t.month(),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
     )
+}
+
+/// `ts` as a migration version, `YYYYMMDDHHMMSS` in UTC.
+fn version_at(ts: Timestamp) -> i64 {
+    let t = Offset::UTC.to_datetime(ts);
+    let date = (i64::from(t.year()) * 100 + i64::from(t.month())) * 100 + i64::from(t.day());
+    date * 1_000_000
+        + i64::from(t.hour()) * 10_000
+        + i64::from(t.minute()) * 100
+        + i64::from(t.second())
 }
 
 /// RFC 3339 UTC timestamp of now, as stored in `applied_at`.
 pub(crate) fn now_rfc3339() -> String {
-    let (y, mo, d, h, mi, s, ms) = utc_now();
-    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{ms:03}Z")
+    rfc3339_millis(Timestamp::now())
 }
 
 /// Now as a migration version, `YYYYMMDDHHMMSS` in UTC (what `larder migrate new` uses).
 pub fn timestamp_version() -> i64 {
-    let (y, mo, d, h, mi, s, _) = utc_now();
-    ((y * 100 + mo) * 100 + d) * 1_000_000 + h * 10_000 + mi * 100 + s
+    version_at(Timestamp::now())
 }
 
 fn elapsed_ms(t: Instant) -> i64 {
@@ -253,17 +253,27 @@ impl Migrator {
             } else {
                 MigrationState::Dirty
             };
-            if !r.success {
-                problems.push(MigrateError::Dirty {
-                    module: r.module.clone(),
-                    version: r.version,
-                    name: r.name.clone(),
-                });
-            } else if !self.opts.ignore_missing {
-                problems.push(MigrateError::Missing {
-                    module: r.module.clone(),
-                    version: r.version,
-                    name: r.name.clone(),
+            // The dirty check is per module: a dirty row stops this run only when its
+            // module is one of this set's (it is half-migrated, and its later migrations
+            // are here). A row of a module outside the set — another service's module,
+            // a removed module folder, or every user module when the event store applies
+            // the built-in one — is this run's business only as a missing file, which
+            // `ignore_missing` waives.
+            let own = self.set.modules().iter().any(|m| m.name == r.module);
+            if !(self.opts.ignore_missing && (r.success || !own)) {
+                let (module, version, name) = (r.module.clone(), r.version, r.name.clone());
+                problems.push(if r.success {
+                    MigrateError::Missing {
+                        module,
+                        version,
+                        name,
+                    }
+                } else {
+                    MigrateError::Dirty {
+                        module,
+                        version,
+                        name,
+                    }
                 });
             }
             rows.push(StatusRow {
@@ -550,9 +560,70 @@ impl Migrator {
         }))
     }
 
+    /// The steps `down` would run, newest first (see [`Migrator::down`]); refuses like it.
+    fn down_steps(
+        &self,
+        history: &[HistoryRow],
+        module: Option<&str>,
+        steps: Option<usize>,
+        to: Option<i64>,
+    ) -> Result<Vec<PlannedStep>, MigrateError> {
+        let (rows, mut problems) = self.check(history);
+        if !problems.is_empty() {
+            return Err(problems.remove(0));
+        }
+        let mut targets: Vec<&Migration> = self
+            .set
+            .migrations()
+            .zip(&rows)
+            .filter(|(m, r)| {
+                r.state == MigrationState::Applied
+                    && m.kind == MigrationKind::Versioned
+                    && module.is_none_or(|x| x == m.module)
+                    && to.is_none_or(|v| m.version > v)
+            })
+            .map(|(m, _)| m)
+            .collect();
+        targets.reverse();
+        if to.is_none() {
+            targets.truncate(steps.unwrap_or(1));
+        }
+        targets
+            .into_iter()
+            .map(|m| {
+                let Some(down) = m.down.as_deref() else {
+                    return Err(MigrateError::NoDownScript(m.label()));
+                };
+                let statements = split(down);
+                if statements.is_empty() && !is_marked_no_op_down(down) {
+                    return Err(MigrateError::EmptyDownScript(m.label()));
+                }
+                Ok(PlannedStep {
+                    migration: m.clone(),
+                    statements,
+                })
+            })
+            .collect()
+    }
+
+    /// What `down` would revert, newest first, with the down scripts' statements
+    /// (verifying first; reverts nothing). Fails like `down` would.
+    pub async fn plan_down(
+        &self,
+        d: &mut dyn MigrationDriver,
+        module: Option<&str>,
+        steps: Option<usize>,
+        to: Option<i64>,
+    ) -> Result<Vec<PlannedStep>, MigrateError> {
+        let history = d.history().await?;
+        self.down_steps(&history, module, steps, to)
+    }
+
     /// Reverts the last `steps` applied versioned migrations (optionally of one module),
     /// or all applied ones above version `to`, newest first, each with its down script.
-    /// Fails before reverting anything if one of them has no down script.
+    /// Fails before reverting anything if one of them has no down script, or a down script
+    /// without statements that is not marked `-- larder:no-op-down` (a marked one only
+    /// forgets the history row).
     pub async fn down(
         &self,
         d: &mut dyn MigrationDriver,
@@ -563,36 +634,10 @@ impl Migrator {
         self.locked(d, async |d| {
             d.ensure_history().await?;
             let history = d.history().await?;
-            let (rows, mut problems) = self.check(&history);
-            if !problems.is_empty() {
-                return Err(problems.remove(0));
-            }
-            let mut targets: Vec<&Migration> = self
-                .set
-                .migrations()
-                .zip(&rows)
-                .filter(|(m, r)| {
-                    r.state == MigrationState::Applied
-                        && m.kind == MigrationKind::Versioned
-                        && module.is_none_or(|x| x == m.module)
-                        && to.is_none_or(|v| m.version > v)
-                })
-                .map(|(m, _)| m)
-                .collect();
-            targets.reverse();
-            if to.is_none() {
-                targets.truncate(steps.unwrap_or(1));
-            }
-            if let Some(m) = targets.iter().find(|m| m.down.is_none()) {
-                return Err(MigrateError::NoDownScript(m.label()));
-            }
+            let steps = self.down_steps(&history, module, steps, to)?;
             let mut report = Report::default();
-            for m in targets {
-                let statements = split(m.down.as_deref().unwrap_or_default());
-                let step = PlannedStep {
-                    migration: m.clone(),
-                    statements,
-                };
+            for step in steps {
+                let m = &step.migration;
                 let reverted = &report;
                 Self::in_transaction(d, async |d| {
                     Self::run_statements(d, &step, reverted).await?;
@@ -686,12 +731,183 @@ impl Migrator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::compile::Dialect;
+    use crate::migrate::{Module, builtin, source};
+
+    fn history_row(module: &str, version: i64, name: &str, success: bool) -> HistoryRow {
+        HistoryRow {
+            module: module.to_owned(),
+            version,
+            name: name.to_owned(),
+            kind: MigrationKind::Versioned,
+            checksum: "x".to_owned(),
+            applied_at: now_rfc3339(),
+            execution_ms: 0,
+            success,
+        }
+    }
+
+    fn migrator(modules: Vec<Module>, ignore_missing: bool) -> Migrator {
+        Migrator::new(MigrationSet::new(modules).unwrap()).with_options(MigrateOptions {
+            ignore_missing,
+            ..MigrateOptions::default()
+        })
+    }
+
+    fn app() -> Module {
+        source::parse_module(
+            "app",
+            &[("2_notx.sql".to_owned(), "SELECT 1;".to_owned())],
+            "app/migrations",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_down_script_without_statements_is_refused_unless_marked_no_op() {
+        let module = |down: &str| {
+            source::parse_module(
+                "app",
+                &[
+                    ("1_a.sql".to_owned(), "CREATE TABLE a (id INT);".to_owned()),
+                    ("1_a.down.sql".to_owned(), "DROP TABLE a;".to_owned()),
+                    ("2_b.sql".to_owned(), "CREATE TABLE b (id INT);".to_owned()),
+                    ("2_b.down.sql".to_owned(), down.to_owned()),
+                ],
+                "app/migrations",
+            )
+            .unwrap()
+        };
+        let applied = |m: &Module| -> Vec<HistoryRow> {
+            m.migrations
+                .iter()
+                .map(|x| HistoryRow {
+                    checksum: x.checksum.clone(),
+                    ..history_row("app", x.version, &x.name, true)
+                })
+                .collect()
+        };
+        for empty in ["", "\n\n", "-- revert app: b\n-- TODO\n", "/* nothing */ ;"] {
+            let m = module(empty);
+            let history = applied(&m);
+            let e = migrator(vec![m], false).down_steps(&history, None, Some(2), None);
+            assert!(
+                matches!(&e, Err(MigrateError::EmptyDownScript(l)) if l == "app/2_b"),
+                "{empty:?}: {e:?}"
+            );
+            assert!(
+                e.unwrap_err()
+                    .to_string()
+                    .contains("add the line `-- larder:no-op-down`")
+            );
+        }
+        for marked in [
+            "-- larder:no-op-down\n",
+            "-- revert app: b\n  -- LARDER:NO-OP-DOWN  \n",
+        ] {
+            let m = module(marked);
+            let history = applied(&m);
+            let steps = migrator(vec![m], false)
+                .down_steps(&history, None, Some(2), None)
+                .unwrap();
+            let labels: Vec<String> = steps.iter().map(|s| s.migration.label()).collect();
+            assert_eq!(labels, ["app/2_b", "app/1_a"], "{marked:?}");
+            assert!(steps[0].statements.is_empty());
+        }
+        // Only the migrations `down` would revert are checked.
+        let m = module("-- nothing");
+        let history: Vec<HistoryRow> = applied(&m).into_iter().take(1).collect();
+        let steps = migrator(vec![m], false)
+            .down_steps(&history, None, None, None)
+            .unwrap();
+        assert_eq!(steps[0].migration.label(), "app/1_a");
+    }
+
+    #[test]
+    fn a_dirty_row_of_another_module_does_not_stop_the_builtin_module() {
+        let history = [
+            history_row("app", 1, "ok", true),
+            history_row("app", 2, "notx", false),
+        ];
+        // What `apply_builtin` runs: the built-in module alone, ignoring other modules.
+        let only_builtin = migrator(vec![builtin(Dialect::Sqlite)], true);
+        let (rows, problems) = only_builtin.check(&history);
+        assert!(problems.is_empty(), "{problems:?}");
+        // `status` still shows it.
+        assert!(
+            rows.iter()
+                .any(|r| r.name == "notx" && r.state == MigrationState::Dirty)
+        );
+        // Without `ignore_missing` (a removed module folder) it is reported.
+        let strict = migrator(vec![builtin(Dialect::Sqlite)], false);
+        let problems = strict.check(&history).1;
+        assert!(
+            matches!(&problems[..], [MigrateError::Missing { .. }, MigrateError::Dirty { module, .. }] if module == "app"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn a_dirty_row_of_the_sets_own_module_always_stops_the_run() {
+        // With its file present, and with its file gone and `ignore_missing`.
+        for (history, ignore_missing) in [
+            (vec![history_row("app", 2, "notx", false)], false),
+            (vec![history_row("app", 2, "notx", false)], true),
+            (vec![history_row("app", 7, "gone", false)], true),
+        ] {
+            let m = migrator(vec![builtin(Dialect::Postgres), app()], ignore_missing);
+            let problems = m.check(&history).1;
+            assert!(
+                matches!(&problems[..], [MigrateError::Dirty { module, .. }] if module == "app"),
+                "{history:?}: {problems:?}"
+            );
+        }
+    }
 
     #[test]
     fn versions_are_timestamps() {
         let v = timestamp_version().to_string();
         assert_eq!(v.len(), 14);
         assert_eq!(&v[..4], &now_rfc3339()[..4]);
+    }
+
+    #[test]
+    fn timestamps_and_versions_have_fixed_formats() {
+        // (microseconds since the epoch, applied_at, version): the epoch, leap days of a
+        // year divisible by 400 and by 4, the day after a century that is not a leap year,
+        // the last millisecond of a year (sub-millisecond digits are cut, not rounded).
+        for (micros, text, version) in [
+            (0, "1970-01-01T00:00:00.000Z", 19_700_101_000_000),
+            (
+                951_782_400_000_000,
+                "2000-02-29T00:00:00.000Z",
+                20_000_229_000_000,
+            ),
+            (
+                1_709_210_096_123_456,
+                "2024-02-29T12:34:56.123Z",
+                20_240_229_123_456,
+            ),
+            (
+                4_107_542_400_000_000,
+                "2100-03-01T00:00:00.000Z",
+                21_000_301_000_000,
+            ),
+            (
+                946_684_799_999_999,
+                "1999-12-31T23:59:59.999Z",
+                19_991_231_235_959,
+            ),
+            (
+                1_795_253_400_000_000,
+                "2026-11-21T09:30:00.000Z",
+                20_261_121_093_000,
+            ),
+        ] {
+            let ts = Timestamp::from_microsecond(micros).unwrap();
+            assert_eq!(rfc3339_millis(ts), text);
+            assert_eq!(version_at(ts), version, "{text}");
+        }
     }
 
     #[test]

@@ -12,7 +12,13 @@
 //! | `R__<name>.sql` | repeatable migration (views, functions): re-applied whenever its checksum changes, after the versioned ones |
 //! | `module.toml` | optional: `depends_on = ["other_module"]` |
 //!
-//! Other files (README.md, …) are ignored; other `.sql` names are errors naming the file.
+//! Other `.sql` names (`1-foo.sql`, `V1__x.sql`, `_x.sql`, `create.sql`, `1_Create.sql`)
+//! are errors naming the file. Files that are not read but look like migrations — `.sql`
+//! or `module.toml` in another case (`1_a.SQL`), names containing `.sql` (`1_a.sql.txt`,
+//! `1_a.sql.bak`), `<version>_<name>` or `R__<name>` with another extension (`1_a.txt`),
+//! and folders inside `migrations/` — are skipped and listed in [`Module::skipped`] (the
+//! CLI prints them as warnings). Anything else (`README.md`) and hidden files (`.gitkeep`,
+//! editor swap files) are ignored.
 //!
 //! # Checksums
 //!
@@ -25,6 +31,10 @@
 //!
 //! A line `-- larder:no-transaction` in the up script runs it outside a transaction
 //! (needed for `CREATE INDEX CONCURRENTLY`); it is recorded as dirty until it finishes.
+//!
+//! A down script without statements (empty, or only comments) is refused by `down`, so a
+//! forgotten scaffold does not pretend to revert anything; a line `-- larder:no-op-down`
+//! in it marks it as an intentional no-op (`down` then only forgets the history row).
 
 use larder_core::error::{one_line, quote};
 use std::collections::{BTreeMap, BTreeSet};
@@ -113,6 +123,77 @@ pub struct Module {
     pub depends_on: Vec<String>,
     /// Versioned migrations (ascending), then repeatable ones (by name).
     pub migrations: Vec<Migration>,
+    /// Files of the folder that look like migrations but were not read (by file name).
+    pub skipped: Vec<SkippedFile>,
+}
+
+/// A file in a migrations folder that looks like a migration but is not read, so nothing
+/// in it is applied (see the module docs for which files count).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedFile {
+    /// The file (or folder), as `<origin>/<file name>`, escaped to one line.
+    pub file: String,
+    /// Why it was not read.
+    pub reason: SkipReason,
+}
+
+/// Why a file that looks like a migration was not read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SkipReason {
+    /// `.sql` or `module.toml` in another case (`1_a.SQL`): names are case-sensitive.
+    ExtensionCase,
+    /// A migration-like name that does not end in `.sql` (`1_a.sql.txt`, `1_a.txt`).
+    NotSql,
+    /// A folder: migrations are not read from subfolders.
+    Folder,
+}
+
+impl SkipReason {
+    /// `extension_case`, `not_sql` or `folder` (as printed by `--json`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::ExtensionCase => "extension_case",
+            SkipReason::NotSql => "not_sql",
+            SkipReason::Folder => "folder",
+        }
+    }
+}
+
+impl fmt::Display for SkippedFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let why = match self.reason {
+            SkipReason::ExtensionCase => {
+                "skipped: names are case-sensitive, rename it with a lowercase `.sql` (or `module.toml`) to have it read"
+            }
+            SkipReason::NotSql => {
+                "skipped: it looks like a migration but does not end in `.sql`; rename it to `<version>_<name>.sql` to have it applied, or move it out of the folder"
+            }
+            SkipReason::Folder => {
+                "skipped: folders inside `migrations/` are not read; move its files up, or the folder out"
+            }
+        };
+        write!(f, "{}: {why}", self.file)
+    }
+}
+
+/// Whether a file that is not read looks like a migration, and why it was skipped.
+fn skip_reason(file: &str) -> Option<SkipReason> {
+    if file.starts_with('.') {
+        return None;
+    }
+    let lower = file.to_ascii_lowercase();
+    if lower != file && (lower.ends_with(".sql") || lower == "module.toml") {
+        return Some(SkipReason::ExtensionCase);
+    }
+    if lower.contains(".sql") {
+        return Some(SkipReason::NotSql);
+    }
+    let stem = file.split('.').next().unwrap_or(file);
+    let versioned = stem.split_once('_').is_some_and(|(v, n)| {
+        !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) && !n.is_empty()
+    });
+    (versioned || stem.starts_with("R__")).then_some(SkipReason::NotSql)
 }
 
 /// Normalizes a script for checksumming (see the module docs).
@@ -204,10 +285,22 @@ fn classify(file: &str) -> Result<FileKind, String> {
     })
 }
 
-fn has_no_transaction_directive(script: &str) -> bool {
+/// The line that marks a down script without statements as an intentional no-op.
+pub const NO_OP_DOWN: &str = "-- larder:no-op-down";
+
+fn has_directive(script: &str, directive: &str) -> bool {
     script
         .lines()
-        .any(|l| l.trim().eq_ignore_ascii_case("-- larder:no-transaction"))
+        .any(|l| l.trim().eq_ignore_ascii_case(directive))
+}
+
+fn has_no_transaction_directive(script: &str) -> bool {
+    has_directive(script, "-- larder:no-transaction")
+}
+
+/// Whether a down script has a line [`NO_OP_DOWN`] (`-- larder:no-op-down`).
+pub fn is_marked_no_op_down(script: &str) -> bool {
+    has_directive(script, NO_OP_DOWN)
 }
 
 #[derive(serde::Deserialize)]
@@ -239,13 +332,21 @@ pub fn parse_module(
     let mut downs: BTreeMap<i64, (String, String, String)> = BTreeMap::new();
     let mut repeatables: BTreeMap<String, (String, String)> = BTreeMap::new();
     let mut depends_on = Vec::new();
+    let mut skipped = Vec::new();
     for (file, contents) in files {
         let kind = classify(file).map_err(|reason| MigrateError::InvalidFile {
             file: path(file),
             reason,
         })?;
         match kind {
-            FileKind::Ignored => {}
+            FileKind::Ignored => {
+                if let Some(reason) = skip_reason(file) {
+                    skipped.push(SkippedFile {
+                        file: path(file),
+                        reason,
+                    });
+                }
+            }
             FileKind::ModuleToml => {
                 let t: ModuleToml =
                     toml::from_str(contents).map_err(|e| MigrateError::InvalidFile {
@@ -326,6 +427,7 @@ pub fn parse_module(
         name: module.to_owned(),
         depends_on,
         migrations,
+        skipped,
     })
 }
 
@@ -335,14 +437,28 @@ pub fn read_dir(module: &str, dir: &Path) -> Result<Module, MigrateError> {
         path: dir.display().to_string(),
         reason: e.to_string(),
     };
+    let origin = dir.display().to_string();
     let mut files = Vec::new();
+    let mut skipped = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io)? {
         let entry = entry.map_err(io)?;
-        if !entry.file_type().map_err(io)?.is_file() {
-            continue;
-        }
         let name = entry.file_name().to_string_lossy().into_owned();
-        if !(name.ends_with(".sql") || name == "module.toml") {
+        // `Path::is_dir`/`is_file` follow symbolic links: a linked migration is read.
+        let (is_dir, is_file) = (entry.path().is_dir(), entry.path().is_file());
+        let reason = if is_dir && !name.starts_with('.') {
+            Some(SkipReason::Folder)
+        } else if is_file && !(name.ends_with(".sql") || name == "module.toml") {
+            skip_reason(&name)
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            skipped.push(SkippedFile {
+                file: one_line(&format!("{origin}/{name}")),
+                reason,
+            });
+        }
+        if !is_file || !(name.ends_with(".sql") || name == "module.toml") {
             continue;
         }
         let contents = std::fs::read_to_string(entry.path()).map_err(|e| MigrateError::Io {
@@ -352,7 +468,10 @@ pub fn read_dir(module: &str, dir: &Path) -> Result<Module, MigrateError> {
         files.push((name, contents));
     }
     files.sort();
-    parse_module(module, &files, &dir.display().to_string())
+    let mut m = parse_module(module, &files, &origin)?;
+    m.skipped.extend(skipped);
+    m.skipped.sort_by(|a, b| a.file.cmp(&b.file));
+    Ok(m)
 }
 
 /// Finds `<root>/<module>/migrations/` folders (the module is the folder's name).
@@ -443,6 +562,11 @@ impl MigrationSet {
     /// repeatable by name.
     pub fn migrations(&self) -> impl Iterator<Item = &Migration> {
         self.modules.iter().flat_map(|m| m.migrations.iter())
+    }
+
+    /// Every module's skipped files (see [`Module::skipped`]), in module order.
+    pub fn skipped(&self) -> impl Iterator<Item = &SkippedFile> {
+        self.modules.iter().flat_map(|m| m.skipped.iter())
     }
 
     /// Looks a migration up.
@@ -539,6 +663,10 @@ mod tests {
             (vec![("1_a.sql", "x"), ("01_b.sql", "y")], "01_b.sql"),
             (vec![("5_a.down.sql", "x")], "5_a.down.sql"),
             (vec![("0_a.sql", "x")], "0_a.sql"),
+            (vec![("1-foo.sql", "x")], "1-foo.sql"),
+            (vec![("V1__x.sql", "x")], "V1__x.sql"),
+            (vec![("_x.sql", "x")], "_x.sql"),
+            (vec![("R__View.sql", "x")], "R__View.sql"),
             (vec![("module.toml", "depends = 1")], "module.toml"),
         ] {
             let e = parse_module("m", &files(&bad), "m/migrations")
@@ -546,6 +674,95 @@ mod tests {
                 .to_string();
             assert!(e.contains(needle), "{e}");
         }
+    }
+
+    #[test]
+    fn files_that_look_like_migrations_but_are_not_read_are_listed() {
+        let m = parse_module(
+            "m",
+            &files(&[
+                ("1_a.sql", "SELECT 1;"),
+                ("2_b.SQL", "SELECT 2;"),
+                ("3_c.Sql", "SELECT 3;"),
+                ("4_d.sql.txt", "SELECT 4;"),
+                ("4_d.sql.bak", "SELECT 4;"),
+                ("5_e.txt", "SELECT 5;"),
+                ("6_f", "SELECT 6;"),
+                ("R__view.psql", "SELECT 7;"),
+                ("MODULE.toml", ""),
+                ("README.md", "not a migration"),
+                ("notes.txt", "not a migration"),
+                (".gitkeep", ""),
+                (".1_a.sql.swp", ""),
+            ]),
+            "m/migrations",
+        )
+        .unwrap();
+        assert_eq!(m.migrations.len(), 1);
+        let got: Vec<(&str, SkipReason)> = m
+            .skipped
+            .iter()
+            .map(|s| (s.file.as_str(), s.reason))
+            .collect();
+        use SkipReason::{ExtensionCase as Case, NotSql};
+        assert_eq!(
+            got,
+            [
+                ("m/migrations/2_b.SQL", Case),
+                ("m/migrations/3_c.Sql", Case),
+                ("m/migrations/4_d.sql.txt", NotSql),
+                ("m/migrations/4_d.sql.bak", NotSql),
+                ("m/migrations/5_e.txt", NotSql),
+                ("m/migrations/6_f", NotSql),
+                ("m/migrations/R__view.psql", NotSql),
+                ("m/migrations/MODULE.toml", Case),
+            ]
+        );
+        let text = m.skipped[0].to_string();
+        assert!(
+            text.starts_with("m/migrations/2_b.SQL: skipped: names are case-sensitive"),
+            "{text}"
+        );
+        let set = MigrationSet::new(vec![m]).unwrap();
+        assert_eq!(set.skipped().count(), 8);
+    }
+
+    #[test]
+    fn read_dir_lists_skipped_files_and_folders_and_follows_links() {
+        let dir = std::env::temp_dir().join(format!("larder-skipped-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("old")).unwrap();
+        std::fs::create_dir_all(dir.join(".hidden")).unwrap();
+        for (f, sql) in [
+            ("1_a.sql", "SELECT 1;"),
+            ("2_b.SQL", "SELECT 2;"),
+            ("3_c.sql.txt", "SELECT 3;"),
+            ("README.md", "docs"),
+            ("old/9_z.sql", "SELECT 9;"),
+            ("target.txt", "SELECT 4;"),
+        ] {
+            std::fs::write(dir.join(f), sql).unwrap();
+        }
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(dir.join("target.txt"), dir.join("4_linked.sql")).unwrap();
+        let m = read_dir("m", &dir).unwrap();
+        let d = dir.display();
+        let got: Vec<(String, SkipReason)> = m
+            .skipped
+            .iter()
+            .map(|s| (s.file.clone(), s.reason))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (format!("{d}/2_b.SQL"), SkipReason::ExtensionCase),
+                (format!("{d}/3_c.sql.txt"), SkipReason::NotSql),
+                (format!("{d}/old"), SkipReason::Folder),
+            ]
+        );
+        #[cfg(unix)]
+        assert_eq!(m.migrations.len(), 2, "the symbolic link is read");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -565,6 +782,7 @@ mod tests {
             name: n.into(),
             depends_on: deps.iter().map(|d| (*d).to_owned()).collect(),
             migrations: vec![],
+            skipped: vec![],
         };
         let set = MigrationSet::new(vec![
             m("billing", &["orders"]),
