@@ -86,6 +86,17 @@ pub enum Error {
         kind: TransientKind,
     },
 
+    /// The database cannot be reached right now (connection refused, unknown host, no
+    /// connection free before the pool's timeout, server shutting down or refusing
+    /// connections). Retryable: [`Error::is_transient`] is true.
+    #[error("{backend} is unavailable: {}; check that the server is running and reachable, then retry", ol(.cause))]
+    Unavailable {
+        /// The backend name.
+        backend: &'static str,
+        /// What failed, without secrets.
+        cause: String,
+    },
+
     /// The database rolled the transaction back because a statement in it had failed (an
     /// error that was caught and ignored, raw SQL through a backend extension, a stream
     /// dropped after an error): nothing of the unit of work was committed.
@@ -280,6 +291,7 @@ impl Error {
             Error::DeadlineExceeded { .. } => "deadline_exceeded",
             Error::Transient { .. } => "transient",
             Error::TransactionAborted { .. } => "transaction_aborted",
+            Error::Unavailable { .. } => "unavailable",
             Error::UnknownField { .. } => "unknown_field",
             Error::TypeMismatch { .. } => "type_mismatch",
             Error::InvalidQuery(_) => "invalid_query",
@@ -302,10 +314,10 @@ impl Error {
     }
 
     /// Whether retrying the whole transaction may succeed without changing the input
-    /// (serialization failures, deadlocks, busy databases). Optimistic [`Error::Conflict`]s are
+    /// (serialization failures, deadlocks, busy databases, an unavailable server). Optimistic [`Error::Conflict`]s are
     /// not included: retrying them is opt-in, see `TransactionOptions::retry_on_conflict`.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Transient { .. })
+        matches!(self, Error::Transient { .. } | Error::Unavailable { .. })
     }
 
     /// Wraps a user callback's error.

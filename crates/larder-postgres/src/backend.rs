@@ -24,6 +24,8 @@ pub struct PgBackend {
     notify: bool,
     /// Wakes the notifier task (started at the first commit that appended events).
     notifier: Arc<std::sync::OnceLock<tokio::sync::watch::Sender<u64>>>,
+    /// When the last reachability probe ran (see `unless_unavailable`).
+    probe: Arc<ProbeGate>,
 }
 
 const DEFAULT_MAX_CONNECTIONS: u32 = 8;
@@ -104,13 +106,17 @@ impl PgBackend {
             .acquire_timeout(settings.acquire_timeout)
             .idle_timeout(Some(Duration::from_secs(600)))
             // `larder` unless the URL or the caller named the application.
-            .connect_with(if opts.get_application_name().is_some() {
+            .connect_lazy_with(if opts.get_application_name().is_some() {
                 opts
             } else {
                 opts.application_name("larder")
-            })
+            });
+        // One connection now (the pool is lazy, so its first acquire is this one): a server
+        // that is down fails here at once, as `Unavailable` with the cause.
+        let first = unless_unavailable(&pool, &ProbeGate::default(), pool.acquire())
             .await
             .map_err(|e| map(e, "connect"))?;
+        drop(first);
         Ok(PgBackend::from_pool(pool).with_record_query_text(settings.record_query_text))
     }
 
@@ -126,6 +132,7 @@ impl PgBackend {
             record_query_text: false,
             notify: true,
             notifier: Arc::new(std::sync::OnceLock::new()),
+            probe: Arc::new(ProbeGate::default()),
         }
     }
 
@@ -160,6 +167,81 @@ impl PgBackend {
     }
 }
 
+/// How long an acquire may wait before larder checks whether the server is reachable at
+/// all (a pool that is merely busy answers well within this most of the time).
+const PROBE_AFTER: Duration = Duration::from_millis(100);
+
+/// At most one reachability probe per backend per this interval (a pool exhausted under
+/// load must not open a probe connection per waiting `begin`).
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// When a backend last probed the server.
+#[derive(Debug, Default)]
+struct ProbeGate(std::sync::Mutex<Option<std::time::Instant>>);
+
+impl ProbeGate {
+    /// Whether a probe may run now (and, if so, records it).
+    fn take(&self) -> bool {
+        let mut last = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = std::time::Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < PROBE_EVERY) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
+}
+
+/// Runs `acquire` (a pool acquire or begin), but reports an unreachable server promptly:
+/// sqlx retries a refused connection until the pool's acquire timeout (5 s by default) and
+/// then says only "pool timed out". When the acquire has waited `PROBE_AFTER`, one direct
+/// connection attempt is made (at most one per `PROBE_EVERY` per backend); if that fails
+/// with a connection-level error (refused, unknown host, reset, server shutting down),
+/// that error is returned at once. Otherwise (a busy pool, a slow server) the acquire goes
+/// on.
+async fn unless_unavailable<T>(
+    pool: &PgPool,
+    gate: &ProbeGate,
+    acquire: impl std::future::Future<Output = std::result::Result<T, sqlx::Error>>,
+) -> std::result::Result<T, sqlx::Error> {
+    use futures_util::future::{Either, select};
+    use sqlx::{ConnectOptions, Connection};
+    let acquire = std::pin::pin!(acquire);
+    let acquire = match select(acquire, std::pin::pin!(tokio::time::sleep(PROBE_AFTER))).await {
+        Either::Left((r, _)) => return r,
+        Either::Right(((), acquire)) => acquire,
+    };
+    if !gate.take() {
+        return acquire.await;
+    }
+    let options = pool.connect_options();
+    let probe = std::pin::pin!(async move { options.connect().await });
+    match select(acquire, probe).await {
+        Either::Left((r, _)) => r,
+        Either::Right((Ok(conn), acquire)) => {
+            let _ = conn.close().await;
+            acquire.await
+        }
+        Either::Right((Err(e), _)) if is_unreachable(&e) => Err(e),
+        Either::Right((Err(_), acquire)) => acquire.await,
+    }
+}
+
+/// Whether a connection attempt failed because the server cannot be reached or refuses
+/// connections (not because of credentials or options).
+fn is_unreachable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+            matches!(c.as_ref(), "57P01" | "57P02" | "57P03" | "53300") || c.starts_with("08")
+        }),
+        _ => false,
+    }
+}
+
 impl Backend for PgBackend {
     fn name(&self) -> &'static str {
         BACKEND
@@ -184,17 +266,15 @@ impl Backend for PgBackend {
                     .unwrap_or(u64::MAX)
                     .max(1)
             });
-            let tx = match armed {
-                None => self.pool.begin_with(begin).await,
+            let statement = match armed {
+                None => sqlx::AssertSqlSafe(begin.to_owned()),
                 Some(ms) => {
-                    self.pool
-                        .begin_with(sqlx::AssertSqlSafe(format!(
-                            "{begin}; SET LOCAL statement_timeout = {ms}"
-                        )))
-                        .await
+                    sqlx::AssertSqlSafe(format!("{begin}; SET LOCAL statement_timeout = {ms}"))
                 }
-            }
-            .map_err(|e| map(e, "uow.begin"))?;
+            };
+            let tx = unless_unavailable(&self.pool, &self.probe, self.pool.begin_with(statement))
+                .await
+                .map_err(|e| map(e, "uow.begin"))?;
             let mut tx = PgTransaction::new(tx, self.record_query_text).armed_at_begin(armed);
             tx.set_deadline(opts.deadline);
             Ok(Box::new(SqlTransaction(tx)) as Box<dyn Transaction>)

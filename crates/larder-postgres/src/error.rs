@@ -35,20 +35,77 @@ pub(crate) fn map(e: sqlx::Error, operation: &'static str) -> Error {
             }
             // query_canceled: our statement_timeout fired.
             "57014" => return Error::DeadlineExceeded { operation },
+            // The server is going away or refuses connections: admin_shutdown,
+            // crash_shutdown, cannot_connect_now, too_many_connections, and the
+            // connection_exception class (08…).
+            c if matches!(c, "57P01" | "57P02" | "57P03" | "53300") || c.starts_with("08") => {
+                return Error::Unavailable {
+                    backend: BACKEND,
+                    cause: format!("{} (SQLSTATE {c})", db.message()),
+                };
+            }
             _ => {}
         }
     }
     match e {
-        sqlx::Error::PoolTimedOut => Error::Backend {
+        sqlx::Error::PoolTimedOut => unavailable_pool(),
+        // Refused, reset, unreachable, unknown host: the driver's I/O error kind says it.
+        sqlx::Error::Io(io) => Error::Unavailable {
             backend: BACKEND,
-            source: "timed out waiting for a pooled connection".into(),
+            cause: io_cause(&io),
         },
         sqlx::Error::PoolClosed => Error::Closed("postgresql pool"),
         // Connection errors can carry the DSN in their message: never pass them through.
         sqlx::Error::Configuration(_) => {
             Error::Configuration("invalid postgresql connection options".into())
         }
+        other @ sqlx::Error::Database(_) => Error::backend(BACKEND, ServerError(other)),
         other => Error::backend(BACKEND, other),
+    }
+}
+
+/// `PoolTimedOut`: no connection could be had within the pool's acquire timeout.
+pub(crate) fn unavailable_pool() -> Error {
+    Error::Unavailable {
+        backend: BACKEND,
+        cause: "no connection could be opened or freed within the pool's acquire timeout".into(),
+    }
+}
+
+/// An I/O error while connecting or talking to the server, by its kind (the OS message,
+/// e.g. "Connection refused (os error 111)", carries no address or secret).
+pub(crate) fn io_cause(io: &std::io::Error) -> String {
+    match io.kind() {
+        std::io::ErrorKind::ConnectionRefused => format!("connection refused ({io})"),
+        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted => {
+            format!("the connection was closed by the server ({io})")
+        }
+        std::io::ErrorKind::TimedOut => format!("connecting timed out ({io})"),
+        _ => io.to_string(),
+    }
+}
+
+/// A database error as larder shows it: the server's message and SQLSTATE, without the
+/// position in the server's own C source that sqlx appends (`… at line 1234`). The sqlx
+/// error stays available as the `source()`.
+#[derive(Debug)]
+pub(crate) struct ServerError(pub(crate) sqlx::Error);
+
+impl std::fmt::Display for ServerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            sqlx::Error::Database(db) => match db.code() {
+                Some(code) => write!(f, "{} (SQLSTATE {code})", db.message()),
+                None => f.write_str(db.message()),
+            },
+            other => other.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for ServerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
     }
 }
 
@@ -58,7 +115,7 @@ pub(crate) fn missing(e: &Error) -> Option<larder_sql::Missing> {
     let Error::Backend { source, .. } = e else {
         return None;
     };
-    let Some(sqlx::Error::Database(db)) = source.downcast_ref::<sqlx::Error>() else {
+    let Some(ServerError(sqlx::Error::Database(db))) = source.downcast_ref::<ServerError>() else {
         return None;
     };
     match db.code().as_deref() {

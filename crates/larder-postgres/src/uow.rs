@@ -414,9 +414,10 @@ impl PgUowExt for Uow {
     fn postgres_bounded(&mut self) -> BoxFuture<'_, Result<&mut PgConnection>> {
         Box::pin(async move {
             let deadline = self.deadline();
+            let backend = self.store().backend_name();
             let tx = driver(self).ok_or(Error::Unsupported {
                 operation: "raw postgres access",
-                backend: "this",
+                backend,
             })?;
             tx.set_deadline(deadline);
             tx.arm().await?;

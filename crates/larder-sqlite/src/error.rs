@@ -25,9 +25,14 @@ pub(crate) fn map(e: sqlx::Error, operation: &'static str) -> Error {
         }
     }
     match e {
-        sqlx::Error::PoolTimedOut => Error::Backend {
+        sqlx::Error::PoolTimedOut => Error::Unavailable {
             backend: BACKEND,
-            source: "timed out waiting for a pooled connection".into(),
+            cause: "no connection could be opened or freed within the pool's acquire timeout"
+                .into(),
+        },
+        sqlx::Error::Io(io) => Error::Unavailable {
+            backend: BACKEND,
+            cause: io.to_string(),
         },
         sqlx::Error::PoolClosed => Error::Closed("sqlite pool"),
         other => Error::backend(BACKEND, other),

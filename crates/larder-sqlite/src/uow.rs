@@ -380,9 +380,10 @@ impl SqliteUowExt for Uow {
     fn sqlite_bounded(&mut self) -> BoxFuture<'_, Result<&mut SqliteConnection>> {
         Box::pin(async move {
             let deadline = self.deadline();
+            let backend = self.store().backend_name();
             let tx = driver(self).ok_or(Error::Unsupported {
                 operation: "raw sqlite access",
-                backend: "this",
+                backend,
             })?;
             tx.set_deadline(deadline);
             tx.arm().await?;
