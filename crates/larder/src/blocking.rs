@@ -200,14 +200,12 @@ pub struct Uow {
 
 impl Uow {
     fn get(&mut self) -> &mut crate::Uow {
-        // `inner` is only taken by commit/rollback, which consume `self`.
-        self.inner
-            .as_mut()
-            .unwrap_or_else(|| unreachable!("unit of work already finished"))
+        self.parts().1
     }
 
     /// The runtime and the async unit of work, borrowed apart (for the event store).
     fn parts(&mut self) -> (&Runtime, &mut crate::Uow) {
+        // `inner` is only taken by commit/rollback, which consume `self`.
         let uow = self
             .inner
             .as_mut()

@@ -234,6 +234,7 @@ fn blocking_unit_of_work_commits_appended_events_and_rows_together_or_neither() 
         assert_eq!(second.event_id, log[1].event_id);
         assert!(sub.next_timeout(Duration::from_millis(50)).is_none());
         assert_eq!(sub.checkpoint(), log[1].checkpoint);
+        assert_eq!(sub.lag().unwrap(), 0);
     });
 }
 

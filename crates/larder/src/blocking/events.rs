@@ -362,9 +362,11 @@ impl Subscription {
     }
 
     /// See [`crate::events::Subscription::lag`].
-    pub fn lag(&mut self) -> Result<u64> {
-        let rt = self.rt.clone();
-        rt.block_on(self.get().lag())
+    pub fn lag(&self) -> Result<u64> {
+        match &self.inner {
+            Some(sub) => self.rt.block_on(sub.lag()),
+            None => Err(crate::Error::Closed("subscription")),
+        }
     }
 
     /// The next event, waiting at most `timeout`: `None` when none arrived in time (or the
