@@ -1,22 +1,62 @@
-//! A blocking facade with the same semantics, for CLI tools, scripts and tests.
+//! A blocking facade with the same semantics, for CLI tools, scripts and tests: the store,
+//! units of work and repositories ([`Store`], [`Uow`], [`Repo`]), the event store
+//! ([`EventStore`]: appends in a blocking unit of work, reads, snapshots, aggregates,
+//! checkpoints, [`EventStore::stream_all`] and [`EventStore::subscribe`] as iterators),
+//! projections ([`ProjectionRunner`]: `catch_up`, `run` until a shutdown channel fires,
+//! `status`) and migrations ([`migrate`]: up / status / verify / down).
 //!
-//! Each [`Store`] owns a small current-thread Tokio runtime; every call blocks on it. Do
-//! not use it from inside an async runtime (it would panic, as `block_on` does there).
+//! Every type mirrors its async counterpart's names, arguments and errors (the same
+//! [`Error`], [`crate::migrate::MigrateError`] for migrations), minus `async`: a blocking
+//! unit of work commits its repository writes and its appended events together, or neither.
+//!
+//! # Runtime
+//!
+//! Each [`Store`] owns one small current-thread Tokio runtime, shared by everything opened
+//! from it (units of work, event store, projection runner, migration driver); every call
+//! blocks on it, and several threads may call into one store at once. Do not use the
+//! facade from inside an async runtime (a `#[tokio::main]` or `#[tokio::test]` body, a
+//! spawned task, a projection handler): like [`tokio::runtime::Runtime::block_on`] it
+//! panics there ("Cannot start a runtime from within a runtime"), and so does dropping the
+//! last handle of a store there. Use the async API in async code.
 //!
 //! ```
-//! use larder::blocking::Store;
-//! # use larder::Entity;
+//! use larder::blocking::{EventStore, ProjectionRunner, Store};
+//! use larder::events::{Checkpoint, EventFilter, ExpectedVersion, Projection, RecordedEvent};
+//! use larder::{Entity, EventData};
 //! # #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, Entity)]
 //! # #[larder(table = "notes", document)]
 //! # struct Note { id: i64, text: String }
 //! let store = Store::open("memory://")?;
 //! store.register::<Note>()?;
+//! let events = EventStore::open(&store)?;
+//!
+//! // A row and an event, committed together (or, on `Err`, neither).
 //! store.transaction(|uow| {
 //!     uow.repo::<Note>().insert(&Note { id: 1, text: "hi".into() })?;
+//!     let added = EventData::new("NoteAdded", &serde_json::json!({ "id": 1 }))?;
+//!     events.append(uow, "note-1", ExpectedVersion::NoStream, [added])?;
 //!     Ok::<_, larder::Error>(())
 //! })?;
+//!
 //! let mut uow = store.read()?;
 //! assert_eq!(uow.repo::<Note>().require(&1)?.text, "hi");
+//! assert_eq!(events.stream_info(&mut uow, "note-1")?.map(|s| s.version), Some(1));
+//! drop(uow);
+//! let log: Vec<_> = events.stream_all(Checkpoint::START, EventFilter::all(), 100)
+//!     .collect::<larder::Result<_>>()?;
+//! assert_eq!(log.len(), 1);
+//!
+//! // Projections are written against the async trait and run from blocking code.
+//! struct Count;
+//! impl Projection for Count {
+//!     fn name(&self) -> &str { "count" }
+//!     async fn handle(&self, _uow: &mut larder::Uow, _e: &RecordedEvent) -> larder::Result<()> {
+//!         Ok(())
+//!     }
+//! }
+//! let runner = ProjectionRunner::new(&events).with(Count);
+//! assert_eq!(runner.catch_up()?, 1);
+//! assert_eq!(runner.status()?[0].lag, 0);
 //! # Ok::<(), larder::Error>(())
 //! ```
 
@@ -24,6 +64,11 @@ use std::sync::Arc;
 
 use futures_util::StreamExt;
 use tokio::runtime::Runtime;
+
+mod events;
+pub mod migrate;
+
+pub use events::{EventIter, EventStore, EventStoreBuilder, ProjectionRunner, Subscription};
 
 use crate::{
     AsLarderError, Entity, Error, Page, Query, Result, Settings, Spec, TransactionOptions,
@@ -155,10 +200,17 @@ pub struct Uow {
 
 impl Uow {
     fn get(&mut self) -> &mut crate::Uow {
+        self.parts().1
+    }
+
+    /// The runtime and the async unit of work, borrowed apart (for the event store).
+    fn parts(&mut self) -> (&Runtime, &mut crate::Uow) {
         // `inner` is only taken by commit/rollback, which consume `self`.
-        self.inner
+        let uow = self
+            .inner
             .as_mut()
-            .unwrap_or_else(|| unreachable!("unit of work already finished"))
+            .unwrap_or_else(|| unreachable!("unit of work already finished"));
+        (&self.rt, uow)
     }
 
     /// A repository for `T` in this unit of work.
