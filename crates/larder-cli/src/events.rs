@@ -10,7 +10,8 @@ use clap::{Args, Subcommand};
 use futures_util::StreamExt;
 use larder::Store;
 use larder::events::{
-    Checkpoint, EventFilter, EventStore, ReadDirection, RecordedEvent, StoredCheckpoint,
+    Checkpoint, EventFilter, EventStore, HorizonHolder, ReadDirection, RecordedEvent,
+    StoredCheckpoint,
 };
 
 /// Lag counts are capped here (the same cap `ProjectionRunner::status` uses).
@@ -210,6 +211,49 @@ fn event_line(e: &RecordedEvent, with_stream: bool) -> String {
         line.push_str(m);
     }
     line
+}
+
+/// Who holds the log's horizon back, read in a unit of work of its own (PostgreSQL reads
+/// its session list once per transaction).
+pub(crate) async fn horizon_holder(
+    store: &Store,
+    es: &EventStore,
+) -> Result<Option<HorizonHolder>> {
+    let mut uow = store.read().await?;
+    let h = es.horizon_holder(&mut uow).await?;
+    uow.commit().await?;
+    Ok(h)
+}
+
+/// The `log horizon: …` line of `doctor` and `projections status`.
+pub(crate) fn horizon_line(h: Option<&HorizonHolder>) -> String {
+    match h {
+        Some(h) => format!("log horizon: {h}"),
+        None => "log horizon: not held back".to_owned(),
+    }
+}
+
+/// The `log_horizon` object of `doctor --json` and `projections status --json`.
+pub(crate) fn horizon_json(h: Option<&HorizonHolder>) -> serde_json::Value {
+    let holder = h.map(|h| {
+        serde_json::json!({
+            "pid": h.pid,
+            "prepared_gid": h.prepared_gid,
+            "database": h.database,
+            "user": h.user,
+            "application_name": h.application_name,
+            "state": h.state,
+            "transaction_age_s": h.transaction_age.map(|d| d.as_secs_f64()),
+            "backend_xid": h.backend_xid,
+            "held_events": h.held_events,
+            "text": h.to_string(),
+        })
+    });
+    serde_json::json!({
+        "held_back": h.is_some(),
+        "held_events": h.map_or(0, |h| h.held_events),
+        "holder": holder,
+    })
 }
 
 struct ConsumerLag {
@@ -500,6 +544,7 @@ pub(crate) async fn run_projections(
 }
 
 async fn status(store: &Store, es: &EventStore, json: bool) -> Result<()> {
+    let holder = horizon_holder(store, es).await?;
     let mut uow = store.read().await?;
     let head = es.stats(&mut uow).await?.head;
     let lags = consumer_lags(es, &mut uow).await?;
@@ -507,10 +552,16 @@ async fn status(store: &Store, es: &EventStore, json: bool) -> Result<()> {
     if json {
         println!(
             "{}",
-            serde_json::json!({"ok": true, "head": head.token(), "projections": lags_json(&lags)})
+            serde_json::json!({
+                "ok": true,
+                "head": head.token(),
+                "log_horizon": horizon_json(holder.as_ref()),
+                "projections": lags_json(&lags),
+            })
         );
     } else {
         println!("log head  {}", human(head));
+        println!("{}", horizon_line(holder.as_ref()));
         println!();
         print_lags(&lags);
     }

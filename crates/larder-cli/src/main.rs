@@ -156,8 +156,20 @@ async fn doctor(cli: &Cli) -> Result<()> {
     uow.commit().await?;
     let round_trip_ms = started.elapsed().as_secs_f64() * 1e3;
     let caps = store.capabilities().clone();
-    let settings = durability(&store).await?;
+    let checked = async {
+        let settings = durability(&store).await?;
+        // Who holds the event log back (PostgreSQL: any transaction with an id, in any
+        // database of the cluster). `open_existing` checked that the tables exist.
+        let es = larder::EventStore::builder(&store)
+            .prepare(false)
+            .open()
+            .await?;
+        let holder = events::horizon_holder(&store, &es).await?;
+        Ok::<_, anyhow::Error>((settings, holder))
+    }
+    .await;
     store.close().await;
+    let (settings, holder) = checked?;
     if cli.json {
         let obj = serde_json::json!({
             "ok": true,
@@ -171,6 +183,7 @@ async fn doctor(cli: &Cli) -> Result<()> {
                 "concurrent_writers": caps.concurrent_writers,
                 "server_side_cancel": caps.server_side_cancel,
             },
+            "log_horizon": events::horizon_json(holder.as_ref()),
             "settings": settings
                 .iter()
                 .map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str())))
@@ -184,6 +197,7 @@ async fn doctor(cli: &Cli) -> Result<()> {
             "supports  regex: {}, json_contains: {}, concurrent writers: {}, server-side cancel: {}",
             caps.regex, caps.json_contains, caps.concurrent_writers, caps.server_side_cancel
         );
+        println!("{}", events::horizon_line(holder.as_ref()));
         for (k, v) in settings {
             println!("{k} = {v}");
         }

@@ -8,6 +8,7 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Output, Stdio};
+use std::str::FromStr;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -610,4 +611,113 @@ fn help_documents_the_commands() {
         help.contains("events") && help.contains("projections"),
         "{help}"
     );
+}
+
+/// Runs `f` every 100 ms until it returns `Some` (at most `secs` seconds).
+#[track_caller]
+fn until<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(t) = f() {
+            return t;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(secs),
+            "gave up waiting: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn doctor_and_projections_status_name_the_session_holding_the_log_back() {
+    const APP: &str = "larder_cli_log_holder";
+    for db in databases("horizon") {
+        init(&db);
+        save_checkpoint(&db, "order_totals", Checkpoint::START);
+        let lines = |args: &[&str]| {
+            ok(&run(&db.url, args))
+                .lines()
+                .find(|l| l.starts_with("log horizon: "))
+                .unwrap_or_else(|| panic!("no log horizon line from {args:?}"))
+                .to_owned()
+        };
+        if db.backend == "sqlite" {
+            for args in [&["doctor"][..], &["projections", "status"]] {
+                assert_eq!(lines(args), "log horizon: not held back");
+                let mut json = args.to_vec();
+                json.push("--json");
+                let v = ok_json(&run(&db.url, &json));
+                assert_eq!(v["log_horizon"]["held_back"], false, "{v}");
+                assert!(v["log_horizon"]["holder"].is_null(), "{v}");
+            }
+            continue;
+        }
+        // A session in ANOTHER database of the cluster whose transaction has an id and
+        // stays idle. It stalls every event-store test on the server: it is rolled back
+        // below whatever the checks do, and the server ends it after 10 s regardless.
+        let rt = rt();
+        let (mut holder, pid) = rt.block_on(async {
+            use sqlx::Connection;
+            let opts = sqlx::postgres::PgConnectOptions::from_str(&pg_url().unwrap())
+                .unwrap()
+                .database("postgres")
+                .application_name(APP);
+            let mut c = sqlx::PgConnection::connect_with(&opts).await.unwrap();
+            sqlx::query("SET idle_in_transaction_session_timeout = '10s'")
+                .execute(&mut c)
+                .await
+                .unwrap();
+            sqlx::query("BEGIN").execute(&mut c).await.unwrap();
+            let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid() FROM pg_current_xact_id()")
+                .fetch_one(&mut c)
+                .await
+                .unwrap();
+            (c, pid)
+        });
+        let checks = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            append(&db, "order-1", &["OrderPlaced"]);
+            // Other tests' transactions may be older for a moment: ask until it is ours.
+            let prefix = format!(
+                "log horizon: held back by pid {pid} (database postgres, application {APP}, \
+                 idle in transaction for "
+            );
+            for args in [&["doctor"][..], &["projections", "status"]] {
+                let line = until(5, "the holder in the text", || {
+                    Some(lines(args)).filter(|l| l.starts_with(&prefix))
+                });
+                assert!(line.contains(" committed event"), "{line}");
+                assert!(line.ends_with("not yet readable"), "{line}");
+                let mut json = args.to_vec();
+                json.push("--json");
+                let v = until(5, "the holder in the JSON", || {
+                    Some(ok_json(&run(&db.url, &json)))
+                        .filter(|v| v["log_horizon"]["holder"]["pid"] == pid)
+                });
+                let h = &v["log_horizon"];
+                assert_eq!(h["held_back"], true, "{v}");
+                assert!(h["held_events"].as_u64().unwrap() >= 1, "{v}");
+                assert_eq!(h["holder"]["database"], "postgres", "{v}");
+                assert_eq!(h["holder"]["application_name"], APP, "{v}");
+                assert_eq!(h["holder"]["state"], "idle in transaction", "{v}");
+                assert!(h["holder"]["transaction_age_s"].is_f64(), "{v}");
+                if args[0] == "projections" {
+                    assert!(v["projections"][0]["lag"].as_u64().unwrap() >= 1, "{v}");
+                }
+            }
+        }));
+        // Always released, whatever the checks did.
+        rt.block_on(async {
+            use sqlx::Connection;
+            let _ = sqlx::query("ROLLBACK").execute(&mut holder).await;
+            let _ = holder.close().await;
+        });
+        if let Err(panic) = checks {
+            std::panic::resume_unwind(panic);
+        }
+        let gone = format!("held back by pid {pid} ");
+        until(10, "the ended session to disappear", || {
+            Some(()).filter(|()| !lines(&["doctor"]).contains(&gone))
+        });
+    }
 }

@@ -24,6 +24,12 @@
 //! were sent: a second statement undoes the append's writes and the event store reports
 //! "already appended". No statement probes the event ids on the common path.
 //!
+//! **Who holds the log back** (`horizon_holder`): one statement reads the horizon of its
+//! own snapshot, counts this log's committed events at or above it (not readable yet),
+//! and takes the oldest other transaction with an id from `pg_stat_activity` (every
+//! database of the cluster) and `pg_prepared_xacts`; it is reported only if its id is the
+//! horizon (otherwise it ended meanwhile, or the caller's own transaction is the horizon).
+//!
 //! **Wake-ups**: after a commit that appended, the backend's notifier task sends
 //! `NOTIFY larder_events` (payload: the schema) on a pooled connection, coalescing bursts;
 //! the notification is not part of the appending transaction, whose commit would otherwise
@@ -31,8 +37,8 @@
 
 use larder_core::backend::BoxFuture;
 use larder_core::events::{
-    Checkpoint, EventFilter, EventTransaction, ExpectedVersion, LogStats, NewEvent, ReadAllBatch,
-    ReadDirection, RecordedEvent, Snapshot, StoredCheckpoint,
+    Checkpoint, EventFilter, EventTransaction, ExpectedVersion, HorizonHolder, LogStats, NewEvent,
+    ReadAllBatch, ReadDirection, RecordedEvent, Snapshot, StoredCheckpoint,
 };
 use larder_core::{Error, Result};
 use sqlx::Row;
@@ -118,6 +124,25 @@ fn read_all_sql(categories: bool, types: bool) -> String {
          ORDER BY tx, position LIMIT $3) e ON true"
     )
 }
+
+/// `horizon_holder`: the horizon (`$h.x`), the events it holds back, and the oldest other
+/// transaction with an id — a session (not the caller's) or a prepared transaction — with
+/// whether its id is the horizon. No parameters.
+const HORIZON_HOLDER_SQL: &str = "WITH h AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS x) \
+     SELECT h.x::text::bigint, \
+     (SELECT count(*) FROM larder_events WHERE tx >= h.x::text::bigint), \
+     c.pid, c.gid, c.db, c.usr, c.app, c.state, c.age_us, c.xid = h.x::xid \
+     FROM h LEFT JOIN LATERAL (\
+     SELECT pid, NULL::text AS gid, datname::text AS db, usename::text AS usr, \
+     application_name::text AS app, state::text AS state, \
+     (extract(epoch FROM clock_timestamp() - xact_start) * 1000000)::bigint AS age_us, \
+     backend_xid AS xid, age(backend_xid) AS xage \
+     FROM pg_stat_activity WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid() \
+     UNION ALL \
+     SELECT NULL, gid, database::text, owner::text, NULL, 'prepared', \
+     (extract(epoch FROM clock_timestamp() - prepared) * 1000000)::bigint, \
+     transaction, age(transaction) FROM pg_prepared_xacts \
+     ORDER BY xage DESC LIMIT 1) c ON true";
 
 fn u64_of(v: i64, what: &str) -> Result<u64> {
     u64::try_from(v).map_err(|_| Error::backend(crate::error::BACKEND, format!("negative {what}")))
@@ -465,6 +490,44 @@ impl EventTransaction for PgTransaction {
                     _ => Checkpoint::START,
                 },
             })
+        })
+    }
+
+    fn horizon_holder(&mut self) -> BoxFuture<'_, Result<Option<HorizonHolder>>> {
+        Box::pin(async move {
+            let rows = self
+                .ev_fetch_all(sqlx::query(HORIZON_HOLDER_SQL), "events.horizon_holder")
+                .await?;
+            let d = dec("events.horizon_holder");
+            let r = rows.first().ok_or_else(|| {
+                Error::backend(crate::error::BACKEND, "horizon_holder returned no row")
+            })?;
+            // No other transaction with an id, or the oldest one is not the horizon (it
+            // ended between the snapshot and the session list, or the horizon is the
+            // caller's own transaction): nobody else holds the log back.
+            if r.try_get::<Option<bool>, _>(9).map_err(&d)? != Some(true) {
+                return Ok(None);
+            }
+            let horizon = u64_of(r.try_get(0).map_err(&d)?, "horizon")?;
+            let held = u64_of(r.try_get(1).map_err(&d)?, "count")?;
+            let mut h = HorizonHolder::new(horizon, held);
+            h.pid = r
+                .try_get::<Option<i32>, _>(2)
+                .map_err(&d)?
+                .and_then(|p| u32::try_from(p).ok());
+            h.prepared_gid = r.try_get(3).map_err(&d)?;
+            h.database = r.try_get(4).map_err(&d)?;
+            h.user = r.try_get(5).map_err(&d)?;
+            h.application_name = r
+                .try_get::<Option<String>, _>(6)
+                .map_err(&d)?
+                .filter(|a| !a.is_empty());
+            h.state = r.try_get(7).map_err(&d)?;
+            h.transaction_age = r
+                .try_get::<Option<i64>, _>(8)
+                .map_err(&d)?
+                .map(|us| std::time::Duration::from_micros(u64::try_from(us).unwrap_or(0)));
+            Ok(Some(h))
         })
     }
 

@@ -103,10 +103,10 @@ pub mod events {
     pub use larder_core::events::{
         Aggregate, AppendResult, Checkpoint, DomainEvent, EventData, EventFilter, EventLimits,
         EventSourced, EventStore, EventStoreBuilder, EventTransaction, ExpectedVersion,
-        FailedEvent, LogStats, Metadata, NewEvent, Projection, ProjectionFailure, ProjectionRetry,
-        ProjectionRunner, ProjectionState, ProjectionStatus, ReadAll, ReadAllBatch, ReadDirection,
-        RebuildProgress, RecordedEvent, Snapshot, StoredCheckpoint, StreamInfo, Subscription,
-        Upcaster, category_of,
+        FailedEvent, HorizonHolder, LogStats, Metadata, NewEvent, Projection, ProjectionFailure,
+        ProjectionRetry, ProjectionRunner, ProjectionState, ProjectionStatus, ReadAll,
+        ReadAllBatch, ReadDirection, RebuildProgress, RecordedEvent, Snapshot, StoredCheckpoint,
+        StreamInfo, Subscription, Upcaster, category_of,
     };
 }
 

@@ -4,7 +4,7 @@
 use uuid::Uuid;
 
 use super::types::{
-    Checkpoint, EventFilter, ExpectedVersion, ReadDirection, RecordedEvent, Snapshot,
+    Checkpoint, EventFilter, ExpectedVersion, HorizonHolder, ReadDirection, RecordedEvent, Snapshot,
 };
 use crate::backend::BoxFuture;
 use crate::error::Result;
@@ -121,6 +121,18 @@ pub trait EventTransaction: Send {
 
     /// Log counters.
     fn stats(&mut self) -> BoxFuture<'_, Result<LogStats>>;
+
+    /// The oldest other running transaction that holds the `read_all` horizon back, and
+    /// how many committed events it keeps unreadable; `None` when nothing does.
+    ///
+    /// Override it when readers wait for older transactions (PostgreSQL: any transaction
+    /// with an id, in any database of the cluster, prepared ones included). Report only a
+    /// transaction whose id *is* the horizon of this call's snapshot, never the caller's
+    /// own. The default returns `Ok(None)`: with a single writer (memory, SQLite) nothing
+    /// holds the log back.
+    fn horizon_holder(&mut self) -> BoxFuture<'_, Result<Option<HorizonHolder>>> {
+        Box::pin(async { Ok(None) })
+    }
 
     /// The newest snapshot of a stream.
     fn load_snapshot<'a>(&'a mut self, stream: &'a str) -> BoxFuture<'a, Result<Option<Snapshot>>>;

@@ -48,6 +48,6 @@ pub use projection::{
 pub use store::{EventLimits, EventStore, EventStoreBuilder, Upcaster, now_micros};
 pub use subscription::Subscription;
 pub use types::{
-    AppendResult, Checkpoint, DomainEvent, EventData, EventFilter, ExpectedVersion, Metadata,
-    ReadAll, ReadDirection, RecordedEvent, Snapshot, StreamInfo, category_of,
+    AppendResult, Checkpoint, DomainEvent, EventData, EventFilter, ExpectedVersion, HorizonHolder,
+    Metadata, ReadAll, ReadDirection, RecordedEvent, Snapshot, StreamInfo, category_of,
 };

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::store::{EventStore, now_micros};
 use super::subscription::LogWaker;
-use super::types::{Checkpoint, EventFilter, RecordedEvent};
+use super::types::{Checkpoint, EventFilter, HorizonHolder, RecordedEvent};
 use crate::backend::BoxFuture;
 use crate::error::{Error, Result};
 use crate::uow::{TransactionOptions, Uow, jittered_backoff};
@@ -99,8 +99,14 @@ pub struct ProjectionStatus {
     pub name: String,
     /// Its committed checkpoint (`None`: never ran).
     pub checkpoint: Option<Checkpoint>,
-    /// Committed events after its checkpoint (all events, whatever its filter).
+    /// Committed events after its checkpoint (all events, whatever its filter). On
+    /// PostgreSQL it includes events not readable yet because an older transaction is
+    /// still running ([`ProjectionStatus::held_back_by`]).
     pub lag: u64,
+    /// The transaction holding the log's horizon back when the status was read, if any
+    /// (see [`EventStore::horizon_holder`]): until it ends, no projection gets past the
+    /// events it holds back, whatever the runner does. Always `None` on memory and SQLite.
+    pub held_back_by: Option<HorizonHolder>,
     /// What this runner is doing with it.
     pub state: ProjectionState,
     /// Batches this runner retried for it since the runner was created.
@@ -636,11 +642,14 @@ impl ProjectionRunner {
         Ok(done)
     }
 
-    /// Each projection's checkpoint and lag (read from the store), and what this runner
-    /// (or a clone of it) is doing with it: state, retries, last failure.
+    /// Each projection's checkpoint and lag (read from the store), who holds the log back
+    /// if anyone does, and what this runner (or a clone of it) is doing with it: state,
+    /// retries, last failure.
     pub async fn status(&self) -> Result<Vec<ProjectionStatus>> {
         let es = &self.events;
         let mut uow = es.store().read().await?;
+        // First in the unit of work: PostgreSQL reads its session list once per transaction.
+        let held_back_by = es.horizon_holder(&mut uow).await?;
         let mut out = Vec::with_capacity(self.projections.len());
         for p in &self.projections {
             let checkpoint = es.load_checkpoint(&mut uow, p.name()).await?;
@@ -662,6 +671,7 @@ impl ProjectionRunner {
                 name: p.name().to_owned(),
                 checkpoint,
                 lag,
+                held_back_by: held_back_by.clone(),
                 state: health.state,
                 retries: health.retries,
                 last_error: health.last_error,

@@ -13,8 +13,8 @@ use uuid::Uuid;
 use super::backend::{EventTransaction, LogStats, NewEvent, StoredCheckpoint};
 use super::subscription::Subscription;
 use super::types::{
-    AppendResult, Checkpoint, EventData, EventFilter, ExpectedVersion, ReadAll, ReadDirection,
-    RecordedEvent, Snapshot, StreamInfo,
+    AppendResult, Checkpoint, EventData, EventFilter, ExpectedVersion, HorizonHolder, ReadAll,
+    ReadDirection, RecordedEvent, Snapshot, StreamInfo,
 };
 use crate::backend::BoxStream;
 use crate::deadline::Deadline;
@@ -617,6 +617,31 @@ impl EventStore {
         let span = ev_span!(uow, "larder.events.count", "count", None::<&str>);
         let result = run!(uow, span, "events.count", |tx| tx.count_after(after, cap));
         finish(uow, &span, "events.count", &result, |_| 1);
+        result
+    }
+
+    /// Who holds the log back: the oldest other running transaction whose id is the commit
+    /// horizon of [`EventStore::read_all`], and how many committed events stay unreadable
+    /// until it ends; `None` when nothing holds the log back.
+    ///
+    /// On PostgreSQL readers wait for every older transaction that has written anything,
+    /// in any database of the cluster (prepared transactions included), so one session
+    /// left idle in a transaction stalls every subscriber and projection; this names it
+    /// (pid, database, application, state, age) so an operator can end it. Memory and
+    /// SQLite have one writer at a time and always return `None`. Call it in a read-only
+    /// unit of work (the caller's own transaction is never reported), early in it: the
+    /// server's session list is read once per transaction.
+    pub async fn horizon_holder(&self, uow: &mut Uow) -> Result<Option<HorizonHolder>> {
+        let span = ev_span!(
+            uow,
+            "larder.events.horizon_holder",
+            "horizon_holder",
+            None::<&str>
+        );
+        let result = run!(uow, span, "events.horizon_holder", |tx| tx.horizon_holder());
+        finish(uow, &span, "events.horizon_holder", &result, |h| {
+            u64::from(h.is_some())
+        });
         result
     }
 
