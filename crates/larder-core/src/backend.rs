@@ -76,6 +76,18 @@ impl Capabilities {
     }
 }
 
+/// Where a backend's data lives, as recorded on spans (OpenTelemetry database semantic
+/// conventions: `db.namespace`, `server.address`, `server.port`). Never holds credentials.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The database name (PostgreSQL) or file name (SQLite).
+    pub namespace: Option<String>,
+    /// The server host.
+    pub address: Option<String>,
+    /// The server port.
+    pub port: Option<u16>,
+}
+
 /// Options for opening a backend transaction.
 #[derive(Debug, Clone, Default)]
 pub struct BeginOptions {
@@ -107,6 +119,24 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
 
     /// What the backend supports.
     fn capabilities(&self) -> &Capabilities;
+
+    /// Where the backend's data lives, for spans: `db.namespace` (the database, or the
+    /// SQLite file), `server.address`, `server.port`. Computed once per backend.
+    fn endpoint(&self) -> &Endpoint {
+        static NONE: Endpoint = Endpoint {
+            namespace: None,
+            address: None,
+            port: None,
+        };
+        &NONE
+    }
+
+    /// The database's own status code for an error this backend returned (PostgreSQL's
+    /// SQLSTATE, SQLite's result code), recorded as `db.response.status_code`.
+    fn status_code(&self, error: &crate::Error) -> Option<String> {
+        let _ = error;
+        None
+    }
 
     /// Opens a transaction.
     fn begin<'a>(&'a self, opts: &'a BeginOptions) -> BoxFuture<'a, Result<Box<dyn Transaction>>>;

@@ -27,7 +27,9 @@ mod repo;
 mod uow;
 
 pub use audit::{AuditRecord, AuditSink, MemoryAuditSink, TracingAuditSink};
-pub use backend::{Backend, BeginOptions, BoxFuture, BoxStream, Capabilities, Transaction};
+pub use backend::{
+    Backend, BeginOptions, BoxFuture, BoxStream, Capabilities, Endpoint, Transaction,
+};
 pub use deadline::Deadline;
 pub use entity::{
     Entity, EntityDef, FieldDef, FieldRef, MAX_INDEXED_TEXT_BYTES, Record, Storage, Versioned,

@@ -42,7 +42,12 @@ macro_rules! op_span {
     ($self:ident, $name:literal, $op:literal) => {
         tracing::info_span!(
             $name,
+            otel.kind = "client",
             db.system.name = $self.uow.store().backend_name(),
+            db.namespace = $self.uow.store().backend().endpoint().namespace.as_deref(),
+            server.address = $self.uow.store().backend().endpoint().address.as_deref(),
+            server.port = $self.uow.store().backend().endpoint().port,
+            db.response.status_code = tracing::field::Empty,
             db.operation.name = $op,
             db.collection.name = T::def().table,
             db.response.returned_rows = tracing::field::Empty,

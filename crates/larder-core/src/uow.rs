@@ -245,9 +245,14 @@ impl Store {
     pub async fn register<T: Entity>(&self) -> Result<()> {
         let def = T::def();
         def.validate()?;
+        let ep = self.inner.backend.endpoint();
         let span = tracing::info_span!(
             "larder.store.register",
+            otel.kind = "client",
             db.system.name = self.backend_name(),
+            db.namespace = ep.namespace.as_deref(),
+            server.address = ep.address.as_deref(),
+            server.port = ep.port,
             db.operation.name = "register",
             db.collection.name = def.table,
         );
@@ -269,9 +274,15 @@ impl Store {
         let deadline = opts
             .deadline
             .or_else(|| self.inner.config.default_deadline.map(Deadline::after));
+        let ep = self.inner.backend.endpoint();
         let span = tracing::info_span!(
             "larder.uow.begin",
+            otel.kind = "client",
             db.system.name = self.backend_name(),
+            db.namespace = ep.namespace.as_deref(),
+            server.address = ep.address.as_deref(),
+            server.port = ep.port,
+            db.response.status_code = tracing::field::Empty,
             db.operation.name = "begin",
             larder.read_only = opts.read_only,
             larder.actor = opts.actor.as_deref(),
@@ -376,6 +387,21 @@ impl Store {
     pub async fn close(&self) {
         self.inner.backend.close().await;
     }
+}
+
+/// Whether an operation name is a write (spans record `larder.rows_affected` for writes and
+/// `db.response.returned_rows` for reads).
+pub(crate) fn is_write(op: &str) -> bool {
+    matches!(
+        op,
+        "repository.insert"
+            | "repository.update"
+            | "repository.delete"
+            | "events.append"
+            | "events.save_snapshot"
+            | "events.save_checkpoint"
+            | "events.delete_checkpoint"
+    )
 }
 
 fn backoff(base: Duration, attempt: u32) -> Duration {
@@ -705,7 +731,12 @@ impl Uow {
         match result {
             Ok(r) => {
                 let n = rows(r);
-                span.record("db.response.returned_rows", n);
+                // Reads report the rows they returned, writes the rows they changed.
+                if is_write(op) {
+                    span.record("larder.rows_affected", n);
+                } else {
+                    span.record("db.response.returned_rows", n);
+                }
                 self.audit_full(op, collection, entity_id, n, Ok(()));
             }
             Err(e) => self.record_failure(span, op, collection, entity_id, e),
@@ -723,6 +754,9 @@ impl Uow {
     ) {
         span.record("error.type", e.kind());
         span.record("error.message", tracing::field::display(e));
+        if let Some(code) = self.store.backend().status_code(e) {
+            span.record("db.response.status_code", code.as_str());
+        }
         self.audit_full(op, collection, entity_id, 0, Err(e.kind()));
     }
 
@@ -770,11 +804,17 @@ impl Uow {
 
     fn span_for(&self, name: &'static str) -> tracing::Span {
         // Span names must be literals; one arm per unit-of-work operation.
+        let ep = self.store.backend().endpoint();
         macro_rules! s {
             ($n:literal, $op:literal) => {
                 tracing::info_span!(
                     $n,
+                    otel.kind = "client",
                     db.system.name = self.store.backend_name(),
+                    db.namespace = ep.namespace.as_deref(),
+                    server.address = ep.address.as_deref(),
+                    server.port = ep.port,
+                    db.response.status_code = tracing::field::Empty,
                     db.operation.name = $op,
                     larder.actor = self.actor.as_deref(),
                     larder.correlation_id = self.correlation_id.as_deref(),

@@ -26,6 +26,8 @@ pub struct PgBackend {
     notifier: Arc<std::sync::OnceLock<tokio::sync::watch::Sender<u64>>>,
     /// When the last reachability probe ran (see `unless_unavailable`).
     probe: Arc<ProbeGate>,
+    /// Database, host and port, for spans.
+    endpoint: larder_core::backend::Endpoint,
 }
 
 const DEFAULT_MAX_CONNECTIONS: u32 = 8;
@@ -122,6 +124,7 @@ impl PgBackend {
 
     /// Wraps an existing pool.
     pub fn from_pool(pool: PgPool) -> PgBackend {
+        let pool_for_endpoint = pool.clone();
         PgBackend {
             pool,
             caps: Capabilities::default()
@@ -132,6 +135,14 @@ impl PgBackend {
             record_query_text: false,
             notify: true,
             notifier: Arc::new(std::sync::OnceLock::new()),
+            endpoint: {
+                let o = pool_for_endpoint.connect_options();
+                larder_core::backend::Endpoint {
+                    namespace: o.get_database().map(str::to_owned),
+                    address: Some(o.get_host().to_owned()),
+                    port: Some(o.get_port()),
+                }
+            },
             probe: Arc::new(ProbeGate::default()),
         }
     }
@@ -245,6 +256,14 @@ fn is_unreachable(e: &sqlx::Error) -> bool {
 impl Backend for PgBackend {
     fn name(&self) -> &'static str {
         BACKEND
+    }
+
+    fn endpoint(&self) -> &larder_core::backend::Endpoint {
+        &self.endpoint
+    }
+
+    fn status_code(&self, error: &Error) -> Option<String> {
+        crate::error::sqlstate(error)
     }
 
     fn capabilities(&self) -> &Capabilities {

@@ -109,6 +109,28 @@ impl std::error::Error for ServerError {
     }
 }
 
+/// The SQLSTATE behind an error larder returned: the server's own code for a driver error,
+/// and the code larder classified for the typed ones.
+pub(crate) fn sqlstate(e: &Error) -> Option<String> {
+    match e {
+        Error::Backend { source, .. } => match source.downcast_ref::<ServerError>() {
+            Some(ServerError(sqlx::Error::Database(db))) => db.code().map(|c| c.into_owned()),
+            _ => None,
+        },
+        Error::Transient { kind } => Some(
+            match kind {
+                TransientKind::Serialization => "40001",
+                TransientKind::Deadlock => "40P01",
+                _ => "55P03",
+            }
+            .to_owned(),
+        ),
+        Error::DeadlineExceeded { .. } => Some("57014".to_owned()),
+        Error::TransactionAborted { .. } => Some("25P02".to_owned()),
+        _ => None,
+    }
+}
+
 /// What a failed repository statement found missing: SQLSTATE `42P01` undefined_table,
 /// `42703` undefined_column.
 pub(crate) fn missing(e: &Error) -> Option<larder_sql::Missing> {

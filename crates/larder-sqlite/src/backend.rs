@@ -28,6 +28,8 @@ pub struct SqliteBackend {
     /// How long a writer waits for the permit before `Transient(Busy)` (SQLite's own busy
     /// timeout: the same contract as before, now in arrival order).
     busy_timeout: Duration,
+    /// The database file, for spans.
+    endpoint: larder_core::backend::Endpoint,
     caps: Capabilities,
     record_query_text: bool,
 }
@@ -115,10 +117,20 @@ impl SqliteBackend {
     /// Wraps an existing pool. The caller is responsible for its pragmas; prefer
     /// [`SqliteBackend::connect`].
     pub fn from_pool(pool: SqlitePool) -> SqliteBackend {
+        let pool_for_endpoint = pool.clone();
         SqliteBackend {
             pool,
             writer: Arc::new(tokio::sync::Semaphore::new(1)),
             busy_timeout: Duration::from_secs(5),
+            endpoint: larder_core::backend::Endpoint {
+                namespace: pool_for_endpoint
+                    .connect_options()
+                    .get_filename()
+                    .file_name()
+                    .map(|f| f.to_string_lossy().into_owned()),
+                address: None,
+                port: None,
+            },
             caps: Capabilities::default()
                 .with_regex(true)
                 .with_server_side_cancel(true),
@@ -163,6 +175,10 @@ impl SqliteBackend {
 impl Backend for SqliteBackend {
     fn name(&self) -> &'static str {
         BACKEND
+    }
+
+    fn endpoint(&self) -> &larder_core::backend::Endpoint {
+        &self.endpoint
     }
 
     fn capabilities(&self) -> &Capabilities {

@@ -125,8 +125,32 @@ async fn exercise(store: &larder::Store, system: &str, spans: &Spans, expect_que
             "{c:?}"
         );
         assert!(c.fields.contains_key("db.operation.name"), "{c:?}");
+        assert_eq!(
+            c.fields.get("otel.kind").map(String::as_str),
+            Some("client"),
+            "{c:?}"
+        );
+        match system {
+            "postgresql" => {
+                assert_eq!(c.fields["db.namespace"], "test", "{c:?}");
+                assert_eq!(c.fields["server.address"], "127.0.0.1", "{c:?}");
+                assert_eq!(c.fields["server.port"], "5432", "{c:?}");
+            }
+            "sqlite" => {
+                assert!(c.fields["db.namespace"].ends_with(".db"), "{c:?}");
+                assert!(!c.fields.contains_key("server.address"), "{c:?}");
+            }
+            _ => assert!(!c.fields.contains_key("db.namespace"), "{c:?}"),
+        }
     }
     let ins = &all[1];
+    // Writes report the rows they changed, reads the rows they returned.
+    assert_eq!(ins.fields["larder.rows_affected"], "1", "{ins:?}");
+    assert!(
+        !ins.fields.contains_key("db.response.returned_rows"),
+        "{ins:?}"
+    );
+    assert!(!all[3].fields.contains_key("larder.rows_affected"));
     assert_eq!(ins.fields["db.operation.name"], "insert");
     assert_eq!(ins.fields["db.collection.name"], "items");
     assert!(!ins.fields.contains_key("error.type"));
@@ -223,7 +247,9 @@ async fn exercise_events(store: &larder::Store, system: &str, spans: &Spans) {
         assert_eq!(c.fields["larder.actor"], "bob", "{c:?}");
         assert_eq!(c.fields["larder.correlation_id"], "req-8", "{c:?}");
     }
-    assert_eq!(all[1].fields["db.response.returned_rows"], "1");
+    // An append is a write: it reports the events it wrote as rows affected.
+    assert_eq!(all[1].fields["larder.rows_affected"], "1");
+    assert!(!all[1].fields.contains_key("db.response.returned_rows"));
     assert_eq!(all[2].fields["error.type"], "conflict");
     assert!(all[2].fields["error.message"].contains("order-1"));
     assert_eq!(all[3].fields["db.response.returned_rows"], "1");
@@ -244,4 +270,35 @@ async fn every_event_store_operation_is_a_span() {
         exercise_events(&pg.store, "postgresql", &spans).await;
         pg.finish().await;
     }
+}
+
+/// A database error's own code is on the span: `db.response.status_code` (SQLSTATE).
+#[tokio::test]
+async fn database_errors_carry_their_status_code() {
+    use larder::postgres::PgUowExt;
+    let Some(pg) = backends::postgres("observability::status_code").await else {
+        return;
+    };
+    pg.store.register::<Item>().await.unwrap();
+    let spans = Spans::default();
+    let subscriber = tracing_subscriber::registry().with(spans.clone());
+    let _g = tracing::subscriber::set_default(subscriber);
+    let mut uow = pg.store.begin().await.unwrap();
+    let _ = sqlx::query("SELECT 1/0")
+        .execute(uow.postgres().unwrap())
+        .await;
+    let e = uow.repo::<Item>().get(&"a".to_owned()).await.unwrap_err();
+    assert!(
+        matches!(e, larder::Error::TransactionAborted { .. }),
+        "{e:?}"
+    );
+    drop(uow);
+    let get = spans
+        .all()
+        .into_iter()
+        .find(|c| c.name == "larder.repository.get")
+        .expect("a get span");
+    assert_eq!(get.fields["db.response.status_code"], "25P02", "{get:?}");
+    assert_eq!(get.fields["error.type"], "transaction_aborted");
+    pg.finish().await;
 }

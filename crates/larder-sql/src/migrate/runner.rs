@@ -390,14 +390,37 @@ impl Migrator {
         to: Option<i64>,
         progress: &mut (dyn FnMut(usize, usize, &Migration) + Send),
     ) -> Result<Report, MigrateError> {
-        // Not `locked()`: an async closure here makes the future's `Send` bound
-        // unprovable for callers that box it (backends applying the built-in module).
-        d.lock(self.opts.lock_timeout).await?;
-        let r = self.up_locked(d, to, progress).await;
-        let u = d.unlock().await;
-        let out = r?;
-        u?;
-        Ok(out)
+        use tracing::Instrument;
+        let span = tracing::info_span!(
+            "larder.migrate.up",
+            otel.kind = "client",
+            larder.migrations_applied = tracing::field::Empty,
+            larder.migrations_skipped = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+            error.message = tracing::field::Empty,
+        );
+        let run = async {
+            // Not `locked()`: an async closure here makes the future's `Send` bound
+            // unprovable for callers that box it (backends applying the built-in module).
+            d.lock(self.opts.lock_timeout).await?;
+            let r = self.up_locked(d, to, progress).await;
+            let u = d.unlock().await;
+            let out = r?;
+            u?;
+            Ok(out)
+        };
+        let result: Result<Report, MigrateError> = run.instrument(span.clone()).await;
+        match &result {
+            Ok(report) => {
+                span.record("larder.migrations_applied", report.applied.len() as u64);
+                span.record("larder.migrations_skipped", report.skipped.len() as u64);
+            }
+            Err(e) => {
+                span.record("error.type", "migrate");
+                span.record("error.message", tracing::field::display(e));
+            }
+        }
+        result
     }
 
     async fn up_locked(
@@ -471,6 +494,13 @@ impl Migrator {
     ) -> Result<Option<i64>, MigrateError> {
         let m = &step.migration;
         let started = Instant::now();
+        tracing::info!(
+            target: "larder::migrate",
+            module = %m.module,
+            version = m.version,
+            name = %m.name,
+            "applying migration"
+        );
         d.begin().await?;
         // With a lock held for the whole run (PostgreSQL) the plan is still true; without
         // one (SQLite) another migrator may have applied this meanwhile: re-check inside
