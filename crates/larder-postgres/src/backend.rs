@@ -7,10 +7,10 @@ use std::time::Duration;
 use larder_core::backend::{
     Backend, BeginOptions, BoxFuture, BoxStream, Capabilities, Transaction,
 };
-use larder_core::settings::{Settings, UrlRules};
+use larder_core::settings::{Settings, SslMode, UrlRules};
 use larder_core::{EntityDef, Error, Result};
 use larder_sql::{Dialect, SqlDriver, SqlTransaction, ddl};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
 
 use crate::error::{BACKEND, map};
 use crate::uow::PgTransaction;
@@ -74,10 +74,16 @@ const URL_RULES: UrlRules = UrlRules {
 impl PgBackend {
     /// Connects to `settings.database_url` (`postgres://user:password@host:port/db?…`).
     ///
+    /// TLS: the URL's `sslmode`, `sslrootcert`, `sslcert` and `sslkey` (libpq's names;
+    /// also the driver's `PGSSLMODE`… environment variables), or
+    /// [`Settings::postgres`](larder_core::settings::PostgresSettings)' `ssl_mode` and
+    /// `ssl_root_cert`; when the URL and the settings both name one, they must agree.
+    ///
     /// # Errors
     ///
     /// [`Error::Configuration`] for a URL of another shape or with a query parameter the
-    /// driver does not know (named, its value never shown), before the driver sees it.
+    /// driver does not know (named, its value never shown), before the driver sees it; for
+    /// TLS settings that contradict the URL; and as [`PgBackend::connect_with`].
     pub async fn connect(settings: &Settings) -> Result<PgBackend> {
         settings.database_url.check(&URL_RULES)?;
         let opts = PgConnectOptions::from_str(settings.database_url.expose()).map_err(|_| {
@@ -87,12 +93,21 @@ impl PgBackend {
                 settings.database_url
             ))
         })?;
+        let opts = apply_tls_settings(opts, settings)?;
         Self::connect_with(opts, settings).await
     }
 
     /// Connects with explicit connection options (e.g. a `search_path`), taking pool
-    /// settings from `settings`.
+    /// settings from `settings` (its TLS settings are not applied: `opts` say it all).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Configuration`] when `opts` ask for TLS (`sslmode` `require` or stronger)
+    /// and larder was built without its `tls-rustls` feature, or when the TLS handshake
+    /// fails (an untrusted or wrongly named server certificate, an unreadable
+    /// `sslrootcert`); [`Error::Backend`] when the server cannot be reached.
     pub async fn connect_with(opts: PgConnectOptions, settings: &Settings) -> Result<PgBackend> {
+        check_tls_available(opts.get_ssl_mode())?;
         let pool = PgPoolOptions::new()
             .max_connections(
                 settings
@@ -110,7 +125,16 @@ impl PgBackend {
                 opts.application_name("larder")
             })
             .await
-            .map_err(|e| map(e, "connect"))?;
+            .map_err(|e| match e {
+                // What failed is the TLS policy against this server's certificate (or a
+                // certificate file): not retryable, fix the settings. The message names
+                // the certificate problem, never the URL.
+                sqlx::Error::Tls(e) => Error::Configuration(format!(
+                    "tls connection to the postgresql server failed: {e}: check sslmode and \
+                     sslrootcert (the ca that signed the server certificate)"
+                )),
+                e => map(e, "connect"),
+            })?;
         Ok(PgBackend::from_pool(pool).with_record_query_text(settings.record_query_text))
     }
 
@@ -327,6 +351,68 @@ impl Backend for PgBackend {
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }
+}
+
+/// The TLS settings of `settings.postgres` applied over the URL's options; a setting that
+/// contradicts the URL's parameter of the same meaning is an error, not an override (a
+/// setting must not silently weaken the URL's `sslmode`, nor the URL a setting).
+fn apply_tls_settings(mut opts: PgConnectOptions, settings: &Settings) -> Result<PgConnectOptions> {
+    let url = &settings.database_url;
+    let from_url = |names: &[&str]| names.iter().find_map(|n| url.query_param(n));
+    let conflict = |setting: &str, param: &str| {
+        Error::Configuration(format!(
+            "the postgresql url's `{param}` contradicts the `{setting}` setting: remove one \
+             of them or make them agree"
+        ))
+    };
+    if let Some(mode) = settings.postgres.ssl_mode {
+        if let Some(v) = from_url(&["sslmode", "ssl-mode"])
+            && v.parse::<SslMode>().ok() != Some(mode)
+        {
+            return Err(conflict("postgres.ssl_mode", "sslmode"));
+        }
+        opts = opts.ssl_mode(match mode {
+            SslMode::Disable => PgSslMode::Disable,
+            SslMode::Allow => PgSslMode::Allow,
+            SslMode::Prefer => PgSslMode::Prefer,
+            SslMode::Require => PgSslMode::Require,
+            SslMode::VerifyCa => PgSslMode::VerifyCa,
+            SslMode::VerifyFull => PgSslMode::VerifyFull,
+            // `SslMode` is non-exhaustive for callers, not for its own crate family;
+            // a mode this backend does not know is the strictest it does.
+            _ => PgSslMode::VerifyFull,
+        });
+    }
+    if let Some(cert) = &settings.postgres.ssl_root_cert {
+        if let Some(v) = from_url(&["sslrootcert", "ssl-root-cert", "ssl-ca"])
+            && std::path::Path::new(&v) != cert.as_path()
+        {
+            return Err(conflict("postgres.ssl_root_cert", "sslrootcert"));
+        }
+        opts = opts.ssl_root_cert(cert);
+    }
+    Ok(opts)
+}
+
+/// Refuses, before any I/O, a connection that must be encrypted when this build has no
+/// TLS: the driver's own error would come later and name sqlx's features, not larder's.
+fn check_tls_available(mode: PgSslMode) -> Result<()> {
+    let needs_tls = matches!(
+        mode,
+        PgSslMode::Require | PgSslMode::VerifyCa | PgSslMode::VerifyFull
+    );
+    if needs_tls && !cfg!(feature = "tls-rustls") {
+        let mode = match mode {
+            PgSslMode::Require => "require",
+            PgSslMode::VerifyCa => "verify-ca",
+            _ => "verify-full",
+        };
+        return Err(Error::Configuration(format!(
+            "sslmode={mode} needs tls, but larder was built without tls: enable larder's \
+             `tls-rustls` feature (or use sslmode=prefer or disable)"
+        )));
+    }
+    Ok(())
 }
 
 /// Reads a table of the current schema from the catalog (the table name is a bound
