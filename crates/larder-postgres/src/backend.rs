@@ -125,15 +125,15 @@ impl PgBackend {
                 opts.application_name("larder")
             })
             .await
-            .map_err(|e| match e {
-                // What failed is the TLS policy against this server's certificate (or a
-                // certificate file): not retryable, fix the settings. The message names
-                // the certificate problem, never the URL.
-                sqlx::Error::Tls(e) => Error::Configuration(format!(
-                    "tls connection to the postgresql server failed: {e}: check sslmode and \
+            .map_err(|e| match tls_failure(&e) {
+                // The TLS policy failed against this server's certificate (or a certificate
+                // file): not retryable, fix the settings. The message names the certificate
+                // problem, never the URL.
+                Some(why) => Error::Configuration(format!(
+                    "tls connection to the postgresql server failed: {why}: check sslmode and \
                      sslrootcert (the ca that signed the server certificate)"
                 )),
-                e => map(e, "connect"),
+                None => map(e, "connect"),
             })?;
         Ok(PgBackend::from_pool(pool).with_record_query_text(settings.record_query_text))
     }
@@ -383,15 +383,48 @@ fn apply_tls_settings(mut opts: PgConnectOptions, settings: &Settings) -> Result
             _ => PgSslMode::VerifyFull,
         });
     }
+    let url_cert = from_url(&["sslrootcert", "ssl-root-cert", "ssl-ca"]);
     if let Some(cert) = &settings.postgres.ssl_root_cert {
-        if let Some(v) = from_url(&["sslrootcert", "ssl-root-cert", "ssl-ca"])
-            && std::path::Path::new(&v) != cert.as_path()
+        if let Some(v) = &url_cert
+            && std::path::Path::new(v) != cert.as_path()
         {
             return Err(conflict("postgres.ssl_root_cert", "sslrootcert"));
         }
         opts = opts.ssl_root_cert(cert);
     }
+    // The driver reads the file only during a verifying handshake and reports a missing
+    // one as a bare I/O error; say which file, now. (A value that is PEM text is inline.)
+    let cert = settings
+        .postgres
+        .ssl_root_cert
+        .clone()
+        .or_else(|| url_cert.map(std::path::PathBuf::from));
+    if let Some(cert) = cert
+        && !cert.to_string_lossy().starts_with("-----BEGIN")
+        && let Err(e) = std::fs::File::open(&cert)
+    {
+        return Err(Error::Configuration(format!(
+            "cannot read the sslrootcert file `{}`: {e}: give the path of a pem file with \
+             the server's ca certificate",
+            larder_core::error::quote(&cert.display().to_string())
+        )));
+    }
     Ok(opts)
+}
+
+/// The TLS problem behind a failed connect, if that is what failed: the driver's TLS
+/// errors (bad certificate files), and a handshake that rustls refused (reported by the
+/// driver as an I/O error carrying the `rustls::Error`: recognised by type, not by text).
+fn tls_failure(e: &sqlx::Error) -> Option<String> {
+    match e {
+        sqlx::Error::Tls(e) => Some(e.to_string()),
+        #[cfg(feature = "tls-rustls")]
+        sqlx::Error::Io(io) => io
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .map(ToString::to_string),
+        _ => None,
+    }
 }
 
 /// Refuses, before any I/O, a connection that must be encrypted when this build has no
@@ -458,4 +491,99 @@ async fn introspect(conn: &mut sqlx::PgConnection, table: &str) -> Result<ddl::F
     .await
     .map_err(err)?;
     Ok(ddl::FoundTable { columns, indexes })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(url: &str) -> Settings {
+        Settings::from_url(url)
+    }
+
+    #[test]
+    fn tls_modes_need_the_tls_feature() {
+        for mode in [PgSslMode::Disable, PgSslMode::Allow, PgSslMode::Prefer] {
+            assert!(check_tls_available(mode).is_ok(), "{mode:?}");
+        }
+        for mode in [
+            PgSslMode::Require,
+            PgSslMode::VerifyCa,
+            PgSslMode::VerifyFull,
+        ] {
+            let r = check_tls_available(mode);
+            if cfg!(feature = "tls-rustls") {
+                assert!(r.is_ok(), "{mode:?}");
+            } else {
+                let e = r.unwrap_err();
+                assert!(matches!(e, Error::Configuration(_)), "{e:?}");
+                assert!(e.to_string().contains("`tls-rustls`"), "{e}");
+            }
+        }
+    }
+
+    /// Without the feature, a URL asking for TLS fails before any I/O with the typed
+    /// error (port 1: nothing listens, so a driver error would be a connection error).
+    #[tokio::test]
+    async fn connect_without_tls_refuses_tls_modes_up_front() {
+        if cfg!(feature = "tls-rustls") {
+            return;
+        }
+        for mode in ["require", "verify-ca", "verify-full"] {
+            let url = format!("postgres://u:pw@127.0.0.1:1/db?sslmode={mode}");
+            let e = PgBackend::connect(&settings(&url)).await.unwrap_err();
+            assert!(matches!(e, Error::Configuration(_)), "{e:?}");
+            let text = e.to_string();
+            assert!(
+                text.contains("built without tls") && text.contains("`tls-rustls`"),
+                "{text}"
+            );
+            assert!(text.contains(mode), "{text}");
+        }
+        let mut s = settings("postgres://127.0.0.1:1/db");
+        s.postgres.ssl_mode = Some(SslMode::Require);
+        let e = PgBackend::connect(&s).await.unwrap_err();
+        assert!(e.to_string().contains("`tls-rustls`"), "{e}");
+    }
+
+    #[test]
+    fn tls_settings_apply_and_must_agree_with_the_url() {
+        let opts = |s: &Settings| {
+            apply_tls_settings(
+                PgConnectOptions::from_str(s.database_url.expose()).unwrap(),
+                s,
+            )
+        };
+        let mut s = settings("postgres://h/db");
+        s.postgres.ssl_mode = Some(SslMode::VerifyCa);
+        assert!(matches!(
+            opts(&s).unwrap().get_ssl_mode(),
+            PgSslMode::VerifyCa
+        ));
+        for url in [
+            "postgres://h/db?sslmode=verify-ca",
+            "postgres://h/db?ssl-mode=verify-ca",
+        ] {
+            let mut s = settings(url);
+            s.postgres.ssl_mode = Some(SslMode::VerifyCa);
+            assert!(opts(&s).is_ok(), "{url}");
+            s.postgres.ssl_mode = Some(SslMode::Disable);
+            let e = opts(&s).unwrap_err();
+            assert!(matches!(e, Error::Configuration(_)), "{e:?}");
+            assert!(e.to_string().contains("postgres.ssl_mode"), "{e}");
+        }
+        let mut s = settings("postgres://h/db?sslrootcert=/a.pem");
+        s.postgres.ssl_root_cert = Some("/b.pem".into());
+        let e = opts(&s).unwrap_err();
+        assert!(e.to_string().contains("postgres.ssl_root_cert"), "{e}");
+        // A root certificate file that does not exist is named, from either place.
+        let missing = "/nonexistent/larder-ca.pem";
+        let mut s = settings("postgres://h/db");
+        s.postgres.ssl_root_cert = Some(missing.into());
+        let e = opts(&s).unwrap_err();
+        assert!(matches!(e, Error::Configuration(_)), "{e:?}");
+        assert!(e.to_string().contains(missing), "{e}");
+        let e = opts(&settings(&format!("postgres://h/db?sslrootcert={missing}"))).unwrap_err();
+        assert!(e.to_string().contains(missing), "{e}");
+    }
 }

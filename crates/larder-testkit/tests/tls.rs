@@ -104,6 +104,10 @@ async fn verify_full_with_a_wrong_ca_is_a_typed_error_without_secrets() {
     let text = e.to_string();
     assert!(matches!(e, Error::Configuration(_)), "{e:?}");
     assert!(text.contains("tls"), "{text}");
+    assert!(
+        text.contains("invalid peer certificate"),
+        "names the cause: {text}"
+    );
     assert!(text.contains("sslrootcert"), "says what to check: {text}");
     assert!(
         !text.contains(CANARY) && !format!("{e:?}").contains(CANARY),
