@@ -13,6 +13,8 @@
 //! | `LARDER_DEFAULT_DEADLINE_MS` | deadline of every unit of work without its own | none |
 //! | `LARDER_SQLITE_SYNCHRONOUS` | `full` or `normal` | `full` |
 //! | `LARDER_SQLITE_BUSY_TIMEOUT_MS` | SQLite `busy_timeout` | 5000 |
+//! | `LARDER_POSTGRES_SSL_MODE` | PostgreSQL `sslmode`: `disable`, `allow`, `prefer`, `require`, `verify-ca`, `verify-full` | the URL's, else `prefer` |
+//! | `LARDER_POSTGRES_SSL_ROOT_CERT` | PEM file of the CA(s) that `verify-ca`/`verify-full` trust (`sslrootcert`) | the URL's, else none |
 //! | `LARDER_RECORD_QUERY_TEXT` | record `db.query.text` on spans (`true`/`false`) | `false` |
 //! | `LARDER_MAX_PAGE_SIZE` | hard cap on page size | 1000 |
 //!
@@ -28,12 +30,22 @@
 //! synchronous = "full"
 //! busy_timeout_ms = 5000
 //!
+//! [postgres]
+//! ssl_mode = "verify-full"
+//! ssl_root_cert = "/etc/ssl/certs/db-ca.pem"
+//!
 //! [observability]
 //! record_query_text = false
 //! ```
+//!
+//! The PostgreSQL TLS settings are an alternative to the URL's `sslmode`/`sslrootcert`
+//! (handy when the URL is a secret and the TLS policy is not): when both name a value they
+//! must agree, or connecting fails with [`Error::Configuration`] — a setting never silently
+//! weakens the URL, nor the URL a setting. `sslmode=require` and stronger need larder's
+//! `tls-rustls` feature.
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -83,6 +95,27 @@ impl DatabaseUrl {
             .split_once(':')
             .map(|(s, _)| s.to_ascii_lowercase())
             .unwrap_or_default()
+    }
+
+    /// The decoded value of the first query parameter named `name` (compared exactly, as
+    /// drivers do), read like [`DatabaseUrl::check`] reads names. The value can be a secret
+    /// (`password=…`): treat it like [`DatabaseUrl::expose`].
+    ///
+    /// ```
+    /// use larder_core::settings::DatabaseUrl;
+    /// let url = DatabaseUrl::new("postgres://db/app?sslmode=verify-full&sslrootcert=%2Fca.pem");
+    /// assert_eq!(url.query_param("sslmode").as_deref(), Some("verify-full"));
+    /// assert_eq!(url.query_param("sslrootcert").as_deref(), Some("/ca.pem"));
+    /// assert_eq!(url.query_param("SSLMODE"), None);
+    /// ```
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        let query = match url::Url::parse(&self.0) {
+            Ok(u) if u.has_authority() => u.query().map(str::to_owned),
+            _ => self.0.split_once('?').map(|(_, q)| q.to_owned()),
+        }?;
+        url::form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
     }
 
     /// The URL with secrets replaced by `***`.
@@ -391,6 +424,104 @@ impl Default for SqliteSettings {
     }
 }
 
+/// PostgreSQL's `sslmode`: whether the connection uses TLS and what it verifies (the
+/// values and meanings of libpq's `sslmode`).
+///
+/// `Require` and stronger need larder's `tls-rustls` feature; without it connecting fails
+/// with [`Error::Configuration`].
+///
+/// ```
+/// use larder_core::settings::SslMode;
+/// assert_eq!("verify-full".parse::<SslMode>().unwrap(), SslMode::VerifyFull);
+/// assert_eq!(SslMode::VerifyCa.as_str(), "verify-ca");
+/// assert!("verify_full".parse::<SslMode>().is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum SslMode {
+    /// No TLS.
+    Disable,
+    /// No TLS (libpq would try TLS after a refused plain connection; the driver does not).
+    Allow,
+    /// TLS if the server offers it (and this build has TLS), else plain; nothing verified.
+    Prefer,
+    /// TLS or fail; the certificate is not verified (encryption without authentication).
+    Require,
+    /// TLS, and the server certificate must chain to a trusted CA (`sslrootcert`, or the
+    /// built-in web roots); the host name is not checked.
+    VerifyCa,
+    /// `VerifyCa`, and the certificate must name the host connected to.
+    VerifyFull,
+}
+
+impl SslMode {
+    /// Every mode, weakest first.
+    pub const ALL: [SslMode; 6] = [
+        SslMode::Disable,
+        SslMode::Allow,
+        SslMode::Prefer,
+        SslMode::Require,
+        SslMode::VerifyCa,
+        SslMode::VerifyFull,
+    ];
+
+    /// The libpq name (`verify-full`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Allow => "allow",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+
+    /// Whether the connection fails unless it is encrypted (`require` and stronger).
+    pub fn requires_tls(self) -> bool {
+        matches!(
+            self,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
+        )
+    }
+}
+
+impl fmt::Display for SslMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for SslMode {
+    type Err = Error;
+
+    /// Parses a libpq name, exactly (lowercase, with hyphens).
+    fn from_str(s: &str) -> Result<SslMode> {
+        SslMode::ALL
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| {
+                Error::Configuration(format!(
+                    "unknown sslmode `{}`: use one of disable, allow, prefer, require, \
+                     verify-ca, verify-full",
+                    crate::error::shown(s)
+                ))
+            })
+    }
+}
+
+/// PostgreSQL options (ignored by other backends). Each one, when set, must agree with
+/// the URL's parameter of the same meaning (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PostgresSettings {
+    /// `sslmode` (`None`: the URL's, else the driver's default `prefer`).
+    pub ssl_mode: Option<SslMode>,
+    /// `sslrootcert`: a PEM file with the CA certificate(s) that `verify-ca` and
+    /// `verify-full` trust, in addition to the built-in web roots.
+    pub ssl_root_cert: Option<PathBuf>,
+}
+
 /// Everything needed to build a store.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
@@ -406,6 +537,8 @@ pub struct Settings {
     pub default_deadline: Option<Duration>,
     /// SQLite options (ignored by other backends).
     pub sqlite: SqliteSettings,
+    /// PostgreSQL options (ignored by other backends).
+    pub postgres: PostgresSettings,
     /// Record `db.query.text` on spans.
     pub record_query_text: bool,
     /// Hard cap on page size.
@@ -421,6 +554,7 @@ impl Default for Settings {
             acquire_timeout: Duration::from_secs(5),
             default_deadline: None,
             sqlite: SqliteSettings::default(),
+            postgres: PostgresSettings::default(),
             record_query_text: false,
             max_page_size: crate::spec::Limits::default().max_page_size,
         }
@@ -434,6 +568,8 @@ struct FileSettings {
     database: FileDatabase,
     #[serde(default)]
     sqlite: FileSqlite,
+    #[serde(default)]
+    postgres: FilePostgres,
     #[serde(default)]
     observability: FileObservability,
 }
@@ -463,6 +599,13 @@ impl fmt::Debug for FileDatabase {
 struct FileSqlite {
     synchronous: Option<Synchronous>,
     busy_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePostgres {
+    ssl_mode: Option<SslMode>,
+    ssl_root_cert: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -532,6 +675,12 @@ impl Settings {
         if let Some(ms) = f.sqlite.busy_timeout_ms {
             self.sqlite.busy_timeout = Duration::from_millis(ms);
         }
+        if let Some(m) = f.postgres.ssl_mode {
+            self.postgres.ssl_mode = Some(m);
+        }
+        if let Some(p) = f.postgres.ssl_root_cert {
+            self.postgres.ssl_root_cert = Some(p);
+        }
         if let Some(b) = f.observability.record_query_text {
             self.record_query_text = b;
         }
@@ -596,6 +745,26 @@ impl Settings {
                     )));
                 }
             };
+        }
+        if let Some(v) = get("LARDER_POSTGRES_SSL_MODE") {
+            let mode = v.trim().to_ascii_lowercase().parse().map_err(|_| {
+                Error::Configuration(format!(
+                    "LARDER_POSTGRES_SSL_MODE must be one of disable, allow, prefer, require, \
+                     verify-ca, verify-full, got `{}`",
+                    crate::error::shown(&v)
+                ))
+            })?;
+            self.postgres.ssl_mode = Some(mode);
+        }
+        if let Some(v) = get("LARDER_POSTGRES_SSL_ROOT_CERT") {
+            if v.trim().is_empty() {
+                return Err(Error::Configuration(
+                    "LARDER_POSTGRES_SSL_ROOT_CERT is empty: set it to the path of a PEM file \
+                     or unset it"
+                        .into(),
+                ));
+            }
+            self.postgres.ssl_root_cert = Some(PathBuf::from(v));
         }
         if let Some(v) = get("LARDER_RECORD_QUERY_TEXT") {
             self.record_query_text = matches!(
@@ -775,6 +944,66 @@ mod tests {
         assert!(
             s.apply_env(|k| (k == "LARDER_SQLITE_SYNCHRONOUS").then(|| "off".into()))
                 .is_err()
+        );
+    }
+
+    #[test]
+    fn postgres_tls_settings_from_file_and_env() {
+        let mut s = Settings::default();
+        assert_eq!(s.postgres, PostgresSettings::default());
+        s.apply_toml("[postgres]\nssl_mode = \"verify-ca\"\nssl_root_cert = \"/etc/ca.pem\"\n")
+            .unwrap();
+        assert_eq!(s.postgres.ssl_mode, Some(SslMode::VerifyCa));
+        assert_eq!(
+            s.postgres.ssl_root_cert.as_deref(),
+            Some(Path::new("/etc/ca.pem"))
+        );
+        s.apply_env(|k| match k {
+            "LARDER_POSTGRES_SSL_MODE" => Some(" Verify-Full ".into()),
+            "LARDER_POSTGRES_SSL_ROOT_CERT" => Some("/run/ca.pem".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(s.postgres.ssl_mode, Some(SslMode::VerifyFull));
+        assert_eq!(
+            s.postgres.ssl_root_cert.as_deref(),
+            Some(Path::new("/run/ca.pem"))
+        );
+        for (k, v) in [
+            ("LARDER_POSTGRES_SSL_MODE", "verify_full"),
+            ("LARDER_POSTGRES_SSL_MODE", ""),
+            ("LARDER_POSTGRES_SSL_ROOT_CERT", " "),
+        ] {
+            let e = s
+                .apply_env(|name| (name == k).then(|| v.to_owned()))
+                .unwrap_err();
+            assert!(matches!(e, Error::Configuration(_)), "{e}");
+            assert!(e.to_string().contains(k), "{e}");
+        }
+        let e = s
+            .apply_toml("[postgres]\nssl_mode = \"sometimes\"\n")
+            .unwrap_err();
+        assert!(matches!(e, Error::Configuration(_)), "{e}");
+        for m in SslMode::ALL {
+            assert_eq!(m.as_str().parse::<SslMode>().unwrap(), m);
+        }
+    }
+
+    #[test]
+    fn query_param_reads_hierarchical_and_opaque_urls() {
+        let u = DatabaseUrl::new("postgres://u:pw@h/db?sslmode=require&ssl-mode=disable");
+        assert_eq!(u.query_param("sslmode").as_deref(), Some("require"));
+        assert_eq!(u.query_param("ssl-mode").as_deref(), Some("disable"));
+        assert_eq!(u.query_param("sslrootcert"), None);
+        assert_eq!(
+            DatabaseUrl::new("postgres://h/db").query_param("sslmode"),
+            None
+        );
+        assert_eq!(
+            DatabaseUrl::new("sqlite:app.db?mode=ro")
+                .query_param("mode")
+                .as_deref(),
+            Some("ro")
         );
     }
 

@@ -7,10 +7,10 @@ use std::time::Duration;
 use larder_core::backend::{
     Backend, BeginOptions, BoxFuture, BoxStream, Capabilities, Transaction,
 };
-use larder_core::settings::{Settings, UrlRules};
+use larder_core::settings::{Settings, SslMode, UrlRules};
 use larder_core::{EntityDef, Error, Result};
 use larder_sql::{Dialect, SqlDriver, SqlTransaction, ddl};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
 
 use crate::error::{BACKEND, map};
 use crate::uow::PgTransaction;
@@ -78,10 +78,16 @@ const URL_RULES: UrlRules = UrlRules {
 impl PgBackend {
     /// Connects to `settings.database_url` (`postgres://user:password@host:port/db?…`).
     ///
+    /// TLS: the URL's `sslmode`, `sslrootcert`, `sslcert` and `sslkey` (libpq's names;
+    /// also the driver's `PGSSLMODE`… environment variables), or
+    /// [`Settings::postgres`](larder_core::settings::PostgresSettings)' `ssl_mode` and
+    /// `ssl_root_cert`; when the URL and the settings both name one, they must agree.
+    ///
     /// # Errors
     ///
     /// [`Error::Configuration`] for a URL of another shape or with a query parameter the
-    /// driver does not know (named, its value never shown), before the driver sees it.
+    /// driver does not know (named, its value never shown), before the driver sees it; for
+    /// TLS settings that contradict the URL; and as [`PgBackend::connect_with`].
     pub async fn connect(settings: &Settings) -> Result<PgBackend> {
         settings.database_url.check(&URL_RULES)?;
         let opts = PgConnectOptions::from_str(settings.database_url.expose()).map_err(|_| {
@@ -91,12 +97,21 @@ impl PgBackend {
                 settings.database_url
             ))
         })?;
+        let opts = apply_tls_settings(opts, settings)?;
         Self::connect_with(opts, settings).await
     }
 
     /// Connects with explicit connection options (e.g. a `search_path`), taking pool
-    /// settings from `settings`.
+    /// settings from `settings` (its TLS settings are not applied: `opts` say it all).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Configuration`] when `opts` ask for TLS (`sslmode` `require` or stronger)
+    /// and larder was built without its `tls-rustls` feature, or when the TLS handshake
+    /// fails (an untrusted or wrongly named server certificate, an unreadable
+    /// `sslrootcert`); [`Error::Unavailable`] at once when the server cannot be reached.
     pub async fn connect_with(opts: PgConnectOptions, settings: &Settings) -> Result<PgBackend> {
+        check_tls_available(opts.get_ssl_mode())?;
         let pool = PgPoolOptions::new()
             .max_connections(
                 settings
@@ -117,7 +132,16 @@ impl PgBackend {
         // that is down fails here at once, as `Unavailable` with the cause.
         let first = unless_unavailable(&pool, &ProbeGate::default(), pool.acquire())
             .await
-            .map_err(|e| map(e, "connect"))?;
+            .map_err(|e| match tls_failure(&e) {
+                // The TLS policy failed against this server's certificate (or a certificate
+                // file): not retryable, fix the settings. The message names the certificate
+                // problem, never the URL.
+                Some(why) => Error::Configuration(format!(
+                    "tls connection to the postgresql server failed: {why}: check sslmode and \
+                     sslrootcert (the ca that signed the server certificate)"
+                )),
+                None => map(e, "connect"),
+            })?;
         drop(first);
         Ok(PgBackend::from_pool(pool).with_record_query_text(settings.record_query_text))
     }
@@ -428,6 +452,101 @@ impl Backend for PgBackend {
     }
 }
 
+/// The TLS settings of `settings.postgres` applied over the URL's options; a setting that
+/// contradicts the URL's parameter of the same meaning is an error, not an override (a
+/// setting must not silently weaken the URL's `sslmode`, nor the URL a setting).
+fn apply_tls_settings(mut opts: PgConnectOptions, settings: &Settings) -> Result<PgConnectOptions> {
+    let url = &settings.database_url;
+    let from_url = |names: &[&str]| names.iter().find_map(|n| url.query_param(n));
+    let conflict = |setting: &str, param: &str| {
+        Error::Configuration(format!(
+            "the postgresql url's `{param}` contradicts the `{setting}` setting: remove one \
+             of them or make them agree"
+        ))
+    };
+    if let Some(mode) = settings.postgres.ssl_mode {
+        if let Some(v) = from_url(&["sslmode", "ssl-mode"])
+            && v.parse::<SslMode>().ok() != Some(mode)
+        {
+            return Err(conflict("postgres.ssl_mode", "sslmode"));
+        }
+        opts = opts.ssl_mode(match mode {
+            SslMode::Disable => PgSslMode::Disable,
+            SslMode::Allow => PgSslMode::Allow,
+            SslMode::Prefer => PgSslMode::Prefer,
+            SslMode::Require => PgSslMode::Require,
+            SslMode::VerifyCa => PgSslMode::VerifyCa,
+            SslMode::VerifyFull => PgSslMode::VerifyFull,
+            // `SslMode` is non-exhaustive for callers, not for its own crate family;
+            // a mode this backend does not know is the strictest it does.
+            _ => PgSslMode::VerifyFull,
+        });
+    }
+    let url_cert = from_url(&["sslrootcert", "ssl-root-cert", "ssl-ca"]);
+    if let Some(cert) = &settings.postgres.ssl_root_cert {
+        if let Some(v) = &url_cert
+            && std::path::Path::new(v) != cert.as_path()
+        {
+            return Err(conflict("postgres.ssl_root_cert", "sslrootcert"));
+        }
+        opts = opts.ssl_root_cert(cert);
+    }
+    // The driver reads the file only during a verifying handshake and reports a missing
+    // one as a bare I/O error; say which file, now. (A value that is PEM text is inline.)
+    let cert = settings
+        .postgres
+        .ssl_root_cert
+        .clone()
+        .or_else(|| url_cert.map(std::path::PathBuf::from));
+    if let Some(cert) = cert
+        && !cert.to_string_lossy().starts_with("-----BEGIN")
+        && let Err(e) = std::fs::File::open(&cert)
+    {
+        return Err(Error::Configuration(format!(
+            "cannot read the sslrootcert file `{}`: {e}: give the path of a pem file with \
+             the server's ca certificate",
+            larder_core::error::quote(&cert.display().to_string())
+        )));
+    }
+    Ok(opts)
+}
+
+/// The TLS problem behind a failed connect, if that is what failed: the driver's TLS
+/// errors (bad certificate files), and a handshake that rustls refused (reported by the
+/// driver as an I/O error carrying the `rustls::Error`: recognised by type, not by text).
+fn tls_failure(e: &sqlx::Error) -> Option<String> {
+    match e {
+        sqlx::Error::Tls(e) => Some(e.to_string()),
+        #[cfg(feature = "tls-rustls")]
+        sqlx::Error::Io(io) => io
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .map(ToString::to_string),
+        _ => None,
+    }
+}
+
+/// Refuses, before any I/O, a connection that must be encrypted when this build has no
+/// TLS: the driver's own error would come later and name sqlx's features, not larder's.
+fn check_tls_available(mode: PgSslMode) -> Result<()> {
+    let needs_tls = matches!(
+        mode,
+        PgSslMode::Require | PgSslMode::VerifyCa | PgSslMode::VerifyFull
+    );
+    if needs_tls && !cfg!(feature = "tls-rustls") {
+        let mode = match mode {
+            PgSslMode::Require => "require",
+            PgSslMode::VerifyCa => "verify-ca",
+            _ => "verify-full",
+        };
+        return Err(Error::Configuration(format!(
+            "sslmode={mode} needs tls, but larder was built without tls: enable larder's \
+             `tls-rustls` feature (or use sslmode=prefer or disable)"
+        )));
+    }
+    Ok(())
+}
+
 /// Reads a table of the current schema from the catalog (the table name is a bound
 /// parameter). The primary key is read from `pg_catalog` (visible to every role;
 /// `information_schema`'s constraint views hide tables the role does not own or write).
@@ -471,4 +590,99 @@ async fn introspect(conn: &mut sqlx::PgConnection, table: &str) -> Result<ddl::F
     .await
     .map_err(err)?;
     Ok(ddl::FoundTable { columns, indexes })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(url: &str) -> Settings {
+        Settings::from_url(url)
+    }
+
+    #[test]
+    fn tls_modes_need_the_tls_feature() {
+        for mode in [PgSslMode::Disable, PgSslMode::Allow, PgSslMode::Prefer] {
+            assert!(check_tls_available(mode).is_ok(), "{mode:?}");
+        }
+        for mode in [
+            PgSslMode::Require,
+            PgSslMode::VerifyCa,
+            PgSslMode::VerifyFull,
+        ] {
+            let r = check_tls_available(mode);
+            if cfg!(feature = "tls-rustls") {
+                assert!(r.is_ok(), "{mode:?}");
+            } else {
+                let e = r.unwrap_err();
+                assert!(matches!(e, Error::Configuration(_)), "{e:?}");
+                assert!(e.to_string().contains("`tls-rustls`"), "{e}");
+            }
+        }
+    }
+
+    /// Without the feature, a URL asking for TLS fails before any I/O with the typed
+    /// error (port 1: nothing listens, so a driver error would be a connection error).
+    #[tokio::test]
+    async fn connect_without_tls_refuses_tls_modes_up_front() {
+        if cfg!(feature = "tls-rustls") {
+            return;
+        }
+        for mode in ["require", "verify-ca", "verify-full"] {
+            let url = format!("postgres://u:pw@127.0.0.1:1/db?sslmode={mode}");
+            let e = PgBackend::connect(&settings(&url)).await.unwrap_err();
+            assert!(matches!(e, Error::Configuration(_)), "{e:?}");
+            let text = e.to_string();
+            assert!(
+                text.contains("built without tls") && text.contains("`tls-rustls`"),
+                "{text}"
+            );
+            assert!(text.contains(mode), "{text}");
+        }
+        let mut s = settings("postgres://127.0.0.1:1/db");
+        s.postgres.ssl_mode = Some(SslMode::Require);
+        let e = PgBackend::connect(&s).await.unwrap_err();
+        assert!(e.to_string().contains("`tls-rustls`"), "{e}");
+    }
+
+    #[test]
+    fn tls_settings_apply_and_must_agree_with_the_url() {
+        let opts = |s: &Settings| {
+            apply_tls_settings(
+                PgConnectOptions::from_str(s.database_url.expose()).unwrap(),
+                s,
+            )
+        };
+        let mut s = settings("postgres://h/db");
+        s.postgres.ssl_mode = Some(SslMode::VerifyCa);
+        assert!(matches!(
+            opts(&s).unwrap().get_ssl_mode(),
+            PgSslMode::VerifyCa
+        ));
+        for url in [
+            "postgres://h/db?sslmode=verify-ca",
+            "postgres://h/db?ssl-mode=verify-ca",
+        ] {
+            let mut s = settings(url);
+            s.postgres.ssl_mode = Some(SslMode::VerifyCa);
+            assert!(opts(&s).is_ok(), "{url}");
+            s.postgres.ssl_mode = Some(SslMode::Disable);
+            let e = opts(&s).unwrap_err();
+            assert!(matches!(e, Error::Configuration(_)), "{e:?}");
+            assert!(e.to_string().contains("postgres.ssl_mode"), "{e}");
+        }
+        let mut s = settings("postgres://h/db?sslrootcert=/a.pem");
+        s.postgres.ssl_root_cert = Some("/b.pem".into());
+        let e = opts(&s).unwrap_err();
+        assert!(e.to_string().contains("postgres.ssl_root_cert"), "{e}");
+        // A root certificate file that does not exist is named, from either place.
+        let missing = "/nonexistent/larder-ca.pem";
+        let mut s = settings("postgres://h/db");
+        s.postgres.ssl_root_cert = Some(missing.into());
+        let e = opts(&s).unwrap_err();
+        assert!(matches!(e, Error::Configuration(_)), "{e:?}");
+        assert!(e.to_string().contains(missing), "{e}");
+        let e = opts(&settings(&format!("postgres://h/db?sslrootcert={missing}"))).unwrap_err();
+        assert!(e.to_string().contains(missing), "{e}");
+    }
 }

@@ -12,6 +12,10 @@
 //!
 //! PostgreSQL tests read `LARDER_TEST_POSTGRES_URL` and skip with a printed reason when it
 //! is not set, unless `LARDER_REQUIRE_BACKENDS=1`, which turns the skip into a failure (CI).
+//!
+//! The TLS tests (`tests/tls.rs`) configure that server for TLS themselves, with a test CA
+//! they make: see [`tls`] for what this changes on the server (idempotent, harmless to
+//! other clients) and how to undo it.
 #![deny(rustdoc::broken_intra_doc_links)]
 
 pub mod backends;
@@ -19,6 +23,7 @@ pub mod entities;
 pub mod events;
 pub mod rng;
 pub mod suite;
+pub mod tls;
 
 pub use backends::TestDb;
 

@@ -51,6 +51,9 @@
 //!
 //! - `sqlite` (default): the embedded SQLite backend.
 //! - `postgres`: the PostgreSQL backend.
+//! - `tls-rustls`: TLS for PostgreSQL (`sslmode=require`, `verify-ca`, `verify-full`;
+//!   rustls with ring and the webpki roots). Without it, those modes fail to connect with
+//!   [`Error::Configuration`].
 //! - `derive` (default): `#[derive(Entity)]`.
 //!
 //! The memory backend is always available (`memory://`).
@@ -127,7 +130,7 @@ pub mod query {
 /// Settings and secret-safe URLs.
 pub mod settings {
     pub use larder_core::settings::{
-        DatabaseUrl, Settings, SqliteSettings, Synchronous, redact_url,
+        DatabaseUrl, PostgresSettings, Settings, SqliteSettings, SslMode, Synchronous, redact_url,
     };
 }
 
