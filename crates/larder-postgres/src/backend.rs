@@ -315,9 +315,16 @@ impl Backend for PgBackend {
                     sqlx::AssertSqlSafe(format!("{begin}; SET LOCAL statement_timeout = {ms}"))
                 }
             };
-            let tx = unless_unavailable(&self.pool, &self.probe, self.pool.begin_with(statement))
+            let mut conn = unless_unavailable(&self.pool, &self.probe, self.pool.acquire())
                 .await
                 .map_err(|e| map(e, "uow.begin"))?;
+            // larder runs the transaction control itself (see `PgTransaction`).
+            if let Err(e) = sqlx::raw_sql(statement).execute(&mut *conn).await {
+                // A failed BEGIN leaves no transaction; a broken connection is not reused.
+                conn.close_on_drop();
+                return Err(map(e, "uow.begin"));
+            }
+            let tx = conn;
             let mut tx = PgTransaction::new(tx, self.record_query_text).armed_at_begin(armed);
             tx.set_deadline(opts.deadline);
             Ok(Box::new(SqlTransaction(tx)) as Box<dyn Transaction>)

@@ -5,6 +5,7 @@ use larder_core::backend::{BoxFuture, BoxStream};
 use larder_core::deadline::CLIENT_GRACE;
 use larder_core::{Deadline, EntityDef, Error, Record, Result, Uow};
 use larder_sql::{Built, Dialect, Shape, SqlDriver};
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgArguments, PgConnection, Postgres};
 use sqlx::{AssertSqlSafe, Row};
 
@@ -14,7 +15,12 @@ use crate::row::{bind, record};
 /// A larder transaction on PostgreSQL (the [`SqlDriver`] of the PostgreSQL backend).
 /// Obtain the underlying connection from a unit of work with [`PgUowExt::postgres`].
 pub struct PgTransaction {
-    tx: Option<sqlx::Transaction<'static, Postgres>>,
+    /// The pooled connection, inside the transaction larder opened on it with `BEGIN`.
+    /// larder runs `BEGIN`/`COMMIT`/`ROLLBACK` itself (not through `sqlx::Transaction`):
+    /// sqlx decides a commit's success without looking at the server's answer, and its
+    /// bookkeeping would need an extra empty transaction per commit (see `commit`). `None`
+    /// once the transaction ended; `Drop` rolls back a transaction that did not.
+    tx: Option<PoolConnection<Postgres>>,
     deadline: Option<Deadline>,
     /// The `statement_timeout` (ms) currently set for this transaction, if any.
     armed_ms: Option<u64>,
@@ -38,7 +44,7 @@ impl std::fmt::Debug for PgTransaction {
 }
 
 impl PgTransaction {
-    pub(crate) fn new(tx: sqlx::Transaction<'static, Postgres>, record_sql: bool) -> Self {
+    pub(crate) fn new(tx: PoolConnection<Postgres>, record_sql: bool) -> Self {
         PgTransaction {
             tx: Some(tx),
             deadline: None,
@@ -308,13 +314,13 @@ impl SqlDriver for PgTransaction {
         Box::pin(async move {
             if let Some(e) = self.aborted.take() {
                 // A statement of ours failed: the server has aborted the transaction.
-                if let Some(tx) = self.tx.take() {
-                    let _ = tx.rollback().await;
+                if let Some(conn) = self.tx.take() {
+                    end(conn, "ROLLBACK").await;
                 }
                 return Err(e);
             }
             self.arm().await.map_err(|e| aborted_at_commit(e, None))?;
-            let mut tx = self
+            let mut conn = self
                 .tx
                 .take()
                 .ok_or(Error::Closed("postgresql transaction"))?;
@@ -326,43 +332,30 @@ impl SqlDriver for PgTransaction {
             // fails with 25P02 in an aborted transaction and with 25P01 when there is no
             // transaction any more (raw `COMMIT`/`ROLLBACK` through the extension), and the
             // rest of the string is then skipped; otherwise `COMMIT` runs (the probe
-            // subtransaction wrote nothing, so it costs no xid). The trailing `BEGIN` opens an
-            // empty transaction that keeps sqlx's own transaction depth true; the rollback
-            // sqlx queues when `tx` drops ends it (no xid, no snapshot: nothing to undo),
-            // flushed by the pool's release ping, off the caller's path.
-            match sqlx::raw_sql(AssertSqlSafe(
-                "SAVEPOINT larder_commit_probe; COMMIT; BEGIN",
-            ))
-            .execute(&mut *tx)
-            .await
+            // subtransaction wrote nothing, so it costs no xid).
+            match sqlx::raw_sql(AssertSqlSafe("SAVEPOINT larder_commit_probe; COMMIT"))
+                .execute(&mut *conn)
+                .await
             {
                 Ok(_) => Ok(()),
                 Err(e) if has_sqlstate(&e, "25P02") => {
-                    let _ = tx.rollback().await;
+                    end(conn, "ROLLBACK").await;
                     Err(Error::TransactionAborted {
                         operation: "uow.commit",
                         cause: None,
                     })
                 }
-                Err(e) if has_sqlstate(&e, "25P01") => {
-                    let _ = sqlx::raw_sql(AssertSqlSafe("BEGIN"))
-                        .execute(&mut *tx)
-                        .await;
-                    Err(Error::TransactionAborted {
-                        operation: "uow.commit",
-                        cause: Some(
-                            "the transaction was ended by a statement run on the raw connection"
-                                .into(),
-                        ),
-                    })
-                }
+                Err(e) if has_sqlstate(&e, "25P01") => Err(Error::TransactionAborted {
+                    operation: "uow.commit",
+                    cause: Some(
+                        "the transaction was ended by a statement run on the raw connection".into(),
+                    ),
+                }),
                 Err(e) => {
-                    // COMMIT itself failed (deferred constraint, serialization failure,
-                    // lost connection): the server ended the transaction. Re-open an empty
-                    // one so the rollback sqlx queues on drop has a transaction to end.
-                    let _ = sqlx::raw_sql(AssertSqlSafe("BEGIN"))
-                        .execute(&mut *tx)
-                        .await;
+                    // COMMIT itself failed (deferred constraint, serialization failure) and
+                    // the server ended the transaction — or the connection broke. Do not
+                    // guess: the connection is closed instead of going back to the pool.
+                    conn.close_on_drop();
                     Err(map(e, "uow.commit"))
                 }
             }
@@ -373,12 +366,51 @@ impl SqlDriver for PgTransaction {
         Box::pin(async move {
             // Rollback is not bounded by the deadline: it must always get through (and
             // ROLLBACK ends the transaction-local statement_timeout with it).
-            let tx = self
+            let mut conn = self
                 .tx
                 .take()
                 .ok_or(Error::Closed("postgresql transaction"))?;
-            tx.rollback().await.map_err(|e| map(e, "uow.rollback"))
+            match sqlx::raw_sql(AssertSqlSafe("ROLLBACK"))
+                .execute(&mut *conn)
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(e) => {
+                    conn.close_on_drop();
+                    Err(map(e, "uow.rollback"))
+                }
+            }
         })
+    }
+}
+
+/// Ends the transaction on `conn` with `sql` (`ROLLBACK`); a connection that cannot is
+/// closed rather than returned to the pool inside a transaction.
+async fn end(mut conn: PoolConnection<Postgres>, sql: &'static str) {
+    if sqlx::raw_sql(AssertSqlSafe(sql))
+        .execute(&mut *conn)
+        .await
+        .is_err()
+    {
+        conn.close_on_drop();
+    }
+}
+
+impl Drop for PgTransaction {
+    fn drop(&mut self) {
+        // Dropped without commit or rollback (an early return, a panic, a future cancelled
+        // mid-statement): roll back before the connection can serve anyone else. The
+        // connection is held by the rollback task until the server answered, so it never
+        // goes back to the pool inside the transaction; without a runtime to run the task,
+        // the connection is closed (the server then rolls back).
+        if let Some(mut conn) = self.tx.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    rt.spawn(end(conn, "ROLLBACK"));
+                }
+                Err(_) => conn.close_on_drop(),
+            }
+        }
     }
 }
 
