@@ -196,12 +196,17 @@ impl Backend for SqliteBackend {
             } else {
                 Some(self.write_permit().await?)
             };
-            let tx = if opts.read_only {
-                self.pool.begin().await
+            // larder runs the transaction control itself (see `SqliteTransaction`).
+            let mut tx = self.pool.acquire().await.map_err(|e| map(e, "uow.begin"))?;
+            let begin = if opts.read_only {
+                "BEGIN"
             } else {
-                self.pool.begin_with("BEGIN IMMEDIATE").await
+                "BEGIN IMMEDIATE"
+            };
+            if let Err(e) = sqlx::raw_sql(begin).execute(&mut *tx).await {
+                // A failed BEGIN leaves no transaction on the connection.
+                return Err(map(e, "uow.begin"));
             }
-            .map_err(|e| map(e, "uow.begin"))?;
             let mut tx = SqliteTransaction::new(tx, self.record_query_text, permit);
             tx.set_deadline(opts.deadline);
             Ok(Box::new(SqlTransaction(tx)) as Box<dyn Transaction>)

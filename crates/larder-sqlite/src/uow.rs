@@ -7,6 +7,7 @@ use futures_util::StreamExt;
 use larder_core::backend::{BoxFuture, BoxStream};
 use larder_core::{Deadline, EntityDef, Error, Record, Result, Uow};
 use larder_sql::{Built, Dialect, Shape, SqlDriver};
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{Sqlite, SqliteConnection};
 use sqlx::{AssertSqlSafe, Row};
 
@@ -16,7 +17,10 @@ use crate::row::{bind, record};
 /// A larder transaction on SQLite (the [`SqlDriver`] of the SQLite backend). Obtain the
 /// underlying connection from a unit of work with [`SqliteUowExt::sqlite`].
 pub struct SqliteTransaction {
-    tx: Option<sqlx::Transaction<'static, Sqlite>>,
+    /// The pooled connection, inside the transaction larder opened on it (`BEGIN
+    /// IMMEDIATE` for writers). larder runs the transaction control itself, not through
+    /// `sqlx::Transaction` (see `commit`); `Drop` rolls back a transaction that did not end.
+    tx: Option<PoolConnection<Sqlite>>,
     deadline: Option<Deadline>,
     /// The installed progress handler reads its deadline from here (nanoseconds after
     /// `base`, 0 = none), so the deadline can change per call without reinstalling it.
@@ -28,7 +32,7 @@ pub struct SqliteTransaction {
     /// one by one, so they are refused, and `commit` rolls back and fails.
     pub(crate) rolled_back: Option<Error>,
     /// The backend's write permit, held until the transaction ends (`None`: read-only).
-    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl std::fmt::Debug for SqliteTransaction {
@@ -42,7 +46,7 @@ impl std::fmt::Debug for SqliteTransaction {
 
 impl SqliteTransaction {
     pub(crate) fn new(
-        tx: sqlx::Transaction<'static, Sqlite>,
+        tx: PoolConnection<Sqlite>,
         record_sql: bool,
         permit: Option<tokio::sync::OwnedSemaphorePermit>,
     ) -> Self {
@@ -52,7 +56,7 @@ impl SqliteTransaction {
             cell: None,
             record_sql,
             rolled_back: None,
-            _permit: permit,
+            permit,
         }
     }
 
@@ -185,6 +189,33 @@ impl Drop for SqliteTransaction {
         if let Some((cell, _)) = &self.cell {
             cell.store(0, Ordering::Relaxed);
         }
+        // Dropped without commit or rollback: roll back before the connection (and the
+        // write permit) serve anyone else — a task holds both until SQLite answered; with
+        // no runtime to run it, the connection is closed (SQLite then rolls back).
+        if let Some(mut conn) = self.tx.take() {
+            let permit = self.permit.take();
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    rt.spawn(async move {
+                        end(conn).await;
+                        drop(permit);
+                    });
+                }
+                Err(_) => conn.close_on_drop(),
+            }
+        }
+    }
+}
+
+/// Rolls back the transaction on `conn`; a connection that cannot is closed rather than
+/// returned to the pool inside a transaction.
+async fn end(mut conn: PoolConnection<Sqlite>) {
+    if sqlx::raw_sql(AssertSqlSafe("ROLLBACK"))
+        .execute(&mut *conn)
+        .await
+        .is_err()
+    {
+        conn.close_on_drop();
     }
 }
 
@@ -295,42 +326,37 @@ impl SqlDriver for SqliteTransaction {
     fn commit(mut self) -> BoxFuture<'static, Result<()>> {
         Box::pin(async move {
             if let Some(e) = self.rolled_back.take() {
-                if let Some(tx) = self.tx.take() {
-                    let _ = tx.rollback().await;
+                if let Some(conn) = self.tx.take() {
+                    end(conn).await;
                 }
                 return Err(e);
             }
             self.arm().await?;
-            let mut tx = self.tx.take().ok_or(Error::Closed("sqlite transaction"))?;
+            let mut conn = self.tx.take().ok_or(Error::Closed("sqlite transaction"))?;
             // SQLite decides: when it rolled the whole transaction back itself (an
             // interrupted write, a full disk, an I/O error, or a raw `ROLLBACK`/`COMMIT`
-            // through the extension), `COMMIT` fails with "no transaction is active". The
-            // COMMIT is ours (not sqlx's), followed by an empty deferred `BEGIN` (no lock)
-            // that the rollback sqlx queues on drop ends: sqlx's transaction depth stays
-            // true whatever happened, so the pooled connection can begin again (a failed
-            // sqlx commit would leave it unable to).
-            match sqlx::raw_sql(AssertSqlSafe("COMMIT; BEGIN"))
-                .execute(&mut *tx)
+            // through the extension), `COMMIT` fails with "no transaction is active" — a
+            // plain SQLITE_ERROR, told apart only by its text. The COMMIT is larder's own
+            // (not sqlx's, whose failed commit would leave the pooled connection unable to
+            // begin again).
+            match sqlx::raw_sql(AssertSqlSafe("COMMIT"))
+                .execute(&mut *conn)
                 .await
             {
                 Ok(_) => Ok(()),
-                Err(e) => {
-                    let _ = sqlx::raw_sql(AssertSqlSafe("BEGIN"))
-                        .execute(&mut *tx)
-                        .await;
-                    Err(match &e {
-                        sqlx::Error::Database(db)
-                            if db.message().contains("no transaction is active") =>
-                        {
-                            Error::TransactionAborted {
-                                operation: "uow.commit",
-                                cause: Some(
-                                    "sqlite had rolled the transaction back (a failed statement, or one run on the raw connection)".into(),
-                                ),
-                            }
-                        }
-                        _ => map(e, "uow.commit"),
+                Err(sqlx::Error::Database(db)) if db.message().contains("no transaction is active") => {
+                    Err(Error::TransactionAborted {
+                        operation: "uow.commit",
+                        cause: Some(
+                            "sqlite had rolled the transaction back (a failed statement, or one run on the raw connection)".into(),
+                        ),
                     })
+                }
+                Err(e) => {
+                    // A COMMIT that failed (busy, a deferred constraint) leaves the
+                    // transaction open: end it before the connection goes back.
+                    end(conn).await;
+                    Err(map(e, "uow.commit"))
                 }
             }
         })
@@ -342,8 +368,23 @@ impl SqlDriver for SqliteTransaction {
             self.deadline = None;
             self.rolled_back = None;
             self.arm().await?;
-            let tx = self.tx.take().ok_or(Error::Closed("sqlite transaction"))?;
-            tx.rollback().await.map_err(|e| map(e, "uow.rollback"))
+            let mut conn = self.tx.take().ok_or(Error::Closed("sqlite transaction"))?;
+            match sqlx::raw_sql(AssertSqlSafe("ROLLBACK"))
+                .execute(&mut *conn)
+                .await
+            {
+                Ok(_) => Ok(()),
+                // SQLite had already rolled back by itself: nothing is left to undo.
+                Err(sqlx::Error::Database(db))
+                    if db.message().contains("no transaction is active") =>
+                {
+                    Ok(())
+                }
+                Err(e) => {
+                    conn.close_on_drop();
+                    Err(map(e, "uow.rollback"))
+                }
+            }
         })
     }
 }
