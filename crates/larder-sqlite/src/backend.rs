@@ -160,6 +160,10 @@ impl SqliteBackend {
 impl SqliteBackend {
     /// Waits (FIFO) for this backend's write permit.
     async fn write_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit> {
+        // Uncontended: no timer.
+        if let Ok(p) = self.writer.clone().try_acquire_owned() {
+            return Ok(p);
+        }
         match tokio::time::timeout(self.busy_timeout, self.writer.clone().acquire_owned()).await {
             Ok(Ok(p)) => Ok(p),
             Ok(Err(_)) => Err(Error::Closed("sqlite backend")),
