@@ -451,9 +451,10 @@ impl Hooks {
 /// A unit of work: one database transaction and everything done in it.
 ///
 /// It commits only through [`Uow::commit`]. [`Uow::rollback`], an error in a pre-commit
-/// hook, a panic, or simply dropping it rolls the transaction back (on drop the rollback is
-/// queued on the connection, because `Drop` cannot await; no other transaction ever sees
-/// its writes). Repositories are borrowed from it with [`Uow::repo`].
+/// hook, a panic, or simply dropping it rolls the transaction back (on drop the backend
+/// finishes the rollback in the background, because `Drop` cannot await, and the
+/// connection serves nobody else before it is done; no other transaction ever sees its
+/// writes). Repositories are borrowed from it with [`Uow::repo`].
 ///
 /// # What happens on commit
 ///
@@ -836,9 +837,9 @@ impl Drop for Uow {
             for hook in std::mem::take(&mut self.hooks.pre_rollback) {
                 hook();
             }
-            // Dropping the backend transaction queues its rollback on the connection
-            // (sqlx's `Transaction` does the same): the next user of the connection, or the
-            // pool, completes it before anything else runs. Nothing was committed.
+            // Dropping the backend transaction rolls it back (the SQL backends run the
+            // ROLLBACK in a task that holds the connection until it is answered). Nothing
+            // was committed.
             self.tx = None;
             tracing::debug!(
                 target: "larder::uow",
