@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use larder::settings::{DatabaseUrl, Settings, Synchronous};
+use larder::settings::{DatabaseUrl, Settings, SslMode, Synchronous};
 
 /// Where a value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +91,18 @@ const KEYS: &[Key] = &[
         differs: |a, b| a.sqlite.busy_timeout != b.sqlite.busy_timeout,
     },
     Key {
+        toml: "postgres.ssl_mode",
+        json: "postgres_ssl_mode",
+        env: "LARDER_POSTGRES_SSL_MODE",
+        differs: |a, b| a.postgres.ssl_mode != b.postgres.ssl_mode,
+    },
+    Key {
+        toml: "postgres.ssl_root_cert",
+        json: "postgres_ssl_root_cert",
+        env: "LARDER_POSTGRES_SSL_ROOT_CERT",
+        differs: |a, b| a.postgres.ssl_root_cert != b.postgres.ssl_root_cert,
+    },
+    Key {
         toml: "observability.record_query_text",
         json: "record_query_text",
         env: "LARDER_RECORD_QUERY_TEXT",
@@ -116,6 +128,11 @@ fn unlike_defaults() -> Settings {
         _ => Synchronous::Full,
     };
     s.sqlite.busy_timeout = Duration::MAX;
+    s.postgres.ssl_mode = Some(match Settings::default().postgres.ssl_mode {
+        Some(SslMode::Disable) => SslMode::VerifyFull,
+        _ => SslMode::Disable,
+    });
+    s.postgres.ssl_root_cert = Some("\u{0}".into());
     s
 }
 
@@ -156,6 +173,15 @@ fn text(s: &Settings, key: &str) -> String {
         "database.max_page_size" => s.max_page_size.to_string(),
         "sqlite.synchronous" => synchronous(s.sqlite.synchronous).to_owned(),
         "sqlite.busy_timeout_ms" => ms(s.sqlite.busy_timeout).to_string(),
+        "postgres.ssl_mode" => s.postgres.ssl_mode.map_or_else(
+            || "the URL's, else prefer".to_owned(),
+            |m| m.as_str().to_owned(),
+        ),
+        "postgres.ssl_root_cert" => s
+            .postgres
+            .ssl_root_cert
+            .as_ref()
+            .map_or_else(|| "none".to_owned(), |p| p.display().to_string()),
         "observability.record_query_text" => s.record_query_text.to_string(),
         _ => String::new(),
     }
@@ -208,6 +234,8 @@ pub(crate) fn print(s: &Settings, url_flag: bool, config: Option<&Path>, json: b
                 "sqlite_synchronous": synchronous(s.sqlite.synchronous),
                 "sqlite_busy_timeout_ms": ms(s.sqlite.busy_timeout),
                 "record_query_text": s.record_query_text,
+                "postgres_ssl_mode": s.postgres.ssl_mode.map(SslMode::as_str),
+                "postgres_ssl_root_cert": s.postgres.ssl_root_cert.as_ref().map(|p| p.display().to_string()),
                 "sources": sources,
             })
         );
