@@ -152,7 +152,11 @@ fn settings_print_a_table_of_key_value_and_source_with_the_password_redacted() {
     assert_eq!(row("sqlite.synchronous"), "full default");
     assert_eq!(row("database.default_deadline_ms"), "none default");
     assert_eq!(row("postgres.ssl_mode"), "the URL's, else prefer default");
-    assert_eq!(out.lines().count(), 12, "a header and eleven settings: {out}");
+    assert_eq!(
+        out.lines().count(),
+        12,
+        "a header and eleven settings: {out}"
+    );
 
     // The flag beats the environment, and says so.
     let out = stdout_ok(
