@@ -270,9 +270,9 @@ async fn unless_unavailable<T>(
 fn is_unreachable(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Io(_) => true,
-        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
-            matches!(c.as_ref(), "57P01" | "57P02" | "57P03" | "53300") || c.starts_with("08")
-        }),
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| crate::error::is_unavailable_code(&c)),
         _ => false,
     }
 }

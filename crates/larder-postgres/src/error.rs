@@ -38,7 +38,7 @@ pub(crate) fn map(e: sqlx::Error, operation: &'static str) -> Error {
             // The server is going away or refuses connections: admin_shutdown,
             // crash_shutdown, cannot_connect_now, too_many_connections, and the
             // connection_exception class (08…).
-            c if matches!(c, "57P01" | "57P02" | "57P03" | "53300") || c.starts_with("08") => {
+            c if is_unavailable_code(c) => {
                 return Error::Unavailable {
                     backend: BACKEND,
                     cause: format!("{} (SQLSTATE {c})", db.message()),
@@ -62,6 +62,13 @@ pub(crate) fn map(e: sqlx::Error, operation: &'static str) -> Error {
         other @ sqlx::Error::Database(_) => Error::backend(BACKEND, ServerError(other)),
         other => Error::backend(BACKEND, other),
     }
+}
+
+/// Whether a SQLSTATE says the server is going away or refuses connections:
+/// admin_shutdown, crash_shutdown, cannot_connect_now, too_many_connections, and the
+/// connection_exception class (08…).
+pub(crate) fn is_unavailable_code(code: &str) -> bool {
+    matches!(code, "57P01" | "57P02" | "57P03" | "53300") || code.starts_with("08")
 }
 
 /// `PoolTimedOut`: no connection could be had within the pool's acquire timeout.

@@ -315,7 +315,7 @@ impl SqlDriver for PgTransaction {
             if let Some(e) = self.aborted.take() {
                 // A statement of ours failed: the server has aborted the transaction.
                 if let Some(conn) = self.tx.take() {
-                    end(conn, "ROLLBACK").await;
+                    let _ = roll_back(conn).await;
                 }
                 return Err(e);
             }
@@ -339,7 +339,7 @@ impl SqlDriver for PgTransaction {
             {
                 Ok(_) => Ok(()),
                 Err(e) if has_sqlstate(&e, "25P02") => {
-                    end(conn, "ROLLBACK").await;
+                    let _ = roll_back(conn).await;
                     Err(Error::TransactionAborted {
                         operation: "uow.commit",
                         cause: None,
@@ -366,34 +366,25 @@ impl SqlDriver for PgTransaction {
         Box::pin(async move {
             // Rollback is not bounded by the deadline: it must always get through (and
             // ROLLBACK ends the transaction-local statement_timeout with it).
-            let mut conn = self
+            let conn = self
                 .tx
                 .take()
                 .ok_or(Error::Closed("postgresql transaction"))?;
-            match sqlx::raw_sql(AssertSqlSafe("ROLLBACK"))
-                .execute(&mut *conn)
-                .await
-            {
-                Ok(_) => Ok(()),
-                Err(e) => {
-                    conn.close_on_drop();
-                    Err(map(e, "uow.rollback"))
-                }
-            }
+            roll_back(conn).await.map_err(|e| map(e, "uow.rollback"))
         })
     }
 }
 
-/// Ends the transaction on `conn` with `sql` (`ROLLBACK`); a connection that cannot is
-/// closed rather than returned to the pool inside a transaction.
-async fn end(mut conn: PoolConnection<Postgres>, sql: &'static str) {
-    if sqlx::raw_sql(AssertSqlSafe(sql))
+/// Rolls back the transaction on `conn`; a connection that cannot is closed rather than
+/// returned to the pool inside a transaction.
+async fn roll_back(mut conn: PoolConnection<Postgres>) -> Result<(), sqlx::Error> {
+    let r = sqlx::raw_sql(AssertSqlSafe("ROLLBACK"))
         .execute(&mut *conn)
-        .await
-        .is_err()
-    {
+        .await;
+    if r.is_err() {
         conn.close_on_drop();
     }
+    r.map(drop)
 }
 
 impl Drop for PgTransaction {
@@ -406,7 +397,9 @@ impl Drop for PgTransaction {
         if let Some(mut conn) = self.tx.take() {
             match tokio::runtime::Handle::try_current() {
                 Ok(rt) => {
-                    rt.spawn(end(conn, "ROLLBACK"));
+                    rt.spawn(async move {
+                        let _ = roll_back(conn).await;
+                    });
                 }
                 Err(_) => conn.close_on_drop(),
             }

@@ -113,7 +113,7 @@ impl SqliteTransaction {
     async fn ev_fetch_all(&mut self, q: Query<'_>, op: &'static str) -> Result<Vec<SqliteRow>> {
         self.arm().await?;
         let r = q.fetch_all(self.conn()?).await;
-        r.map_err(|e| self.event_write_failed(e, op))
+        r.map_err(|e| self.write_failed(e, op, map_event_error))
     }
 
     async fn ev_execute(
@@ -123,19 +123,7 @@ impl SqliteTransaction {
     ) -> Result<sqlx::sqlite::SqliteQueryResult> {
         self.arm().await?;
         let r = q.execute(self.conn()?).await;
-        r.map_err(|e| self.event_write_failed(e, op))
-    }
-
-    /// Like `write_failed`, with the event store's error mapping.
-    fn event_write_failed(&mut self, e: sqlx::Error, op: &'static str) -> Error {
-        let code = match &e {
-            sqlx::Error::Database(db) => db.code().and_then(|c| c.parse::<u32>().ok()),
-            _ => None,
-        };
-        if code.is_some_and(|c| matches!(c & 0xff, 7 | 9 | 10 | 11 | 13)) {
-            return self.write_failed(e, op);
-        }
-        map_event_error(e, op)
+        r.map_err(|e| self.write_failed(e, op, map_event_error))
     }
 
     async fn ev_i64(&mut self, q: Query<'_>, op: &'static str) -> Result<Option<i64>> {

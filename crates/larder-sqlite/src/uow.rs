@@ -118,9 +118,14 @@ impl SqliteTransaction {
         }
     }
 
-    /// Maps the error of a write statement, remembering when SQLite may have rolled the
-    /// transaction back with it (see `rolled_back`).
-    pub(crate) fn write_failed(&mut self, e: sqlx::Error, op: &'static str) -> Error {
+    /// Maps the error of a write statement with `map`, remembering when SQLite may have
+    /// rolled the transaction back with it (see `rolled_back`).
+    pub(crate) fn write_failed(
+        &mut self,
+        e: sqlx::Error,
+        op: &'static str,
+        map: fn(sqlx::Error, &'static str) -> Error,
+    ) -> Error {
         let code = match &e {
             sqlx::Error::Database(db) => db.code().and_then(|c| c.parse::<u32>().ok()),
             _ => None,
@@ -168,7 +173,7 @@ impl SqliteTransaction {
         self.arm().await?;
         let conn = self.conn()?;
         let r = sqlx::query(AssertSqlSafe(sql)).execute(conn).await;
-        r.map_err(|e| self.write_failed(e, op))?;
+        r.map_err(|e| self.write_failed(e, op, map))?;
         Ok(())
     }
 }
@@ -197,7 +202,7 @@ impl Drop for SqliteTransaction {
             match tokio::runtime::Handle::try_current() {
                 Ok(rt) => {
                     rt.spawn(async move {
-                        end(conn).await;
+                        let _ = roll_back(conn).await;
                         drop(permit);
                     });
                 }
@@ -207,15 +212,22 @@ impl Drop for SqliteTransaction {
     }
 }
 
-/// Rolls back the transaction on `conn`; a connection that cannot is closed rather than
-/// returned to the pool inside a transaction.
-async fn end(mut conn: PoolConnection<Sqlite>) {
-    if sqlx::raw_sql(AssertSqlSafe("ROLLBACK"))
+/// Rolls back the transaction on `conn` (a transaction SQLite already rolled back by itself
+/// counts as rolled back); a connection that cannot is closed rather than returned to the
+/// pool inside a transaction.
+async fn roll_back(mut conn: PoolConnection<Sqlite>) -> Result<(), sqlx::Error> {
+    match sqlx::raw_sql(AssertSqlSafe("ROLLBACK"))
         .execute(&mut *conn)
         .await
-        .is_err()
     {
-        conn.close_on_drop();
+        Ok(_) => Ok(()),
+        Err(sqlx::Error::Database(db)) if db.message().contains("no transaction is active") => {
+            Ok(())
+        }
+        Err(e) => {
+            conn.close_on_drop();
+            Err(e)
+        }
     }
 }
 
@@ -240,7 +252,8 @@ impl SqlDriver for SqliteTransaction {
             let r = sqlx::query_with(AssertSqlSafe(sql), args)
                 .execute(self.conn()?)
                 .await;
-            Ok(r.map_err(|e| self.write_failed(e, op))?.rows_affected())
+            Ok(r.map_err(|e| self.write_failed(e, op, map))?
+                .rows_affected())
         })
     }
 
@@ -327,7 +340,7 @@ impl SqlDriver for SqliteTransaction {
         Box::pin(async move {
             if let Some(e) = self.rolled_back.take() {
                 if let Some(conn) = self.tx.take() {
-                    end(conn).await;
+                    let _ = roll_back(conn).await;
                 }
                 return Err(e);
             }
@@ -355,7 +368,7 @@ impl SqlDriver for SqliteTransaction {
                 Err(e) => {
                     // A COMMIT that failed (busy, a deferred constraint) leaves the
                     // transaction open: end it before the connection goes back.
-                    end(conn).await;
+                    let _ = roll_back(conn).await;
                     Err(map(e, "uow.commit"))
                 }
             }
@@ -368,23 +381,8 @@ impl SqlDriver for SqliteTransaction {
             self.deadline = None;
             self.rolled_back = None;
             self.arm().await?;
-            let mut conn = self.tx.take().ok_or(Error::Closed("sqlite transaction"))?;
-            match sqlx::raw_sql(AssertSqlSafe("ROLLBACK"))
-                .execute(&mut *conn)
-                .await
-            {
-                Ok(_) => Ok(()),
-                // SQLite had already rolled back by itself: nothing is left to undo.
-                Err(sqlx::Error::Database(db))
-                    if db.message().contains("no transaction is active") =>
-                {
-                    Ok(())
-                }
-                Err(e) => {
-                    conn.close_on_drop();
-                    Err(map(e, "uow.rollback"))
-                }
-            }
+            let conn = self.tx.take().ok_or(Error::Closed("sqlite transaction"))?;
+            roll_back(conn).await.map_err(|e| map(e, "uow.rollback"))
         })
     }
 }

@@ -27,6 +27,16 @@ async fn seeded(db: &TestDb) -> &Store {
     &db.store
 }
 
+/// A unit of work that has inserted the row `x` (and not committed).
+async fn writing_x(store: &Store) -> larder::Uow {
+    let mut uow = store.begin().await.unwrap();
+    uow.repo::<Item>()
+        .insert(&Item::new("x", "n", 1))
+        .await
+        .unwrap();
+    uow
+}
+
 async fn visible(store: &Store, id: &str) -> bool {
     let mut uow = store.read().await.unwrap();
     let r = uow.repo::<Item>().exists(&id.to_owned()).await.unwrap();
@@ -51,11 +61,7 @@ async fn pg_commit_after_failed_raw_sql_is_an_error() {
         return;
     };
     let store = seeded(&db).await;
-    let mut uow = store.begin().await.unwrap();
-    uow.repo::<Item>()
-        .insert(&Item::new("x", "n", 1))
-        .await
-        .unwrap();
+    let mut uow = writing_x(store).await;
     let r = sqlx::query("SELECT 1/0")
         .execute(uow.postgres().unwrap())
         .await;
@@ -85,11 +91,7 @@ async fn pg_commit_after_a_failed_stream_is_an_error() {
     let store = seeded(&db).await;
     store.register::<Counter>().await.unwrap();
     let schema = db.pg_schema.clone().unwrap();
-    let mut uow = store.begin().await.unwrap();
-    uow.repo::<Item>()
-        .insert(&Item::new("x", "n", 1))
-        .await
-        .unwrap();
+    let mut uow = writing_x(store).await;
     // Another session takes an exclusive lock: our stream's SELECT waits for it.
     let admin = sqlx::PgPool::connect(&backends::postgres_url().unwrap())
         .await
@@ -129,11 +131,7 @@ async fn pg_savepoint_release_after_a_swallowed_error_is_an_error() {
         return;
     };
     let store = seeded(&db).await;
-    let mut uow = store.begin().await.unwrap();
-    uow.repo::<Item>()
-        .insert(&Item::new("x", "n", 1))
-        .await
-        .unwrap();
+    let mut uow = writing_x(store).await;
     let r: Result<(), Error> = uow
         .savepoint(|u| {
             Box::pin(async move {
@@ -168,11 +166,7 @@ async fn pg_commit_after_raw_rollback_is_an_error() {
         return;
     };
     let store = seeded(&db).await;
-    let mut uow = store.begin().await.unwrap();
-    uow.repo::<Item>()
-        .insert(&Item::new("x", "n", 1))
-        .await
-        .unwrap();
+    let mut uow = writing_x(store).await;
     sqlx::query("ROLLBACK")
         .execute(uow.postgres().unwrap())
         .await
@@ -240,11 +234,7 @@ async fn sqlite_commit_after_raw_rollback_is_an_error() {
         return;
     };
     let store = seeded(&db).await;
-    let mut uow = store.begin().await.unwrap();
-    uow.repo::<Item>()
-        .insert(&Item::new("x", "n", 1))
-        .await
-        .unwrap();
+    let mut uow = writing_x(store).await;
     sqlx::query("ROLLBACK")
         .execute(uow.sqlite().unwrap())
         .await
