@@ -9,11 +9,11 @@ use larder_core::backend::{
 };
 use larder_core::settings::{Settings, SslMode, UrlRules};
 use larder_core::{EntityDef, Error, Result};
-use larder_sql::{Dialect, SqlDriver, SqlTransaction, ddl};
+use larder_sql::SqlMigrationDriver;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
 
 use crate::error::{BACKEND, map};
-use crate::uow::PgTransaction;
+use crate::uow::{Pg, PgState, PgTransaction};
 
 /// The PostgreSQL backend: a pool of connections to one database.
 #[derive(Clone)]
@@ -277,6 +277,18 @@ fn is_unreachable(e: &sqlx::Error) -> bool {
     }
 }
 
+/// Runs migrations on PostgreSQL (a session advisory lock held for the whole run). Create
+/// one with [`PgBackend::migration_driver`].
+pub type PgMigrationDriver = SqlMigrationDriver<Pg>;
+
+impl PgBackend {
+    /// A migration driver on a dedicated connection of this pool.
+    pub async fn migration_driver(&self) -> Result<PgMigrationDriver> {
+        let conn = self.pool().acquire().await.map_err(|e| map(e, "migrate"))?;
+        Ok(SqlMigrationDriver::new(conn))
+    }
+}
+
 impl Backend for PgBackend {
     fn name(&self) -> &'static str {
         BACKEND
@@ -318,68 +330,31 @@ impl Backend for PgBackend {
             let mut conn = unless_unavailable(&self.pool, &self.probe, self.pool.acquire())
                 .await
                 .map_err(|e| map(e, "uow.begin"))?;
-            // larder runs the transaction control itself (see `PgTransaction`).
+            // larder runs the transaction control itself (see `larder_sql::SqlTx`).
             if let Err(e) = sqlx::raw_sql(statement).execute(&mut *conn).await {
                 // A failed BEGIN leaves no transaction; a broken connection is not reused.
                 conn.close_on_drop();
                 return Err(map(e, "uow.begin"));
             }
-            let tx = conn;
-            let mut tx = PgTransaction::new(tx, self.record_query_text).armed_at_begin(armed);
+            let mut tx =
+                PgTransaction::new(conn, self.record_query_text, PgState::armed_at_begin(armed));
             tx.set_deadline(opts.deadline);
-            Ok(Box::new(SqlTransaction(tx)) as Box<dyn Transaction>)
+            Ok(Box::new(tx) as Box<dyn Transaction>)
         })
     }
 
     fn prepare<'a>(&'a self, def: &'a EntityDef) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            let stmts = ddl::create_table(def, Dialect::Postgres)?;
-            let mut tx = self
-                .pool
-                .begin()
-                .await
-                .map_err(|e| map(e, "store.register"))?;
-            // Concurrent `CREATE TABLE IF NOT EXISTS` can still collide in the catalog;
-            // serialize registrations of the same table.
-            sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
-                .bind(format!("larder.register.{}", def.table))
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| map(e, "store.register"))?;
-            let found = introspect(&mut tx, def.table).await?;
-            if !found.columns.is_empty() {
-                // An existing table is never altered: it matches, or it needs a migration.
-                let checked = ddl::compare(def, Dialect::Postgres, &found);
-                tx.rollback().await.map_err(|e| map(e, "store.register"))?;
-                return checked;
-            }
-            for s in stmts {
-                // DDL built from a validated registry (see larder_sql::ddl).
-                sqlx::query(sqlx::AssertSqlSafe(s))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| map(e, "store.register"))?;
-            }
-            tx.commit().await.map_err(|e| map(e, "store.register"))
+            let conn = self.pool.acquire().await;
+            let conn = conn.map_err(|e| map(e, "store.register"))?;
+            larder_sql::schema::register_table::<Pg>(conn, def).await
         })
     }
 
     fn prepare_events(&self) -> BoxFuture<'_, Result<()>> {
-        Box::pin(async move {
-            let mut d = self
-                .migration_driver()
-                .await
-                .map_err(|e| Error::backend(BACKEND, e.to_string()))?;
-            larder_sql::migrate::apply_builtin(&mut d, Dialect::Postgres)
-                .await
-                .map(|_| ())
-                .map_err(|e| {
-                    Error::backend(
-                        BACKEND,
-                        format!("applying larder's built-in migrations failed: {e}"),
-                    )
-                })
-        })
+        Box::pin(
+            async move { larder_sql::schema::prepare_events(self.migration_driver().await?).await },
+        )
     }
 
     fn events_committed(&self) {
@@ -552,51 +527,6 @@ fn check_tls_available(mode: PgSslMode) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-/// Reads a table of the current schema from the catalog (the table name is a bound
-/// parameter). The primary key is read from `pg_catalog` (visible to every role;
-/// `information_schema`'s constraint views hide tables the role does not own or write).
-/// No columns: no such table.
-async fn introspect(conn: &mut sqlx::PgConnection, table: &str) -> Result<ddl::FoundTable> {
-    let err = |e| map(e, "store.register");
-    let columns = sqlx::query_as::<_, (String, String, Option<String>, bool, bool, bool)>(
-        "SELECT c.column_name::text, c.data_type::text, c.collation_name::text, \
-                c.is_nullable = 'NO', \
-                EXISTS (SELECT 1 FROM pg_catalog.pg_index i \
-                        JOIN pg_catalog.pg_attribute a \
-                          ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
-                        WHERE i.indrelid = format('%I.%I', c.table_schema, c.table_name)::regclass \
-                          AND i.indisprimary AND a.attname = c.column_name), \
-                c.column_default IS NOT NULL OR c.is_identity = 'YES' OR c.is_generated = 'ALWAYS' \
-         FROM information_schema.columns c \
-         WHERE c.table_schema = current_schema() AND c.table_name = $1 \
-         ORDER BY c.ordinal_position",
-    )
-    .bind(table)
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(err)?
-    .into_iter()
-    .map(
-        |(name, sql_type, collation, not_null, primary_key, has_default)| ddl::FoundColumn {
-            name,
-            sql_type,
-            collation,
-            not_null,
-            primary_key,
-            has_default,
-        },
-    )
-    .collect();
-    let indexes = sqlx::query_scalar::<_, String>(
-        "SELECT indexname::text FROM pg_indexes WHERE schemaname = current_schema() AND tablename = $1",
-    )
-    .bind(table)
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(err)?;
-    Ok(ddl::FoundTable { columns, indexes })
 }
 
 #[cfg(test)]

@@ -35,24 +35,41 @@
 //! the notification is not part of the appending transaction, whose commit would otherwise
 //! take PostgreSQL's database-wide notification lock.
 
+use std::sync::Arc;
+
 use larder_core::backend::BoxFuture;
 use larder_core::events::{
-    Checkpoint, EventFilter, EventTransaction, ExpectedVersion, HorizonHolder, LogStats, NewEvent,
-    ReadAllBatch, ReadDirection, RecordedEvent, Snapshot, StoredCheckpoint,
+    Checkpoint, EventFilter, ExpectedVersion, HorizonHolder, LogStats, NewEvent, ReadAllBatch,
 };
 use larder_core::{Error, Result};
-use sqlx::Row;
-use sqlx::postgres::PgRow;
+use larder_sql::events::{checkpoint_at, decode_event, i64_of, req_int};
+use larder_sql::{Kind, LogDialect, SqlTx};
+use sqlx::postgres::{PgArguments, PgRow};
+use sqlx::{Arguments, Row};
 use uuid::Uuid;
 
-use crate::error::map;
-use crate::uow::PgTransaction;
+use crate::error::{BACKEND, map};
+use crate::uow::Pg;
+
+/// Bound values of one event-log statement.
+macro_rules! args {
+    ($($v:expr),* $(,)?) => {{
+        #[allow(unused_mut)]
+        let mut a = PgArguments::default();
+        $( a.add($v).map_err(|e| Error::backend(BACKEND, e))?; )*
+        a
+    }};
+}
 
 /// The notification channel of appends (payload: the appender's `current_schema()`).
 pub const NOTIFY_CHANNEL: &str = "larder_events";
 
-const COLS: &str = "position, tx, stream_id, stream_version, event_id, event_type, \
-                    schema_version, payload::text, metadata::text, recorded_at";
+macro_rules! event_columns {
+    () => {
+        "position, tx, stream_id, stream_version, event_id, event_type, schema_version, \
+         payload::text, metadata::text, recorded_at"
+    };
+}
 
 /// The statement of one append, by expectation: `$1` stream, `$2` number of events,
 /// `$3..$7` the event arrays, `$8` recorded_at, `$9` the expected version.
@@ -119,9 +136,10 @@ fn read_all_sql(categories: bool, types: bool) -> String {
     }
     format!(
         "SELECT h.x, e.* FROM (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS x) h \
-         LEFT JOIN LATERAL (SELECT {COLS} FROM larder_events \
+         LEFT JOIN LATERAL (SELECT {} FROM larder_events \
          WHERE (tx, position) > ($1, $2) AND tx < h.x{filter} \
-         ORDER BY tx, position LIMIT $3) e ON true"
+         ORDER BY tx, position LIMIT $3) e ON true",
+        event_columns!()
     )
 }
 
@@ -145,11 +163,7 @@ const HORIZON_HOLDER_SQL: &str = "WITH h AS (SELECT pg_snapshot_xmin(pg_current_
      ORDER BY xage DESC LIMIT 1) c ON true";
 
 fn u64_of(v: i64, what: &str) -> Result<u64> {
-    u64::try_from(v).map_err(|_| Error::backend(crate::error::BACKEND, format!("negative {what}")))
-}
-
-fn i64_of(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
+    larder_sql::events::u64_of::<Pg>(v, what)
 }
 
 fn checkpoint(tx: i64, position: i64) -> Result<Checkpoint> {
@@ -159,86 +173,32 @@ fn checkpoint(tx: i64, position: i64) -> Result<Checkpoint> {
     ))
 }
 
-/// Decodes `COLS` starting at column `at`.
-fn event(row: &PgRow, at: usize) -> std::result::Result<RecordedEvent, sqlx::Error> {
-    let position: i64 = row.try_get(at)?;
-    let tx: i64 = row.try_get(at + 1)?;
-    let version: i64 = row.try_get(at + 3)?;
-    let schema: i32 = row.try_get(at + 6)?;
-    Ok(RecordedEvent {
-        checkpoint: Checkpoint::new(
-            u64::try_from(tx).unwrap_or(0),
-            u64::try_from(position).unwrap_or(0),
-        ),
-        stream_id: row.try_get(at + 2)?,
-        stream_version: u64::try_from(version).unwrap_or(0),
-        event_id: row.try_get(at + 4)?,
-        event_type: row.try_get(at + 5)?,
-        schema_version: u32::try_from(schema).unwrap_or(0),
-        payload: row.try_get(at + 7)?,
-        metadata: row.try_get(at + 8)?,
-        recorded_at_micros: row.try_get(at + 9)?,
-    })
-}
-
-impl PgTransaction {
-    async fn ev_prepare(&mut self) -> Result<()> {
-        if let Err(e) = self.arm().await {
-            return Err(self.note(e));
-        }
-        Ok(())
-    }
-
-    async fn ev_fetch_all(
-        &mut self,
-        q: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
-        op: &'static str,
-    ) -> Result<Vec<PgRow>> {
-        self.ev_prepare().await?;
-        match q.fetch_all(self.conn()?).await {
-            Ok(rows) => Ok(rows),
-            Err(e) => Err(self.note(map_event_error(e, op))),
-        }
-    }
-
-    async fn ev_execute(
-        &mut self,
-        q: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
-        op: &'static str,
-    ) -> Result<u64> {
-        self.ev_prepare().await?;
-        match q.execute(self.conn()?).await {
-            Ok(r) => Ok(r.rows_affected()),
-            Err(e) => Err(self.note(map_event_error(e, op))),
-        }
-    }
-}
-
-fn map_event_error(e: sqlx::Error, op: &'static str) -> Error {
-    if let sqlx::Error::Database(db) = &e
-        && db.code().as_deref() == Some("23505")
-        && db.constraint() == Some("larder_events_event_id_key")
-    {
-        return Error::AlreadyExists {
-            entity: "event",
-            id: "an event id of this append (in another stream)".into(),
-        };
-    }
-    map(e, op)
-}
-
 fn dec(op: &'static str) -> impl Fn(sqlx::Error) -> Error {
     move |e| map(e, op)
 }
 
-impl EventTransaction for PgTransaction {
+/// An event-log query on this transaction.
+async fn fetch(
+    tx: &mut SqlTx<Pg>,
+    sql: &'static str,
+    args: PgArguments,
+    op: &'static str,
+) -> Result<Vec<PgRow>> {
+    tx.fetch_with(Arc::from(sql), args, op, Kind::Event).await
+}
+
+impl LogDialect for Pg {
+    const EVENT_COLUMNS: &'static str = event_columns!();
+    const STREAM_VERSION: &'static str = "SELECT version FROM larder_streams WHERE stream_id = $1";
+
     fn append<'a>(
-        &'a mut self,
+        tx: &'a mut SqlTx<Pg>,
         stream: &'a str,
         expected: ExpectedVersion,
         events: &'a [NewEvent],
     ) -> BoxFuture<'a, Result<std::result::Result<(u64, Checkpoint), Option<u64>>>> {
         Box::pin(async move {
+            let op = "events.append";
             let n = i64::try_from(events.len()).unwrap_or(i64::MAX);
             let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
             let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
@@ -249,57 +209,47 @@ impl EventTransaction for PgTransaction {
             let payloads: Vec<&str> = events.iter().map(|e| e.payload.as_str()).collect();
             let metas: Vec<Option<&str>> = events.iter().map(|e| e.metadata.as_deref()).collect();
             let recorded = events.first().map_or(0, |e| e.recorded_at_micros);
-            let mut q = sqlx::query(append_sql(expected))
-                .bind(stream)
-                .bind(n)
-                .bind(ids)
-                .bind(types)
-                .bind(versions)
-                .bind(payloads)
-                .bind(metas)
-                .bind(recorded);
+            let mut a = args![stream, n, ids, types, versions, payloads, metas, recorded];
             if let ExpectedVersion::Exact(v) = expected
                 && v > 0
             {
-                q = q.bind(i64_of(v));
+                a.add(i64_of(v)).map_err(|e| Error::backend(BACKEND, e))?;
             }
-            let rows = self.ev_fetch_all(q, "events.append").await?;
-            let d = dec("events.append");
+            let rows = fetch(tx, append_sql(expected), a, op).await?;
+            let d = dec(op);
             let row = rows
                 .first()
-                .ok_or_else(|| Error::backend(crate::error::BACKEND, "append returned no row"))?;
+                .ok_or_else(|| Error::backend(BACKEND, "append returned no row"))?;
             let version: Option<i64> = row.try_get(0).map_err(&d)?;
             if let Some(version) = version {
                 let inserted: i64 = row.try_get(3).map_err(&d)?;
                 if inserted == n {
                     let pos: Option<i64> = row.try_get(1).map_err(&d)?;
-                    let tx: Option<i64> = row.try_get(2).map_err(&d)?;
-                    let cp = checkpoint(tx.unwrap_or(0), pos.unwrap_or(0))?;
+                    let last_tx: Option<i64> = row.try_get(2).map_err(&d)?;
+                    let cp = checkpoint(last_tx.unwrap_or(0), pos.unwrap_or(0))?;
                     return Ok(Ok((u64_of(version, "version")?, cp)));
                 }
                 // An event id was already stored (a retry): undo this statement's
                 // writes, so nothing of the append remains.
                 // (A stream is never stored at version 0: back at 0, it did not exist.)
                 let before = version - n;
-                let q = if before == 0 {
-                    sqlx::query(
+                let (sql, a) = if before == 0 {
+                    (
                         "WITH d AS (DELETE FROM larder_events WHERE stream_id = $1) \
                          DELETE FROM larder_streams WHERE stream_id = $1",
+                        args![stream],
                     )
-                    .bind(stream)
                 } else {
                     // `last_tx` stays this transaction's id: at worst an older transaction
                     // appending to the stream later retries once.
-                    sqlx::query(
+                    (
                         "WITH d AS (DELETE FROM larder_events WHERE stream_id = $1 AND \
                          stream_version > $2 AND stream_version <= $3) UPDATE larder_streams \
                          SET version = $2 WHERE stream_id = $1",
+                        args![stream, before, version],
                     )
-                    .bind(stream)
-                    .bind(before)
-                    .bind(version)
                 };
-                self.ev_execute(q, "events.append").await?;
+                tx.execute_with(Arc::from(sql), a, op, Kind::Event).await?;
                 let actual = (before > 0)
                     .then(|| u64_of(before, "version"))
                     .transpose()?;
@@ -307,12 +257,9 @@ impl EventTransaction for PgTransaction {
             }
             // Nothing was written: a wrong version, or a younger transaction appended to
             // the stream last.
-            let q = sqlx::query(
-                "SELECT version, last_tx > pg_current_xact_id()::text::bigint \
-                 FROM larder_streams WHERE stream_id = $1",
-            )
-            .bind(stream);
-            let rows = self.ev_fetch_all(q, "events.append").await?;
+            let sql = "SELECT version, last_tx > pg_current_xact_id()::text::bigint \
+                       FROM larder_streams WHERE stream_id = $1";
+            let rows = fetch(tx, sql, args![stream], op).await?;
             let Some(r) = rows.first() else {
                 return Ok(Err(None));
             };
@@ -336,86 +283,58 @@ impl EventTransaction for PgTransaction {
     }
 
     fn find_events<'a>(
-        &'a mut self,
+        tx: &'a mut SqlTx<Pg>,
         ids: &'a [Uuid],
     ) -> BoxFuture<'a, Result<Vec<(Uuid, String, u64, Checkpoint)>>> {
         Box::pin(async move {
-            let q = sqlx::query(
-                "SELECT event_id, stream_id, stream_version, tx, position FROM larder_events \
-                 WHERE event_id = ANY($1)",
-            )
-            .bind(ids)
+            let op = "events.append";
+            let sql = "SELECT event_id, stream_id, stream_version, tx, position FROM larder_events \
+                       WHERE event_id = ANY($1)";
             // Planned per execution: a generic plan cached while the table was small
             // would scan it.
-            .persistent(false);
-            let rows = self.ev_fetch_all(q, "events.append").await?;
+            let rows = tx
+                .fetch_planned(Arc::from(sql), args![ids], op, Kind::Event, false)
+                .await?;
+            let d = dec(op);
             rows.iter()
                 .map(|r| {
-                    let d = dec("events.append");
                     Ok((
                         r.try_get::<Uuid, _>(0).map_err(&d)?,
                         r.try_get::<String, _>(1).map_err(&d)?,
                         u64_of(r.try_get::<i64, _>(2).map_err(&d)?, "version")?,
-                        checkpoint(r.try_get(3).map_err(&d)?, r.try_get(4).map_err(&d)?)?,
+                        checkpoint_at::<Pg>(r, 3, op)?,
                     ))
                 })
                 .collect()
         })
     }
 
-    fn read_stream<'a>(
-        &'a mut self,
-        stream: &'a str,
-        from: u64,
-        limit: u32,
-        direction: ReadDirection,
-    ) -> BoxFuture<'a, Result<Vec<RecordedEvent>>> {
-        Box::pin(async move {
-            const FWD: &str = "SELECT position, tx, stream_id, stream_version, event_id, \
-                event_type, schema_version, payload::text, metadata::text, recorded_at \
-                FROM larder_events WHERE stream_id = $1 AND stream_version >= $2 \
-                ORDER BY stream_version LIMIT $3";
-            const BWD: &str = "SELECT position, tx, stream_id, stream_version, event_id, \
-                event_type, schema_version, payload::text, metadata::text, recorded_at \
-                FROM larder_events WHERE stream_id = $1 AND stream_version <= $2 \
-                ORDER BY stream_version DESC LIMIT $3";
-            let sql = match direction {
-                ReadDirection::Forward => FWD,
-                ReadDirection::Backward => BWD,
-            };
-            let q = sqlx::query(sql)
-                .bind(stream)
-                .bind(i64_of(from))
-                .bind(i64::from(limit));
-            let rows = self.ev_fetch_all(q, "events.read_stream").await?;
-            rows.iter()
-                .map(|r| event(r, 0).map_err(dec("events.read_stream")))
-                .collect()
-        })
-    }
-
     fn read_all<'a>(
-        &'a mut self,
+        tx: &'a mut SqlTx<Pg>,
         after: Checkpoint,
         limit: u32,
         filter: &'a EventFilter,
     ) -> BoxFuture<'a, Result<ReadAllBatch>> {
         Box::pin(async move {
+            let op = "events.read_all";
             let cats = !filter.categories.is_empty();
             let types = !filter.event_types.is_empty();
-            let sql = read_all_sql(cats, types);
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(i64_of(after.tx()))
-                .bind(i64_of(after.position()))
-                .bind(i64::from(limit));
+            let mut a = args![
+                i64_of(after.tx()),
+                i64_of(after.position()),
+                i64::from(limit)
+            ];
             if cats {
-                q = q.bind(&filter.categories);
+                a.add(&filter.categories)
+                    .map_err(|e| Error::backend(BACKEND, e))?;
             }
             if types {
-                q = q.bind(&filter.event_types);
+                a.add(&filter.event_types)
+                    .map_err(|e| Error::backend(BACKEND, e))?;
             }
-            let rows = self.ev_fetch_all(q, "events.read_all").await?;
-            let d = dec("events.read_all");
+            let sql = Arc::from(read_all_sql(cats, types));
+            let rows = tx.fetch_with(sql, a, op, Kind::Event).await?;
+            let d = dec(op);
             let mut head = None;
             let mut events = Vec::with_capacity(rows.len());
             for r in &rows {
@@ -425,67 +344,44 @@ impl EventTransaction for PgTransaction {
                     i64::MAX as u64,
                 ));
                 if r.try_get::<Option<i64>, _>(1).map_err(&d)?.is_some() {
-                    events.push(event(r, 1).map_err(&d)?);
+                    events.push(decode_event::<Pg>(r, 1, op)?);
                 }
             }
             Ok(ReadAllBatch { events, head })
         })
     }
 
-    fn stream_version<'a>(&'a mut self, stream: &'a str) -> BoxFuture<'a, Result<Option<u64>>> {
+    fn count_after(tx: &mut SqlTx<Pg>, after: Checkpoint, cap: u64) -> BoxFuture<'_, Result<u64>> {
         Box::pin(async move {
-            let q =
-                sqlx::query("SELECT version FROM larder_streams WHERE stream_id = $1").bind(stream);
-            let rows = self.ev_fetch_all(q, "events.stream_info").await?;
-            match rows.first() {
-                Some(r) => Ok(Some(u64_of(
-                    r.try_get::<i64, _>(0).map_err(dec("events.stream_info"))?,
-                    "version",
-                )?)),
-                None => Ok(None),
-            }
+            let op = "events.count";
+            let sql = "SELECT count(*) FROM (SELECT 1 FROM larder_events \
+                       WHERE (tx, position) > ($1, $2) LIMIT $3) c";
+            let a = args![i64_of(after.tx()), i64_of(after.position()), i64_of(cap)];
+            let rows = fetch(tx, sql, a, op).await?;
+            let n = rows.first().map(|r| req_int::<Pg>(r, 0, op, "count"));
+            u64_of(n.transpose()?.unwrap_or(0), "count")
         })
     }
 
-    fn count_after<'a>(&'a mut self, after: Checkpoint, cap: u64) -> BoxFuture<'a, Result<u64>> {
+    fn stats(tx: &mut SqlTx<Pg>) -> BoxFuture<'_, Result<LogStats>> {
         Box::pin(async move {
-            let q = sqlx::query(
-                "SELECT count(*) FROM (SELECT 1 FROM larder_events WHERE (tx, position) > ($1, $2) \
-                 LIMIT $3) c",
-            )
-            .bind(i64_of(after.tx()))
-            .bind(i64_of(after.position()))
-            .bind(i64_of(cap));
-            let rows = self.ev_fetch_all(q, "events.count").await?;
-            let n: i64 = rows
-                .first()
-                .map(|r| r.try_get(0))
-                .transpose()
-                .map_err(dec("events.count"))?
-                .unwrap_or(0);
-            u64_of(n, "count")
-        })
-    }
-
-    fn stats(&mut self) -> BoxFuture<'_, Result<LogStats>> {
-        Box::pin(async move {
-            let q = sqlx::query(
-                "SELECT (SELECT count(*) FROM larder_events), (SELECT count(*) FROM larder_streams), \
-                 h.tx, h.position FROM (SELECT 1) one LEFT JOIN LATERAL (SELECT tx, position \
-                 FROM larder_events WHERE tx < pg_snapshot_xmin(pg_current_snapshot())::text::bigint \
-                 ORDER BY tx DESC, position DESC LIMIT 1) h ON true",
-            );
-            let rows = self.ev_fetch_all(q, "events.stats").await?;
-            let d = dec("events.stats");
+            let op = "events.stats";
+            let sql = "SELECT (SELECT count(*) FROM larder_events), (SELECT count(*) FROM \
+                 larder_streams), h.tx, h.position FROM (SELECT 1) one LEFT JOIN LATERAL \
+                 (SELECT tx, position FROM larder_events WHERE tx < \
+                 pg_snapshot_xmin(pg_current_snapshot())::text::bigint \
+                 ORDER BY tx DESC, position DESC LIMIT 1) h ON true";
+            let rows = fetch(tx, sql, args![], op).await?;
+            let d = dec(op);
             let r = rows
                 .first()
-                .ok_or_else(|| Error::backend(crate::error::BACKEND, "stats returned no row"))?;
-            let tx: Option<i64> = r.try_get(2).map_err(&d)?;
+                .ok_or_else(|| Error::backend(BACKEND, "stats returned no row"))?;
+            let last_tx: Option<i64> = r.try_get(2).map_err(&d)?;
             let pos: Option<i64> = r.try_get(3).map_err(&d)?;
             Ok(LogStats {
                 events: u64_of(r.try_get(0).map_err(&d)?, "count")?,
                 streams: u64_of(r.try_get(1).map_err(&d)?, "count")?,
-                head: match (tx, pos) {
+                head: match (last_tx, pos) {
                     (Some(t), Some(p)) => checkpoint(t, p)?,
                     _ => Checkpoint::START,
                 },
@@ -493,15 +389,14 @@ impl EventTransaction for PgTransaction {
         })
     }
 
-    fn horizon_holder(&mut self) -> BoxFuture<'_, Result<Option<HorizonHolder>>> {
+    fn horizon_holder(tx: &mut SqlTx<Pg>) -> BoxFuture<'_, Result<Option<HorizonHolder>>> {
         Box::pin(async move {
-            let rows = self
-                .ev_fetch_all(sqlx::query(HORIZON_HOLDER_SQL), "events.horizon_holder")
-                .await?;
-            let d = dec("events.horizon_holder");
-            let r = rows.first().ok_or_else(|| {
-                Error::backend(crate::error::BACKEND, "horizon_holder returned no row")
-            })?;
+            let op = "events.horizon_holder";
+            let rows = fetch(tx, HORIZON_HOLDER_SQL, args![], op).await?;
+            let d = dec(op);
+            let r = rows
+                .first()
+                .ok_or_else(|| Error::backend(BACKEND, "horizon_holder returned no row"))?;
             // No other transaction with an id, or the oldest one is not the horizon (it
             // ended between the snapshot and the session list, or the horizon is the
             // caller's own transaction): nobody else holds the log back.
@@ -528,138 +423,6 @@ impl EventTransaction for PgTransaction {
                 .map_err(&d)?
                 .map(|us| std::time::Duration::from_micros(u64::try_from(us).unwrap_or(0)));
             Ok(Some(h))
-        })
-    }
-
-    fn load_snapshot<'a>(&'a mut self, stream: &'a str) -> BoxFuture<'a, Result<Option<Snapshot>>> {
-        Box::pin(async move {
-            let q = sqlx::query(
-                "SELECT stream_version, schema_version, state::text FROM larder_snapshots \
-                 WHERE stream_id = $1",
-            )
-            .bind(stream);
-            let rows = self.ev_fetch_all(q, "events.load_snapshot").await?;
-            let d = dec("events.load_snapshot");
-            match rows.first() {
-                None => Ok(None),
-                Some(r) => Ok(Some(Snapshot {
-                    stream_id: stream.to_owned(),
-                    stream_version: u64_of(r.try_get(0).map_err(&d)?, "version")?,
-                    schema_version: u32::try_from(r.try_get::<i32, _>(1).map_err(&d)?).unwrap_or(0),
-                    state: r.try_get(2).map_err(&d)?,
-                })),
-            }
-        })
-    }
-
-    fn save_snapshot<'a>(&'a mut self, s: &'a Snapshot) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            let q = sqlx::query(
-                "INSERT INTO larder_snapshots (stream_id, stream_version, schema_version, state, \
-                 taken_at) VALUES ($1, $2, $3, $4::json, $5) ON CONFLICT (stream_id) DO UPDATE \
-                 SET stream_version = excluded.stream_version, schema_version = \
-                 excluded.schema_version, state = excluded.state, taken_at = excluded.taken_at",
-            )
-            .bind(&s.stream_id)
-            .bind(i64_of(s.stream_version))
-            .bind(i32::try_from(s.schema_version).unwrap_or(i32::MAX))
-            .bind(&s.state)
-            .bind(larder_core::events::now_micros());
-            self.ev_execute(q, "events.save_snapshot").await.map(|_| ())
-        })
-    }
-
-    fn load_checkpoint<'a>(
-        &'a mut self,
-        name: &'a str,
-    ) -> BoxFuture<'a, Result<Option<Checkpoint>>> {
-        Box::pin(async move {
-            let q = sqlx::query("SELECT tx, position FROM larder_checkpoints WHERE name = $1")
-                .bind(name);
-            let rows = self.ev_fetch_all(q, "events.load_checkpoint").await?;
-            let d = dec("events.load_checkpoint");
-            rows.first()
-                .map(|r| checkpoint(r.try_get(0).map_err(&d)?, r.try_get(1).map_err(&d)?))
-                .transpose()
-        })
-    }
-
-    fn claim_checkpoint<'a>(
-        &'a mut self,
-        name: &'a str,
-        now_micros: i64,
-    ) -> BoxFuture<'a, Result<Checkpoint>> {
-        Box::pin(async move {
-            let q = sqlx::query(
-                "INSERT INTO larder_checkpoints (name, tx, position, updated_at) \
-                 VALUES ($1, 0, 0, $2) ON CONFLICT (name) DO NOTHING",
-            )
-            .bind(name)
-            .bind(now_micros);
-            self.ev_execute(q, "events.claim_checkpoint").await?;
-            let q = sqlx::query(
-                "SELECT tx, position FROM larder_checkpoints WHERE name = $1 FOR UPDATE",
-            )
-            .bind(name);
-            let rows = self.ev_fetch_all(q, "events.claim_checkpoint").await?;
-            let d = dec("events.claim_checkpoint");
-            let r = rows.first().ok_or_else(|| {
-                Error::backend(crate::error::BACKEND, "claimed checkpoint vanished")
-            })?;
-            checkpoint(r.try_get(0).map_err(&d)?, r.try_get(1).map_err(&d)?)
-        })
-    }
-
-    fn save_checkpoint<'a>(
-        &'a mut self,
-        name: &'a str,
-        cp: Checkpoint,
-        now_micros: i64,
-    ) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            let q = sqlx::query(
-                "INSERT INTO larder_checkpoints (name, tx, position, updated_at) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO UPDATE SET tx = excluded.tx, \
-                 position = excluded.position, updated_at = excluded.updated_at",
-            )
-            .bind(name)
-            .bind(i64_of(cp.tx()))
-            .bind(i64_of(cp.position()))
-            .bind(now_micros);
-            self.ev_execute(q, "events.save_checkpoint")
-                .await
-                .map(|_| ())
-        })
-    }
-
-    fn delete_checkpoint<'a>(&'a mut self, name: &'a str) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            let q = sqlx::query("DELETE FROM larder_checkpoints WHERE name = $1").bind(name);
-            self.ev_execute(q, "events.delete_checkpoint")
-                .await
-                .map(|_| ())
-        })
-    }
-
-    fn list_checkpoints(&mut self) -> BoxFuture<'_, Result<Vec<StoredCheckpoint>>> {
-        Box::pin(async move {
-            let q = sqlx::query(
-                "SELECT name, tx, position, updated_at FROM larder_checkpoints ORDER BY name",
-            );
-            let rows = self.ev_fetch_all(q, "events.list_checkpoints").await?;
-            let d = dec("events.list_checkpoints");
-            rows.iter()
-                .map(|r| {
-                    Ok(StoredCheckpoint {
-                        name: r.try_get(0).map_err(&d)?,
-                        checkpoint: checkpoint(
-                            r.try_get(1).map_err(&d)?,
-                            r.try_get(2).map_err(&d)?,
-                        )?,
-                        updated_at_micros: r.try_get(3).map_err(&d)?,
-                    })
-                })
-                .collect()
         })
     }
 }

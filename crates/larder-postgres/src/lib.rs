@@ -17,11 +17,9 @@
 mod backend;
 mod error;
 mod events;
-mod migrate;
 mod row;
 mod uow;
 
-pub use backend::PgBackend;
+pub use backend::{PgBackend, PgMigrationDriver};
 pub use events::NOTIFY_CHANNEL;
-pub use migrate::PgMigrationDriver;
-pub use uow::{PgTransaction, PgUowExt, classify};
+pub use uow::{Pg, PgState, PgTransaction, PgUowExt, classify};

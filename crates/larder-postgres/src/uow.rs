@@ -1,76 +1,88 @@
-//! One PostgreSQL transaction: larder's storage primitives, deadlines by statement_timeout.
+//! The PostgreSQL dialect of larder's SQL backend: deadlines by `statement_timeout`, a
+//! commit the server decides, the migration advisory lock, raw connection access.
 
-use futures_util::StreamExt;
-use larder_core::backend::{BoxFuture, BoxStream};
+use std::time::{Duration, Instant};
+
+use larder_core::backend::BoxFuture;
 use larder_core::deadline::CLIENT_GRACE;
-use larder_core::{Deadline, EntityDef, Error, Record, Result, Uow};
-use larder_sql::{Built, Dialect, Shape, SqlDriver};
+use larder_core::{Deadline, Error, Result, Uow};
+use larder_sql::{Dialect, SqlDialect, SqlTx};
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgArguments, PgConnection, Postgres};
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::postgres::{PgArguments, PgConnection, PgQueryResult, Postgres};
+use sqlx::{Arguments, AssertSqlSafe};
 
-use crate::error::map;
-use crate::row::{bind, record};
+use crate::error::{BACKEND, map};
 
-/// A larder transaction on PostgreSQL (the [`SqlDriver`] of the PostgreSQL backend).
-/// Obtain the underlying connection from a unit of work with [`PgUowExt::postgres`].
-pub struct PgTransaction {
-    /// The pooled connection, inside the transaction larder opened on it with `BEGIN`.
-    /// larder runs `BEGIN`/`COMMIT`/`ROLLBACK` itself (not through `sqlx::Transaction`):
-    /// sqlx decides a commit's success without looking at the server's answer, and its
-    /// bookkeeping would need an extra empty transaction per commit (see `commit`). `None`
-    /// once the transaction ended; `Drop` rolls back a transaction that did not.
-    tx: Option<PoolConnection<Postgres>>,
-    deadline: Option<Deadline>,
-    /// The `statement_timeout` (ms) currently set for this transaction, if any.
+/// The PostgreSQL dialect (marker type of [`PgTransaction`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Pg;
+
+/// A larder transaction on PostgreSQL. Obtain the underlying connection from a unit of work
+/// with [`PgUowExt::postgres`].
+pub type PgTransaction = SqlTx<Pg>;
+
+/// Per-transaction state: the `statement_timeout` (ms) currently set, if any.
+#[derive(Debug, Default)]
+pub struct PgState {
     armed_ms: Option<u64>,
-    /// Set when a statement failed: PostgreSQL has aborted the transaction, and a later
-    /// `COMMIT` would silently roll back, so `commit` must fail instead.
-    aborted: Option<Error>,
-    /// Savepoints created while the transaction was healthy: rolling back to one of them
-    /// clears `aborted` (that is how PostgreSQL recovers from an error inside a scope).
-    healthy_savepoints: Vec<String>,
-    record_sql: bool,
 }
 
-impl std::fmt::Debug for PgTransaction {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PgTransaction")
-            .field("open", &self.tx.is_some())
-            .field("deadline", &self.deadline)
-            .field("aborted", &self.aborted.is_some())
-            .finish_non_exhaustive()
+impl PgState {
+    /// `BEGIN` already set `statement_timeout` to `ms` (one round trip for both).
+    pub(crate) fn armed_at_begin(ms: Option<u64>) -> Self {
+        PgState { armed_ms: ms }
     }
 }
 
-impl PgTransaction {
-    pub(crate) fn new(tx: PoolConnection<Postgres>, record_sql: bool) -> Self {
-        PgTransaction {
-            tx: Some(tx),
-            deadline: None,
-            armed_ms: None,
-            aborted: None,
-            healthy_savepoints: Vec::new(),
-            record_sql,
-        }
+/// Whether `e` is a database error with this SQLSTATE.
+fn has_sqlstate(e: &sqlx::Error, code: &str) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some(code))
+}
+
+/// The advisory lock key of migrations: one per schema, so migrators of different schemas
+/// in one database do not wait for each other.
+const LOCK_KEY: &str = "hashtextextended('larder.migrate.' || current_schema(), 0)";
+
+impl SqlDialect for Pg {
+    type Db = Postgres;
+    type State = PgState;
+
+    const DIALECT: Dialect = Dialect::Postgres;
+    const BACKEND: &'static str = BACKEND;
+    const SAVEPOINT_HEALS: bool = true;
+    const LOCK_ROW: &'static str = " FOR UPDATE";
+    const JSON_PARAM: &'static str = "::json";
+
+    fn executor<'c>(conn: &'c mut PgConnection) -> impl sqlx::Executor<'c, Database = Postgres> {
+        conn
     }
 
-    pub(crate) fn conn(&mut self) -> Result<&mut PgConnection> {
-        self.tx
-            .as_deref_mut()
-            .ok_or(Error::Closed("postgresql transaction"))
+    fn rows_affected(r: &PgQueryResult) -> u64 {
+        r.rows_affected()
     }
 
-    /// The sqlx connection of this transaction (raw SQL in the same transaction).
-    pub fn connection(&mut self) -> Option<&mut PgConnection> {
-        self.tx.as_deref_mut()
+    fn map(e: sqlx::Error, operation: &'static str) -> Error {
+        map(e, operation)
     }
 
-    /// Records that `BEGIN` already set `statement_timeout` to `ms` (see the backend's
-    /// `begin`: one round trip for both).
-    pub(crate) fn armed_at_begin(mut self, ms: Option<u64>) -> Self {
-        self.armed_ms = ms;
-        self
+    fn missing(e: &Error) -> Option<larder_sql::Missing> {
+        crate::error::missing(e)
+    }
+
+    fn duplicate_event_id(e: &sqlx::Error) -> bool {
+        matches!(e, sqlx::Error::Database(db)
+            if db.code().as_deref() == Some("23505")
+                && db.constraint() == Some("larder_events_event_id_key"))
+    }
+
+    /// Every failed statement aborts a PostgreSQL transaction (until a rollback to a
+    /// savepoint taken before it): a later `COMMIT` would silently roll back.
+    fn poisons(_e: &sqlx::Error, _write: bool) -> bool {
+        true
+    }
+
+    fn bind(values: Vec<sea_query::Value>) -> Result<PgArguments> {
+        crate::row::bind(values)
     }
 
     /// Makes `statement_timeout` (transaction-local) fit the deadline, with a round trip
@@ -79,8 +91,12 @@ impl PgTransaction {
     /// most the time left plus the client grace (or it would outlive the deadline). So a
     /// unit of work arms once at `BEGIN` and again at most every `CLIENT_GRACE` of elapsed
     /// time, or when a per-call deadline changes it; lifting the deadline resets it.
-    pub(crate) async fn arm(&mut self) -> Result<()> {
-        let ms = match (self.deadline, self.armed_ms) {
+    async fn arm(
+        conn: &mut PgConnection,
+        state: &mut PgState,
+        deadline: Option<Deadline>,
+    ) -> Result<()> {
+        let ms = match (deadline, state.armed_ms) {
             (None, None) => return Ok(()),
             (None, Some(_)) => 0,
             (Some(d), armed) => {
@@ -101,309 +117,115 @@ impl PgTransaction {
                 left
             }
         };
-        let conn = self.conn()?;
-        sqlx::query("SELECT set_config('statement_timeout', $1, true)")
-            .bind(ms.to_string())
+        let mut args = PgArguments::default();
+        args.add(ms.to_string())
+            .map_err(|e| Error::backend(BACKEND, e))?;
+        sqlx::query_with("SELECT set_config('statement_timeout', $1, true)", args)
             .execute(conn)
             .await
             .map_err(|e| map(e, "uow.deadline"))?;
-        self.armed_ms = (ms != 0).then_some(ms);
+        state.armed_ms = (ms != 0).then_some(ms);
         Ok(())
     }
 
-    /// Remembers that the transaction is aborted (see the `aborted` field).
-    pub(crate) fn note(&mut self, e: Error) -> Error {
-        if self.aborted.is_none() {
-            self.aborted = Some(match &e {
-                Error::DeadlineExceeded { .. } => Error::DeadlineExceeded {
-                    operation: "uow.commit",
-                },
-                // Retryable causes stay retryable: `Store::transaction` runs it again.
-                Error::Transient { kind } => Error::Transient { kind: *kind },
-                Error::TransactionAborted { cause, .. } => Error::TransactionAborted {
-                    operation: "uow.commit",
-                    cause: cause.clone(),
-                },
-                other => Error::TransactionAborted {
-                    operation: "uow.commit",
-                    cause: Some(larder_core::error::one_line(&other.to_string())),
-                },
-            });
-        }
-        e
-    }
-
-    /// Arms the deadline, records the query text if asked, and binds the values.
-    async fn prepare(&mut self, b: Built) -> Result<(std::sync::Arc<str>, PgArguments)> {
-        if let Err(e) = self.arm().await {
-            return Err(self.note(e));
-        }
-        if self.record_sql {
-            tracing::Span::current().record("db.query.text", &*b.sql);
-        }
-        Ok((b.sql, bind(b.values)?))
-    }
-
-    async fn raw(&mut self, sql: String, op: &'static str) -> Result<()> {
-        // `sql` is a constant statement with a savepoint name generated by larder-core
-        // (`larder_sp_<n>`), never caller input.
-        debug_assert!(
-            sql.rsplit(' ')
-                .next()
-                .is_some_and(larder_core::entity::is_safe_identifier)
-        );
-        if let Err(e) = self.arm().await {
-            return Err(self.note(e));
-        }
-        match sqlx::query(AssertSqlSafe(sql)).execute(self.conn()?).await {
+    async fn commit(mut conn: PoolConnection<Postgres>) -> Result<()> {
+        // Whether the transaction commits is decided by the server, not by bookkeeping:
+        // a failed statement larder never saw (raw SQL through `PgUowExt`, a stream
+        // dropped after an error) aborts the transaction, and PostgreSQL then answers
+        // `COMMIT` with the tag `ROLLBACK` — which sqlx does not expose. So the commit is
+        // one simple query, one round trip, led by a probe the server answers: `SAVEPOINT`
+        // fails with 25P02 in an aborted transaction and with 25P01 when there is no
+        // transaction any more (raw `COMMIT`/`ROLLBACK` through the extension), and the
+        // rest of the string is then skipped; otherwise `COMMIT` runs (the probe
+        // subtransaction wrote nothing, so it costs no xid).
+        match sqlx::raw_sql(AssertSqlSafe("SAVEPOINT larder_commit_probe; COMMIT"))
+            .execute(&mut *conn)
+            .await
+        {
             Ok(_) => Ok(()),
-            Err(e) => Err(self.note(map(e, op))),
-        }
-    }
-}
-
-/// Whether `e` is a database error with this SQLSTATE.
-fn has_sqlstate(e: &sqlx::Error, code: &str) -> bool {
-    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some(code))
-}
-
-/// An error found while arming the commit's deadline: in an aborted transaction every
-/// statement fails with 25P02, which the error map reports as `TransactionAborted`.
-fn aborted_at_commit(e: Error, cause: Option<String>) -> Error {
-    match e {
-        Error::TransactionAborted { .. } => Error::TransactionAborted {
-            operation: "uow.commit",
-            cause,
-        },
-        other => other,
-    }
-}
-
-impl SqlDriver for PgTransaction {
-    const DIALECT: Dialect = Dialect::Postgres;
-
-    fn missing(e: &Error) -> Option<larder_sql::Missing> {
-        crate::error::missing(e)
-    }
-
-    fn events(&mut self) -> Option<&mut dyn larder_core::events::EventTransaction> {
-        Some(self)
-    }
-
-    fn set_deadline(&mut self, deadline: Option<Deadline>) {
-        self.deadline = deadline;
-    }
-
-    fn execute<'a>(&'a mut self, b: Built, op: &'static str) -> BoxFuture<'a, Result<u64>> {
-        Box::pin(async move {
-            let (sql, args) = self.prepare(b).await?;
-            match sqlx::query_with(AssertSqlSafe(sql), args)
-                .execute(self.conn()?)
-                .await
-            {
-                Ok(r) => Ok(r.rows_affected()),
-                Err(e) => Err(self.note(map(e, op))),
-            }
-        })
-    }
-
-    fn fetch_records<'a>(
-        &'a mut self,
-        def: &'a EntityDef,
-        b: Built,
-        op: &'static str,
-    ) -> BoxFuture<'a, Result<Vec<Record>>> {
-        Box::pin(async move {
-            let (sql, args) = self.prepare(b).await?;
-            match sqlx::query_with(AssertSqlSafe(sql), args)
-                .fetch_all(self.conn()?)
-                .await
-            {
-                Ok(rows) => rows.iter().map(|r| record(def, r, Shape::Full)).collect(),
-                Err(e) => Err(self.note(map(e, op))),
-            }
-        })
-    }
-
-    fn fetch_i64<'a>(
-        &'a mut self,
-        b: Built,
-        op: &'static str,
-    ) -> BoxFuture<'a, Result<Option<i64>>> {
-        Box::pin(async move {
-            let (sql, args) = self.prepare(b).await?;
-            match sqlx::query_with(AssertSqlSafe(sql), args)
-                .fetch_optional(self.conn()?)
-                .await
-            {
-                Ok(row) => row
-                    .map(|r| r.try_get::<i64, _>(0).map_err(|e| map(e, op)))
-                    .transpose(),
-                Err(e) => Err(self.note(map(e, op))),
-            }
-        })
-    }
-
-    fn stream_records<'a>(
-        &'a mut self,
-        def: &'a EntityDef,
-        b: Built,
-        shape: Shape,
-    ) -> BoxStream<'a, Result<Record>> {
-        let start = async move {
-            let prepared = self.prepare(b).await;
-            match (prepared, self.tx.as_deref_mut()) {
-                (Err(e), _) => futures_util::stream::once(async move { Err(e) }).boxed(),
-                (Ok(_), None) => futures_util::stream::once(async {
-                    Err(Error::Closed("postgresql transaction"))
-                })
-                .boxed(),
-                (Ok((sql, args)), Some(conn)) => sqlx::query_with(AssertSqlSafe(sql), args)
-                    .fetch(conn)
-                    .map(move |r| {
-                        r.map_err(|e| map(e, "repository.stream"))
-                            .and_then(|row| record(def, &row, shape))
-                    })
-                    .boxed(),
-            }
-        };
-        Box::pin(futures_util::stream::once(start).flatten())
-    }
-
-    fn savepoint<'a>(&'a mut self, name: &'a str) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            self.raw(format!("SAVEPOINT {name}"), "uow.savepoint")
-                .await?;
-            if self.aborted.is_none() {
-                self.healthy_savepoints.push(name.to_owned());
-            }
-            Ok(())
-        })
-    }
-
-    fn release_savepoint<'a>(&'a mut self, name: &'a str) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            self.raw(format!("RELEASE SAVEPOINT {name}"), "uow.release_savepoint")
-                .await?;
-            if let Some(i) = self.healthy_savepoints.iter().rposition(|n| n == name) {
-                self.healthy_savepoints.truncate(i);
-            }
-            Ok(())
-        })
-    }
-
-    fn rollback_to_savepoint<'a>(&'a mut self, name: &'a str) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            // No `arm()` first: in an aborted transaction every statement but ROLLBACK
-            // fails, and this one is how the transaction recovers.
-            debug_assert!(larder_core::entity::is_safe_identifier(name));
-            let sql = format!("ROLLBACK TO SAVEPOINT {name}");
-            sqlx::query(AssertSqlSafe(sql))
-                .execute(self.conn()?)
-                .await
-                .map_err(|e| map(e, "uow.rollback_to_savepoint"))?;
-            if let Some(i) = self.healthy_savepoints.iter().rposition(|n| n == name) {
-                self.healthy_savepoints.truncate(i + 1);
-                self.aborted = None;
-            }
-            Ok(())
-        })
-    }
-
-    fn commit(mut self) -> BoxFuture<'static, Result<()>> {
-        Box::pin(async move {
-            if let Some(e) = self.aborted.take() {
-                // A statement of ours failed: the server has aborted the transaction.
-                if let Some(conn) = self.tx.take() {
-                    let _ = roll_back(conn).await;
-                }
-                return Err(e);
-            }
-            self.arm().await.map_err(|e| aborted_at_commit(e, None))?;
-            let mut conn = self
-                .tx
-                .take()
-                .ok_or(Error::Closed("postgresql transaction"))?;
-            // Whether the transaction commits is decided by the server, not by bookkeeping:
-            // a failed statement larder never saw (raw SQL through `PgUowExt`, a stream
-            // dropped after an error) aborts the transaction, and PostgreSQL then answers
-            // `COMMIT` with the tag `ROLLBACK` — which sqlx does not expose. So the commit is
-            // one simple query, one round trip, led by a probe the server answers: `SAVEPOINT`
-            // fails with 25P02 in an aborted transaction and with 25P01 when there is no
-            // transaction any more (raw `COMMIT`/`ROLLBACK` through the extension), and the
-            // rest of the string is then skipped; otherwise `COMMIT` runs (the probe
-            // subtransaction wrote nothing, so it costs no xid).
-            match sqlx::raw_sql(AssertSqlSafe("SAVEPOINT larder_commit_probe; COMMIT"))
-                .execute(&mut *conn)
-                .await
-            {
-                Ok(_) => Ok(()),
-                Err(e) if has_sqlstate(&e, "25P02") => {
-                    let _ = roll_back(conn).await;
-                    Err(Error::TransactionAborted {
-                        operation: "uow.commit",
-                        cause: None,
-                    })
-                }
-                Err(e) if has_sqlstate(&e, "25P01") => Err(Error::TransactionAborted {
+            Err(e) if has_sqlstate(&e, "25P02") => {
+                let _ = larder_sql::roll_back::<Pg>(conn).await;
+                Err(Error::TransactionAborted {
                     operation: "uow.commit",
-                    cause: Some(
-                        "the transaction was ended by a statement run on the raw connection".into(),
-                    ),
-                }),
-                Err(e) => {
-                    // COMMIT itself failed (deferred constraint, serialization failure) and
-                    // the server ended the transaction — or the connection broke. Do not
-                    // guess: the connection is closed instead of going back to the pool.
-                    conn.close_on_drop();
-                    Err(map(e, "uow.commit"))
-                }
+                    cause: None,
+                })
             }
-        })
-    }
-
-    fn rollback(mut self) -> BoxFuture<'static, Result<()>> {
-        Box::pin(async move {
-            // Rollback is not bounded by the deadline: it must always get through (and
-            // ROLLBACK ends the transaction-local statement_timeout with it).
-            let conn = self
-                .tx
-                .take()
-                .ok_or(Error::Closed("postgresql transaction"))?;
-            roll_back(conn).await.map_err(|e| map(e, "uow.rollback"))
-        })
-    }
-}
-
-/// Rolls back the transaction on `conn`; a connection that cannot is closed rather than
-/// returned to the pool inside a transaction.
-async fn roll_back(mut conn: PoolConnection<Postgres>) -> Result<(), sqlx::Error> {
-    let r = sqlx::raw_sql(AssertSqlSafe("ROLLBACK"))
-        .execute(&mut *conn)
-        .await;
-    if r.is_err() {
-        conn.close_on_drop();
-    }
-    r.map(drop)
-}
-
-impl Drop for PgTransaction {
-    fn drop(&mut self) {
-        // Dropped without commit or rollback (an early return, a panic, a future cancelled
-        // mid-statement): roll back before the connection can serve anyone else. The
-        // connection is held by the rollback task until the server answered, so it never
-        // goes back to the pool inside the transaction; without a runtime to run the task,
-        // the connection is closed (the server then rolls back).
-        if let Some(mut conn) = self.tx.take() {
-            match tokio::runtime::Handle::try_current() {
-                Ok(rt) => {
-                    rt.spawn(async move {
-                        let _ = roll_back(conn).await;
-                    });
-                }
-                Err(_) => conn.close_on_drop(),
+            Err(e) if has_sqlstate(&e, "25P01") => Err(Error::TransactionAborted {
+                operation: "uow.commit",
+                cause: Some(
+                    "the transaction was ended by a statement run on the raw connection".into(),
+                ),
+            }),
+            Err(e) => {
+                // COMMIT itself failed (deferred constraint, serialization failure) and
+                // the server ended the transaction — or the connection broke. Do not
+                // guess: the connection is closed instead of going back to the pool.
+                conn.close_on_drop();
+                Err(map(e, "uow.commit"))
             }
         }
+    }
+
+    // The primary key is read from `pg_catalog` (visible to every role;
+    // `information_schema`'s constraint views hide tables the role does not own or write).
+    const TABLE_COLUMNS: &'static str = "SELECT c.column_name::text, c.data_type::text, \
+         c.collation_name::text, c.is_nullable = 'NO', \
+         EXISTS (SELECT 1 FROM pg_catalog.pg_index i JOIN pg_catalog.pg_attribute a \
+         ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
+         WHERE i.indrelid = format('%I.%I', c.table_schema, c.table_name)::regclass \
+         AND i.indisprimary AND a.attname = c.column_name), \
+         c.column_default IS NOT NULL OR c.is_identity = 'YES' OR c.is_generated = 'ALWAYS' \
+         FROM information_schema.columns c \
+         WHERE c.table_schema = current_schema() AND c.table_name = $1 \
+         ORDER BY c.ordinal_position";
+    const TABLE_INDEXES: &'static str = "SELECT indexname::text FROM pg_indexes \
+         WHERE schemaname = current_schema() AND tablename = $1";
+    // Concurrent `CREATE TABLE IF NOT EXISTS` can still collide in the catalog.
+    const REGISTER_LOCK: Option<&'static str> = Some("SELECT pg_advisory_xact_lock(hashtext($1))");
+
+    const HISTORY_EXISTS: &'static str =
+        "SELECT 1 WHERE to_regclass('_larder_migrations') IS NOT NULL";
+    const HISTORY_DDL: &'static str = "CREATE TABLE IF NOT EXISTS _larder_migrations (\
+         module TEXT NOT NULL, version BIGINT NOT NULL, name TEXT NOT NULL, \
+         kind TEXT NOT NULL, checksum TEXT NOT NULL, applied_at TEXT NOT NULL, \
+         execution_ms BIGINT NOT NULL, success BOOLEAN NOT NULL, \
+         PRIMARY KEY (module, version, name))";
+    const BEGIN_WRITE: &'static str = "BEGIN";
+    const HOLDS_RUN_LOCK: bool = true;
+
+    /// A session advisory lock for the whole run, taken by polling `pg_try_advisory_lock` —
+    /// never a blocking `pg_advisory_lock`, whose waiting transaction would deadlock with a
+    /// `CREATE INDEX CONCURRENTLY` run by the lock holder. If the process dies, the session
+    /// ends and the lock with it.
+    async fn lock_migrations(conn: &mut PgConnection, timeout: Duration) -> Result<bool> {
+        let started = Instant::now();
+        loop {
+            let got: bool = sqlx::query_scalar(AssertSqlSafe(format!(
+                "SELECT pg_try_advisory_lock({LOCK_KEY})"
+            )))
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| map(e, "migrate.lock"))?;
+            if got {
+                return Ok(true);
+            }
+            if started.elapsed() >= timeout {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Released explicitly, outside any transaction (so the unlock cannot fail in an
+    /// aborted transaction).
+    async fn unlock_migrations(conn: &mut PgConnection) -> Result<()> {
+        sqlx::query(AssertSqlSafe(format!(
+            "SELECT pg_advisory_unlock({LOCK_KEY})"
+        )))
+        .execute(conn)
+        .await
+        .map_err(|e| map(e, "migrate.unlock"))?;
+        Ok(())
     }
 }
 
@@ -425,29 +247,13 @@ pub trait PgUowExt {
     fn postgres_bounded(&mut self) -> BoxFuture<'_, Result<&mut PgConnection>>;
 }
 
-fn driver(uow: &mut Uow) -> Option<&mut PgTransaction> {
-    uow.backend_transaction()?
-        .as_any_mut()
-        .downcast_mut::<PgTransaction>()
-}
-
 impl PgUowExt for Uow {
     fn postgres(&mut self) -> Option<&mut PgConnection> {
-        driver(self)?.connection()
+        larder_sql::sql_tx::<Pg>(self)?.connection()
     }
 
     fn postgres_bounded(&mut self) -> BoxFuture<'_, Result<&mut PgConnection>> {
-        Box::pin(async move {
-            let deadline = self.deadline();
-            let backend = self.store().backend_name();
-            let tx = driver(self).ok_or(Error::Unsupported {
-                operation: "raw postgres access",
-                backend,
-            })?;
-            tx.set_deadline(deadline);
-            tx.arm().await?;
-            tx.conn()
-        })
+        larder_sql::bounded_connection::<Pg>(self, "raw postgres access")
     }
 }
 

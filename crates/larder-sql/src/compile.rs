@@ -33,6 +33,17 @@ impl Dialect {
             Dialect::Sqlite => "sqlite",
         }
     }
+
+    /// How many dialects there are (see [`Dialect::index`]).
+    pub const COUNT: usize = 2;
+
+    /// A dense index of this dialect (`0..COUNT`), for per-dialect caches.
+    pub const fn index(self) -> usize {
+        match self {
+            Dialect::Postgres => 0,
+            Dialect::Sqlite => 1,
+        }
+    }
 }
 
 /// SQL text and its bound values, in placeholder order.

@@ -1,98 +1,12 @@
-//! The storage primitives every SQL backend shares, written once.
-//!
-//! A backend implements [`SqlDriver`] — run a statement, fetch records, fetch one integer,
-//! stream records, savepoints, commit, rollback — and wraps it in [`SqlTransaction`], which
-//! implements larder's [`Transaction`] contract on top: which SQL to run for each
-//! repository operation and how to turn "0 rows affected" into `AlreadyExists`, `Conflict`
-//! or `NotFound`.
+//! Decoding repository rows, and what a failed statement found missing — shared by every
+//! SQL dialect (see [`SqlTx`](crate::SqlTx)).
 
-use std::any::Any;
-
-use futures_util::StreamExt;
-use larder_core::backend::{BoxFuture, BoxStream, Transaction};
 use larder_core::entity::mapping_error;
-use larder_core::events::EventTransaction;
-use larder_core::query::Select;
-use larder_core::spec::Pred;
-use larder_core::{Deadline, EntityDef, Error, FieldType, Record, Result, Storage, Value};
+use larder_core::{EntityDef, FieldType, Record, Result, Storage, Value};
 
-use crate::compile::{self, Built, Dialect, Shape};
-
-/// A SQL connection inside an open transaction, as a backend provides it.
-///
-/// # Contract
-///
-/// - Every statement honours the deadline last given to [`SqlDriver::set_deadline`],
-///   cancelling the work in the database and failing with `DeadlineExceeded`.
-/// - Errors are classified into larder's [`Error`] (transient, deadline, …).
-/// - Rows are decoded in the column order of [`compile`] (see [`decode_record`]).
-pub trait SqlDriver: Send + 'static {
-    /// The dialect to compile for.
-    const DIALECT: Dialect;
-
-    /// The deadline of the statements that follow.
-    fn set_deadline(&mut self, deadline: Option<Deadline>);
-
-    /// Runs a statement; returns the number of rows affected.
-    fn execute<'a>(&'a mut self, b: Built, op: &'static str) -> BoxFuture<'a, Result<u64>>;
-
-    /// Runs a query and decodes its rows as records of `def`.
-    fn fetch_records<'a>(
-        &'a mut self,
-        def: &'a EntityDef,
-        b: Built,
-        op: &'static str,
-    ) -> BoxFuture<'a, Result<Vec<Record>>>;
-
-    /// Runs a query whose first column of the first row is an integer (`None`: no row).
-    fn fetch_i64<'a>(
-        &'a mut self,
-        b: Built,
-        op: &'static str,
-    ) -> BoxFuture<'a, Result<Option<i64>>>;
-
-    /// Runs a query and streams its rows as records of `shape` (see [`decode_record`]),
-    /// fetched as the stream is polled.
-    fn stream_records<'a>(
-        &'a mut self,
-        def: &'a EntityDef,
-        b: Built,
-        shape: Shape,
-    ) -> BoxStream<'a, Result<Record>>;
-
-    /// `SAVEPOINT name`.
-    fn savepoint<'a>(&'a mut self, name: &'a str) -> BoxFuture<'a, Result<()>>;
-
-    /// `RELEASE SAVEPOINT name`.
-    fn release_savepoint<'a>(&'a mut self, name: &'a str) -> BoxFuture<'a, Result<()>>;
-
-    /// `ROLLBACK TO SAVEPOINT name`.
-    fn rollback_to_savepoint<'a>(&'a mut self, name: &'a str) -> BoxFuture<'a, Result<()>>;
-
-    /// Commits.
-    fn commit(self) -> BoxFuture<'static, Result<()>>;
-
-    /// Rolls back.
-    fn rollback(self) -> BoxFuture<'static, Result<()>>;
-
-    /// Whether a failed statement of this driver (its error, as this driver mapped it)
-    /// says that the table, or a column, it names does not exist (SQLite `no such
-    /// table`, PostgreSQL `42P01`). The repository primitives turn that into
-    /// [`Error::NotRegistered`] / [`Error::SchemaMismatch`] naming the entity, instead of
-    /// checking the catalog before every call. Default: never.
-    fn missing(e: &Error) -> Option<Missing>
-    where
-        Self: Sized,
-    {
-        let _ = e;
-        None
-    }
-
-    /// The event-log primitives of this transaction (`None`: not implemented).
-    fn events(&mut self) -> Option<&mut dyn EventTransaction> {
-        None
-    }
-}
+use crate::compile::Shape;
+use crate::dialect::SqlRow;
+use sqlx::{Arguments, Database, Encode, Type};
 
 /// What a failed repository statement found missing (see [`SqlDriver::missing`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,195 +18,11 @@ pub enum Missing {
     Column(String),
 }
 
-/// Maps the error of a repository statement on `def`'s table (see [`SqlDriver::missing`]).
-fn on_entity<D: SqlDriver>(def: &EntityDef, e: Error) -> Error {
-    match D::missing(&e) {
-        Some(Missing::Table) => Error::NotRegistered {
-            entity: def.name,
-            table: def.table.to_owned(),
-        },
-        Some(Missing::Column(said)) => Error::SchemaMismatch {
-            entity: def.name,
-            table: def.table.to_owned(),
-            differences: format!(
-                "a column the entity uses is missing ({said}); `store.register::<T>()` lists every difference"
-            ),
-        },
-        None => e,
-    }
-}
-
-/// Adapts a [`SqlDriver`] to larder's [`Transaction`]. `as_any_mut` exposes the driver
-/// itself, so backend extension traits downcast to their driver type.
-#[derive(Debug)]
-pub struct SqlTransaction<D>(pub D);
-
-impl<D: SqlDriver> SqlTransaction<D> {
-    /// After a versioned write touched no row: `NotFound`, or `Conflict` naming the
-    /// version actually stored.
-    async fn write_failed(
-        &mut self,
-        def: &EntityDef,
-        id: &Value,
-        expected: u64,
-        op: &'static str,
-    ) -> Error {
-        match self
-            .0
-            .fetch_i64(compile::version_of(def, id, D::DIALECT), op)
-            .await
-        {
-            Err(e) => on_entity::<D>(def, e),
-            Ok(actual) => def.stale_write(id, expected, actual.and_then(|v| u64::try_from(v).ok())),
-        }
-    }
-}
-
-impl<D: SqlDriver> Transaction for SqlTransaction<D> {
-    fn set_deadline(&mut self, deadline: Option<Deadline>) {
-        self.0.set_deadline(deadline);
-    }
-
-    fn insert<'a>(
-        &'a mut self,
-        def: &'a EntityDef,
-        record: &'a Record,
-    ) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            let b = compile::insert(def, record, D::DIALECT);
-            let n = self.0.execute(b, "repository.insert").await;
-            if n.map_err(|e| on_entity::<D>(def, e))? == 0 {
-                return Err(Error::AlreadyExists {
-                    entity: def.name,
-                    id: record.id.display_id(),
-                });
-            }
-            Ok(())
-        })
-    }
-
-    fn update<'a>(
-        &'a mut self,
-        def: &'a EntityDef,
-        record: &'a Record,
-        expected: u64,
-    ) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            let b = compile::update(def, record, expected, D::DIALECT);
-            let n = self.0.execute(b, "repository.update").await;
-            if n.map_err(|e| on_entity::<D>(def, e))? == 0 {
-                return Err(self
-                    .write_failed(def, &record.id, expected, "repository.update")
-                    .await);
-            }
-            Ok(())
-        })
-    }
-
-    fn delete<'a>(
-        &'a mut self,
-        def: &'a EntityDef,
-        id: &'a Value,
-        expected: u64,
-    ) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            let b = compile::delete(def, id, expected, D::DIALECT);
-            let n = self.0.execute(b, "repository.delete").await;
-            if n.map_err(|e| on_entity::<D>(def, e))? == 0 {
-                return Err(self
-                    .write_failed(def, id, expected, "repository.delete")
-                    .await);
-            }
-            Ok(())
-        })
-    }
-
-    fn get_many<'a>(
-        &'a mut self,
-        def: &'a EntityDef,
-        ids: &'a [Value],
-    ) -> BoxFuture<'a, Result<Vec<Record>>> {
-        Box::pin(async move {
-            if ids.is_empty() {
-                return Ok(Vec::new());
-            }
-            let b = compile::get_many(def, ids, D::DIALECT);
-            let rows = self.0.fetch_records(def, b, "repository.get").await;
-            rows.map_err(|e| on_entity::<D>(def, e))
-        })
-    }
-
-    fn count<'a>(&'a mut self, def: &'a EntityDef, filter: &'a Pred) -> BoxFuture<'a, Result<u64>> {
-        Box::pin(async move {
-            let b = compile::count(def, filter, D::DIALECT)?;
-            let n = self.0.fetch_i64(b, "repository.count").await;
-            let n = n.map_err(|e| on_entity::<D>(def, e))?;
-            Ok(n.and_then(|n| u64::try_from(n).ok()).unwrap_or(0))
-        })
-    }
-
-    fn select<'a>(
-        &'a mut self,
-        def: &'a EntityDef,
-        plan: &'a Select,
-    ) -> BoxFuture<'a, Result<Vec<Record>>> {
-        Box::pin(async move {
-            let b = compile::select(def, plan, D::DIALECT)?;
-            let rows = self.0.fetch_records(def, b, "repository.find").await;
-            rows.map_err(|e| on_entity::<D>(def, e))
-        })
-    }
-
-    fn stream<'a>(&'a mut self, def: &'a EntityDef, plan: Select) -> BoxStream<'a, Result<Record>> {
-        let shape = Shape::for_stream(def);
-        match compile::select_shaped(def, &plan, D::DIALECT, shape) {
-            Ok(b) => self
-                .0
-                .stream_records(def, b, shape)
-                .map(move |r| r.map_err(|e| on_entity::<D>(def, e)))
-                .boxed(),
-            Err(e) => futures_util::stream::once(async move { Err(e) }).boxed(),
-        }
-    }
-
-    fn savepoint<'a>(&'a mut self, name: &'a str) -> BoxFuture<'a, Result<()>> {
-        self.0.savepoint(name)
-    }
-
-    fn release_savepoint<'a>(&'a mut self, name: &'a str) -> BoxFuture<'a, Result<()>> {
-        self.0.release_savepoint(name)
-    }
-
-    fn rollback_to_savepoint<'a>(&'a mut self, name: &'a str) -> BoxFuture<'a, Result<()>> {
-        self.0.rollback_to_savepoint(name)
-    }
-
-    fn commit(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
-        self.0.commit()
-    }
-
-    fn rollback(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
-        self.0.rollback()
-    }
-
-    fn events(&mut self) -> Option<&mut dyn EventTransaction> {
-        self.0.events()
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        &mut self.0
-    }
-}
-
 /// Decodes a row selected by [`compile`] (id, version, body for documents, then the
 /// registered fields unless `shape` is [`Shape::Body`], in which case `values` is left
-/// empty). `get(row, i, ty)` reads column `i` as a value of type `ty`.
-pub fn decode_record<R>(
-    def: &EntityDef,
-    row: &R,
-    shape: Shape,
-    get: impl Fn(&R, usize, FieldType) -> Result<Value>,
-) -> Result<Record> {
+/// empty).
+pub fn decode_record<D>(def: &EntityDef, row: &impl SqlRow<D>, shape: Shape) -> Result<Record> {
+    let get = |row: &_, i, ty| value::<D>(def, row, i, ty);
     let bad = |what: &str| mapping_error(def.name, "decode", format!("unexpected {what} column"));
     let id = get(row, 0, def.id.ty)?;
     let version = match get(row, 1, FieldType::Int)? {
@@ -322,4 +52,64 @@ pub fn decode_record<R>(
         values,
         body,
     })
+}
+
+/// Reads column `i` as a value of type `ty`.
+fn value<D>(def: &EntityDef, row: &impl SqlRow<D>, i: usize, ty: FieldType) -> Result<Value> {
+    let e = |e: sqlx::Error| mapping_error(def.name, "decode", e);
+    let b = |e: larder_core::BoxError| mapping_error(def.name, "decode", e);
+    Ok(match ty {
+        FieldType::Bool => row.boolean(i).map_err(e)?.into(),
+        FieldType::Int => row.int(i).map_err(e)?.into(),
+        FieldType::Float => row.float(i).map_err(e)?.into(),
+        FieldType::Text => row.text(i).map_err(e)?.into(),
+        FieldType::Uuid => row.uuid(i).map_err(b)?.into(),
+        FieldType::Json => row.json(i).map_err(b)?.map_or(Value::Null, Value::Json),
+        _ => return Err(mapping_error(def.name, "decode", "unsupported field type")),
+    })
+}
+
+/// Binds compiled values of the types every dialect has (bool, integers, double, text);
+/// `other` binds the rest where the dialect has native types (uuid, JSON) and hands back
+/// (`Err`) a value of a type it does not take (SQLite gets those as text and integers already:
+/// see [`compile::sql_value`](crate::compile::sql_value)).
+pub fn bind_values<DB: Database>(
+    values: Vec<sea_query::Value>,
+    backend: &'static str,
+    mut other: impl FnMut(
+        &mut DB::Arguments,
+        sea_query::Value,
+    ) -> std::result::Result<
+        std::result::Result<(), larder_core::BoxError>,
+        sea_query::Value,
+    >,
+) -> Result<DB::Arguments>
+where
+    for<'q> Option<bool>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<i32>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<f64>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<String>: Encode<'q, DB> + Type<DB>,
+{
+    use sea_query::Value as S;
+    let mut args = DB::Arguments::default();
+    for v in values {
+        let r = match v {
+            S::Bool(b) => args.add(b),
+            S::BigInt(i) => args.add(i),
+            S::Int(i) => args.add(i),
+            S::BigUnsigned(u) => args.add(u.map(|u| i64::try_from(u).unwrap_or(i64::MAX))),
+            S::Double(f) => args.add(f),
+            S::String(s) => args.add(s),
+            v => match other(&mut args, v) {
+                Ok(r) => r,
+                Err(v) => {
+                    let shown = format!("unexpected parameter type {v:?}");
+                    return Err(larder_core::Error::backend(backend, shown));
+                }
+            },
+        };
+        r.map_err(|source| larder_core::Error::Backend { backend, source })?;
+    }
+    Ok(args)
 }

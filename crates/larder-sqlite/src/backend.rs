@@ -7,13 +7,13 @@ use std::time::Duration;
 use larder_core::backend::{Backend, BeginOptions, BoxFuture, Capabilities, Transaction};
 use larder_core::settings::{Settings, Synchronous, UrlRules};
 use larder_core::{EntityDef, Error, Result};
-use larder_sql::{Dialect, SqlDriver, SqlTransaction, ddl};
+use larder_sql::SqlMigrationDriver;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
 use crate::error::{BACKEND, map};
-use crate::uow::SqliteTransaction;
+use crate::uow::{Lite, LiteState, SqliteTransaction};
 
 /// The SQLite backend: a pool of connections to one database file.
 #[derive(Clone)]
@@ -176,6 +176,19 @@ impl SqliteBackend {
     }
 }
 
+/// Runs migrations on SQLite (writers are serialized by `BEGIN IMMEDIATE`; each migration
+/// re-checks the history inside its write transaction). Create one with
+/// [`SqliteBackend::migration_driver`].
+pub type SqliteMigrationDriver = SqlMigrationDriver<Lite>;
+
+impl SqliteBackend {
+    /// A migration driver on a dedicated connection of this pool.
+    pub async fn migration_driver(&self) -> Result<SqliteMigrationDriver> {
+        let conn = self.pool.acquire().await.map_err(|e| map(e, "migrate"))?;
+        Ok(SqlMigrationDriver::new(conn))
+    }
+}
+
 impl Backend for SqliteBackend {
     fn name(&self) -> &'static str {
         BACKEND
@@ -200,7 +213,7 @@ impl Backend for SqliteBackend {
             } else {
                 Some(self.write_permit().await?)
             };
-            // larder runs the transaction control itself (see `SqliteTransaction`).
+            // larder runs the transaction control itself (see `larder_sql::SqlTx`).
             let mut tx = self.pool.acquire().await.map_err(|e| map(e, "uow.begin"))?;
             let begin = if opts.read_only {
                 "BEGIN"
@@ -211,58 +224,27 @@ impl Backend for SqliteBackend {
                 // A failed BEGIN leaves no transaction on the connection.
                 return Err(map(e, "uow.begin"));
             }
-            let mut tx = SqliteTransaction::new(tx, self.record_query_text, permit);
+            let mut tx = SqliteTransaction::new(tx, self.record_query_text, LiteState::new(permit));
             tx.set_deadline(opts.deadline);
-            Ok(Box::new(SqlTransaction(tx)) as Box<dyn Transaction>)
+            Ok(Box::new(tx) as Box<dyn Transaction>)
         })
     }
 
     fn prepare<'a>(&'a self, def: &'a EntityDef) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            let stmts = ddl::create_table(def, Dialect::Sqlite)?;
+            // Under the write lock (permit, then `BEGIN IMMEDIATE`): nobody creates or alters
+            // the table in between.
             let _permit = self.write_permit().await?;
-            let mut tx = self
-                .pool
-                .begin_with("BEGIN IMMEDIATE")
-                .await
-                .map_err(|e| map(e, "store.register"))?;
-            // Under the write lock: nobody creates or alters the table in between.
-            let found = introspect(&mut tx, def.table).await?;
-            if !found.columns.is_empty() {
-                // An existing table is never altered: it matches, or it needs a migration.
-                // Nothing was written; end the transaction now (not on drop) so the write
-                // lock is free when the permit is.
-                let checked = ddl::compare(def, Dialect::Sqlite, &found);
-                tx.rollback().await.map_err(|e| map(e, "store.register"))?;
-                return checked;
-            }
-            for s in stmts {
-                // DDL built from a validated registry (see larder_sql::ddl).
-                sqlx::query(sqlx::AssertSqlSafe(s))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| map(e, "store.register"))?;
-            }
-            tx.commit().await.map_err(|e| map(e, "store.register"))
+            let conn = self.pool.acquire().await;
+            let conn = conn.map_err(|e| map(e, "store.register"))?;
+            larder_sql::schema::register_table::<Lite>(conn, def).await
         })
     }
 
     fn prepare_events(&self) -> BoxFuture<'_, Result<()>> {
-        Box::pin(async move {
-            let mut d = self
-                .migration_driver()
-                .await
-                .map_err(|e| Error::backend(BACKEND, e.to_string()))?;
-            larder_sql::migrate::apply_builtin(&mut d, Dialect::Sqlite)
-                .await
-                .map(|_| ())
-                .map_err(|e| {
-                    Error::backend(
-                        BACKEND,
-                        format!("applying larder's built-in migrations failed: {e}"),
-                    )
-                })
-        })
+        Box::pin(
+            async move { larder_sql::schema::prepare_events(self.migration_driver().await?).await },
+        )
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {
@@ -272,35 +254,6 @@ impl Backend for SqliteBackend {
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }
-}
-
-/// Reads a table's columns and indexes from SQLite's catalog (the table name is a bound
-/// parameter of the `pragma_*` table-valued functions). No columns: no such table.
-async fn introspect(conn: &mut sqlx::SqliteConnection, table: &str) -> Result<ddl::FoundTable> {
-    let err = |e| map(e, "store.register");
-    let columns = sqlx::query_as::<_, (String, String, bool, Option<String>, i64)>(
-        "SELECT name, type, \"notnull\", dflt_value, pk FROM pragma_table_info(?1)",
-    )
-    .bind(table)
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(err)?
-    .into_iter()
-    .map(|(name, sql_type, not_null, default, pk)| ddl::FoundColumn {
-        name,
-        sql_type,
-        collation: None,
-        not_null,
-        primary_key: pk > 0,
-        has_default: default.is_some(),
-    })
-    .collect();
-    let indexes = sqlx::query_scalar::<_, String>("SELECT name FROM pragma_index_list(?1)")
-        .bind(table)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(err)?;
-    Ok(ddl::FoundTable { columns, indexes })
 }
 
 /// Whether this SQLite library reads an unknown double-quoted identifier as a string

@@ -28,10 +28,8 @@
 mod backend;
 mod error;
 mod events;
-mod migrate;
 mod row;
 mod uow;
 
-pub use backend::SqliteBackend;
-pub use migrate::SqliteMigrationDriver;
-pub use uow::{SqliteTransaction, SqliteUowExt, classify};
+pub use backend::{SqliteBackend, SqliteMigrationDriver};
+pub use uow::{Lite, LiteState, SqliteTransaction, SqliteUowExt, classify};

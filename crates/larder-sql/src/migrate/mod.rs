@@ -29,7 +29,10 @@
 pub mod source;
 pub mod split;
 
+mod driver;
 mod runner;
+
+pub use driver::SqlMigrationDriver;
 
 use std::fmt;
 use std::time::Duration;
