@@ -9,43 +9,27 @@ use larder_core::backend::{
 };
 use larder_core::settings::{Settings, SslMode, UrlRules};
 use larder_core::{EntityDef, Error, Result};
-use larder_sql::SqlMigrationDriver;
+use larder_sql::{SqlMigrationDriver, SqlPool};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
 
 use crate::error::{BACKEND, map};
 use crate::uow::{Pg, PgState, PgTransaction};
 
 /// The PostgreSQL backend: a pool of connections to one database.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct PgBackend {
-    pool: PgPool,
-    caps: Capabilities,
-    record_query_text: bool,
+    sql: SqlPool<Pg>,
     notify: bool,
     /// Wakes the notifier task (started at the first commit that appended events).
     notifier: Arc<std::sync::OnceLock<tokio::sync::watch::Sender<u64>>>,
     /// When the last reachability probe ran (see `unless_unavailable`).
     probe: Arc<ProbeGate>,
-    /// Database, host and port, for spans.
-    endpoint: larder_core::backend::Endpoint,
 }
 
 const DEFAULT_MAX_CONNECTIONS: u32 = 8;
 
 /// The shortest time between two `NOTIFY larder_events` of one backend.
 const NOTIFY_INTERVAL: Duration = Duration::from_millis(5);
-
-// Hand-written: connection options can hold a password; print only what is safe.
-impl std::fmt::Debug for PgBackend {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PgBackend")
-            .field("size", &self.pool.size())
-            .field("idle", &self.pool.num_idle())
-            .field("closed", &self.pool.is_closed())
-            .field("capabilities", &self.caps)
-            .finish()
-    }
-}
 
 /// What sqlx's PostgreSQL driver reads from a URL (`PgConnectOptions::parse_from_url`):
 /// any other parameter would be logged by the driver, value included, so it is refused.
@@ -148,25 +132,22 @@ impl PgBackend {
 
     /// Wraps an existing pool.
     pub fn from_pool(pool: PgPool) -> PgBackend {
-        let pool_for_endpoint = pool.clone();
+        let o = pool.connect_options();
+        let endpoint = larder_core::backend::Endpoint {
+            namespace: o.get_database().map(str::to_owned),
+            address: Some(o.get_host().to_owned()),
+            port: Some(o.get_port()),
+        };
+        drop(o);
+        let caps = Capabilities::default()
+            .with_regex(true)
+            .with_json_contains(true)
+            .with_concurrent_writers(true)
+            .with_server_side_cancel(true);
         PgBackend {
-            pool,
-            caps: Capabilities::default()
-                .with_regex(true)
-                .with_json_contains(true)
-                .with_concurrent_writers(true)
-                .with_server_side_cancel(true),
-            record_query_text: false,
+            sql: SqlPool::new(pool, caps, endpoint),
             notify: true,
             notifier: Arc::new(std::sync::OnceLock::new()),
-            endpoint: {
-                let o = pool_for_endpoint.connect_options();
-                larder_core::backend::Endpoint {
-                    namespace: o.get_database().map(str::to_owned),
-                    address: Some(o.get_host().to_owned()),
-                    port: Some(o.get_port()),
-                }
-            },
             probe: Arc::new(ProbeGate::default()),
         }
     }
@@ -186,14 +167,14 @@ impl PgBackend {
     /// Records `db.query.text` on spans.
     #[must_use]
     pub fn with_record_query_text(mut self, yes: bool) -> Self {
-        self.record_query_text = yes;
+        self.sql.record_query_text = yes;
         self
     }
 
     /// The sqlx pool (for raw SQL outside larder; inside a unit of work use
     /// [`PgUowExt`](crate::PgUowExt)).
     pub fn pool(&self) -> &PgPool {
-        &self.pool
+        &self.sql.pool
     }
 
     /// Wraps the backend into a store.
@@ -284,8 +265,7 @@ pub type PgMigrationDriver = SqlMigrationDriver<Pg>;
 impl PgBackend {
     /// A migration driver on a dedicated connection of this pool.
     pub async fn migration_driver(&self) -> Result<PgMigrationDriver> {
-        let conn = self.pool().acquire().await.map_err(|e| map(e, "migrate"))?;
-        Ok(SqlMigrationDriver::new(conn))
+        self.sql.migration_driver().await
     }
 }
 
@@ -295,7 +275,7 @@ impl Backend for PgBackend {
     }
 
     fn endpoint(&self) -> &larder_core::backend::Endpoint {
-        &self.endpoint
+        &self.sql.endpoint
     }
 
     fn status_code(&self, error: &Error) -> Option<String> {
@@ -303,7 +283,7 @@ impl Backend for PgBackend {
     }
 
     fn capabilities(&self) -> &Capabilities {
-        &self.caps
+        &self.sql.caps
     }
 
     fn begin<'a>(&'a self, opts: &'a BeginOptions) -> BoxFuture<'a, Result<Box<dyn Transaction>>> {
@@ -327,7 +307,7 @@ impl Backend for PgBackend {
                     sqlx::AssertSqlSafe(format!("{begin}; SET LOCAL statement_timeout = {ms}"))
                 }
             };
-            let mut conn = unless_unavailable(&self.pool, &self.probe, self.pool.acquire())
+            let mut conn = unless_unavailable(&self.sql.pool, &self.probe, self.sql.pool.acquire())
                 .await
                 .map_err(|e| map(e, "uow.begin"))?;
             // larder runs the transaction control itself (see `larder_sql::SqlTx`).
@@ -336,25 +316,22 @@ impl Backend for PgBackend {
                 conn.close_on_drop();
                 return Err(map(e, "uow.begin"));
             }
-            let mut tx =
-                PgTransaction::new(conn, self.record_query_text, PgState::armed_at_begin(armed));
+            let mut tx = PgTransaction::new(
+                conn,
+                self.sql.record_query_text,
+                PgState::armed_at_begin(armed),
+            );
             tx.set_deadline(opts.deadline);
             Ok(Box::new(tx) as Box<dyn Transaction>)
         })
     }
 
     fn prepare<'a>(&'a self, def: &'a EntityDef) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            let conn = self.pool.acquire().await;
-            let conn = conn.map_err(|e| map(e, "store.register"))?;
-            larder_sql::schema::register_table::<Pg>(conn, def).await
-        })
+        Box::pin(async move { self.sql.register(def).await })
     }
 
     fn prepare_events(&self) -> BoxFuture<'_, Result<()>> {
-        Box::pin(
-            async move { larder_sql::schema::prepare_events(self.migration_driver().await?).await },
-        )
+        Box::pin(self.sql.prepare_events())
     }
 
     fn events_committed(&self) {
@@ -363,7 +340,7 @@ impl Backend for PgBackend {
         }
         let tx = self.notifier.get_or_init(|| {
             let (tx, mut rx) = tokio::sync::watch::channel(0u64);
-            let pool = self.pool.clone();
+            let pool = self.sql.pool.clone();
             tokio::spawn(async move {
                 let mut schema: Option<String> = None;
                 while rx.changed().await.is_ok() {
@@ -399,10 +376,10 @@ impl Backend for PgBackend {
     fn listen_events(&self) -> BoxFuture<'_, Result<Option<BoxStream<'static, ()>>>> {
         Box::pin(async move {
             let schema: String = sqlx::query_scalar("SELECT current_schema()::text")
-                .fetch_one(&self.pool)
+                .fetch_one(&self.sql.pool)
                 .await
                 .map_err(|e| map(e, "events.listen"))?;
-            let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool)
+            let mut listener = sqlx::postgres::PgListener::connect_with(&self.sql.pool)
                 .await
                 .map_err(|e| map(e, "events.listen"))?;
             listener
@@ -426,7 +403,7 @@ impl Backend for PgBackend {
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {
-        Box::pin(self.pool.close())
+        Box::pin(self.sql.pool.close())
     }
 
     fn as_any(&self) -> &dyn std::any::Any {

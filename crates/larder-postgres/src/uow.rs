@@ -8,7 +8,7 @@ use larder_core::deadline::CLIENT_GRACE;
 use larder_core::{Deadline, Error, Result, Uow};
 use larder_sql::{Dialect, SqlDialect, SqlTx};
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgArguments, PgConnection, PgQueryResult, Postgres};
+use sqlx::postgres::{PgArguments, PgConnection, Postgres};
 use sqlx::{Arguments, AssertSqlSafe};
 
 use crate::error::{BACKEND, map};
@@ -53,13 +53,7 @@ impl SqlDialect for Pg {
     const LOCK_ROW: &'static str = " FOR UPDATE";
     const JSON_PARAM: &'static str = "::json";
 
-    fn executor<'c>(conn: &'c mut PgConnection) -> impl sqlx::Executor<'c, Database = Postgres> {
-        conn
-    }
-
-    fn rows_affected(r: &PgQueryResult) -> u64 {
-        r.rows_affected()
-    }
+    larder_sql::sqlx_plumbing!(Postgres);
 
     fn map(e: sqlx::Error, operation: &'static str) -> Error {
         map(e, operation)

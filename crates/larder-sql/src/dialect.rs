@@ -66,6 +66,24 @@ macro_rules! native_columns {
     };
 }
 
+/// Implements [`SqlDialect::executor`] and [`SqlDialect::rows_affected`] for the sqlx
+/// database `$db` (the same two lines for every driver): `sqlx_plumbing!(Postgres);` inside
+/// the `impl SqlDialect for …`.
+#[macro_export]
+macro_rules! sqlx_plumbing {
+    ($db:ty) => {
+        fn executor<'c>(
+            conn: &'c mut <$db as $crate::sqlx::Database>::Connection,
+        ) -> impl $crate::sqlx::Executor<'c, Database = $db> {
+            conn
+        }
+
+        fn rows_affected(r: &<$db as $crate::sqlx::Database>::QueryResult) -> u64 {
+            r.rows_affected()
+        }
+    };
+}
+
 /// How the shared SQL backend talks to one database through its sqlx driver.
 ///
 /// Everything here is what really differs between databases; the statements and the

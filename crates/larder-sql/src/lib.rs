@@ -15,6 +15,8 @@
 //!   change the SQL text.
 //! - [`ddl`]: `CREATE TABLE` / `CREATE INDEX` for an entity, as run by `Store::register` and
 //!   as you would put in a migration.
+//! - [`pool`]: [`SqlPool`], what every SQL backend holds (pool, capabilities, endpoint) and
+//!   does with it (register, migrate, prepare the event store).
 //! - [`schema`]: registering an entity's table (create, or check an existing one), and
 //!   preparing the event store's tables.
 //! - [`migrate`]: migration sources, the runner, and [`SqlMigrationDriver`] for any dialect.
@@ -26,6 +28,7 @@ pub mod dialect;
 pub mod driver;
 pub mod events;
 pub mod migrate;
+pub mod pool;
 pub mod schema;
 pub mod tx;
 
@@ -33,6 +36,7 @@ pub use compile::{Built, Dialect, Shape};
 pub use dialect::{LogDialect, SqlDialect, SqlRow};
 pub use driver::{Missing, decode_record};
 pub use migrate::SqlMigrationDriver;
+pub use pool::SqlPool;
 pub use tx::{Kind, SqlTx, bounded_connection, roll_back, sql_tx};
 
 #[doc(hidden)]

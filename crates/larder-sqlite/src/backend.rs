@@ -7,7 +7,7 @@ use std::time::Duration;
 use larder_core::backend::{Backend, BeginOptions, BoxFuture, Capabilities, Transaction};
 use larder_core::settings::{Settings, Synchronous, UrlRules};
 use larder_core::{EntityDef, Error, Result};
-use larder_sql::SqlMigrationDriver;
+use larder_sql::{SqlMigrationDriver, SqlPool};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -16,9 +16,9 @@ use crate::error::{BACKEND, map};
 use crate::uow::{Lite, LiteState, SqliteTransaction};
 
 /// The SQLite backend: a pool of connections to one database file.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct SqliteBackend {
-    pool: SqlitePool,
+    sql: SqlPool<Lite>,
     /// The write permit: SQLite has one writer at a time, and its busy handler (sleep and
     /// poll) is unfair — the writer that just committed takes the lock again while the
     /// others sleep. Writers of this backend queue for this FIFO permit before `BEGIN
@@ -28,25 +28,9 @@ pub struct SqliteBackend {
     /// How long a writer waits for the permit before `Transient(Busy)` (SQLite's own busy
     /// timeout: the same contract as before, now in arrival order).
     busy_timeout: Duration,
-    /// The database file, for spans.
-    endpoint: larder_core::backend::Endpoint,
-    caps: Capabilities,
-    record_query_text: bool,
 }
 
 const DEFAULT_MAX_CONNECTIONS: u32 = 4;
-
-// Hand-written: connection options can hold a password; print only what is safe.
-impl std::fmt::Debug for SqliteBackend {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteBackend")
-            .field("size", &self.pool.size())
-            .field("idle", &self.pool.num_idle())
-            .field("closed", &self.pool.is_closed())
-            .field("capabilities", &self.caps)
-            .finish()
-    }
-}
 
 /// What sqlx's SQLite driver reads from a URL (`SqliteConnectOptions::from_str`).
 const URL_RULES: UrlRules = UrlRules {
@@ -117,38 +101,36 @@ impl SqliteBackend {
     /// Wraps an existing pool. The caller is responsible for its pragmas; prefer
     /// [`SqliteBackend::connect`].
     pub fn from_pool(pool: SqlitePool) -> SqliteBackend {
-        let pool_for_endpoint = pool.clone();
+        let endpoint = larder_core::backend::Endpoint {
+            namespace: pool
+                .connect_options()
+                .get_filename()
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned()),
+            address: None,
+            port: None,
+        };
+        let caps = Capabilities::default()
+            .with_regex(true)
+            .with_server_side_cancel(true);
         SqliteBackend {
-            pool,
+            sql: SqlPool::new(pool, caps, endpoint),
             writer: Arc::new(tokio::sync::Semaphore::new(1)),
             busy_timeout: Duration::from_secs(5),
-            endpoint: larder_core::backend::Endpoint {
-                namespace: pool_for_endpoint
-                    .connect_options()
-                    .get_filename()
-                    .file_name()
-                    .map(|f| f.to_string_lossy().into_owned()),
-                address: None,
-                port: None,
-            },
-            caps: Capabilities::default()
-                .with_regex(true)
-                .with_server_side_cancel(true),
-            record_query_text: false,
         }
     }
 
     /// Records `db.query.text` on spans.
     #[must_use]
     pub fn with_record_query_text(mut self, yes: bool) -> Self {
-        self.record_query_text = yes;
+        self.sql.record_query_text = yes;
         self
     }
 
     /// The sqlx pool (for raw SQL outside larder; inside a unit of work use
     /// [`SqliteUowExt`](crate::SqliteUowExt)).
     pub fn pool(&self) -> &SqlitePool {
-        &self.pool
+        &self.sql.pool
     }
 
     /// Wraps the backend into a store.
@@ -184,8 +166,7 @@ pub type SqliteMigrationDriver = SqlMigrationDriver<Lite>;
 impl SqliteBackend {
     /// A migration driver on a dedicated connection of this pool.
     pub async fn migration_driver(&self) -> Result<SqliteMigrationDriver> {
-        let conn = self.pool.acquire().await.map_err(|e| map(e, "migrate"))?;
-        Ok(SqlMigrationDriver::new(conn))
+        self.sql.migration_driver().await
     }
 }
 
@@ -195,11 +176,11 @@ impl Backend for SqliteBackend {
     }
 
     fn endpoint(&self) -> &larder_core::backend::Endpoint {
-        &self.endpoint
+        &self.sql.endpoint
     }
 
     fn capabilities(&self) -> &Capabilities {
-        &self.caps
+        &self.sql.caps
     }
 
     fn begin<'a>(&'a self, opts: &'a BeginOptions) -> BoxFuture<'a, Result<Box<dyn Transaction>>> {
@@ -214,7 +195,12 @@ impl Backend for SqliteBackend {
                 Some(self.write_permit().await?)
             };
             // larder runs the transaction control itself (see `larder_sql::SqlTx`).
-            let mut tx = self.pool.acquire().await.map_err(|e| map(e, "uow.begin"))?;
+            let mut tx = self
+                .sql
+                .pool
+                .acquire()
+                .await
+                .map_err(|e| map(e, "uow.begin"))?;
             let begin = if opts.read_only {
                 "BEGIN"
             } else {
@@ -224,7 +210,8 @@ impl Backend for SqliteBackend {
                 // A failed BEGIN leaves no transaction on the connection.
                 return Err(map(e, "uow.begin"));
             }
-            let mut tx = SqliteTransaction::new(tx, self.record_query_text, LiteState::new(permit));
+            let mut tx =
+                SqliteTransaction::new(tx, self.sql.record_query_text, LiteState::new(permit));
             tx.set_deadline(opts.deadline);
             Ok(Box::new(tx) as Box<dyn Transaction>)
         })
@@ -235,20 +222,16 @@ impl Backend for SqliteBackend {
             // Under the write lock (permit, then `BEGIN IMMEDIATE`): nobody creates or alters
             // the table in between.
             let _permit = self.write_permit().await?;
-            let conn = self.pool.acquire().await;
-            let conn = conn.map_err(|e| map(e, "store.register"))?;
-            larder_sql::schema::register_table::<Lite>(conn, def).await
+            self.sql.register(def).await
         })
     }
 
     fn prepare_events(&self) -> BoxFuture<'_, Result<()>> {
-        Box::pin(
-            async move { larder_sql::schema::prepare_events(self.migration_driver().await?).await },
-        )
+        Box::pin(self.sql.prepare_events())
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {
-        Box::pin(self.pool.close())
+        Box::pin(self.sql.pool.close())
     }
 
     fn as_any(&self) -> &dyn std::any::Any {

@@ -9,7 +9,7 @@ use larder_core::{Deadline, Error, Result, Uow};
 use larder_sql::{Dialect, SqlDialect, SqlTx};
 use sqlx::AssertSqlSafe;
 use sqlx::pool::PoolConnection;
-use sqlx::sqlite::{Sqlite, SqliteArguments, SqliteConnection, SqliteQueryResult};
+use sqlx::sqlite::{Sqlite, SqliteArguments, SqliteConnection};
 
 use crate::error::{BACKEND, map};
 
@@ -66,13 +66,7 @@ impl SqlDialect for Lite {
     const LOCK_ROW: &'static str = "";
     const JSON_PARAM: &'static str = "";
 
-    fn executor<'c>(conn: &'c mut SqliteConnection) -> impl sqlx::Executor<'c, Database = Sqlite> {
-        conn
-    }
-
-    fn rows_affected(r: &SqliteQueryResult) -> u64 {
-        r.rows_affected()
-    }
+    larder_sql::sqlx_plumbing!(Sqlite);
 
     fn map(e: sqlx::Error, operation: &'static str) -> Error {
         map(e, operation)
