@@ -40,27 +40,7 @@ impl<T> std::fmt::Debug for Repo<'_, T> {
 
 macro_rules! op_span {
     ($self:ident, $name:literal, $op:literal) => {
-        {
-            let ep = $self.uow.store().backend().endpoint();
-            tracing::info_span!(
-                $name,
-                otel.kind = "client",
-                db.system.name = $self.uow.store().backend_name(),
-                db.namespace = ep.namespace.as_deref(),
-                server.address = ep.address.as_deref(),
-                server.port = ep.port,
-                db.response.status_code = tracing::field::Empty,
-                db.operation.name = $op,
-                db.collection.name = T::def().table,
-                db.response.returned_rows = tracing::field::Empty,
-                larder.rows_affected = tracing::field::Empty,
-                larder.actor = $self.uow.actor(),
-                larder.correlation_id = $self.uow.correlation_id(),
-                db.query.text = tracing::field::Empty,
-                error.type = tracing::field::Empty,
-                error.message = tracing::field::Empty,
-            )
-        }
+        crate::uow::storage_span!(&*$self.uow, $name, $op, T::def().table, None::<&str>)
     };
 }
 

@@ -855,6 +855,36 @@ impl Drop for Uow {
     }
 }
 
+/// The span of one storage operation, the same fields for every category (OpenTelemetry's
+/// database client conventions plus larder's own): `storage_span!(uow, "larder.x.y", "op",
+/// collection, stream)`. A macro because a span's name must be a literal.
+macro_rules! storage_span {
+    ($uow:expr, $name:literal, $op:literal, $collection:expr, $stream:expr) => {{
+        let uow: &$crate::Uow = $uow;
+        let ep = uow.store().backend().endpoint();
+        tracing::info_span!(
+            $name,
+            otel.kind = "client",
+            db.system.name = uow.store().backend_name(),
+            db.namespace = ep.namespace.as_deref(),
+            server.address = ep.address.as_deref(),
+            server.port = ep.port,
+            db.response.status_code = tracing::field::Empty,
+            db.operation.name = $op,
+            db.collection.name = $collection,
+            larder.stream = $stream,
+            db.response.returned_rows = tracing::field::Empty,
+            larder.rows_affected = tracing::field::Empty,
+            larder.actor = uow.actor(),
+            larder.correlation_id = uow.correlation_id(),
+            db.query.text = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+            error.message = tracing::field::Empty,
+        )
+    }};
+}
+pub(crate) use storage_span;
+
 #[cfg(test)]
 mod tests {
     use super::*;

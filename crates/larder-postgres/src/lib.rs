@@ -9,9 +9,13 @@
 //! longer than a statement. Read-only units of work are `BEGIN READ ONLY`. Inserts use
 //! `ON CONFLICT (id) DO NOTHING`, so a duplicate id is reported as `AlreadyExists` without
 //! aborting the transaction. Deadlines set `statement_timeout` for the transaction
-//! (`set_config(…, true)`, i.e. `SET LOCAL`) to the time left before each statement: the
-//! server cancels the statement itself and the connection stays healthy. Text columns are
+//! (`SET LOCAL`, sent with `BEGIN`), re-armed only when the value in force no longer fits
+//! the time left: the server cancels the statement itself and the connection stays
+//! healthy. Text columns are
 //! created `COLLATE "C"` so ordering is byte-wise, as on SQLite and in memory.
+//!
+//! This crate is the PostgreSQL *dialect* ([`Pg`]) of larder's one SQL backend
+//! (`larder_sql::SqlTx`): what differs from other databases and nothing else.
 #![deny(rustdoc::broken_intra_doc_links)]
 
 mod backend;

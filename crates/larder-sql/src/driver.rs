@@ -8,7 +8,7 @@ use crate::compile::Shape;
 use crate::dialect::SqlRow;
 use sqlx::{Arguments, Database, Encode, Type};
 
-/// What a failed repository statement found missing (see [`SqlDriver::missing`]).
+/// What a failed repository statement found missing (see [`SqlDialect::missing`](crate::SqlDialect::missing)).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Missing {
@@ -18,7 +18,7 @@ pub enum Missing {
     Column(String),
 }
 
-/// Decodes a row selected by [`compile`] (id, version, body for documents, then the
+/// Decodes a row selected by [`compile`](crate::compile) (id, version, body for documents, then the
 /// registered fields unless `shape` is [`Shape::Body`], in which case `values` is left
 /// empty).
 pub fn decode_record<D>(def: &EntityDef, row: &impl SqlRow<D>, shape: Shape) -> Result<Record> {

@@ -12,6 +12,9 @@
 //! writer (WAL). Deadlines interrupt the running statement through SQLite's progress
 //! handler, so the connection stays usable.
 //!
+//! This crate is the SQLite *dialect* ([`Lite`]) of larder's one SQL backend
+//! (`larder_sql::SqlTx`): what differs from other databases and nothing else.
+//!
 //! # Unknown columns are errors
 //!
 //! By default SQLite reads a double-quoted identifier that names no column as a string

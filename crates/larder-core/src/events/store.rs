@@ -231,27 +231,7 @@ impl fmt::Debug for EventStore {
 
 macro_rules! ev_span {
     ($uow:expr, $name:literal, $op:literal, $stream:expr) => {
-        {
-            let ep = $uow.store().backend().endpoint();
-            tracing::info_span!(
-                $name,
-                otel.kind = "client",
-                db.system.name = $uow.store().backend_name(),
-                db.namespace = ep.namespace.as_deref(),
-                server.address = ep.address.as_deref(),
-                server.port = ep.port,
-                db.response.status_code = tracing::field::Empty,
-                db.operation.name = $op,
-                db.collection.name = "larder_events",
-                larder.stream = $stream,
-                db.response.returned_rows = tracing::field::Empty,
-                larder.rows_affected = tracing::field::Empty,
-                larder.actor = $uow.actor(),
-                larder.correlation_id = $uow.correlation_id(),
-                error.type = tracing::field::Empty,
-                error.message = tracing::field::Empty,
-            )
-        }
+        crate::uow::storage_span!(&*$uow, $name, $op, "larder_events", $stream)
     };
 }
 
