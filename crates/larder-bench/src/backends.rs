@@ -247,7 +247,10 @@ impl Db {
                 sqlite_durability(conn).await?
             }
             Raw::Pg(_) => {
-                let conn = uow.postgres().context("larder's PostgreSQL connection")?;
+                let conn = uow
+                    .postgres_bounded()
+                    .await
+                    .context("larder's PostgreSQL connection")?;
                 pg_durability(conn).await?
             }
         };

@@ -188,6 +188,29 @@ pub(crate) async fn get(raw: &Raw, id: Uuid) -> Result<(Customer, i64)> {
     }
 }
 
+/// W5 get as a sqlx user writes it: one bare `SELECT … WHERE id = ?` on the pool (no
+/// transaction: one round trip), decode.
+pub(crate) async fn get_bare(raw: &Raw, id: Uuid) -> Result<(Customer, i64)> {
+    match raw {
+        Raw::Sqlite(pool) => {
+            let row = sqlx::query(lite::GET)
+                .bind(id.hyphenated().to_string())
+                .fetch_optional(pool)
+                .await?
+                .with_context(|| format!("raw get: {id} not found"))?;
+            decode_sqlite(&row)
+        }
+        Raw::Pg(pool) => {
+            let row = sqlx::query(pg::GET)
+                .bind(id)
+                .fetch_optional(pool)
+                .await?
+                .with_context(|| format!("raw get: {id} not found"))?;
+            decode_pg(&row)
+        }
+    }
+}
+
 /// W5 update: one transaction: load, change `balance_cents`, write back with an optimistic
 /// version check; returns the new version.
 pub(crate) async fn update_balance(raw: &Raw, id: Uuid, delta: i64) -> Result<i64> {

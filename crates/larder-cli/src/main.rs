@@ -112,7 +112,9 @@ async fn durability(store: &larder::Store) -> Result<Vec<(String, String)>> {
             .await?
             .get(0);
         out.push(("sqlite_version".into(), v));
-    } else if let Some(conn) = uow.postgres() {
+    } else if store.backend_name() == "postgresql" {
+        // Inside the unit of work's transaction (a read-only one begins it lazily).
+        let conn = uow.postgres_bounded().await?;
         for (k, q) in [
             ("server_version", "SHOW server_version"),
             ("fsync", "SHOW fsync"),

@@ -134,7 +134,8 @@ async fn inspect_postgres(store: &Store) -> Result<Found> {
     use larder::postgres::PgUowExt;
     let mut uow = store.read().await?;
     let conn = uow
-        .postgres()
+        .postgres_bounded()
+        .await
         .context("the PostgreSQL backend gave no connection")?;
     let mut f = Found::default();
     for (table, flag) in [

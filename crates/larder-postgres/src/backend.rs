@@ -20,6 +20,9 @@ use crate::uow::{Pg, PgState, PgTransaction};
 pub struct PgBackend {
     sql: SqlPool<Pg>,
     notify: bool,
+    /// Whether read-only units of work begin their transaction lazily (see
+    /// [`PgBackend::with_lazy_reads`]).
+    lazy_reads: bool,
     /// Wakes the notifier task (started at the first commit that appended events).
     notifier: Arc<std::sync::OnceLock<tokio::sync::watch::Sender<u64>>>,
     /// When the last reachability probe ran (see `unless_unavailable`).
@@ -126,8 +129,18 @@ impl PgBackend {
                 )),
                 None => map(e, "connect"),
             })?;
+        // A read-only unit of work's first read may run on its own (one round trip instead
+        // of three) only where that cannot change what it sees: `READ COMMITTED`, where
+        // every statement takes its own snapshot anyway.
+        let mut first = first;
+        let isolation: String = sqlx::query_scalar("SHOW default_transaction_isolation")
+            .fetch_one(&mut *first)
+            .await
+            .map_err(|e| map(e, "connect"))?;
         drop(first);
-        Ok(PgBackend::from_pool(pool).with_record_query_text(settings.record_query_text))
+        Ok(PgBackend::from_pool(pool)
+            .with_record_query_text(settings.record_query_text)
+            .with_lazy_reads(isolation == "read committed"))
     }
 
     /// Wraps an existing pool.
@@ -147,6 +160,7 @@ impl PgBackend {
         PgBackend {
             sql: SqlPool::new(pool, caps, endpoint),
             notify: true,
+            lazy_reads: false,
             notifier: Arc::new(std::sync::OnceLock::new()),
             probe: Arc::new(ProbeGate::default()),
         }
@@ -161,6 +175,19 @@ impl PgBackend {
     #[must_use]
     pub fn with_notify(mut self, yes: bool) -> Self {
         self.notify = yes;
+        self
+    }
+
+    /// Whether a read-only unit of work begins its transaction only when a second statement
+    /// (or a deadline, a savepoint, raw access) needs it, so that a unit of work with one
+    /// read costs one round trip instead of three (`BEGIN`, the read, `COMMIT`). Safe only
+    /// when the sessions' isolation is `READ COMMITTED` (each statement takes its own
+    /// snapshot inside a transaction too): [`PgBackend::connect`] checks
+    /// `default_transaction_isolation` and turns it on then; off for
+    /// [`PgBackend::from_pool`] until asked.
+    #[must_use]
+    pub fn with_lazy_reads(mut self, yes: bool) -> Self {
+        self.lazy_reads = yes;
         self
     }
 
@@ -288,6 +315,13 @@ impl Backend for PgBackend {
 
     fn begin<'a>(&'a self, opts: &'a BeginOptions) -> BoxFuture<'a, Result<Box<dyn Transaction>>> {
         Box::pin(async move {
+            if opts.read_only && opts.deadline.is_none() && self.lazy_reads {
+                let conn = unless_unavailable(&self.sql.pool, &self.probe, self.sql.pool.acquire())
+                    .await
+                    .map_err(|e| map(e, "uow.begin"))?;
+                let tx = PgTransaction::new(conn, self.sql.record_query_text, PgState::default());
+                return Ok(Box::new(tx.begin_lazily("BEGIN READ ONLY")) as Box<dyn Transaction>);
+            }
             let begin = if opts.read_only {
                 "BEGIN READ ONLY"
             } else {

@@ -48,6 +48,11 @@ pub struct SqlTx<D: SqlDialect> {
     /// clears `poisoned` when the dialect recovers that way ([`SqlDialect::SAVEPOINT_HEALS`]).
     healthy_savepoints: Vec<String>,
     record_sql: bool,
+    /// `Some(BEGIN …)` while the transaction has not begun: a read-only unit of work whose
+    /// first read runs on its own (see [`SqlTx::begin_lazily`]).
+    begin_later: Option<&'static str>,
+    /// A read already ran on its own, outside the transaction.
+    ran_alone: bool,
 }
 
 impl<D: SqlDialect> std::fmt::Debug for SqlTx<D> {
@@ -109,19 +114,68 @@ impl<D: SqlDialect> SqlTx<D> {
             poisoned: None,
             healthy_savepoints: Vec::new(),
             record_sql,
+            begin_later: None,
+            ran_alone: false,
         }
     }
 
+    /// A transaction that is begun with `begin` (`BEGIN READ ONLY`) only when it is
+    /// needed: the first repository read runs on its own, in one round trip, and the
+    /// transaction begins before the second statement (or a deadline, a savepoint, raw
+    /// access). Committing a unit of work that never began costs nothing.
+    ///
+    /// Only for read-only units of work where each statement takes its own snapshot anyway
+    /// (PostgreSQL `READ COMMITTED`): a lone first read then sees exactly what it would
+    /// have seen inside the transaction. `conn` must not be inside a transaction.
+    #[must_use]
+    pub fn begin_lazily(mut self, begin: &'static str) -> Self {
+        self.begin_later = Some(begin);
+        self
+    }
+
+    /// Whether the transaction has begun on the connection (always, unless
+    /// [`SqlTx::begin_lazily`] deferred it and no statement needed it yet).
+    pub fn has_begun(&self) -> bool {
+        self.begin_later.is_none()
+    }
+
+    /// Begins a deferred transaction now, unless this statement (a read: `alone_ok`) may
+    /// be the one that runs on its own.
+    async fn begin_if_needed(&mut self, alone_ok: bool) -> Result<()> {
+        let Some(begin) = self.begin_later else {
+            return Ok(());
+        };
+        if alone_ok && !self.ran_alone && self.deadline.is_none() {
+            self.ran_alone = true;
+            return Ok(());
+        }
+        let conn = self
+            .conn
+            .as_deref_mut()
+            .ok_or(Error::Closed("sql transaction"))?;
+        D::executor(conn)
+            .execute(sqlx::raw_sql(AssertSqlSafe(begin)))
+            .await
+            .map_err(|e| D::map(e, "uow.begin"))?;
+        self.begin_later = None;
+        Ok(())
+    }
+
     /// The sqlx connection of this transaction (raw SQL in the same transaction), or `None`
-    /// once it ended. Statements run on it are not bounded by the deadline (see
-    /// [`SqlTx::bounded_connection`]).
+    /// once it ended — or before a deferred transaction began ([`SqlTx::begin_lazily`]:
+    /// use [`SqlTx::bounded_connection`], which begins it). Statements run on it are not
+    /// bounded by the deadline (see [`SqlTx::bounded_connection`]).
     pub fn connection(&mut self) -> Option<&mut Conn<D>> {
+        if self.begin_later.is_some() {
+            return None;
+        }
         self.conn.as_deref_mut()
     }
 
-    /// The connection with the transaction's deadline armed.
+    /// The connection inside the transaction (begun now if it was deferred), with the
+    /// transaction's deadline armed.
     pub async fn bounded_connection(&mut self) -> Result<&mut Conn<D>> {
-        self.arm().await?;
+        self.arm(false).await?;
         self.conn()
     }
 
@@ -137,8 +191,9 @@ impl<D: SqlDialect> SqlTx<D> {
     }
 
     /// Makes the connection honour the current deadline; refuses every statement of a
-    /// transaction the database may have rolled back by itself.
-    async fn arm(&mut self) -> Result<()> {
+    /// transaction the database may have rolled back by itself; begins a deferred
+    /// transaction unless this statement (a read: `alone_ok`) may run on its own.
+    async fn arm(&mut self, alone_ok: bool) -> Result<()> {
         if !D::SAVEPOINT_HEALS
             && let Some(e) = &self.poisoned
         {
@@ -151,6 +206,11 @@ impl<D: SqlDialect> SqlTx<D> {
                     other => other.kind().into(),
                 }),
             });
+        }
+        self.begin_if_needed(alone_ok).await?;
+        if self.begin_later.is_some() {
+            // Runs on its own, without a deadline (a deadline begins the transaction).
+            return Ok(());
         }
         let deadline = self.deadline;
         let conn = self
@@ -174,7 +234,8 @@ impl<D: SqlDialect> SqlTx<D> {
 
     /// Maps a failed statement's error, poisoning the transaction when the dialect says so.
     pub fn failed(&mut self, e: sqlx::Error, op: &'static str, kind: Kind) -> Error {
-        let poisons = D::poisons(&e, kind != Kind::Read);
+        // A statement that ran on its own (no transaction yet) aborted nothing.
+        let poisons = self.begin_later.is_none() && D::poisons(&e, kind != Kind::Read);
         let err = if kind == Kind::Event && D::duplicate_event_id(&e) {
             Error::AlreadyExists {
                 entity: "event",
@@ -187,8 +248,8 @@ impl<D: SqlDialect> SqlTx<D> {
     }
 
     /// Arms the deadline, records the query text if asked, and binds the values.
-    async fn prepare(&mut self, b: Built) -> Result<(Arc<str>, ArgsOf<D>)> {
-        self.arm().await?;
+    async fn prepare(&mut self, b: Built, kind: Kind) -> Result<(Arc<str>, ArgsOf<D>)> {
+        self.arm(kind == Kind::Read).await?;
         if self.record_sql {
             tracing::Span::current().record("db.query.text", &*b.sql);
         }
@@ -203,7 +264,7 @@ impl<D: SqlDialect> SqlTx<D> {
         op: &'static str,
         kind: Kind,
     ) -> Result<QueryResultOf<D>> {
-        self.arm().await?;
+        self.arm(false).await?;
         let r = D::executor(self.conn()?)
             .execute(sqlx::query_with(AssertSqlSafe(sql), args))
             .await;
@@ -232,7 +293,7 @@ impl<D: SqlDialect> SqlTx<D> {
         kind: Kind,
         persistent: bool,
     ) -> Result<Vec<RowOf<D>>> {
-        self.arm().await?;
+        self.arm(kind == Kind::Read).await?;
         let r = D::executor(self.conn()?)
             .fetch_all(sqlx::query_with(AssertSqlSafe(sql), args).persistent(persistent))
             .await;
@@ -241,7 +302,7 @@ impl<D: SqlDialect> SqlTx<D> {
 
     /// Runs a compiled statement; returns the number of rows affected.
     pub async fn execute(&mut self, b: Built, op: &'static str, kind: Kind) -> Result<u64> {
-        let (sql, args) = self.prepare(b).await?;
+        let (sql, args) = self.prepare(b, Kind::Write).await?;
         let r = self.execute_unarmed(sql, args, op, kind).await?;
         Ok(D::rows_affected(&r))
     }
@@ -261,7 +322,7 @@ impl<D: SqlDialect> SqlTx<D> {
 
     /// Runs a compiled query and returns its rows.
     pub async fn fetch(&mut self, b: Built, op: &'static str, kind: Kind) -> Result<Vec<RowOf<D>>> {
-        let (sql, args) = self.prepare(b).await?;
+        let (sql, args) = self.prepare(b, kind).await?;
         let r = D::executor(self.conn()?)
             .fetch_all(sqlx::query_with(AssertSqlSafe(sql), args))
             .await;
@@ -293,10 +354,13 @@ impl<D: SqlDialect> SqlTx<D> {
                 .is_some_and(larder_core::entity::is_safe_identifier)
         );
         if armed {
-            self.arm().await?;
+            self.arm(false).await?;
         } else if !D::SAVEPOINT_HEALS && self.poisoned.is_some() {
             // Nothing to roll back to: the database ended the transaction by itself.
-            self.arm().await?;
+            self.arm(false).await?;
+        } else {
+            // A savepoint needs the transaction.
+            self.begin_if_needed(false).await?;
         }
         let r = D::executor(self.conn()?)
             .execute(sqlx::raw_sql(AssertSqlSafe(sql)))
@@ -330,6 +394,16 @@ impl<D: SqlDialect> SqlTx<D> {
         D::disarm(&mut self.state);
         self.conn.take()
     }
+
+    /// Ends a transaction that never began: the connection goes back to the pool as it is
+    /// (nothing to commit or roll back). `false` if the transaction had begun.
+    fn end_unbegun(&mut self) -> bool {
+        if self.begin_later.is_none() {
+            return false;
+        }
+        drop(self.take_conn());
+        true
+    }
 }
 
 /// Maps the error of a repository statement on `def`'s table (see [`SqlDialect::missing`]).
@@ -357,6 +431,9 @@ impl<D: SqlDialect> Drop for SqlTx<D> {
         // holds the connection (and the dialect's state, e.g. SQLite's write permit) until
         // the database answered; without a runtime to run it, the connection is closed
         // (the database then rolls back).
+        if self.end_unbegun() {
+            return;
+        }
         if let Some(mut conn) = self.take_conn() {
             let state = std::mem::take(&mut self.state);
             match tokio::runtime::Handle::try_current() {
@@ -480,7 +557,7 @@ impl<D: LogDialect> Transaction for SqlTx<D> {
             Err(e) => return futures_util::stream::once(async move { Err(e) }).boxed(),
         };
         let start = async move {
-            let prepared = self.prepare(b).await;
+            let prepared = self.prepare(b, Kind::Read).await;
             match (prepared, self.conn.as_deref_mut()) {
                 (Err(e), _) => futures_util::stream::once(async move { Err(e) }).boxed(),
                 (Ok(_), None) => {
@@ -547,6 +624,9 @@ impl<D: LogDialect> Transaction for SqlTx<D> {
 
     fn commit(mut self: Box<Self>) -> BoxFuture<'static, Result<()>> {
         Box::pin(async move {
+            if self.end_unbegun() {
+                return Ok(());
+            }
             if let Some(e) = self.poisoned.take() {
                 // A statement failed in a way that leaves nothing to commit.
                 if let Some(conn) = self.take_conn() {
@@ -554,7 +634,7 @@ impl<D: LogDialect> Transaction for SqlTx<D> {
                 }
                 return Err(e);
             }
-            if let Err(e) = self.arm().await {
+            if let Err(e) = self.arm(false).await {
                 if let Some(conn) = self.take_conn() {
                     let _ = roll_back::<D>(conn).await;
                 }
@@ -574,6 +654,9 @@ impl<D: LogDialect> Transaction for SqlTx<D> {
 
     fn rollback(mut self: Box<Self>) -> BoxFuture<'static, Result<()>> {
         Box::pin(async move {
+            if self.end_unbegun() {
+                return Ok(());
+            }
             // Rollback is not bounded by the deadline: it must always get through.
             let conn = self.take_conn().ok_or(Error::Closed("sql transaction"))?;
             roll_back::<D>(conn)

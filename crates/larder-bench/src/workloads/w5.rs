@@ -1,5 +1,5 @@
 //! W5: entities inserted one per unit of work; gets by id (one read-only unit of work
-//! each); load + change `balance_cents` + save with an optimistic version check, one per
+//! each; against a raw read-only transaction and against a bare `SELECT`); load + change `balance_cents` + save with an optimistic version check, one per
 //! unit of work. Every run starts from a fresh database; within a run the two sides
 //! alternate in blocks of [`BLOCK`] operations.
 
@@ -20,6 +20,8 @@ pub(crate) async fn run(cx: &Ctx<'_>) -> Result<Vec<Metric>> {
     let n = cx.sizes.w5_ops;
     let mut inserts = Metric::new("W5 insert", "ops/s", 0.9);
     let mut gets = Metric::new("W5 get", "ops/s", 0.9);
+    // The same gets against the raw side a sqlx user writes: one bare `SELECT` on the pool.
+    let mut gets_bare = Metric::new("W5 get vs bare SELECT", "ops/s", 0.9);
     let mut updates = Metric::new("W5 update", "ops/s", 0.9);
     for run in 0..cx.runs {
         let db = cx.target.fresh().await?;
@@ -54,6 +56,17 @@ pub(crate) async fn run(cx: &Ctx<'_>) -> Result<Vec<Metric>> {
         .await?;
         gets.record(n, &spent);
 
+        let spent = interleaved(run, &get_order, BLOCK, async |side, id: &Uuid| {
+            let balance = match side {
+                Side::Larder => larder_side::get(&db.store, *id).await?.value.balance_cents,
+                Side::Raw => raw::get_bare(&db.raw, *id).await?.0.balance_cents,
+            };
+            std::hint::black_box(balance);
+            Ok(())
+        })
+        .await?;
+        gets_bare.record(n, &spent);
+
         let spent = interleaved(run, &update_order, BLOCK, async |side, id: &Uuid| {
             let version = match side {
                 Side::Larder => larder_side::update_balance(&db.store, *id, 1).await?,
@@ -81,5 +94,5 @@ pub(crate) async fn run(cx: &Ctx<'_>) -> Result<Vec<Metric>> {
         }
         db.close().await;
     }
-    Ok(vec![inserts, gets, updates])
+    Ok(vec![inserts, gets, gets_bare, updates])
 }
