@@ -177,14 +177,15 @@ fn dec(op: &'static str) -> impl Fn(sqlx::Error) -> Error {
     move |e| map(e, op)
 }
 
-/// An event-log query on this transaction.
+/// An event-log query on this transaction that only reads.
 async fn fetch(
     tx: &mut SqlTx<Pg>,
     sql: &'static str,
     args: PgArguments,
     op: &'static str,
 ) -> Result<Vec<PgRow>> {
-    tx.fetch_with(Arc::from(sql), args, op, Kind::Event).await
+    tx.fetch_with(Arc::from(sql), args, op, Kind::EventRead)
+        .await
 }
 
 impl LogDialect for Pg {
@@ -215,7 +216,9 @@ impl LogDialect for Pg {
             {
                 a.add(i64_of(v)).map_err(|e| Error::backend(BACKEND, e))?;
             }
-            let rows = fetch(tx, append_sql(expected), a, op).await?;
+            let rows = tx
+                .fetch_with(Arc::from(append_sql(expected)), a, op, Kind::Event)
+                .await?;
             let d = dec(op);
             let row = rows
                 .first()
@@ -259,7 +262,9 @@ impl LogDialect for Pg {
             // the stream last.
             let sql = "SELECT version, last_tx > pg_current_xact_id()::text::bigint \
                        FROM larder_streams WHERE stream_id = $1";
-            let rows = fetch(tx, sql, args![stream], op).await?;
+            let rows = tx
+                .fetch_with(Arc::from(sql), args![stream], op, Kind::Event)
+                .await?;
             let Some(r) = rows.first() else {
                 return Ok(Err(None));
             };
@@ -333,7 +338,7 @@ impl LogDialect for Pg {
                     .map_err(|e| Error::backend(BACKEND, e))?;
             }
             let sql = Arc::from(read_all_sql(cats, types));
-            let rows = tx.fetch_with(sql, a, op, Kind::Event).await?;
+            let rows = tx.fetch_with(sql, a, op, Kind::EventRead).await?;
             let d = dec(op);
             let mut head = None;
             let mut events = Vec::with_capacity(rows.len());

@@ -231,12 +231,16 @@ impl SqlDialect for Pg {
 /// let r = sqlx::query("SELECT 1").execute(conn).await.map_err(larder::postgres::classify)?;
 /// ```
 pub trait PgUowExt {
-    /// The connection, or `None` if the unit of work is not on PostgreSQL or has finished.
-    /// Statements run on it are not bounded by the unit of work's deadline.
+    /// The connection, or `None` if the unit of work is not on PostgreSQL or has finished
+    /// — or is read-only and its transaction has not begun yet (its first read runs on its
+    /// own, see [`PgBackend::with_lazy_reads`](crate::PgBackend::with_lazy_reads): use
+    /// [`postgres_bounded`](PgUowExt::postgres_bounded), which begins it). Statements run
+    /// on it are not bounded by the unit of work's deadline.
     fn postgres(&mut self) -> Option<&mut PgConnection>;
 
-    /// The connection with the unit of work's deadline armed (`statement_timeout`), so raw
-    /// statements are cancelled by the database when it passes; map their errors with
+    /// The connection inside the unit of work's transaction (begun now if it was
+    /// deferred), with its deadline armed (`statement_timeout`), so raw statements are
+    /// cancelled by the database when it passes; map their errors with
     /// [`classify`](crate::classify) to get [`Error::DeadlineExceeded`].
     fn postgres_bounded(&mut self) -> BoxFuture<'_, Result<&mut PgConnection>>;
 }

@@ -102,15 +102,15 @@ pub fn decode_event<D: SqlDialect>(
 }
 
 impl<D: LogDialect> SqlTx<D> {
-    /// Runs an event-log query (shared statements use `$n` placeholders: both dialects
-    /// accept them).
+    /// Runs an event-log query that only reads (shared statements use `$n` placeholders:
+    /// both dialects accept them).
     async fn ev_rows(
         &mut self,
         sql: Arc<str>,
         values: Vec<V>,
         op: &'static str,
     ) -> Result<Vec<crate::dialect::RowOf<D>>> {
-        self.fetch(Built { sql, values }, op, Kind::Event).await
+        self.fetch(Built { sql, values }, op, Kind::EventRead).await
     }
 
     async fn ev_exec(&mut self, sql: Arc<str>, values: Vec<V>, op: &'static str) -> Result<u64> {
@@ -184,7 +184,7 @@ impl<D: LogDialect> EventTransaction for SqlTx<D> {
                 sql: per_dialect!(D, D::STREAM_VERSION),
                 values: vec![text(stream)],
             };
-            self.fetch_int(b, op, Kind::Event)
+            self.fetch_int(b, op, Kind::EventRead)
                 .await?
                 .map(|v| u64_of::<D>(v, "version"))
                 .transpose()
@@ -290,7 +290,16 @@ impl<D: LogDialect> EventTransaction for SqlTx<D> {
                     D::LOCK_ROW
                 )
             );
-            let rows = self.ev_rows(claim, vec![text(name)], op).await?;
+            let rows = self
+                .fetch(
+                    Built {
+                        sql: claim,
+                        values: vec![text(name)],
+                    },
+                    op,
+                    Kind::Event,
+                )
+                .await?;
             let r = rows
                 .first()
                 .ok_or_else(|| Error::backend(D::BACKEND, "claimed checkpoint vanished"))?;

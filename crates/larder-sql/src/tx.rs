@@ -29,8 +29,18 @@ pub enum Kind {
     Read,
     /// A repository write.
     Write,
-    /// An event-log statement (part of an append, or read under the write lock).
+    /// An event-log statement that writes (part of an append, a claim).
     Event,
+    /// An event-log statement that only reads.
+    EventRead,
+}
+
+impl Kind {
+    /// Whether a statement of this kind only reads (and so may run on its own before a
+    /// deferred transaction begins).
+    fn reads(self) -> bool {
+        matches!(self, Kind::Read | Kind::EventRead)
+    }
 }
 
 /// A larder transaction on a SQL database of dialect `D`. Obtain the underlying connection
@@ -236,7 +246,7 @@ impl<D: SqlDialect> SqlTx<D> {
     pub fn failed(&mut self, e: sqlx::Error, op: &'static str, kind: Kind) -> Error {
         // A statement that ran on its own (no transaction yet) aborted nothing.
         let poisons = self.begin_later.is_none() && D::poisons(&e, kind != Kind::Read);
-        let err = if kind == Kind::Event && D::duplicate_event_id(&e) {
+        let err = if matches!(kind, Kind::Event | Kind::EventRead) && D::duplicate_event_id(&e) {
             Error::AlreadyExists {
                 entity: "event",
                 id: "an event id of this append (in another stream)".into(),
@@ -249,7 +259,7 @@ impl<D: SqlDialect> SqlTx<D> {
 
     /// Arms the deadline, records the query text if asked, and binds the values.
     async fn prepare(&mut self, b: Built, kind: Kind) -> Result<(Arc<str>, ArgsOf<D>)> {
-        self.arm(kind == Kind::Read).await?;
+        self.arm(kind.reads()).await?;
         if self.record_sql {
             tracing::Span::current().record("db.query.text", &*b.sql);
         }
@@ -293,7 +303,7 @@ impl<D: SqlDialect> SqlTx<D> {
         kind: Kind,
         persistent: bool,
     ) -> Result<Vec<RowOf<D>>> {
-        self.arm(kind == Kind::Read).await?;
+        self.arm(kind.reads()).await?;
         let r = D::executor(self.conn()?)
             .fetch_all(sqlx::query_with(AssertSqlSafe(sql), args).persistent(persistent))
             .await;

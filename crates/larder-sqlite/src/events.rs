@@ -83,7 +83,7 @@ async fn fetch(
     args: SqliteArguments,
     op: &'static str,
 ) -> Result<Vec<SqliteRow>> {
-    tx.fetch_with(sql.into(), args, op, Kind::Event).await
+    tx.fetch_with(sql.into(), args, op, Kind::EventRead).await
 }
 
 /// The integer in the first column of the first row (`None`: no row, or `NULL`).

@@ -215,3 +215,41 @@ async fn sessions_that_are_not_read_committed_begin_eagerly() {
     uow.commit().await.unwrap();
     store.close().await;
 }
+
+#[tokio::test]
+async fn event_reads_run_on_their_own_too() {
+    use larder::events::{
+        Checkpoint, EventData, EventFilter, EventStore, ExpectedVersion, ReadDirection,
+    };
+    let Some(db) = backends::postgres("pg_lazy::events").await else {
+        return;
+    };
+    let es = EventStore::open(&db.store).await.unwrap();
+    let mut w = db.store.begin().await.unwrap();
+    es.append(
+        &mut w,
+        "order-1",
+        ExpectedVersion::NoStream,
+        vec![EventData::new("Placed", &serde_json::json!({ "n": 1 })).unwrap()],
+    )
+    .await
+    .unwrap();
+    w.commit().await.unwrap();
+
+    let mut uow = db.store.read().await.unwrap();
+    let events = es
+        .read_stream(&mut uow, "order-1", 0, 10, ReadDirection::Forward)
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 1);
+    assert!(!begun(&mut uow), "one event read, one round trip");
+    // The global log's read keeps its no-skip rule: the horizon comes from the same
+    // statement's snapshot, inside the transaction that the second statement begins.
+    let page = es
+        .read_all(&mut uow, Checkpoint::START, 10, &EventFilter::all())
+        .await
+        .unwrap();
+    assert_eq!(page.events.len(), 1);
+    assert!(begun(&mut uow));
+    uow.commit().await.unwrap();
+}
