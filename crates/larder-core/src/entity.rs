@@ -90,6 +90,29 @@ pub struct EntityDef {
     pub id: FieldDef,
     /// The registered fields, in column order. The id is not repeated here.
     pub fields: Vec<FieldDef>,
+    /// Multi-column indexes (`#[larder(index(country, score))]`), beside the one-column
+    /// indexes of [`EntityDef::is_indexed`] fields.
+    pub indexes: Vec<IndexDef>,
+}
+
+/// A multi-column index of an entity: registered fields (by name, the id included) in index
+/// order (in a document entity, only `indexed` fields are registered and have columns).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexDef {
+    /// The fields, in index order (2 to [`IndexDef::MAX_FIELDS`]).
+    pub fields: Vec<&'static str>,
+}
+
+impl IndexDef {
+    /// The most fields one index may have.
+    pub const MAX_FIELDS: usize = 8;
+
+    /// An index on `fields`, in this order.
+    pub fn new(fields: &[&'static str]) -> Self {
+        IndexDef {
+            fields: fields.to_vec(),
+        }
+    }
 }
 
 /// The name of the version column every entity table carries.
@@ -173,7 +196,52 @@ impl EntityDef {
             columns.push(f.column);
             names.push(f.name);
         }
+        for ix in &self.indexes {
+            let shown = ix.fields.join(", ");
+            if ix.fields.len() < 2 || ix.fields.len() > IndexDef::MAX_FIELDS {
+                return Err(bad(format!(
+                    "index({shown}) needs 2 to {} fields (one field: mark it indexed)",
+                    IndexDef::MAX_FIELDS
+                )));
+            }
+            let mut seen: Vec<&str> = Vec::new();
+            for name in &ix.fields {
+                if seen.contains(name) {
+                    return Err(bad(format!("index({shown}) names `{name}` twice")));
+                }
+                seen.push(name);
+                let ty = match self.field(name) {
+                    Some(FieldRef::Id) => self.id.ty,
+                    Some(FieldRef::Field(i)) => self.fields[i].ty,
+                    None => {
+                        return Err(bad(format!(
+                            "index({shown}) names `{}`, which is not a registered field (in \
+                             a document entity, mark it #[larder(indexed)])",
+                            crate::error::quote(name)
+                        )));
+                    }
+                };
+                if ty == FieldType::Json {
+                    return Err(bad(format!(
+                        "index({shown}) names the JSON field `{name}`: JSON fields get their own \
+                         index (containment), not a place in a multi-column one"
+                    )));
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// The columns of a multi-column index, in index order (unknown fields left out:
+    /// [`EntityDef::validate`] refuses them).
+    pub fn index_columns(&self, ix: &IndexDef) -> Vec<&'static str> {
+        ix.fields
+            .iter()
+            .filter_map(|n| match self.field(n)? {
+                FieldRef::Id => Some(self.id.column),
+                FieldRef::Field(i) => Some(self.fields[i].column),
+            })
+            .collect()
     }
 
     /// Looks a field up by its registered name (the id included).
@@ -461,6 +529,7 @@ mod tests {
 
     fn def() -> EntityDef {
         EntityDef {
+            indexes: Vec::new(),
             name: "order",
             table: "orders",
             storage: Storage::Columns,
@@ -528,6 +597,7 @@ mod tests {
     #[test]
     fn writes_reject_non_finite_floats_and_long_indexed_text() {
         let d = EntityDef {
+            indexes: Vec::new(),
             fields: vec![
                 FieldDef::new("x", FieldType::Float),
                 FieldDef::new("label", FieldType::Text).with_index(true),

@@ -32,8 +32,8 @@ pub use backend::{
 };
 pub use deadline::Deadline;
 pub use entity::{
-    Entity, EntityDef, FieldDef, FieldRef, MAX_INDEXED_TEXT_BYTES, Record, Storage, Versioned,
-    encode_body,
+    Entity, EntityDef, FieldDef, FieldRef, IndexDef, MAX_INDEXED_TEXT_BYTES, Record, Storage,
+    Versioned, encode_body,
 };
 pub use error::{AsLarderError, BoxError, Error, Result, TransientKind};
 pub use query::{Direction, Nulls, Order, Page, Query};

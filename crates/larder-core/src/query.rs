@@ -481,6 +481,7 @@ mod tests {
 
     fn def() -> EntityDef {
         EntityDef {
+            indexes: Vec::new(),
             name: "item",
             table: "items",
             storage: Storage::Columns,
@@ -541,6 +542,7 @@ mod tests {
     #[test]
     fn float_cursor_keys_round_trip_bit_for_bit() {
         let d = EntityDef {
+            indexes: Vec::new(),
             fields: vec![FieldDef::new("x", FieldType::Float)],
             ..def()
         };

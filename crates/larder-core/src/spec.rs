@@ -835,6 +835,7 @@ mod tests {
 
     fn def() -> EntityDef {
         EntityDef {
+            indexes: Vec::new(),
             name: "item",
             table: "items",
             storage: Storage::Columns,

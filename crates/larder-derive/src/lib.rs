@@ -51,6 +51,11 @@ use syn::{Data, DeriveInput, Fields, Ident, LitStr, Path, Type};
 /// - `document`: stores the entity as a JSON body ([`Storage::Document`]); the struct must
 ///   implement serde's `Serialize` and `DeserializeOwned`. Without it every field gets a
 ///   column ([`Storage::Columns`]).
+/// - `index = "country, score"` (or `index(country, score)`): a multi-column index on these
+///   fields' columns, in this order (2 to 8 stored fields; repeat the attribute for more
+///   indexes), created by `Store::register` as `<table>_<col1>_<col2>_idx` and checked on
+///   existing tables. Prefer the string form when several indexes share a field: clippy's
+///   `duplicated_attributes` lint misreads a field named in two `index(…)` lists.
 ///
 /// # Field attributes (`#[larder(...)]` on a field)
 ///
@@ -193,6 +198,8 @@ struct ContainerAttrs {
     table: Option<LitStr>,
     name: Option<LitStr>,
     document: Option<Span>,
+    /// `index(a, b, …)`: multi-column indexes, field names in order.
+    indexes: Vec<(Span, Vec<syn::Ident>)>,
 }
 
 impl ContainerAttrs {
@@ -206,10 +213,41 @@ impl ContainerAttrs {
                     set_str(&mut out.name, &meta, "name")
                 } else if meta.path.is_ident("document") {
                     set_flag(&mut out.document, &meta, "document")
+                } else if meta.path.is_ident("index") {
+                    let span = meta
+                        .path
+                        .get_ident()
+                        .map_or_else(Span::call_site, |i| i.span());
+                    let mut names = Vec::new();
+                    if meta.input.peek(syn::Token![=]) {
+                        // `index = "country, score"`
+                        let lit: LitStr = meta.value()?.parse()?;
+                        for part in lit.value().split(',') {
+                            let part = part.trim();
+                            let ident = syn::parse_str::<syn::Ident>(part).map_err(|_| {
+                                syn::Error::new(
+                                    lit.span(),
+                                    format_args!("`{part}` is not a field name"),
+                                )
+                            })?;
+                            names.push(syn::Ident::new(&ident.to_string(), lit.span()));
+                        }
+                    } else {
+                        // `index(country, score)`
+                        meta.parse_nested_meta(|inner| {
+                            match inner.path.get_ident() {
+                                Some(i) => names.push(i.clone()),
+                                None => return Err(inner.error("expected a field name")),
+                            }
+                            Ok(())
+                        })?;
+                    }
+                    out.indexes.push((span, names));
+                    Ok(())
                 } else {
                     Err(meta.error(format_args!(
                         "unknown larder struct attribute `{}`; expected `table = \"...\"`, \
-                         `name = \"...\"` or `document`",
+                         `name = \"...\"`, `document` or `index(field, …)`",
                         path_text(&meta.path)
                     )))
                 }
@@ -663,29 +701,81 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
         }
         columns.push(column);
     }
+
+    // Multi-column indexes: registered fields (with a column), 2 to 8, no repeats.
+    let mut index_defs: Vec<Vec<String>> = Vec::new();
+    for (span, names) in &container.indexes {
+        if names.len() < 2 || names.len() > 8 {
+            errors.err(
+                *span,
+                "index(…) takes 2 to 8 fields; index one field with #[larder(indexed)]",
+            );
+            continue;
+        }
+        let mut seen: Vec<String> = Vec::new();
+        for n in names {
+            let name = n.unraw().to_string();
+            if seen.contains(&name) {
+                errors.err(
+                    n.span(),
+                    format_args!("`{name}` appears twice in this index"),
+                );
+            }
+            let known = std::iter::once(id_field)
+                .chain(registered.iter().copied())
+                .any(|f| f.name == name);
+            if !known {
+                let hint = if document {
+                    "; in a document entity only the id and #[larder(indexed)] fields have columns"
+                } else {
+                    ""
+                };
+                errors.err(
+                    n.span(),
+                    format_args!("`{name}` is not a stored field of this entity{hint}"),
+                );
+            }
+            seen.push(name);
+        }
+        index_defs.push(seen);
+    }
     errors.finish()?;
 
-    Ok(generate(
-        input,
-        &entity_name,
-        &table,
+    let layout = Layout {
+        entity: &entity_name,
+        table: &table,
         document,
-        &fields,
-        id_field,
-        &registered,
-    ))
+        indexes: &index_defs,
+    };
+    Ok(generate(input, &layout, &fields, id_field, &registered))
+}
+
+/// The entity-level facts `generate` needs.
+struct Layout<'a> {
+    entity: &'a str,
+    table: &'a str,
+    document: bool,
+    /// Multi-column indexes: field names in order.
+    indexes: &'a [Vec<String>],
 }
 
 fn generate(
     input: &DeriveInput,
-    entity: &str,
-    table: &str,
-    document: bool,
+    layout: &Layout<'_>,
     fields: &[FieldInfo<'_>],
     id_field: &FieldInfo<'_>,
     registered: &[&FieldInfo<'_>],
 ) -> TokenStream2 {
+    let Layout {
+        entity,
+        table,
+        document,
+        indexes,
+    } = *layout;
     let p = p();
+    let index_defs = indexes
+        .iter()
+        .map(|names| quote!(#p::IndexDef::new(&[#(#names),*])));
     let ident = &input.ident;
     let id_ident = id_field.ident;
     let id_ty = id_field.ty;
@@ -791,6 +881,7 @@ fn generate(
                     storage: #p::Storage::#storage,
                     id: #id_def,
                     fields: ::std::vec![#(#defs),*],
+                    indexes: ::std::vec![#(#index_defs),*],
                 });
                 &DEF
             }

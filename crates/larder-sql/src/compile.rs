@@ -774,6 +774,7 @@ mod tests {
 
     fn def() -> EntityDef {
         EntityDef {
+            indexes: Vec::new(),
             name: "order",
             table: "orders",
             storage: Storage::Document,

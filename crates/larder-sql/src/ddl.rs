@@ -108,14 +108,20 @@ pub fn expected_columns(def: &EntityDef, d: Dialect) -> Vec<ExpectedColumn> {
     cols
 }
 
-/// The indexes larder creates for the entity: `(index name, column)` for every field
-/// [`EntityDef::is_indexed`] says is indexed.
-pub fn expected_indexes(def: &EntityDef) -> Vec<(String, &'static str)> {
-    def.fields
+/// The indexes larder creates for the entity: `(index name, columns)` for every field
+/// [`EntityDef::is_indexed`] says is indexed, then every multi-column index
+/// ([`EntityDef::indexes`]) with its columns in order.
+pub fn expected_indexes(def: &EntityDef) -> Vec<(String, Vec<&'static str>)> {
+    let single = def
+        .fields
         .iter()
         .filter(|f| def.is_indexed(f))
-        .map(|f| (index_name(def.table, f.column), f.column))
-        .collect()
+        .map(|f| (index_name(def.table, f.column), vec![f.column]));
+    let multi = def.indexes.iter().map(|ix| {
+        let cols = def.index_columns(ix);
+        (index_name(def.table, &cols.join("_")), cols)
+    });
+    single.chain(multi).collect()
 }
 
 /// A column of an existing table, as a backend's catalog query reports it.
@@ -161,6 +167,7 @@ pub struct FoundTable {
 /// use larder_core::{EntityDef, Error, FieldDef, FieldType, Storage};
 /// use larder_sql::{Dialect, ddl::{FoundColumn, FoundTable, compare}};
 /// let def = EntityDef {
+///     indexes: vec![],
 ///     name: "order", table: "orders", storage: Storage::Columns,
 ///     id: FieldDef::new("id", FieldType::Int),
 ///     fields: vec![FieldDef::new("total", FieldType::Int)],
@@ -236,9 +243,12 @@ pub fn compare(def: &EntityDef, d: Dialect, found: &FoundTable) -> Result<()> {
             ));
         }
     }
-    for (name, column) in expected_indexes(def) {
+    for (name, columns) in expected_indexes(def) {
         if !found.indexes.contains(&name) {
-            diffs.push(format!("index `{name}` on `{column}` is missing"));
+            diffs.push(format!(
+                "index `{name}` on `{}` is missing",
+                columns.join("`, `")
+            ));
         }
     }
     if diffs.is_empty() {
@@ -294,6 +304,7 @@ fn quote_found(s: &str) -> String {
 /// use larder_core::{EntityDef, FieldDef, FieldType, Storage};
 /// use larder_sql::{Dialect, ddl::create_table};
 /// let def = EntityDef {
+///     indexes: vec![],
 ///     name: "order", table: "orders", storage: Storage::Document,
 ///     id: FieldDef::new("id", FieldType::Uuid),
 ///     fields: vec![FieldDef::new("status", FieldType::Text)],
@@ -314,21 +325,24 @@ pub fn create_table(def: &EntityDef, d: Dialect) -> Result<Vec<String>> {
         quote(def.table),
         cols.join(", ")
     )];
-    for (name, column) in expected_indexes(def) {
+    for (name, columns) in expected_indexes(def) {
+        // JSON fields are only ever indexed alone (containment); `validate` refuses them
+        // in multi-column indexes.
         let json = def
             .fields
             .iter()
-            .any(|f| f.column == column && f.ty == FieldType::Json);
+            .any(|f| columns == [f.column] && f.ty == FieldType::Json);
         let using = if d == Dialect::Postgres && json {
             " USING GIN"
         } else {
             ""
         };
+        let cols: Vec<String> = columns.iter().map(|c| quote(c)).collect();
         out.push(format!(
             "CREATE INDEX IF NOT EXISTS {} ON {}{using} ({})",
             quote(&name),
             quote(def.table),
-            quote(column)
+            cols.join(", ")
         ));
     }
     Ok(out)
@@ -352,6 +366,7 @@ mod tests {
 
     fn def(storage: Storage) -> EntityDef {
         EntityDef {
+            indexes: Vec::new(),
             name: "order",
             table: "orders",
             storage,

@@ -67,9 +67,9 @@ use std::sync::Arc;
 
 pub use larder_core::{
     AsLarderError, AuditRecord, AuditSink, Capabilities, Committed, DatabaseUrl, Deadline,
-    Direction, Entity, EntityDef, Error, FieldDef, FieldRef, FieldType, FieldValue, Json, Limits,
-    MAX_BOUND_VALUES, MAX_INDEXED_TEXT_BYTES, MemoryAuditSink, Nulls, Order, Page, Query, Record,
-    Repo, Result, Settings, Spec, Storage, Store, StoreConfig, TracingAuditSink,
+    Direction, Entity, EntityDef, Error, FieldDef, FieldRef, FieldType, FieldValue, IndexDef, Json,
+    Limits, MAX_BOUND_VALUES, MAX_INDEXED_TEXT_BYTES, MemoryAuditSink, Nulls, Order, Page, Query,
+    Record, Repo, Result, Settings, Spec, Storage, Store, StoreConfig, TracingAuditSink,
     TransactionOptions, TransientKind, Uow, UowOptions, Value, Versioned, field,
 };
 
@@ -78,6 +78,7 @@ pub use larder_core::{
 /// ```ignore
 /// #[derive(Serialize, Deserialize, Entity)]
 /// #[larder(table = "orders", document)]       // omit `document` for mapped columns
+/// #[larder(index = "status, total_cents")]    // a multi-column index
 /// struct Order {
 ///     id: Uuid,                                // or mark another field `#[larder(id)]`
 ///     #[larder(indexed)]                       // queryable, indexed column
@@ -220,7 +221,7 @@ pub mod __private {
     pub use larder_core::__private::{LazyLock, serde_json};
     pub use larder_core::entity::mapping_error;
     pub use larder_core::{
-        Entity, EntityDef, FieldDef, FieldType, FieldValue, Record, Result, Storage, Value,
-        decode_body, encode_body,
+        Entity, EntityDef, FieldDef, FieldType, FieldValue, IndexDef, Record, Result, Storage,
+        Value, decode_body, encode_body,
     };
 }
