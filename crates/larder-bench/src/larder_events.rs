@@ -118,6 +118,29 @@ pub(crate) async fn read_log(es: &EventStore, store: &Store, page: u32) -> Resul
     }
 }
 
+/// W4 through `read_all_each`: every payload decoded straight from the row, pages of
+/// `page` in one read-only unit of work each: (events, sum of `qty`).
+pub(crate) async fn read_log_each(es: &EventStore, store: &Store, page: u32) -> Result<(u64, i64)> {
+    let mut cp = Checkpoint::START;
+    let mut total = 0_u64;
+    let mut sum = 0_i64;
+    loop {
+        let mut uow = store.read().await?;
+        let end = es
+            .read_all_each(&mut uow, cp, page, &EventFilter::all(), &mut |e| {
+                sum = sum.wrapping_add(e.payload_as::<ItemAdded>()?.qty);
+                Ok(())
+            })
+            .await?;
+        uow.commit().await?;
+        total += end.count as u64;
+        cp = end.next;
+        if end.end_of_log {
+            return Ok((total, sum));
+        }
+    }
+}
+
 /// W8-events: the constant-memory `stream_all` over the whole log: (events, sum of `qty`).
 pub(crate) async fn stream_log(es: &EventStore, page: u32) -> Result<(u64, i64)> {
     let mut s = es.stream_all(Checkpoint::START, EventFilter::all(), page);

@@ -39,10 +39,11 @@ use std::sync::Arc;
 
 use larder_core::backend::BoxFuture;
 use larder_core::events::{
-    Checkpoint, EventFilter, ExpectedVersion, HorizonHolder, LogStats, NewEvent, ReadAllBatch,
+    Checkpoint, EventFilter, ExpectedVersion, HorizonHolder, LogStats, NewEvent,
 };
 use larder_core::{Error, Result};
-use larder_sql::events::{checkpoint_at, decode_event, i64_of, req_int};
+use larder_sql::dialect::LogRows;
+use larder_sql::events::{checkpoint_at, i64_of, req_int};
 use larder_sql::{Kind, LogDialect, SqlTx};
 use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::{Arguments, Row};
@@ -314,12 +315,12 @@ impl LogDialect for Pg {
         })
     }
 
-    fn read_all<'a>(
+    fn read_all_rows<'a>(
         tx: &'a mut SqlTx<Pg>,
         after: Checkpoint,
         limit: u32,
         filter: &'a EventFilter,
-    ) -> BoxFuture<'a, Result<ReadAllBatch>> {
+    ) -> BoxFuture<'a, Result<LogRows<Pg>>> {
         Box::pin(async move {
             let op = "events.read_all";
             let cats = !filter.categories.is_empty();
@@ -339,20 +340,19 @@ impl LogDialect for Pg {
             }
             let sql = Arc::from(read_all_sql(cats, types));
             let rows = tx.fetch_with(sql, a, op, Kind::EventRead).await?;
-            let d = dec(op);
-            let mut head = None;
-            let mut events = Vec::with_capacity(rows.len());
-            for r in &rows {
-                let x: i64 = r.try_get(0).map_err(&d)?;
-                head = Some(Checkpoint::new(
-                    u64::try_from(x - 1).unwrap_or(0),
-                    i64::MAX as u64,
-                ));
-                if r.try_get::<Option<i64>, _>(1).map_err(&d)?.is_some() {
-                    events.push(decode_event::<Pg>(r, 1, op)?);
+            // Every row carries the horizon of the statement's snapshot (column 0); the
+            // LEFT JOIN keeps one row when no event matched.
+            let head = match rows.first() {
+                None => None,
+                Some(r) => {
+                    let x: i64 = r.try_get(0).map_err(dec(op))?;
+                    Some(Checkpoint::new(
+                        u64::try_from(x - 1).unwrap_or(0),
+                        i64::MAX as u64,
+                    ))
                 }
-            }
-            Ok(ReadAllBatch { events, head })
+            };
+            Ok(LogRows { rows, at: 1, head })
         })
     }
 

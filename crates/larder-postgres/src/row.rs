@@ -21,6 +21,10 @@ pub(crate) fn bind(values: Vec<sea_query::Value>) -> Result<PgArguments> {
 impl larder_sql::SqlRow<crate::uow::Pg> for PgRow {
     larder_sql::native_columns!(text: String, boolean: bool, float: f64);
 
+    fn text_ref(&self, i: usize) -> Result<Option<&str>, sqlx::Error> {
+        self.try_get(i)
+    }
+
     fn int(&self, i: usize) -> Result<Option<i64>, sqlx::Error> {
         // Only event schema versions and a few catalog columns are narrower than BIGINT.
         let ty = self.try_get_raw(i)?.type_info().into_owned();

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use larder_core::backend::BoxFuture;
 use larder_core::events::{
-    Checkpoint, EventFilter, ExpectedVersion, HorizonHolder, LogStats, NewEvent, ReadAllBatch,
+    Checkpoint, EventFilter, ExpectedVersion, HorizonHolder, LogStats, NewEvent,
 };
 use larder_core::{BoxError, Deadline, Error, Result};
 use sqlx::Database;
@@ -43,6 +43,8 @@ pub trait SqlRow<D> {
     fn int(&self, i: usize) -> std::result::Result<Option<i64>, sqlx::Error>;
     /// A text column.
     fn text(&self, i: usize) -> std::result::Result<Option<String>, sqlx::Error>;
+    /// A text column, borrowed from the row.
+    fn text_ref(&self, i: usize) -> std::result::Result<Option<&str>, sqlx::Error>;
     /// A boolean column.
     fn boolean(&self, i: usize) -> std::result::Result<Option<bool>, sqlx::Error>;
     /// A double precision column.
@@ -203,6 +205,29 @@ pub trait SqlDialect: Sized + Send + Sync + 'static {
     }
 }
 
+/// The rows of one page of the global log, as a dialect's
+/// [`LogDialect::read_all_rows`] returns them.
+pub struct LogRows<D: SqlDialect> {
+    /// The rows; the event's columns ([`LogDialect::EVENT_COLUMNS`]) start at `at`, and a
+    /// row whose column `at` is `NULL` carries no event (a page that only reports the head).
+    pub rows: Vec<RowOf<D>>,
+    /// Where the event's columns start.
+    pub at: usize,
+    /// The readable end of the log, when the page was not full (see
+    /// [`ReadAllBatch::head`](larder_core::events::ReadAllBatch::head)).
+    pub head: Option<Checkpoint>,
+}
+
+impl<D: SqlDialect> std::fmt::Debug for LogRows<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogRows")
+            .field("rows", &self.rows.len())
+            .field("at", &self.at)
+            .field("head", &self.head)
+            .finish()
+    }
+}
+
 /// The event-log algorithms of a dialect: how positions are assigned and read without
 /// gaps or skips, which differs genuinely (PostgreSQL: the transaction-id horizon and a
 /// streams row per stream; SQLite: one writer, positions in commit order). Everything
@@ -231,13 +256,15 @@ pub trait LogDialect: SqlDialect {
         ids: &'a [Uuid],
     ) -> BoxFuture<'a, Result<Vec<(Uuid, String, u64, Checkpoint)>>>;
 
-    /// See [`EventTransaction::read_all`](larder_core::events::EventTransaction::read_all).
-    fn read_all<'a>(
+    /// The rows of one page of the global log (see
+    /// [`EventTransaction::read_all`](larder_core::events::EventTransaction::read_all)):
+    /// the shared code decodes them, owned or borrowed.
+    fn read_all_rows<'a>(
         tx: &'a mut SqlTx<Self>,
         after: Checkpoint,
         limit: u32,
         filter: &'a EventFilter,
-    ) -> BoxFuture<'a, Result<ReadAllBatch>>;
+    ) -> BoxFuture<'a, Result<LogRows<Self>>>;
 
     /// See [`EventTransaction::count_after`](larder_core::events::EventTransaction::count_after).
     fn count_after(tx: &mut SqlTx<Self>, after: Checkpoint, cap: u64)

@@ -6,8 +6,9 @@ use std::sync::{Arc, OnceLock};
 
 use larder_core::backend::BoxFuture;
 use larder_core::events::{
-    Checkpoint, EventFilter, EventTransaction, ExpectedVersion, HorizonHolder, LogStats, NewEvent,
-    ReadAllBatch, ReadDirection, RecordedEvent, Snapshot, StoredCheckpoint,
+    Checkpoint, EventFilter, EventRef, EventTransaction, EventVisitor, ExpectedVersion,
+    HorizonHolder, LogStats, NewEvent, ReadAllBatch, ReadDirection, RecordedEvent, Snapshot,
+    StoredCheckpoint, VisitedBatch,
 };
 use larder_core::{Error, Result};
 use sea_query::Value as V;
@@ -101,6 +102,34 @@ pub fn decode_event<D: SqlDialect>(
     })
 }
 
+/// Decodes the columns of [`LogDialect::EVENT_COLUMNS`] starting at column `at`, borrowing
+/// the text columns from the row.
+pub fn decode_event_ref<'r, D: SqlDialect>(
+    r: &'r impl SqlRow<D>,
+    at: usize,
+    op: &'static str,
+) -> Result<EventRef<'r>> {
+    let m = |e| D::map(e, op);
+    let b = D::BACKEND;
+    let event_id = r
+        .uuid(at + 4)
+        .map_err(|e| Error::backend(b, format!("stored event id is not a uuid: {e}")))?;
+    Ok(EventRef {
+        checkpoint: Checkpoint::new(
+            u64_of::<D>(req_int::<D>(r, at + 1, op, "tx")?, "tx")?,
+            u64_of::<D>(req_int::<D>(r, at, op, "position")?, "position")?,
+        ),
+        stream_id: required(r.text_ref(at + 2).map_err(m)?, "stream id", b)?,
+        stream_version: u64_of::<D>(req_int::<D>(r, at + 3, op, "version")?, "version")?,
+        event_id: required(event_id, "event id", b)?,
+        event_type: required(r.text_ref(at + 5).map_err(m)?, "event type", b)?,
+        schema_version: u32::try_from(req_int::<D>(r, at + 6, op, "schema version")?).unwrap_or(0),
+        payload: required(r.text_ref(at + 7).map_err(m)?, "payload", b)?,
+        metadata: r.text_ref(at + 8).map_err(m)?,
+        recorded_at_micros: req_int::<D>(r, at + 9, op, "recorded_at")?,
+    })
+}
+
 impl<D: LogDialect> SqlTx<D> {
     /// Runs an event-log query that only reads (shared statements use `$n` placeholders:
     /// both dialects accept them).
@@ -174,7 +203,52 @@ impl<D: LogDialect> EventTransaction for SqlTx<D> {
         limit: u32,
         filter: &'a EventFilter,
     ) -> BoxFuture<'a, Result<ReadAllBatch>> {
-        D::read_all(self, after, limit, filter)
+        Box::pin(async move {
+            let op = "events.read_all";
+            let page = D::read_all_rows(self, after, limit, filter).await?;
+            let mut events = Vec::with_capacity(page.rows.len());
+            for r in &page.rows {
+                if SqlRow::<D>::int(r, page.at)
+                    .map_err(|e| D::map(e, op))?
+                    .is_some()
+                {
+                    events.push(decode_event::<D>(r, page.at, op)?);
+                }
+            }
+            Ok(ReadAllBatch {
+                events,
+                head: page.head,
+            })
+        })
+    }
+
+    fn read_all_each<'a>(
+        &'a mut self,
+        after: Checkpoint,
+        limit: u32,
+        filter: &'a EventFilter,
+        visit: &'a mut EventVisitor<'_>,
+    ) -> BoxFuture<'a, Result<VisitedBatch>> {
+        Box::pin(async move {
+            let op = "events.read_all";
+            let page = D::read_all_rows(self, after, limit, filter).await?;
+            let mut out = VisitedBatch {
+                head: page.head,
+                ..VisitedBatch::default()
+            };
+            for r in &page.rows {
+                if SqlRow::<D>::int(r, page.at)
+                    .map_err(|e| D::map(e, op))?
+                    .is_some()
+                {
+                    let e = decode_event_ref::<D>(r, page.at, op)?;
+                    out.count += 1;
+                    out.last = Some(e.checkpoint);
+                    visit(e)?;
+                }
+            }
+            Ok(out)
+        })
     }
 
     fn stream_version<'a>(&'a mut self, stream: &'a str) -> BoxFuture<'a, Result<Option<u64>>> {

@@ -15,11 +15,10 @@
 use std::sync::Arc;
 
 use larder_core::backend::BoxFuture;
-use larder_core::events::{
-    Checkpoint, EventFilter, ExpectedVersion, LogStats, NewEvent, ReadAllBatch,
-};
+use larder_core::events::{Checkpoint, EventFilter, ExpectedVersion, LogStats, NewEvent};
 use larder_core::{Error, Result};
-use larder_sql::events::{decode_event, i64_of, req_int};
+use larder_sql::dialect::LogRows;
+use larder_sql::events::{i64_of, req_int};
 use larder_sql::{Kind, LogDialect, SqlTx};
 use sqlx::Arguments;
 use sqlx::sqlite::{SqliteArguments, SqliteRow};
@@ -240,12 +239,12 @@ impl LogDialect for Lite {
         })
     }
 
-    fn read_all<'a>(
+    fn read_all_rows<'a>(
         tx: &'a mut SqlTx<Lite>,
         after: Checkpoint,
         limit: u32,
         filter: &'a EventFilter,
-    ) -> BoxFuture<'a, Result<ReadAllBatch>> {
+    ) -> BoxFuture<'a, Result<LogRows<Lite>>> {
         Box::pin(async move {
             let op = "events.read_all";
             let cats = !filter.categories.is_empty();
@@ -266,21 +265,17 @@ impl LogDialect for Lite {
                     .map_err(|e| Error::backend(BACKEND, e))?;
             }
             let rows = fetch(tx, read_all_sql(cats, types), a, op).await?;
-            let events = rows
-                .iter()
-                .map(|r| decode_event::<Lite>(r, 0, op))
-                .collect::<Result<Vec<_>>>()?;
             // A short page reached the end: report how far the log goes, so the reader's
             // checkpoint passes filtered-out events. Same transaction, same snapshot (a
             // read transaction keeps its snapshot; a write one holds the only write lock).
-            let head = if events.len() < limit as usize {
+            let head = if rows.len() < limit as usize {
                 let sql = "SELECT max(position) FROM larder_events";
                 let h = fetch_int(tx, sql, args![], op).await?.unwrap_or(0);
                 Some(Checkpoint::new(0, u64_of(h, "position")?))
             } else {
                 None
             };
-            Ok(ReadAllBatch { events, head })
+            Ok(LogRows { rows, at: 0, head })
         })
     }
 

@@ -16,6 +16,10 @@ pub(crate) fn bind(values: Vec<sea_query::Value>) -> Result<SqliteArguments> {
 impl larder_sql::SqlRow<crate::uow::Lite> for SqliteRow {
     larder_sql::native_columns!(int: i64, text: String, boolean: bool, float: f64);
 
+    fn text_ref(&self, i: usize) -> Result<Option<&str>, sqlx::Error> {
+        self.try_get(i)
+    }
+
     fn uuid(&self, i: usize) -> Result<Option<uuid::Uuid>, larder_core::BoxError> {
         let s: Option<&str> = self.try_get(i)?;
         Ok(s.map(uuid::Uuid::try_parse).transpose()?)

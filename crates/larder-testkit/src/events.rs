@@ -85,6 +85,22 @@ async fn read_all(
     let mut uow = es.store().read().await.unwrap();
     let r = es.read_all(&mut uow, after, limit, filter).await.unwrap();
     uow.commit().await.unwrap();
+    // The borrowed path sees the same events and resumes at the same checkpoint.
+    let mut uow = es.store().read().await.unwrap();
+    let mut seen = Vec::new();
+    let end = es
+        .read_all_each(&mut uow, after, limit, filter, &mut |e| {
+            seen.push(e.to_owned());
+            Ok(())
+        })
+        .await
+        .unwrap();
+    uow.commit().await.unwrap();
+    assert_eq!(seen, r.events, "read_all_each visits what read_all returns");
+    assert_eq!(
+        (end.count, end.next, end.end_of_log),
+        (r.events.len(), r.next, r.end_of_log)
+    );
     r
 }
 
@@ -361,6 +377,30 @@ pub async fn read_all_pages_through_the_log_in_order(db: &TestDb) {
     }
     assert_eq!(seen, (0..14).collect::<Vec<_>>());
     assert!(cp >= last);
+    // A visitor error stops the read and comes back as it was.
+    let mut uow = es.store().read().await.unwrap();
+    let mut visited = 0;
+    let stopped = es
+        .read_all_each(
+            &mut uow,
+            Checkpoint::START,
+            100,
+            &EventFilter::all(),
+            &mut |_| {
+                visited += 1;
+                if visited == 3 {
+                    return Err(larder::Error::InvalidEvent("stop here".into()));
+                }
+                Ok(())
+            },
+        )
+        .await;
+    assert!(
+        matches!(&stopped, Err(larder::Error::InvalidEvent(m)) if m == "stop here"),
+        "{stopped:?}"
+    );
+    assert_eq!(visited, 3);
+    drop(uow);
     let again = read_all(&es, cp, 4, &EventFilter::all()).await;
     assert!(again.events.is_empty() && again.end_of_log);
     // Checkpoints are strictly increasing.

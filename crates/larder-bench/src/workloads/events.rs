@@ -230,27 +230,34 @@ pub(crate) async fn w4(cx: &Ctx<'_>) -> Result<Vec<Metric>> {
     );
     let passes = cx.sizes.w4_passes;
     let mut m = Metric::new("W4 read-all", "events/s", 1.0);
-    for run in 0..cx.runs {
-        let mut spent = Spent::default();
-        for pass in 0..passes {
-            for side in Side::order(run + pass) {
-                let (got, wall, cpu) = phase(async {
-                    match side {
-                        Side::Larder => larder_events::read_log(&es, &db.store, PAGE).await,
-                        Side::Raw => raw_events::read_log(&db.raw, page).await,
-                    }
-                })
-                .await?;
-                ensure!(
-                    got == (total, sum),
-                    "W4: {} read {got:?}, expected {:?}",
-                    side.name(),
-                    (total, sum)
-                );
-                spent.add(side, wall, cpu);
+    // The same log through `read_all_each`: events borrowed from the rows, not collected.
+    let mut borrowed = Metric::new("W4 read-all (read_all_each)", "events/s", 1.0);
+    for (metric, each) in [(&mut m, false), (&mut borrowed, true)] {
+        for run in 0..cx.runs {
+            let mut spent = Spent::default();
+            for pass in 0..passes {
+                for side in Side::order(run + pass) {
+                    let (got, wall, cpu) = phase(async {
+                        match side {
+                            Side::Larder if each => {
+                                larder_events::read_log_each(&es, &db.store, PAGE).await
+                            }
+                            Side::Larder => larder_events::read_log(&es, &db.store, PAGE).await,
+                            Side::Raw => raw_events::read_log(&db.raw, page).await,
+                        }
+                    })
+                    .await?;
+                    ensure!(
+                        got == (total, sum),
+                        "W4: {} read {got:?}, expected {:?}",
+                        side.name(),
+                        (total, sum)
+                    );
+                    spent.add(side, wall, cpu);
+                }
             }
+            metric.record(usize::try_from(total)? * passes as usize, &spent);
         }
-        m.record(usize::try_from(total)? * passes as usize, &spent);
     }
     m.note = Some(format!(
         "W4: {total} events (W1 + W2 shaped), {passes} passes per side and run, pages of {PAGE}, \
@@ -260,5 +267,5 @@ pub(crate) async fn w4(cx: &Ctx<'_>) -> Result<Vec<Metric>> {
          1000`, which has no such protection. Both read larder's table."
     ));
     db.close().await;
-    Ok(vec![m])
+    Ok(vec![m, borrowed])
 }

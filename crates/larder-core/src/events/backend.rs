@@ -37,6 +37,20 @@ pub struct ReadAllBatch {
     pub head: Option<Checkpoint>,
 }
 
+/// What [`EventTransaction::read_all_each`] reports besides the visited events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct VisitedBatch {
+    /// How many events were visited.
+    pub count: usize,
+    /// The checkpoint of the last visited event.
+    pub last: Option<Checkpoint>,
+    /// As [`ReadAllBatch::head`].
+    pub head: Option<Checkpoint>,
+}
+
+/// The visitor of [`EventTransaction::read_all_each`].
+pub type EventVisitor<'v> = dyn FnMut(crate::events::EventRef<'_>) -> Result<()> + Send + 'v;
+
 /// Counters of the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct LogStats {
@@ -110,6 +124,29 @@ pub trait EventTransaction: Send {
         limit: u32,
         filter: &'a EventFilter,
     ) -> BoxFuture<'a, Result<ReadAllBatch>>;
+
+    /// [`EventTransaction::read_all`], handing each event to `visit` borrowed from the
+    /// driver's row instead of collecting owned events (a visitor error stops the read and
+    /// is returned). The default reads owned events and lends them.
+    fn read_all_each<'a>(
+        &'a mut self,
+        after: Checkpoint,
+        limit: u32,
+        filter: &'a EventFilter,
+        visit: &'a mut EventVisitor<'_>,
+    ) -> BoxFuture<'a, Result<VisitedBatch>> {
+        Box::pin(async move {
+            let batch = self.read_all(after, limit, filter).await?;
+            for e in &batch.events {
+                visit(e.as_ref())?;
+            }
+            Ok(VisitedBatch {
+                count: batch.events.len(),
+                last: batch.events.last().map(|e| e.checkpoint),
+                head: batch.head,
+            })
+        })
+    }
 
     /// The stream's current version (`None`: no such stream).
     fn stream_version<'a>(&'a mut self, stream: &'a str) -> BoxFuture<'a, Result<Option<u64>>>;

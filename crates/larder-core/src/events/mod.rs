@@ -40,7 +40,10 @@ mod subscription;
 mod types;
 
 pub use aggregate::{Aggregate, EventSourced};
-pub use backend::{EventTransaction, LogStats, NewEvent, ReadAllBatch, StoredCheckpoint};
+pub use backend::{
+    EventTransaction, EventVisitor, LogStats, NewEvent, ReadAllBatch, StoredCheckpoint,
+    VisitedBatch,
+};
 pub use projection::{
     FailedEvent, Projection, ProjectionFailure, ProjectionRetry, ProjectionRunner, ProjectionState,
     ProjectionStatus, RebuildProgress,
@@ -48,6 +51,7 @@ pub use projection::{
 pub use store::{EventLimits, EventStore, EventStoreBuilder, Upcaster, now_micros};
 pub use subscription::Subscription;
 pub use types::{
-    AppendResult, Checkpoint, DomainEvent, EventData, EventFilter, ExpectedVersion, HorizonHolder,
-    Metadata, ReadAll, ReadDirection, RecordedEvent, Snapshot, StreamInfo, category_of,
+    AppendResult, Checkpoint, DomainEvent, EventData, EventFilter, EventRef, ExpectedVersion,
+    HorizonHolder, Metadata, ReadAll, ReadAllEnd, ReadDirection, RecordedEvent, Snapshot,
+    StreamInfo, category_of,
 };

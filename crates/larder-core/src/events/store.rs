@@ -13,8 +13,8 @@ use uuid::Uuid;
 use super::backend::{EventTransaction, LogStats, NewEvent, StoredCheckpoint};
 use super::subscription::Subscription;
 use super::types::{
-    AppendResult, Checkpoint, EventData, EventFilter, ExpectedVersion, HorizonHolder, ReadAll,
-    ReadDirection, RecordedEvent, Snapshot, StreamInfo,
+    AppendResult, Checkpoint, EventData, EventFilter, EventRef, ExpectedVersion, HorizonHolder,
+    ReadAll, ReadAllEnd, ReadDirection, RecordedEvent, Snapshot, StreamInfo,
 };
 use crate::backend::BoxStream;
 use crate::deadline::Deadline;
@@ -573,6 +573,63 @@ impl EventStore {
         finish(uow, &span, "events.read_all", &result, |r| {
             r.events.len() as u64
         });
+        result
+    }
+
+    /// [`EventStore::read_all`] for readers that do not keep the events: each one is
+    /// handed to `visit` borrowed from the driver's row ([`EventRef`]: ids, type, payload
+    /// and metadata are not copied into owned strings), in log order, with the same
+    /// no-skip rule and the same `next` checkpoint. A visitor error stops the read and is
+    /// returned. With upcasters registered, events are upcast (owned) first.
+    ///
+    /// ```ignore
+    /// let mut total = 0;
+    /// let end = es.read_all_each(&mut uow, after, 1_000, &EventFilter::all(), &mut |e| {
+    ///     total += e.payload_as::<ItemAdded>()?.qty;
+    ///     Ok(())
+    /// }).await?;
+    /// ```
+    pub async fn read_all_each(
+        &self,
+        uow: &mut Uow,
+        after: Checkpoint,
+        limit: u32,
+        filter: &EventFilter,
+        visit: &mut (dyn FnMut(EventRef<'_>) -> Result<()> + Send),
+    ) -> Result<ReadAllEnd> {
+        if !self.inner.upcasters.is_empty() {
+            let page = self.read_all(uow, after, limit, filter).await?;
+            for e in &page.events {
+                visit(e.as_ref())?;
+            }
+            return Ok(ReadAllEnd {
+                count: page.events.len(),
+                next: page.next,
+                end_of_log: page.end_of_log,
+            });
+        }
+        let span = ev_span!(uow, "larder.events.read_all", "read_all", None::<&str>);
+        let result = match self
+            .check_limit(limit)
+            .and_then(|()| self.check_filter(filter))
+        {
+            Err(e) => Err(e),
+            Ok(()) => run!(uow, span, "events.read_all", |tx| tx
+                .read_all_each(after, limit, filter, visit))
+            .map(|batch| {
+                let full = batch.count >= limit as usize;
+                let mut next = batch.last.unwrap_or(after);
+                if !full && let Some(head) = batch.head {
+                    next = next.max(head);
+                }
+                ReadAllEnd {
+                    count: batch.count,
+                    next,
+                    end_of_log: !full,
+                }
+            }),
+        };
+        finish(uow, &span, "events.read_all", &result, |r| r.count as u64);
         result
     }
 

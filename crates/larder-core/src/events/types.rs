@@ -240,10 +240,83 @@ pub struct RecordedEvent {
     pub recorded_at_micros: i64,
 }
 
+/// A recorded event borrowed from the driver's row buffer: what
+/// [`EventStore::read_all_each`](crate::events::EventStore::read_all_each) hands to its
+/// visitor, without copying the ids, type, payload and metadata into owned `String`s.
+/// [`EventRef::to_owned`] gives a [`RecordedEvent`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventRef<'a> {
+    /// Where the event is in the global log.
+    pub checkpoint: Checkpoint,
+    /// The stream it belongs to.
+    pub stream_id: &'a str,
+    /// Its version in the stream.
+    pub stream_version: u64,
+    /// Its unique id.
+    pub event_id: Uuid,
+    /// Its type.
+    pub event_type: &'a str,
+    /// The payload's schema version.
+    pub schema_version: u32,
+    /// The payload as JSON text.
+    pub payload: &'a str,
+    /// Metadata as JSON text (`None` when empty).
+    pub metadata: Option<&'a str>,
+    /// When it was appended: microseconds since the Unix epoch, by the appender's clock.
+    pub recorded_at_micros: i64,
+}
+
+impl EventRef<'_> {
+    /// The global position.
+    pub fn position(&self) -> u64 {
+        self.checkpoint.position()
+    }
+
+    /// Decodes the payload as `T` straight from the row (no type check; see
+    /// [`RecordedEvent::decode`] for the checked form).
+    pub fn payload_as<T: DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_str(self.payload).map_err(|e| Error::Mapping {
+            entity: "event",
+            direction: "decode",
+            source: Box::new(e),
+        })
+    }
+
+    /// Copies the event into an owned [`RecordedEvent`].
+    pub fn to_owned(&self) -> RecordedEvent {
+        RecordedEvent {
+            checkpoint: self.checkpoint,
+            stream_id: self.stream_id.to_owned(),
+            stream_version: self.stream_version,
+            event_id: self.event_id,
+            event_type: self.event_type.to_owned(),
+            schema_version: self.schema_version,
+            payload: self.payload.to_owned(),
+            metadata: self.metadata.map(str::to_owned),
+            recorded_at_micros: self.recorded_at_micros,
+        }
+    }
+}
+
 impl RecordedEvent {
     /// The global position.
     pub fn position(&self) -> u64 {
         self.checkpoint.position()
+    }
+
+    /// The event as an [`EventRef`] borrowing from it.
+    pub fn as_ref(&self) -> EventRef<'_> {
+        EventRef {
+            checkpoint: self.checkpoint,
+            stream_id: &self.stream_id,
+            stream_version: self.stream_version,
+            event_id: self.event_id,
+            event_type: &self.event_type,
+            schema_version: self.schema_version,
+            payload: &self.payload,
+            metadata: self.metadata.as_deref(),
+            recorded_at_micros: self.recorded_at_micros,
+        }
     }
 
     /// Decodes the payload as `T` (no type check; see [`RecordedEvent::decode`]).
@@ -420,6 +493,19 @@ pub struct ReadAll {
     /// The events, in log order.
     pub events: Vec<RecordedEvent>,
     /// Where to resume: past every returned event, and past filtered-out events scanned.
+    pub next: Checkpoint,
+    /// Whether the reader reached the readable end of the log.
+    pub end_of_log: bool,
+}
+
+/// The outcome of [`EventStore::read_all_each`](crate::events::EventStore::read_all_each):
+/// like [`ReadAll`] without the events (the visitor saw them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReadAllEnd {
+    /// How many events the visitor saw.
+    pub count: usize,
+    /// Where to resume: past every visited event, and past filtered-out events scanned.
     pub next: Checkpoint,
     /// Whether the reader reached the readable end of the log.
     pub end_of_log: bool,
