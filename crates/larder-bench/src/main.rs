@@ -105,6 +105,9 @@ struct Cli {
     /// Override: W6 single-event units of work per writer.
     #[arg(long)]
     w6_events: Option<usize>,
+    /// Override: W6 concurrent writers (default 8).
+    #[arg(long)]
+    w6_writers: Option<usize>,
     /// Override: W8-events events.
     #[arg(long)]
     w8e_events: Option<usize>,
@@ -154,6 +157,7 @@ async fn main() -> Result<()> {
     sizes.w1_streams = cli.w1_streams.unwrap_or(sizes.w1_streams);
     sizes.w2_streams = cli.w2_streams.unwrap_or(sizes.w2_streams);
     sizes.w6_events = cli.w6_events.unwrap_or(sizes.w6_events);
+    sizes.w6_writers = cli.w6_writers.unwrap_or(sizes.w6_writers).max(1);
     sizes.w8e_events = cli.w8e_events.unwrap_or(sizes.w8e_events);
     let kinds = match cli.backend {
         BackendArg::Sqlite => vec![Kind::Sqlite],

@@ -45,8 +45,8 @@ pub use backend::{
     VisitedBatch,
 };
 pub use projection::{
-    FailedEvent, Projection, ProjectionFailure, ProjectionRetry, ProjectionRunner, ProjectionState,
-    ProjectionStatus, RebuildProgress,
+    BatchError, FailedEvent, Projection, ProjectionFailure, ProjectionRetry, ProjectionRunner,
+    ProjectionState, ProjectionStatus, RebuildProgress,
 };
 pub use store::{EventLimits, EventStore, EventStoreBuilder, Upcaster, now_micros};
 pub use subscription::Subscription;

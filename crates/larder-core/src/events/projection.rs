@@ -1,6 +1,7 @@
 //! Projections: read models fed from the global log, with their checkpoint committed in
 //! the same transaction as their writes.
 
+use crate::events::ReadAll;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
@@ -61,6 +62,27 @@ pub trait Projection: Send + Sync + 'static {
         event: &RecordedEvent,
     ) -> impl Future<Output = Result<()>> + Send;
 
+    /// Applies a batch of events (in log order) inside the batch's unit of work — override
+    /// it to write a SQL read model with one statement per batch. Default: [`handle`]
+    /// for each event in order. A failure naming one event ([`BatchError::at`]) puts that
+    /// event in the projection's status; the whole batch rolls back either way.
+    ///
+    /// [`handle`]: Projection::handle
+    fn handle_batch(
+        &self,
+        uow: &mut Uow,
+        events: &[RecordedEvent],
+    ) -> impl Future<Output = Result<(), BatchError>> + Send {
+        async move {
+            for (i, e) in events.iter().enumerate() {
+                self.handle(uow, e)
+                    .await
+                    .map_err(|e| BatchError::at(i, e))?;
+            }
+            Ok(())
+        }
+    }
+
     /// Clears the read model before a rebuild (in the same unit of work that resets the
     /// checkpoint). Default: nothing to clear.
     fn reset(&self, uow: &mut Uow) -> impl Future<Output = Result<()>> + Send {
@@ -69,10 +91,41 @@ pub trait Projection: Send + Sync + 'static {
     }
 }
 
+/// Why [`Projection::handle_batch`] failed: the error, and the index of the event it is
+/// about when there is one.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct BatchError {
+    /// The index in the batch of the event that failed (`None`: the batch as a whole).
+    pub index: Option<usize>,
+    /// The error.
+    pub error: Error,
+}
+
+impl BatchError {
+    /// The event at `index` of the batch failed with `error`.
+    pub fn at(index: usize, error: Error) -> Self {
+        BatchError {
+            index: Some(index),
+            error,
+        }
+    }
+}
+
+impl From<Error> for BatchError {
+    fn from(error: Error) -> Self {
+        BatchError { index: None, error }
+    }
+}
+
 trait DynProjection: Send + Sync {
     fn name(&self) -> &str;
     fn filter(&self) -> EventFilter;
-    fn handle<'a>(&'a self, uow: &'a mut Uow, e: &'a RecordedEvent) -> BoxFuture<'a, Result<()>>;
+    fn handle_batch<'a>(
+        &'a self,
+        uow: &'a mut Uow,
+        events: &'a [RecordedEvent],
+    ) -> BoxFuture<'a, Result<(), BatchError>>;
     fn reset<'a>(&'a self, uow: &'a mut Uow) -> BoxFuture<'a, Result<()>>;
 }
 
@@ -83,8 +136,12 @@ impl<P: Projection> DynProjection for P {
     fn filter(&self) -> EventFilter {
         Projection::filter(self)
     }
-    fn handle<'a>(&'a self, uow: &'a mut Uow, e: &'a RecordedEvent) -> BoxFuture<'a, Result<()>> {
-        Box::pin(Projection::handle(self, uow, e))
+    fn handle_batch<'a>(
+        &'a self,
+        uow: &'a mut Uow,
+        events: &'a [RecordedEvent],
+    ) -> BoxFuture<'a, Result<(), BatchError>> {
+        Box::pin(Projection::handle_batch(self, uow, events))
     }
     fn reset<'a>(&'a self, uow: &'a mut Uow) -> BoxFuture<'a, Result<()>> {
         Box::pin(Projection::reset(self, uow))
@@ -414,24 +471,57 @@ impl ProjectionRunner {
 
     /// One batch of one projection, in one unit of work. Returns (events handled, whether
     /// the log's readable end was reached).
-    async fn step(&self, p: &dyn DynProjection) -> Result<(usize, bool), StepError> {
+    ///
+    /// **Read-ahead.** While the batch's commit waits for the database (its WAL flush is
+    /// most of a batch's time), the next batch is read on another connection into `ahead`.
+    /// The next step uses it only if the checkpoint it claims is where the read started;
+    /// otherwise (another runner moved it, a retry) it reads again. Exactly once is
+    /// unchanged: events are handled and the checkpoint saved only under the claim; and
+    /// the read-ahead misses nothing, because the log never skips — an event it could not
+    /// see yet sorts after everything it returned (for a page that reached the end, after
+    /// its `next` too).
+    async fn step(
+        &self,
+        p: &dyn DynProjection,
+        ahead: &mut Option<(Checkpoint, ReadAll)>,
+    ) -> Result<(usize, bool), StepError> {
         let es = &self.events;
         let mut uow = es.store().begin().await?;
         let cp = es.claim_checkpoint(&mut uow, p.name()).await?;
-        let batch = es.read_all(&mut uow, cp, self.batch, &p.filter()).await?;
-        for e in &batch.events {
-            if let Err(error) = p.handle(&mut uow, e).await {
-                return Err(StepError {
-                    error,
-                    event: Some(FailedEvent::of(e)),
-                });
-            }
+        let batch = match ahead.take() {
+            Some((at, page)) if at == cp => page,
+            _ => es.read_all(&mut uow, cp, self.batch, &p.filter()).await?,
+        };
+        if let Err(e) = p.handle_batch(&mut uow, &batch.events).await {
+            return Err(StepError {
+                event: e
+                    .index
+                    .and_then(|i| batch.events.get(i))
+                    .map(FailedEvent::of),
+                error: e.error,
+            });
         }
         if batch.next != cp {
             es.save_checkpoint(&mut uow, p.name(), batch.next).await?;
         }
-        uow.commit().await?;
+        if batch.end_of_log {
+            uow.commit().await?;
+        } else {
+            let (committed, next) =
+                futures_util::future::join(uow.commit(), self.read_ahead(p, batch.next)).await;
+            committed?;
+            *ahead = next.ok().map(|page| (batch.next, page));
+        }
         Ok((batch.events.len(), batch.end_of_log))
+    }
+
+    /// The batch after `from`, in a read-only unit of work of its own (see `step`).
+    async fn read_ahead(&self, p: &dyn DynProjection, from: Checkpoint) -> Result<ReadAll> {
+        let es = &self.events;
+        let mut uow = es.store().read().await?;
+        let page = es.read_all(&mut uow, from, self.batch, &p.filter()).await?;
+        uow.commit().await?;
+        Ok(page)
     }
 
     fn update(&self, name: &str, f: impl FnOnce(&mut Health)) {
@@ -442,7 +532,11 @@ impl ProjectionRunner {
     /// One batch of `p` with the failure policy: retries with backoff until the batch
     /// commits (returns the events handled and whether the end of the log was reached) or
     /// the retries are spent (the projection is stopped and the error returned).
-    async fn step_retrying(&self, p: &dyn DynProjection) -> Result<(usize, bool)> {
+    async fn step_retrying(
+        &self,
+        p: &dyn DynProjection,
+        ahead: &mut Option<(Checkpoint, ReadAll)>,
+    ) -> Result<(usize, bool)> {
         let (mut failed, mut failed_transient) = (0u32, 0u32);
         loop {
             let attempt = failed + failed_transient + 1;
@@ -454,7 +548,7 @@ impl ProjectionRunner {
                 error.type = tracing::field::Empty,
                 error.message = tracing::field::Empty,
             );
-            let e = match self.step(p).instrument(span.clone()).await {
+            let e = match self.step(p, ahead).instrument(span.clone()).await {
                 Ok((n, end)) => {
                     span.record("larder.events", n);
                     return Ok((n, end));
@@ -535,8 +629,9 @@ impl ProjectionRunner {
         let mut first_error = None;
         for p in &self.projections {
             self.update(p.name(), |h| h.state = ProjectionState::Running);
+            let mut ahead = None;
             let r = loop {
-                match self.step_retrying(p.as_ref()).await {
+                match self.step_retrying(p.as_ref(), &mut ahead).await {
                     Ok((n, end)) => {
                         total += n as u64;
                         if end {
@@ -587,9 +682,10 @@ impl ProjectionRunner {
     async fn follow(&self, p: Arc<dyn DynProjection>) -> Result<()> {
         self.update(p.name(), |h| h.state = ProjectionState::Running);
         let mut waker = LogWaker::new(&self.events).await;
+        let mut ahead = None;
         loop {
             waker.mark_seen();
-            let (_, end) = self.step_retrying(p.as_ref()).await?;
+            let (_, end) = self.step_retrying(p.as_ref(), &mut ahead).await?;
             if end {
                 waker.wait().await;
             }
@@ -620,8 +716,9 @@ impl ProjectionRunner {
         let started = Instant::now();
         let mut done = 0u64;
         self.update(p.name(), |h| h.state = ProjectionState::Running);
+        let mut ahead = None;
         loop {
-            let (n, end) = self.step_retrying(p.as_ref()).await?;
+            let (n, end) = self.step_retrying(p.as_ref(), &mut ahead).await?;
             done += n as u64;
             progress(RebuildProgress {
                 done: done.min(total.max(done)),
