@@ -121,6 +121,7 @@ macro_rules! events_conformance {
                 committed_position_forgets_appends_rolled_back_by_a_savepoint,
                 projections_retry_transient_failures_while_others_keep_up,
                 a_failing_projection_stops_alone_with_the_failing_event_in_its_status,
+                concurrent_runners_with_read_ahead_apply_every_event_once,
             );
         }
     };
