@@ -105,6 +105,9 @@ struct Cli {
     /// Override: W6 single-event units of work per writer.
     #[arg(long)]
     w6_events: Option<usize>,
+    /// Run on tokio's current-thread runtime (one thread) instead of the multi-thread one.
+    #[arg(long)]
+    current_thread: bool,
     /// Override: W6 concurrent writers (default 8).
     #[arg(long)]
     w6_writers: Option<usize>,
@@ -133,9 +136,23 @@ fn selected_workloads(arg: &str) -> Result<Vec<&'static Workload>> {
     Ok(out)
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
     let cli = Cli::parse();
+    // `--current-thread`: one runtime thread, so client CPU adds to latency as on a busy
+    // host (with `scripts/bench-pinned.sh`, client and server share one core).
+    let rt = if cli.current_thread {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+    };
+    rt.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> Result<()> {
     if cli.runs == 0 {
         bail!("--runs must be at least 1");
     }

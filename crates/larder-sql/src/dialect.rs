@@ -184,8 +184,13 @@ pub trait SqlDialect: Sized + Send + Sync + 'static {
     /// The statement that opens a migration's write transaction.
     const BEGIN_WRITE: &'static str;
     /// Whether [`lock_migrations`](SqlDialect::lock_migrations) takes a lock held for the
-    /// whole run (otherwise each migration's write transaction serializes migrators).
+    /// whole run (a session lock: PostgreSQL).
     const HOLDS_RUN_LOCK: bool = false;
+    /// Whether migrators of this dialect take a run *lease* instead (a row in
+    /// `_larder_migration_lock`, written under the database's write lock; see
+    /// [`SqlMigrationDriver`](crate::SqlMigrationDriver)): for databases without session
+    /// locks (SQLite).
+    const RUN_LEASE: bool = false;
 
     /// Takes the migration lock on `conn` within `timeout` (`Ok(false)`: timed out).
     fn lock_migrations<'a>(

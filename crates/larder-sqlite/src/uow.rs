@@ -181,9 +181,10 @@ impl SqlDialect for Lite {
          kind TEXT NOT NULL, checksum TEXT NOT NULL, applied_at TEXT NOT NULL, \
          execution_ms INTEGER NOT NULL, success INTEGER NOT NULL, \
          PRIMARY KEY (module, version, name)) STRICT";
-    // One writer: every migration runs under `BEGIN IMMEDIATE` and re-checks the history
-    // inside it, which is what serializes concurrent migrators (no separate lock).
+    // One writer: every migration runs under `BEGIN IMMEDIATE`; concurrent migrators are
+    // serialized by a run lease (see `SqlMigrationDriver`).
     const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
+    const RUN_LEASE: bool = true;
 }
 
 /// Raw access to the SQLite connection of a unit of work, for SQL that larder does not

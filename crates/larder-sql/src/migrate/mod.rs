@@ -32,7 +32,7 @@ pub mod split;
 mod driver;
 mod runner;
 
-pub use driver::SqlMigrationDriver;
+pub use driver::{LEASE, SqlMigrationDriver};
 
 use std::fmt;
 use std::time::Duration;
