@@ -86,7 +86,11 @@ async fn a_lost_lease_rolls_the_migration_back_and_stops() {
     let e = m.up(d.as_mut(), None, &mut |_, _, _| {}).await.unwrap_err();
     assert!(e.to_string().contains("run lease was taken over"), "{e}");
     drop(d);
-    assert_eq!(tables(&db).await, ["t_one"], "migration 2 left nothing, 3 never ran");
+    assert_eq!(
+        tables(&db).await,
+        ["t_one"],
+        "migration 2 left nothing, 3 never ran"
+    );
     db.finish().await;
 }
 

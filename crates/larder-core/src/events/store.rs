@@ -252,6 +252,24 @@ pub fn now_micros() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
+/// Where a reader of the global log resumes after a page of `count` events (the last one
+/// at `last`) read after `after` with `limit`, and whether it reached the readable end: a
+/// short page passes the filtered-out events up to the backend's `head` too.
+fn resume(
+    after: Checkpoint,
+    limit: u32,
+    count: usize,
+    last: Option<Checkpoint>,
+    head: Option<Checkpoint>,
+) -> (Checkpoint, bool) {
+    let full = count >= limit as usize;
+    let mut next = last.unwrap_or(after);
+    if !full && let Some(head) = head {
+        next = next.max(head);
+    }
+    (next, !full)
+}
+
 fn finish<R>(
     uow: &Uow,
     span: &tracing::Span,
@@ -558,15 +576,17 @@ impl EventStore {
             Ok(()) => run!(uow, span, "events.read_all", |tx| tx
                 .read_all(after, limit, filter))
             .and_then(|batch| {
-                let full = batch.events.len() >= limit as usize;
-                let mut next = batch.events.last().map_or(after, |e| e.checkpoint);
-                if !full && let Some(head) = batch.head {
-                    next = next.max(head);
-                }
+                let (next, end_of_log) = resume(
+                    after,
+                    limit,
+                    batch.events.len(),
+                    batch.events.last().map(|e| e.checkpoint),
+                    batch.head,
+                );
                 Ok(ReadAll {
                     events: self.upcast_all(batch.events)?,
                     next,
-                    end_of_log: !full,
+                    end_of_log,
                 })
             }),
         };
@@ -617,15 +637,11 @@ impl EventStore {
             Ok(()) => run!(uow, span, "events.read_all", |tx| tx
                 .read_all_each(after, limit, filter, visit))
             .map(|batch| {
-                let full = batch.count >= limit as usize;
-                let mut next = batch.last.unwrap_or(after);
-                if !full && let Some(head) = batch.head {
-                    next = next.max(head);
-                }
+                let (next, end_of_log) = resume(after, limit, batch.count, batch.last, batch.head);
                 ReadAllEnd {
                     count: batch.count,
                     next,
-                    end_of_log: !full,
+                    end_of_log,
                 }
             }),
         };

@@ -21,8 +21,9 @@
 //!   `larder` module ([`apply_builtin`]) — is not stopped by it.
 //! - Concurrent migrators are serialized: PostgreSQL by a session advisory lock taken by
 //!   polling `pg_try_advisory_lock` (never a blocking wait, which can deadlock with
-//!   `CREATE INDEX CONCURRENTLY`), released on every path; SQLite by its write lock: each
-//!   migration is `BEGIN IMMEDIATE` and re-checks the history inside it.
+//!   `CREATE INDEX CONCURRENTLY`), released on every path; SQLite by a run lease (see
+//!   [`SqlMigrationDriver`]): every history row is written only while the migrator still
+//!   holds it, inside the migration's `BEGIN IMMEDIATE` transaction.
 //! - Before anything runs, applied migrations are verified: a changed checksum, or an
 //!   applied migration whose file is gone, stops the run (the latter can be overridden).
 
