@@ -10,6 +10,7 @@
 # to change the server processes' affinity (root, or the postgres user).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
+target=${CARGO_TARGET_DIR:-$root/target}
 cpu=${LARDER_PIN_CPU:-0}
 export LARDER_BENCH_POSTGRES_URL=${LARDER_BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}
 cargo build --release -p larder-bench --manifest-path "$root/Cargo.toml"
@@ -24,4 +25,4 @@ restore() {
 }
 trap restore EXIT
 # New backends fork from the postmaster and inherit its (pinned) affinity.
-taskset -c "$cpu" "$root/target/release/larder-bench" --current-thread "$@"
+taskset -c "$cpu" "$target/release/larder-bench" --current-thread "$@"

@@ -17,12 +17,13 @@ backend=${2:?backend: sqlite or postgres}
 workload=${3:?workload: w1 … w8e, migrations}
 shift 3
 root=$(cd "$(dirname "$0")/.." && pwd)
-out="$root/target/profile"
+target=${CARGO_TARGET_DIR:-$root/target}
+out="$target/profile"
 mkdir -p "$out"
 name="$side-$backend-$workload"
 export LARDER_BENCH_POSTGRES_URL=${LARDER_BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}
 CARGO_PROFILE_RELEASE_DEBUG=true cargo build --release -p larder-bench --manifest-path "$root/Cargo.toml"
-bin="$root/target/release/larder-bench"
+bin="$target/release/larder-bench"
 perf record -F 999 -g --call-graph dwarf,16384 -o "$out/$name.perf" -- \
   "$bin" --backend "$backend" --workload "$workload" --runs 1 --only "$side" "$@"
 perf report -i "$out/$name.perf" --stdio --no-children --percent-limit 1 > "$out/$name.txt" 2>/dev/null
