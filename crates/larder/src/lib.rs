@@ -215,6 +215,46 @@ fn not_compiled(feature: &str) -> Error {
     ))
 }
 
+/// `store.transaction(…)` without the `Box::pin(async move { … })` around the body:
+///
+/// ```
+/// # async fn demo(store: larder::Store) -> Result<(), larder::Error> {
+/// let n: u64 = larder::transaction!(store, |uow| {
+///     // … repository and event-store calls through `uow` (a `&mut larder::Uow`) …
+///     Ok::<_, larder::Error>(1)
+/// })
+/// .await?;
+/// # Ok(()) }
+/// ```
+///
+/// The same semantics as [`Store::transaction`]: commit on `Ok`, rollback on `Err` or panic,
+/// the whole body run again on transient failures; the future is `Send` (fine for
+/// `tokio::spawn` and web handlers). The body is an `async move` block made once per
+/// attempt and may outlive any borrow, so what it uses from around it is cloned per
+/// attempt: `larder::transaction!(store, clone(name, counter), |uow| { … })`. `larder::transaction!(store, opts, policy, |uow| { … })`
+/// is [`Store::transaction_with`]. Why a macro and not an async closure
+/// (`store.transaction(async |uow| …)`): on stable Rust the future of an async closure
+/// that borrows anything it captures is not provably `Send` across the retry loop
+/// (rustc's "implementation of `Send` is not general enough"), so such a signature would
+/// break every caller inside `tokio::spawn`.
+#[macro_export]
+macro_rules! transaction {
+    ($store:expr, |$uow:ident| $body:block) => {
+        $store.transaction(|$uow: &mut $crate::Uow| ::std::boxed::Box::pin(async move $body))
+    };
+    ($store:expr, clone($($c:ident),+ $(,)?), |$uow:ident| $body:block) => {
+        $store.transaction(|$uow: &mut $crate::Uow| {
+            $(let $c = ::std::clone::Clone::clone(&$c);)+
+            ::std::boxed::Box::pin(async move $body)
+        })
+    };
+    ($store:expr, $opts:expr, $policy:expr, |$uow:ident| $body:block) => {
+        $store.transaction_with($opts, $policy, |$uow: &mut $crate::Uow| {
+            ::std::boxed::Box::pin(async move $body)
+        })
+    };
+}
+
 #[doc(hidden)]
 pub mod __private {
     //! Macro plumbing for `#[derive(Entity)]` (semver-exempt).
