@@ -75,31 +75,14 @@ pub fn checkpoint_at<D: SqlDialect>(
     ))
 }
 
-/// Decodes the columns of [`LogDialect::EVENT_COLUMNS`] starting at column `at`.
+/// Decodes the columns of [`LogDialect::EVENT_COLUMNS`] starting at column `at` into an
+/// owned event (see [`decode_event_ref`]).
 pub fn decode_event<D: SqlDialect>(
     r: &impl SqlRow<D>,
     at: usize,
     op: &'static str,
 ) -> Result<RecordedEvent> {
-    let m = |e| D::map(e, op);
-    let b = D::BACKEND;
-    let event_id = r
-        .uuid(at + 4)
-        .map_err(|e| Error::backend(b, format!("stored event id is not a uuid: {e}")))?;
-    Ok(RecordedEvent {
-        checkpoint: Checkpoint::new(
-            u64_of::<D>(req_int::<D>(r, at + 1, op, "tx")?, "tx")?,
-            u64_of::<D>(req_int::<D>(r, at, op, "position")?, "position")?,
-        ),
-        stream_id: required(r.text(at + 2).map_err(m)?, "stream id", b)?,
-        stream_version: u64_of::<D>(req_int::<D>(r, at + 3, op, "version")?, "version")?,
-        event_id: required(event_id, "event id", b)?,
-        event_type: required(r.text(at + 5).map_err(m)?, "event type", b)?,
-        schema_version: u32::try_from(req_int::<D>(r, at + 6, op, "schema version")?).unwrap_or(0),
-        payload: required(r.text(at + 7).map_err(m)?, "payload", b)?,
-        metadata: r.text(at + 8).map_err(m)?,
-        recorded_at_micros: req_int::<D>(r, at + 9, op, "recorded_at")?,
-    })
+    decode_event_ref::<D>(r, at, op).map(|e| e.to_owned())
 }
 
 /// Decodes the columns of [`LogDialect::EVENT_COLUMNS`] starting at column `at`, borrowing
