@@ -189,11 +189,6 @@ impl<D: SqlDialect> SqlTx<D> {
         self.conn()
     }
 
-    /// The dialect's per-transaction state.
-    pub fn state_mut(&mut self) -> &mut D::State {
-        &mut self.state
-    }
-
     fn conn(&mut self) -> Result<&mut Conn<D>> {
         self.conn
             .as_deref_mut()
@@ -275,10 +270,7 @@ impl<D: SqlDialect> SqlTx<D> {
         kind: Kind,
     ) -> Result<QueryResultOf<D>> {
         self.arm(false).await?;
-        let r = D::executor(self.conn()?)
-            .execute(sqlx::query_with(AssertSqlSafe(sql), args))
-            .await;
-        r.map_err(|e| self.failed(e, op, kind))
+        self.execute_unarmed(sql, args, op, kind).await
     }
 
     /// Runs a query with the deadline armed and returns its rows.
@@ -304,6 +296,17 @@ impl<D: SqlDialect> SqlTx<D> {
         persistent: bool,
     ) -> Result<Vec<RowOf<D>>> {
         self.arm(kind.reads()).await?;
+        self.fetch_unarmed(sql, args, op, kind, persistent).await
+    }
+
+    async fn fetch_unarmed(
+        &mut self,
+        sql: Arc<str>,
+        args: ArgsOf<D>,
+        op: &'static str,
+        kind: Kind,
+        persistent: bool,
+    ) -> Result<Vec<RowOf<D>>> {
         let r = D::executor(self.conn()?)
             .fetch_all(sqlx::query_with(AssertSqlSafe(sql), args).persistent(persistent))
             .await;
@@ -333,10 +336,7 @@ impl<D: SqlDialect> SqlTx<D> {
     /// Runs a compiled query and returns its rows.
     pub async fn fetch(&mut self, b: Built, op: &'static str, kind: Kind) -> Result<Vec<RowOf<D>>> {
         let (sql, args) = self.prepare(b, kind).await?;
-        let r = D::executor(self.conn()?)
-            .fetch_all(sqlx::query_with(AssertSqlSafe(sql), args))
-            .await;
-        r.map_err(|e| self.failed(e, op, kind))
+        self.fetch_unarmed(sql, args, op, kind, true).await
     }
 
     /// Runs a compiled query whose first column of the first row is an integer (`None`: no
