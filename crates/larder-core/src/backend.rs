@@ -158,7 +158,8 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         })
     }
 
-    /// Called after a unit of work that appended events committed (PostgreSQL sends a
+    /// Called after a unit of work that appended events or enqueued outbox messages
+    /// committed (PostgreSQL sends a
     /// coalesced `NOTIFY` for subscribers in other processes). Must not block.
     fn events_committed(&self) {}
 
@@ -253,6 +254,12 @@ pub trait Transaction: Send {
     /// The event-log primitives in this transaction (`None`: the backend has no event
     /// store).
     fn events(&mut self) -> Option<&mut dyn crate::events::EventTransaction> {
+        None
+    }
+
+    /// The outbox and inbox primitives in this transaction (`None`: the backend has no
+    /// outbox).
+    fn outbox(&mut self) -> Option<&mut dyn crate::outbox::OutboxTransaction> {
         None
     }
 

@@ -148,6 +148,21 @@ pub enum Error {
     #[error("invalid event: {}", ol(.0))]
     InvalidEvent(String),
 
+    /// A message that cannot be enqueued as given (empty topic, control characters in a
+    /// key or header…), or a malformed message id.
+    #[error("invalid message: {}", ol(.0))]
+    InvalidMessage(String),
+
+    /// An outbox operation on a message id the outbox does not hold in the required state
+    /// (replaying a message that is not a dead letter, an unknown id).
+    #[error("no {state} message `{id}` in the outbox; list them with `larder outbox dead`")]
+    UnknownMessage {
+        /// The message id.
+        id: uuid::Uuid,
+        /// The state the operation needs (`dead`).
+        state: &'static str,
+    },
+
     /// A stored event whose type (or schema version, after upcasting) the reader does not
     /// know.
     #[error(
@@ -298,6 +313,8 @@ impl Error {
             Error::InvalidCursor(_) => "invalid_cursor",
             Error::InvalidCheckpoint(_) => "invalid_checkpoint",
             Error::InvalidEvent(_) => "invalid_event",
+            Error::InvalidMessage(_) => "invalid_message",
+            Error::UnknownMessage { .. } => "unknown_message",
             Error::UnknownEventType { .. } => "unknown_event_type",
             Error::LimitExceeded { .. } => "limit_exceeded",
             Error::Unsupported { .. } => "unsupported",

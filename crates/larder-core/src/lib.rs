@@ -17,6 +17,7 @@ pub mod error;
 pub mod eval;
 pub mod events;
 pub mod memory;
+pub mod outbox;
 pub mod query;
 pub mod regex_dialect;
 pub mod settings;

@@ -28,6 +28,10 @@ use crate::events::{
     Checkpoint, EventFilter, EventTransaction, ExpectedVersion, LogStats, NewEvent, ReadAllBatch,
     ReadDirection, RecordedEvent, Snapshot, StoredCheckpoint,
 };
+use crate::outbox::{
+    Failure, MessageId, MessageState, NewMessage, OutboxCounts, OutboxTransaction, PartitionLease,
+    StoredMessage, decode_headers,
+};
 use crate::query::Select;
 use crate::spec::Pred;
 use crate::value::Value;
@@ -60,6 +64,20 @@ struct State {
     /// The definition each table was registered with: its rows have that layout.
     defs: HashMap<String, EntityDef>,
     log: EventLog,
+    outbox: OutboxMem,
+}
+
+/// Partitions of the memory backend's outbox.
+const MEMORY_PARTITIONS: u32 = 4;
+
+#[derive(Debug, Default)]
+struct OutboxMem {
+    rows: BTreeMap<u64, StoredMessage>,
+    by_id: HashMap<Uuid, u64>,
+    last_seq: u64,
+    leases: Vec<PartitionLease>,
+    relays: HashMap<String, i64>,
+    inbox: HashMap<(String, Uuid), i64>,
 }
 
 /// The event store's state. Writers are exclusive, so allocation order is commit order,
@@ -207,6 +225,22 @@ enum Undo {
         name: String,
         before: Option<(Checkpoint, i64)>,
     },
+    OutboxRow {
+        seq: u64,
+        before: Option<StoredMessage>,
+    },
+    Lease {
+        index: usize,
+        before: PartitionLease,
+    },
+    Relay {
+        name: String,
+        before: Option<i64>,
+    },
+    Inbox {
+        key: (String, Uuid),
+        before: Option<i64>,
+    },
 }
 
 struct MemoryTx {
@@ -306,6 +340,38 @@ impl MemoryTx {
                         }
                         None => {
                             g.log.checkpoints.remove(&name);
+                        }
+                    },
+                    Undo::OutboxRow { seq, before } => match before {
+                        Some(b) => {
+                            g.outbox.by_id.insert(b.id.0, seq);
+                            g.outbox.rows.insert(seq, b);
+                        }
+                        None => {
+                            if let Some(r) = g.outbox.rows.remove(&seq) {
+                                g.outbox.by_id.remove(&r.id.0);
+                            }
+                        }
+                    },
+                    Undo::Lease { index, before } => {
+                        if let Some(l) = g.outbox.leases.get_mut(index) {
+                            *l = before;
+                        }
+                    }
+                    Undo::Relay { name, before } => match before {
+                        Some(b) => {
+                            g.outbox.relays.insert(name, b);
+                        }
+                        None => {
+                            g.outbox.relays.remove(&name);
+                        }
+                    },
+                    Undo::Inbox { key, before } => match before {
+                        Some(b) => {
+                            g.outbox.inbox.insert(key, b);
+                        }
+                        None => {
+                            g.outbox.inbox.remove(&key);
                         }
                     },
                 }
@@ -581,6 +647,10 @@ impl Transaction for MemoryTx {
         Some(self)
     }
 
+    fn outbox(&mut self) -> Option<&mut dyn OutboxTransaction> {
+        Some(self)
+    }
+
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
     }
@@ -843,5 +913,465 @@ impl EventTransaction for MemoryTx {
                 })
                 .collect()
         }))
+    }
+}
+
+impl MemoryTx {
+    fn ob(&self) -> &OutboxMem {
+        &self.state().outbox
+    }
+
+    /// Replaces (or removes) an outbox row, recording the undo.
+    fn put_row(&mut self, seq: u64, row: Option<StoredMessage>) -> Result<()> {
+        let ob = &mut self.state_mut()?.outbox;
+        let before = match row {
+            Some(r) => {
+                ob.by_id.insert(r.id.0, seq);
+                ob.rows.insert(seq, r)
+            }
+            None => {
+                let b = ob.rows.remove(&seq);
+                if let Some(b) = &b {
+                    ob.by_id.remove(&b.id.0);
+                }
+                b
+            }
+        };
+        self.undo.push(Undo::OutboxRow { seq, before });
+        Ok(())
+    }
+
+    fn row_of(&self, id: Uuid) -> Option<(u64, StoredMessage)> {
+        let seq = *self.ob().by_id.get(&id)?;
+        self.ob().rows.get(&seq).map(|r| (seq, r.clone()))
+    }
+
+    fn ensure_leases(&mut self) -> Result<()> {
+        let ob = &mut self.state_mut()?.outbox;
+        if ob.leases.is_empty() {
+            // Created once, like the SQL migration's rows (not part of any undo).
+            ob.leases = (0..MEMORY_PARTITIONS)
+                .map(|p| PartitionLease {
+                    partition: p,
+                    owner: None,
+                    until_micros: 0,
+                })
+                .collect();
+        }
+        Ok(())
+    }
+
+    fn set_lease(&mut self, index: usize, lease: PartitionLease) -> Result<()> {
+        let ob = &mut self.state_mut()?.outbox;
+        let before = std::mem::replace(&mut ob.leases[index], lease);
+        self.undo.push(Undo::Lease { index, before });
+        Ok(())
+    }
+}
+
+impl OutboxTransaction for MemoryTx {
+    fn partitions(&self) -> u32 {
+        MEMORY_PARTITIONS
+    }
+
+    fn enqueue<'a>(&'a mut self, messages: &'a [NewMessage]) -> BoxFuture<'a, Result<()>> {
+        ready((|| {
+            self.check("outbox.enqueue")?;
+            self.state_mut()?;
+            if let Some(m) = messages
+                .iter()
+                .find(|m| self.ob().by_id.contains_key(&m.id))
+            {
+                return Err(Error::AlreadyExists {
+                    entity: "message",
+                    id: m.id.to_string(),
+                });
+            }
+            for m in messages {
+                let seq = {
+                    let ob = &mut self.state_mut()?.outbox;
+                    ob.last_seq += 1;
+                    ob.last_seq
+                };
+                let row = StoredMessage {
+                    id: MessageId(m.id),
+                    topic: m.topic.clone(),
+                    key: m.key.clone(),
+                    partition: m.partition,
+                    payload: m.payload.clone(),
+                    headers: decode_headers(m.headers.as_deref())?,
+                    seq: Checkpoint::new(0, seq),
+                    state: MessageState::Pending,
+                    attempts: 0,
+                    last_error: None,
+                    enqueued_at_micros: m.enqueued_at_micros,
+                    due_at_micros: m.enqueued_at_micros,
+                    done_at_micros: None,
+                };
+                self.put_row(seq, Some(row))?;
+            }
+            Ok(())
+        })())
+    }
+
+    fn fetch_ready<'a>(
+        &'a mut self,
+        partitions: &'a [u32],
+        now_micros: i64,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Vec<StoredMessage>>> {
+        ready((|| {
+            self.check("outbox.fetch")?;
+            let mut blocked: std::collections::HashSet<&str> = Default::default();
+            let mut out = Vec::new();
+            for r in self.ob().rows.values() {
+                if out.len() >= limit as usize {
+                    break;
+                }
+                if !partitions.contains(&r.partition) {
+                    continue;
+                }
+                let key = r.key.as_deref();
+                if key.is_some_and(|k| blocked.contains(k)) {
+                    continue;
+                }
+                match r.state {
+                    MessageState::Dead => {
+                        if let Some(k) = key {
+                            blocked.insert(k);
+                        }
+                    }
+                    MessageState::Pending if r.due_at_micros > now_micros => {
+                        if let Some(k) = key {
+                            blocked.insert(k);
+                        }
+                    }
+                    MessageState::Pending => out.push(r.clone()),
+                    _ => {}
+                }
+            }
+            Ok(out)
+        })())
+    }
+
+    fn mark_delivered<'a>(
+        &'a mut self,
+        ids: &'a [Uuid],
+        now_micros: i64,
+    ) -> BoxFuture<'a, Result<u64>> {
+        ready((|| {
+            self.check("outbox.mark")?;
+            let mut n = 0;
+            for id in ids {
+                if let Some((seq, mut r)) = self.row_of(*id)
+                    && r.state == MessageState::Pending
+                {
+                    r.state = MessageState::Delivered;
+                    r.done_at_micros = Some(now_micros);
+                    self.put_row(seq, Some(r))?;
+                    n += 1;
+                }
+            }
+            Ok(n)
+        })())
+    }
+
+    fn mark_failed<'a>(
+        &'a mut self,
+        failures: &'a [Failure],
+        now_micros: i64,
+    ) -> BoxFuture<'a, Result<()>> {
+        ready((|| {
+            self.check("outbox.mark")?;
+            for f in failures {
+                if let Some((seq, mut r)) = self.row_of(f.id)
+                    && r.state == MessageState::Pending
+                {
+                    if f.count_attempt {
+                        r.attempts += 1;
+                    }
+                    r.last_error = Some(f.error.clone());
+                    r.due_at_micros = f.due_at_micros;
+                    if f.dead {
+                        r.state = MessageState::Dead;
+                        r.done_at_micros = Some(now_micros);
+                    }
+                    self.put_row(seq, Some(r))?;
+                }
+            }
+            Ok(())
+        })())
+    }
+
+    fn heartbeat<'a>(
+        &'a mut self,
+        relay: &'a str,
+        now_micros: i64,
+        live_after_micros: i64,
+    ) -> BoxFuture<'a, Result<u32>> {
+        ready((|| {
+            self.check("outbox.lease")?;
+            let stale: Vec<String> = self
+                .ob()
+                .relays
+                .iter()
+                .filter(|(n, t)| **t < live_after_micros && n.as_str() != relay)
+                .map(|(n, _)| n.clone())
+                .collect();
+            for name in stale {
+                let before = self.state_mut()?.outbox.relays.remove(&name);
+                self.undo.push(Undo::Relay { name, before });
+            }
+            let before = self
+                .state_mut()?
+                .outbox
+                .relays
+                .insert(relay.to_owned(), now_micros);
+            self.undo.push(Undo::Relay {
+                name: relay.to_owned(),
+                before,
+            });
+            Ok(u32::try_from(self.ob().relays.len()).unwrap_or(u32::MAX))
+        })())
+    }
+
+    fn leases(&mut self) -> BoxFuture<'_, Result<Vec<PartitionLease>>> {
+        ready((|| {
+            if self.ob().leases.is_empty() {
+                if matches!(self.guard, Some(Guard::Write(_))) {
+                    self.ensure_leases()?;
+                } else {
+                    return Ok((0..MEMORY_PARTITIONS)
+                        .map(|p| PartitionLease {
+                            partition: p,
+                            owner: None,
+                            until_micros: 0,
+                        })
+                        .collect());
+                }
+            }
+            Ok(self.ob().leases.clone())
+        })())
+    }
+
+    fn take_partitions<'a>(
+        &'a mut self,
+        relay: &'a str,
+        partitions: &'a [u32],
+        now_micros: i64,
+        until_micros: i64,
+    ) -> BoxFuture<'a, Result<Vec<u32>>> {
+        ready((|| {
+            self.ensure_leases()?;
+            let mut taken = Vec::new();
+            for p in partitions {
+                let Some(i) = self.ob().leases.iter().position(|l| l.partition == *p) else {
+                    continue;
+                };
+                let l = &self.ob().leases[i];
+                if l.owner.as_deref() == Some(relay) || l.until_micros < now_micros {
+                    self.set_lease(
+                        i,
+                        PartitionLease {
+                            partition: *p,
+                            owner: Some(relay.to_owned()),
+                            until_micros,
+                        },
+                    )?;
+                    taken.push(*p);
+                }
+            }
+            Ok(taken)
+        })())
+    }
+
+    fn release_partitions<'a>(
+        &'a mut self,
+        relay: &'a str,
+        partitions: Option<&'a [u32]>,
+    ) -> BoxFuture<'a, Result<()>> {
+        ready((|| {
+            self.ensure_leases()?;
+            let idx: Vec<usize> = self
+                .ob()
+                .leases
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| {
+                    l.owner.as_deref() == Some(relay)
+                        && partitions.is_none_or(|ps| ps.contains(&l.partition))
+                })
+                .map(|(i, _)| i)
+                .collect();
+            for i in idx {
+                let partition = self.ob().leases[i].partition;
+                self.set_lease(
+                    i,
+                    PartitionLease {
+                        partition,
+                        owner: None,
+                        until_micros: 0,
+                    },
+                )?;
+            }
+            if partitions.is_none() {
+                let before = self.state_mut()?.outbox.relays.remove(relay);
+                self.undo.push(Undo::Relay {
+                    name: relay.to_owned(),
+                    before,
+                });
+            }
+            Ok(())
+        })())
+    }
+
+    fn counts(&mut self) -> BoxFuture<'_, Result<OutboxCounts>> {
+        ready((|| {
+            let mut c = OutboxCounts::default();
+            let mut dead_keys: std::collections::HashSet<&str> = Default::default();
+            for r in self.ob().rows.values() {
+                match r.state {
+                    MessageState::Pending => {
+                        if r.key.as_deref().is_some_and(|k| dead_keys.contains(k)) {
+                            c.parked += 1;
+                        } else {
+                            c.pending += 1;
+                        }
+                        c.oldest_pending_micros = Some(
+                            c.oldest_pending_micros
+                                .map_or(r.enqueued_at_micros, |o| o.min(r.enqueued_at_micros)),
+                        );
+                        c.max_attempts_pending = c.max_attempts_pending.max(r.attempts);
+                    }
+                    MessageState::Dead => {
+                        c.dead += 1;
+                        if let Some(k) = r.key.as_deref() {
+                            dead_keys.insert(k);
+                        }
+                    }
+                    MessageState::Delivered => c.delivered += 1,
+                    MessageState::Skipped => c.skipped += 1,
+                }
+            }
+            Ok(c)
+        })())
+    }
+
+    fn list<'a>(
+        &'a mut self,
+        state: MessageState,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Vec<StoredMessage>>> {
+        ready((|| {
+            let from = match after {
+                Some(a) => match self.ob().by_id.get(&a) {
+                    Some(s) => *s,
+                    None => return Ok(Vec::new()),
+                },
+                None => 0,
+            };
+            Ok(self
+                .ob()
+                .rows
+                .range(from + 1..)
+                .map(|(_, r)| r)
+                .filter(|r| r.state == state)
+                .take(limit as usize)
+                .cloned()
+                .collect())
+        })())
+    }
+
+    fn get<'a>(&'a mut self, id: Uuid) -> BoxFuture<'a, Result<Option<StoredMessage>>> {
+        ready(Ok(self.row_of(id).map(|(_, r)| r)))
+    }
+
+    fn set_state<'a>(
+        &'a mut self,
+        id: Uuid,
+        from: MessageState,
+        to: MessageState,
+        now_micros: i64,
+    ) -> BoxFuture<'a, Result<bool>> {
+        ready((|| {
+            let Some((seq, mut r)) = self.row_of(id) else {
+                return Ok(false);
+            };
+            if r.state != from {
+                return Ok(false);
+            }
+            r.state = to;
+            if to == MessageState::Pending {
+                r.attempts = 0;
+                r.due_at_micros = now_micros;
+                r.done_at_micros = None;
+            } else {
+                r.done_at_micros = Some(now_micros);
+            }
+            self.put_row(seq, Some(r))?;
+            Ok(true)
+        })())
+    }
+
+    fn purge<'a>(&'a mut self, before_micros: i64, limit: u32) -> BoxFuture<'a, Result<u64>> {
+        ready((|| {
+            let seqs: Vec<u64> = self
+                .ob()
+                .rows
+                .iter()
+                .filter(|(_, r)| {
+                    matches!(r.state, MessageState::Delivered | MessageState::Skipped)
+                        && r.done_at_micros.is_some_and(|d| d < before_micros)
+                })
+                .map(|(s, _)| *s)
+                .take(limit as usize)
+                .collect();
+            for s in &seqs {
+                self.put_row(*s, None)?;
+            }
+            Ok(seqs.len() as u64)
+        })())
+    }
+
+    fn inbox_record<'a>(
+        &'a mut self,
+        consumer: &'a str,
+        message: Uuid,
+        now_micros: i64,
+    ) -> BoxFuture<'a, Result<bool>> {
+        ready((|| {
+            let key = (consumer.to_owned(), message);
+            if self.ob().inbox.contains_key(&key) {
+                return Ok(false);
+            }
+            self.state_mut()?
+                .outbox
+                .inbox
+                .insert(key.clone(), now_micros);
+            self.undo.push(Undo::Inbox { key, before: None });
+            Ok(true)
+        })())
+    }
+
+    fn inbox_purge<'a>(&'a mut self, before_micros: i64, limit: u32) -> BoxFuture<'a, Result<u64>> {
+        ready((|| {
+            let keys: Vec<(String, Uuid)> = self
+                .ob()
+                .inbox
+                .iter()
+                .filter(|(_, t)| **t < before_micros)
+                .map(|(k, _)| k.clone())
+                .take(limit as usize)
+                .collect();
+            for key in &keys {
+                let before = self.state_mut()?.outbox.inbox.remove(key);
+                self.undo.push(Undo::Inbox {
+                    key: key.clone(),
+                    before,
+                });
+            }
+            Ok(keys.len() as u64)
+        })())
     }
 }

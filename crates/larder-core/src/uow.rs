@@ -157,6 +157,7 @@ struct StoreInner {
 pub(crate) struct Signals {
     pub(crate) log: tokio::sync::watch::Sender<u64>,
     pub(crate) checkpoints: tokio::sync::watch::Sender<u64>,
+    pub(crate) outbox: tokio::sync::watch::Sender<u64>,
 }
 
 impl Signals {
@@ -164,6 +165,7 @@ impl Signals {
         Signals {
             log: tokio::sync::watch::Sender::new(0),
             checkpoints: tokio::sync::watch::Sender::new(0),
+            outbox: tokio::sync::watch::Sender::new(0),
         }
     }
 }
@@ -313,6 +315,7 @@ impl Store {
             hooks: Hooks::default(),
             savepoints: 0,
             appended: None,
+            enqueued: false,
         })
     }
 
@@ -401,6 +404,14 @@ pub(crate) fn is_write(op: &str) -> bool {
             | "events.save_snapshot"
             | "events.save_checkpoint"
             | "events.delete_checkpoint"
+            | "outbox.enqueue"
+            | "outbox.mark"
+            | "outbox.lease"
+            | "outbox.replay"
+            | "outbox.skip"
+            | "outbox.purge"
+            | "inbox.record"
+            | "inbox.purge"
     )
 }
 
@@ -472,6 +483,7 @@ pub struct Uow {
     hooks: Hooks,
     savepoints: u32,
     appended: Option<crate::events::Checkpoint>,
+    enqueued: bool,
 }
 
 impl fmt::Debug for Uow {
@@ -620,8 +632,14 @@ impl Uow {
             match r {
                 Ok(()) => {
                     self.audit("uow.commit", Ok(()));
-                    if self.appended.is_some() {
-                        self.store.signals().log.send_modify(|n| *n += 1);
+                    if self.enqueued {
+                        self.store.signals().outbox.send_modify(|n| *n += 1);
+                    }
+                    if self.appended.is_some() || self.enqueued {
+                        if self.appended.is_some() {
+                            self.store.signals().log.send_modify(|n| *n += 1);
+                        }
+                        // One cross-process wake-up channel for the log and the outbox.
                         self.store.backend().events_committed();
                     }
                     for hook in std::mem::take(&mut self.hooks.post_commit) {
@@ -694,6 +712,32 @@ impl Uow {
             .ok_or(Error::Closed("unit of work"))?;
         tx.set_deadline(deadline);
         bounded(deadline, op, f(tx)).instrument(span.clone()).await
+    }
+
+    pub(crate) fn note_enqueued(&mut self) {
+        self.enqueued = true;
+    }
+
+    /// [`Uow::call`] on the transaction's outbox primitives ([`Error::Unsupported`] on a
+    /// backend without an outbox).
+    pub(crate) async fn call_outbox<'a, R>(
+        &'a mut self,
+        op: &'static str,
+        deadline: Option<Deadline>,
+        span: &tracing::Span,
+        f: impl FnOnce(&'a mut dyn crate::outbox::OutboxTransaction) -> BoxFuture<'a, Result<R>>,
+    ) -> Result<R> {
+        let backend = self.store.backend_name();
+        self.call(op, deadline, span, move |tx| match tx.outbox() {
+            Some(ob) => f(ob),
+            None => Box::pin(async move {
+                Err(Error::Unsupported {
+                    operation: "outbox",
+                    backend,
+                })
+            }),
+        })
+        .await
     }
 
     /// [`Uow::call`] on the transaction's event-log primitives
@@ -859,7 +903,10 @@ impl Drop for Uow {
 /// database client conventions plus larder's own): `storage_span!(uow, "larder.x.y", "op",
 /// collection, stream)`. A macro because a span's name must be a literal.
 macro_rules! storage_span {
-    ($uow:expr, $name:literal, $op:literal, $collection:expr, $stream:expr) => {{
+    ($uow:expr, $name:literal, $op:literal, $collection:expr, $stream:expr) => {
+        $crate::uow::storage_span!($uow, $name, $op, $collection, $stream,)
+    };
+    ($uow:expr, $name:literal, $op:literal, $collection:expr, $stream:expr, $($extra:tt)*) => {{
         let uow: &$crate::Uow = $uow;
         let ep = uow.store().backend().endpoint();
         tracing::info_span!(
@@ -880,6 +927,7 @@ macro_rules! storage_span {
             db.query.text = tracing::field::Empty,
             error.type = tracing::field::Empty,
             error.message = tracing::field::Empty,
+            $($extra)*
         )
     }};
 }

@@ -36,7 +36,7 @@ mod aggregate;
 mod backend;
 mod projection;
 mod store;
-mod subscription;
+pub(crate) mod subscription;
 mod types;
 
 pub use aggregate::{Aggregate, EventSourced};

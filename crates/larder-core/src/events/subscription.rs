@@ -110,16 +110,21 @@ pub(crate) struct LogWaker {
 
 impl LogWaker {
     pub(crate) async fn new(events: &EventStore) -> LogWaker {
+        let local = events.store().signals().log.subscribe();
+        LogWaker::with(events.store(), local, events.inner.poll_interval).await
+    }
+
+    /// A waker on another in-process signal of `store` (the outbox's), with the same
+    /// cross-process wake-ups.
+    pub(crate) async fn with(
+        store: &crate::Store,
+        local: tokio::sync::watch::Receiver<u64>,
+        poll: std::time::Duration,
+    ) -> LogWaker {
         LogWaker {
-            local: events.store().signals().log.subscribe(),
-            remote: events
-                .store()
-                .backend()
-                .listen_events()
-                .await
-                .ok()
-                .flatten(),
-            poll: events.inner.poll_interval,
+            local,
+            remote: store.backend().listen_events().await.ok().flatten(),
+            poll,
         }
     }
 
