@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use sqlx::Row;
 
 /// Migrations of larder's built-in `larder` module (its bookkeeping and the event store).
-const BUILTIN: usize = 2;
+const BUILTIN: usize = 3;
 
 fn larder(url: &str, dir: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_larder"));

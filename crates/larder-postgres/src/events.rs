@@ -192,6 +192,9 @@ async fn fetch(
 impl LogDialect for Pg {
     const EVENT_COLUMNS: &'static str = event_columns!();
     const STREAM_VERSION: &'static str = "SELECT version FROM larder_streams WHERE stream_id = $1";
+    const OUTBOX_HORIZON: &'static str =
+        " AND o.tx < pg_snapshot_xmin(pg_current_snapshot())::text::bigint";
+    const OUTBOX_PARTITIONS: u32 = 16;
 
     fn append<'a>(
         tx: &'a mut SqlTx<Pg>,

@@ -25,6 +25,10 @@ impl larder_sql::SqlRow<crate::uow::Pg> for PgRow {
         self.try_get(i)
     }
 
+    fn bytes_ref(&self, i: usize) -> Result<Option<&[u8]>, sqlx::Error> {
+        self.try_get(i)
+    }
+
     fn int(&self, i: usize) -> Result<Option<i64>, sqlx::Error> {
         // Only event schema versions and a few catalog columns are narrower than BIGINT.
         let ty = self.try_get_raw(i)?.type_info().into_owned();

@@ -53,6 +53,8 @@ pub trait SqlRow<D> {
     fn uuid(&self, i: usize) -> std::result::Result<Option<Uuid>, BoxError>;
     /// A JSON column.
     fn json(&self, i: usize) -> std::result::Result<Option<serde_json::Value>, BoxError>;
+    /// A binary column, borrowed from the row.
+    fn bytes_ref(&self, i: usize) -> std::result::Result<Option<&[u8]>, sqlx::Error>;
 }
 
 /// Implements [`SqlRow`] methods that the driver decodes natively, as `try_get(i)`:
@@ -246,6 +248,12 @@ pub trait LogDialect: SqlDialect {
     const EVENT_COLUMNS: &'static str;
     /// One row, one column: the version of stream `$1` (no row or `NULL`: no stream).
     const STREAM_VERSION: &'static str;
+    /// The outbox's no-skip condition on the row `o` of `_larder_outbox` (with a leading
+    /// ` AND `): empty where writers are serialized (positions in commit order);
+    /// PostgreSQL reads below its snapshot's horizon.
+    const OUTBOX_HORIZON: &'static str = "";
+    /// Rows of `_larder_outbox_partitions` the dialect's migration creates.
+    const OUTBOX_PARTITIONS: u32 = 1;
 
     /// See [`EventTransaction::append`](larder_core::events::EventTransaction::append).
     fn append<'a>(

@@ -90,6 +90,7 @@ where
     for<'q> Option<i32>: Encode<'q, DB> + Type<DB>,
     for<'q> Option<f64>: Encode<'q, DB> + Type<DB>,
     for<'q> Option<String>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<Vec<u8>>: Encode<'q, DB> + Type<DB>,
 {
     use sea_query::Value as S;
     let mut args = DB::Arguments::default();
@@ -101,6 +102,7 @@ where
             S::BigUnsigned(u) => args.add(u.map(|u| i64::try_from(u).unwrap_or(i64::MAX))),
             S::Double(f) => args.add(f),
             S::String(s) => args.add(s),
+            S::Bytes(b) => args.add(b),
             v => match other(&mut args, v) {
                 Ok(r) => r,
                 Err(v) => {

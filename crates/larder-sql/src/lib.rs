@@ -28,6 +28,7 @@ pub mod dialect;
 pub mod driver;
 pub mod events;
 pub mod migrate;
+pub mod outbox;
 pub mod pool;
 pub mod schema;
 pub mod tx;

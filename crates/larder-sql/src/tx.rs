@@ -675,6 +675,10 @@ impl<D: LogDialect> Transaction for SqlTx<D> {
         })
     }
 
+    fn outbox(&mut self) -> Option<&mut dyn larder_core::outbox::OutboxTransaction> {
+        Some(self)
+    }
+
     fn events(&mut self) -> Option<&mut dyn EventTransaction> {
         Some(self)
     }

@@ -9,7 +9,12 @@ use crate::error::BACKEND;
 /// Binds compiled values. SQLite has no u64/uuid/json types: they arrive here already as
 /// integers and text (see `larder_sql::compile::sql_value`).
 pub(crate) fn bind(values: Vec<sea_query::Value>) -> Result<SqliteArguments> {
-    larder_sql::driver::bind_values::<Sqlite>(values, BACKEND, |_, v| Err(v))
+    use sea_query::Value as S;
+    larder_sql::driver::bind_values::<Sqlite>(values, BACKEND, |args, v| match v {
+        // Stored as text, as the event store's ids.
+        S::Uuid(u) => Ok(sqlx::Arguments::add(args, u.map(|u| u.to_string()))),
+        other => Err(other),
+    })
 }
 
 /// Column access on SQLite rows: uuids and JSON are stored as text.
@@ -17,6 +22,10 @@ impl larder_sql::SqlRow<crate::uow::Lite> for SqliteRow {
     larder_sql::native_columns!(int: i64, text: String, boolean: bool, float: f64);
 
     fn text_ref(&self, i: usize) -> Result<Option<&str>, sqlx::Error> {
+        self.try_get(i)
+    }
+
+    fn bytes_ref(&self, i: usize) -> Result<Option<&[u8]>, sqlx::Error> {
         self.try_get(i)
     }
 

@@ -21,6 +21,7 @@
 pub mod backends;
 pub mod entities;
 pub mod events;
+pub mod outbox;
 pub mod rng;
 pub mod suite;
 pub mod tls;
@@ -125,6 +126,44 @@ macro_rules! events_conformance {
             );
         }
     };
+}
+
+/// Stamps the outbox conformance rules for a backend:
+/// `larder_testkit::outbox_conformance!(sqlite);`
+#[macro_export]
+macro_rules! outbox_conformance {
+    ($backend:ident) => {
+        mod $backend {
+            $crate::__stamp_rules!($backend, outbox;
+                enqueued_messages_commit_and_roll_back_with_the_unit_of_work,
+                relay_delivers_every_message_once_in_key_order,
+                failing_messages_dead_letter_and_park_their_key,
+                an_unavailable_broker_dead_letters_nothing,
+                poison_is_dead_lettered_at_once,
+                inbox_applies_a_message_once,
+                bad_outbox_input_is_typed,
+                relays_split_partitions_and_take_over_a_silent_ones,
+                relay_run_wakes_on_commit_and_shuts_down_gracefully,
+                purge_removes_old_done_messages_in_bounded_batches,
+            );
+        }
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __stamp_rules {
+    ($backend:ident, $module:ident; $($rule:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $rule() {
+            let name = concat!(stringify!($module), "_", stringify!($backend), "::", stringify!($rule));
+            let Some(db) = $crate::backends::$backend(name).await else {
+                return;
+            };
+            $crate::$module::$rule(&db).await;
+            db.finish().await;
+        }
+    )*};
 }
 
 #[doc(hidden)]

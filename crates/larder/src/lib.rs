@@ -118,6 +118,16 @@ pub use larder_core::events::{
     DomainEvent, EventData, EventSourced, EventStore, ExpectedVersion, Projection, ProjectionRunner,
 };
 
+/// The transactional outbox (messages committed with the business data), its relay
+/// (at-least-once, per-key order, dead letters that park their key, shared by any number
+/// of relays) and the inbox (idempotent consumers). See [`Outbox`] and [`Relay`]; broker
+/// sinks live in `larder-relay`.
+pub mod outbox {
+    pub use larder_core::outbox::*;
+}
+
+pub use larder_core::outbox::{Inbox, Message, Outbox, Relay};
+
 /// Specifications: filters over registered fields, with a builder and a JSON form.
 pub mod spec {
     pub use larder_core::spec::{FieldExpr, Limits, MAX_BOUND_VALUES, Spec, escape_like, field};

@@ -302,7 +302,6 @@ impl fmt::Display for MessageState {
 
 /// A message as the outbox stores it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct StoredMessage {
     /// Unique id.
     pub id: MessageId,

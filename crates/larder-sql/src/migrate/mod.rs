@@ -51,7 +51,8 @@ pub use source::{
 use crate::compile::Dialect;
 
 /// larder's own module (`larder`) for `dialect`: the tables larder itself needs
-/// (`_larder_meta`; the event store's log, streams, snapshots and checkpoints).
+/// (`_larder_meta`; the event store's log, streams, snapshots and checkpoints; the outbox,
+/// its partition leases and the inbox).
 pub fn builtin(dialect: Dialect) -> Module {
     const COMMON: &[(&str, &str)] = &[
         (
@@ -74,6 +75,14 @@ pub fn builtin(dialect: Dialect) -> Module {
             "20261122000000_event_store.down.sql",
             include_str!("../../builtin/postgres/20261122000000_event_store.down.sql"),
         ),
+        (
+            "20261201000000_outbox.sql",
+            include_str!("../../builtin/postgres/20261201000000_outbox.sql"),
+        ),
+        (
+            "20261201000000_outbox.down.sql",
+            include_str!("../../builtin/postgres/20261201000000_outbox.down.sql"),
+        ),
     ];
     const SQLITE: &[(&str, &str)] = &[
         COMMON[0],
@@ -85,6 +94,14 @@ pub fn builtin(dialect: Dialect) -> Module {
         (
             "20261122000000_event_store.down.sql",
             include_str!("../../builtin/sqlite/20261122000000_event_store.down.sql"),
+        ),
+        (
+            "20261201000000_outbox.sql",
+            include_str!("../../builtin/sqlite/20261201000000_outbox.sql"),
+        ),
+        (
+            "20261201000000_outbox.down.sql",
+            include_str!("../../builtin/sqlite/20261201000000_outbox.down.sql"),
         ),
     ];
     let files = match dialect {
