@@ -5,11 +5,12 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use async_nats::jetstream::context::{Publish, PublishErrorKind};
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::message::PublishMessage;
 use async_nats::{ConnectErrorKind, HeaderMap, HeaderName, HeaderValue};
 use larder_core::backend::BoxFuture;
 use larder_core::outbox::{Outgoing, Sink, SinkError};
-use larder_core::{Error, Result};
+use larder_core::Result;
 use tokio::sync::Mutex;
 
 use crate::url::SinkUrl;
@@ -348,7 +349,7 @@ impl Sink for NatsSink {
             check_subject(&subject)?;
             let headers = self.headers(&m)?;
             let js = self.context().await?;
-            let publish = Publish::build()
+            let publish = PublishMessage::build()
                 .headers(headers)
                 .message_id(m.id.to_string())
                 .payload(bytes::Bytes::copy_from_slice(m.payload));
