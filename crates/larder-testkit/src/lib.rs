@@ -145,6 +145,7 @@ macro_rules! outbox_conformance {
                 relays_split_partitions_and_take_over_a_silent_ones,
                 relay_run_wakes_on_commit_and_shuts_down_gracefully,
                 purge_removes_old_done_messages_in_bounded_batches,
+                appended_events_are_enqueued_by_route,
             );
         }
     };

@@ -698,3 +698,66 @@ pub async fn purge_removes_old_done_messages_in_bounded_batches(db: &TestDb) {
     assert_eq!(inbox.purge(&mut uow, Duration::ZERO, 10).await.unwrap(), 1);
     uow.commit().await.unwrap();
 }
+
+/// With `publish_events`, an append enqueues its routed events in the same unit of work:
+/// rolled back = never enqueued; re-appending the same ids enqueues nothing twice; the
+/// message id is the event id and the key the stream.
+pub async fn appended_events_are_enqueued_by_route(db: &TestDb) {
+    use larder::events::{EventData, EventRoutes, EventStore, ExpectedVersion};
+    let es = EventStore::builder(&db.store)
+        .publish_events(
+            EventRoutes::new()
+                .category("order", "orders")
+                .event_type("Alert", "alerts"),
+        )
+        .open()
+        .await
+        .unwrap();
+    let ob = outbox(db).await;
+    let ev = |ty: &str, n: i64| EventData::new(ty, &serde_json::json!({ "n": n })).unwrap();
+
+    let mut uow = db.store.begin().await.unwrap();
+    es.append(&mut uow, "order-1", ExpectedVersion::NoStream, vec![ev("Placed", 1)])
+        .await
+        .unwrap();
+    uow.rollback().await.unwrap();
+    assert_eq!(counts(&ob).await.total(), 0, "a rolled-back append enqueues nothing");
+
+    let placed = ev("Placed", 1);
+    let paid = ev("Paid", 2);
+    let ids = [placed.id, paid.id];
+    let mut uow = db.store.begin().await.unwrap();
+    es.append(&mut uow, "order-1", ExpectedVersion::NoStream, vec![placed.clone(), paid.clone()])
+        .await
+        .unwrap();
+    es.append(&mut uow, "misc-1", ExpectedVersion::Any, vec![ev("Noise", 3)])
+        .await
+        .unwrap();
+    es.append(&mut uow, "misc-2", ExpectedVersion::Any, vec![ev("Alert", 4)])
+        .await
+        .unwrap();
+    uow.commit().await.unwrap();
+    // A retry of the first append (same ids): already appended, nothing enqueued again.
+    let mut uow = db.store.begin().await.unwrap();
+    let r = es
+        .append(&mut uow, "order-1", ExpectedVersion::NoStream, vec![placed, paid])
+        .await
+        .unwrap();
+    assert!(r.already_appended);
+    uow.commit().await.unwrap();
+    assert_eq!(counts(&ob).await.total(), 3, "two order events and the alert");
+
+    let sink = MemorySink::new();
+    let r = relay(&db.store, "events").sink(sink.clone()).build().await.unwrap();
+    drain(&r, &ob, 3).await;
+    let got = sink.messages();
+    let orders: Vec<_> = got.iter().filter(|m| m.topic == "orders").collect();
+    assert_eq!(orders.iter().map(|m| m.id.0).collect::<Vec<_>>(), ids);
+    assert!(orders.iter().all(|m| m.key.as_deref() == Some("order-1")));
+    assert_eq!(orders[1].headers["larder-event-type"], "Paid");
+    assert_eq!(orders[1].headers["larder-stream-version"], "2");
+    assert_eq!(orders[0].payload, br#"{"n":1}"#);
+    let alerts: Vec<_> = got.iter().filter(|m| m.topic == "alerts").collect();
+    assert_eq!(alerts.len(), 1);
+    assert_eq!(alerts[0].key.as_deref(), Some("misc-2"));
+}

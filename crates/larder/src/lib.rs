@@ -106,7 +106,7 @@ pub use larder_derive::embed_migrations;
 pub mod events {
     pub use larder_core::events::{
         Aggregate, AppendResult, Checkpoint, DomainEvent, EventData, EventFilter, EventLimits,
-        EventSourced, EventStore, EventStoreBuilder, EventTransaction, ExpectedVersion,
+        EventRoutes, EventSourced, EventStore, EventStoreBuilder, EventTransaction, ExpectedVersion,
         FailedEvent, HorizonHolder, LogStats, Metadata, NewEvent, Projection, ProjectionFailure,
         ProjectionRetry, ProjectionRunner, ProjectionState, ProjectionStatus, ReadAll,
         ReadAllBatch, ReadDirection, RebuildProgress, RecordedEvent, Snapshot, StoredCheckpoint,

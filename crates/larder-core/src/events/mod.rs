@@ -48,7 +48,7 @@ pub use projection::{
     BatchError, FailedEvent, Projection, ProjectionFailure, ProjectionRetry, ProjectionRunner,
     ProjectionState, ProjectionStatus, RebuildProgress,
 };
-pub use store::{EventLimits, EventStore, EventStoreBuilder, Upcaster, now_micros};
+pub use store::{EventLimits, EventRoutes, EventStore, EventStoreBuilder, Upcaster, now_micros};
 pub use subscription::Subscription;
 pub use types::{
     AppendResult, Checkpoint, DomainEvent, EventData, EventFilter, EventRef, ExpectedVersion,

@@ -90,6 +90,60 @@ pub struct EventStoreBuilder {
     snapshot_every: HashMap<String, u64>,
     poll_interval: Duration,
     prepare: bool,
+    routes: Option<EventRoutes>,
+}
+
+/// Which appended events the event store enqueues in the outbox, and to which topic
+/// ([`EventStoreBuilder::publish_events`]). A route by event type wins over one by
+/// stream category, which wins over the catch-all; an event no route matches is not
+/// enqueued.
+///
+/// Each message has the event's id as its id (a re-append that is already appended
+/// enqueues nothing twice), the stream id as its key (per-stream order), the event's
+/// JSON payload, and the headers `larder-event-type`, `larder-schema-version`,
+/// `larder-stream-version` and `content-type: application/json`.
+#[derive(Debug, Clone, Default)]
+pub struct EventRoutes {
+    by_type: HashMap<String, String>,
+    by_category: HashMap<String, String>,
+    all: Option<String>,
+}
+
+impl EventRoutes {
+    /// No routes.
+    pub fn new() -> EventRoutes {
+        EventRoutes::default()
+    }
+
+    /// Events of streams of `category` (the part of the stream id before the first `-`)
+    /// go to `topic`.
+    #[must_use]
+    pub fn category(mut self, category: impl Into<String>, topic: impl Into<String>) -> Self {
+        self.by_category.insert(category.into(), topic.into());
+        self
+    }
+
+    /// Events of `event_type` go to `topic`.
+    #[must_use]
+    pub fn event_type(mut self, event_type: impl Into<String>, topic: impl Into<String>) -> Self {
+        self.by_type.insert(event_type.into(), topic.into());
+        self
+    }
+
+    /// Every other event goes to `topic`.
+    #[must_use]
+    pub fn all_to(mut self, topic: impl Into<String>) -> Self {
+        self.all = Some(topic.into());
+        self
+    }
+
+    fn topic(&self, stream: &str, event_type: &str) -> Option<&str> {
+        self.by_type
+            .get(event_type)
+            .or_else(|| self.by_category.get(super::types::category_of(stream)))
+            .or(self.all.as_ref())
+            .map(String::as_str)
+    }
 }
 
 impl fmt::Debug for EventStoreBuilder {
@@ -112,6 +166,15 @@ impl EventStoreBuilder {
     #[must_use]
     pub fn prepare(mut self, yes: bool) -> Self {
         self.prepare = yes;
+        self
+    }
+
+    /// Enqueues appended events in the outbox, in the appending unit of work, by
+    /// `routes` (the transactional outbox for event-sourced services: an event is
+    /// published if and only if its append commits). The outbox's default limits apply.
+    #[must_use]
+    pub fn publish_events(mut self, routes: EventRoutes) -> Self {
+        self.routes = Some(routes);
         self
     }
 
@@ -189,8 +252,19 @@ impl EventStoreBuilder {
                 .instrument(span)
                 .await?;
         }
+        let publish = match self.routes {
+            Some(r) => Some((
+                crate::outbox::Outbox::builder(&self.store)
+                    .prepare(false)
+                    .open()
+                    .await?,
+                r,
+            )),
+            None => None,
+        };
         Ok(EventStore {
             inner: Arc::new(Inner {
+                publish,
                 store: self.store,
                 limits: self.limits,
                 upcasters: self.upcasters,
@@ -202,6 +276,7 @@ impl EventStoreBuilder {
 }
 
 pub(crate) struct Inner {
+    publish: Option<(crate::outbox::Outbox, EventRoutes)>,
     pub(crate) store: Store,
     pub(crate) limits: EventLimits,
     upcasters: HashMap<(String, u32), Upcaster>,
@@ -295,6 +370,7 @@ impl EventStore {
             snapshot_every: HashMap::new(),
             poll_interval: Duration::from_millis(250),
             prepare: true,
+            routes: None,
         }
     }
 
@@ -521,6 +597,33 @@ impl EventStore {
         {
             uow.note_appended(r.checkpoint);
         }
+        let result = match (result, &self.inner.publish) {
+            (Ok(r), Some((outbox, routes))) if !r.already_appended => {
+                let first = r.stream_version + 1 - rows.len() as u64;
+                let msgs: Vec<crate::outbox::Message> = rows
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, e)| {
+                        let topic = routes.topic(stream, &e.event_type)?;
+                        Some(
+                            crate::outbox::Message::new(topic, e.payload.as_bytes())
+                                .with_id(e.event_id)
+                                .with_key(stream)
+                                .with_header("content-type", "application/json")
+                                .with_header("larder-event-type", e.event_type.as_str())
+                                .with_header("larder-schema-version", e.schema_version.to_string())
+                                .with_header("larder-stream-version", (first + i as u64).to_string()),
+                        )
+                    })
+                    .collect();
+                if msgs.is_empty() {
+                    Ok(r)
+                } else {
+                    outbox.enqueue_all(uow, msgs).await.map(|_| r)
+                }
+            }
+            (r, _) => r,
+        };
         finish(uow, &span, "events.append", &result, |r| {
             if r.already_appended { 0 } else { n_events }
         });
