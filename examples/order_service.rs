@@ -22,6 +22,7 @@ use anyhow::{Context, Result, ensure};
 use std::time::Duration;
 
 use larder::events::{Aggregate, EventFilter, RecordedEvent};
+use larder::outbox::{Message, Outbox, Relay, StdoutSink};
 use larder::{
     Deadline, DomainEvent, Entity, Error, EventSourced, EventStore, Order as Sort, Projection,
     ProjectionRunner, Query, Settings, Spec, TransactionOptions, Uow, UowOptions, field,
@@ -100,7 +101,12 @@ fn line(sku: &str, qty: i64, price_cents: i64) -> Line {
 // Placing an order reads the customer, sums their open orders, checks the credit limit and
 // inserts the order: all in one transaction. Any error rolls everything back.
 
-async fn place_order(uow: &mut Uow, customer_id: Uuid, lines: Vec<Line>) -> Result<Order> {
+async fn place_order(
+    uow: &mut Uow,
+    outbox: &Outbox,
+    customer_id: Uuid,
+    lines: Vec<Line>,
+) -> Result<Order> {
     let customer = uow.repo::<Customer>().require(&customer_id).await?;
     let open = Query::new(
         field("customer_id")
@@ -134,6 +140,15 @@ async fn place_order(uow: &mut Uow, customer_id: Uuid, lines: Vec<Line>) -> Resu
         customer.credit_limit_cents
     );
     uow.repo::<Order>().insert(&order).await?;
+    // The transactional outbox: the message commits with the order (never published for
+    // a rejected order, never lost for a placed one); a relay publishes it after commit.
+    let placed = serde_json::json!({ "order_id": order.id, "total_cents": order.total_cents });
+    outbox
+        .enqueue(
+            uow,
+            Message::json("orders.placed", &placed)?.with_key(order.id.to_string()),
+        )
+        .await?;
     Ok(order)
 }
 
@@ -185,9 +200,10 @@ pub(crate) async fn main() -> Result<()> {
         vec![line("mug", 6, 800)],
         vec![line("espresso machine", 1, 39_000)], // over the limit: rolled back
     ];
+    let outbox = Outbox::open(&store).await?;
     for basket in baskets {
         let mut uow = store.begin().await?;
-        match place_order(&mut uow, ada_id, basket).await {
+        match place_order(&mut uow, &outbox, ada_id, basket).await {
             Ok(order) => {
                 uow.commit().await?;
                 println!("placed order {} for {} cents", order.id, order.total_cents);
@@ -198,6 +214,27 @@ pub(crate) async fn main() -> Result<()> {
             }
         }
     }
+
+    // # Step 4b: relay the outbox
+    //
+    // A relay publishes committed messages at least once, in per-key order, here to
+    // stdout as JSON lines (`larder-relay` has Redis Streams, NATS JetStream, RabbitMQ,
+    // MQTT and HTTP sinks; `larder outbox relay --sink …` runs one as a process).
+    let relay = Relay::builder(&store)
+        .name("order-service")
+        .sink(StdoutSink)
+        .build()
+        .await?;
+    let mut published = 0;
+    loop {
+        let batch = relay.run_once().await?;
+        published += batch.delivered;
+        if batch.fetched == 0 {
+            break;
+        }
+    }
+    relay.release().await?;
+    println!("relay published {published} message(s)");
 
     // # Step 5: specification queries, ordering and keyset pages
     let mut uow = store.read().await?;
