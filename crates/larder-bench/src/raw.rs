@@ -117,6 +117,46 @@ fn decode_pg(row: &PgRow) -> Result<(Customer, i64)> {
     Ok((serde_json::from_str(body)?, version))
 }
 
+/// The W5 insert statement on a SQLite connection (inside the caller's transaction).
+pub(crate) async fn insert_in(conn: &mut sqlx::SqliteConnection, c: &Customer) -> Result<()> {
+    let body = serde_json::to_string(c)?;
+    let r = sqlx::query(lite::INSERT)
+        .bind(c.id.hyphenated().to_string())
+        .bind(1_i64)
+        .bind(body)
+        .bind(c.age)
+        .bind(c.active)
+        .bind(c.balance_cents)
+        .bind(c.country.as_str())
+        .bind(c.score)
+        .execute(conn)
+        .await?;
+    if r.rows_affected() != 1 {
+        bail!("raw insert: id {} already exists", c.id);
+    }
+    Ok(())
+}
+
+/// The W5 insert statement on a PostgreSQL connection (inside the caller's transaction).
+pub(crate) async fn insert_in_pg(conn: &mut sqlx::PgConnection, c: &Customer) -> Result<()> {
+    let body = serde_json::to_string(c)?;
+    let r = sqlx::query(pg::INSERT)
+        .bind(c.id)
+        .bind(1_i64)
+        .bind(body)
+        .bind(c.age)
+        .bind(c.active)
+        .bind(c.balance_cents)
+        .bind(c.country.as_str())
+        .bind(c.score)
+        .execute(conn)
+        .await?;
+    if r.rows_affected() != 1 {
+        bail!("raw insert: id {} already exists", c.id);
+    }
+    Ok(())
+}
+
 /// W5 insert: one transaction, one `INSERT … ON CONFLICT DO NOTHING`, commit.
 pub(crate) async fn insert(raw: &Raw, c: &Customer) -> Result<()> {
     let body = serde_json::to_string(c)?;

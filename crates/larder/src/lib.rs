@@ -110,7 +110,7 @@ pub mod events {
         FailedEvent, HorizonHolder, LogStats, Metadata, NewEvent, Projection, ProjectionFailure,
         ProjectionRetry, ProjectionRunner, ProjectionState, ProjectionStatus, ReadAll,
         ReadAllBatch, ReadDirection, RebuildProgress, RecordedEvent, Snapshot, StoredCheckpoint,
-        StreamInfo, Subscription, Upcaster, category_of,
+        StreamInfo, Subscription, Upcaster, category_of, now_micros,
     };
 }
 

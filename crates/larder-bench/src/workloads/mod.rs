@@ -1,6 +1,6 @@
 //! The registry of workloads (WORKLOADS.md). Each workload runs larder and raw sqlx on the
 //! same fresh database, alternating which side goes first, `runs` times, and returns one
-//! [`Metric`] per reported line. New workloads (outbox) register here.
+//! [`Metric`] per reported line. New workloads register here.
 
 use futures_util::future::LocalBoxFuture;
 
@@ -9,6 +9,7 @@ use crate::measure::Metric;
 
 pub(crate) mod events;
 mod migrations;
+mod outbox;
 mod w5;
 mod w6;
 mod w7;
@@ -157,6 +158,11 @@ pub(crate) const REGISTRY: &[Workload] = &[
         id: "w8e",
         title: "event store: replay the log through a projection (and stream_all)",
         run: |cx| Box::pin(w8e::run(cx)),
+    },
+    Workload {
+        id: "o1",
+        title: "outbox: insert an entity and enqueue a message, one unit of work each",
+        run: |cx| Box::pin(outbox::o1(cx)),
     },
     Workload {
         id: "migrations",
