@@ -153,7 +153,7 @@ fn parse_checkpoint(token: &str) -> Result<Checkpoint> {
 
 /// `YYYY-MM-DDTHH:MM:SS.ffffffZ` (UTC) from microseconds since the Unix epoch (outside
 /// jiff's years -9999 to 9999: the microseconds, `<n>us`).
-fn rfc3339(micros: i64) -> String {
+pub(crate) fn rfc3339(micros: i64) -> String {
     let Ok(ts) = jiff::Timestamp::from_microsecond(micros) else {
         return format!("{micros}us");
     };

@@ -4,6 +4,7 @@
 //! larder migrate up|down|status|verify|new|baseline|repair   modular SQL migrations
 //! larder events stats|read|tail     inspect and follow the event store's global log
 //! larder projections status|rebuild  projection checkpoints: lag, reset for a replay
+//! larder outbox status|dead|replay|skip|purge|relay   the transactional outbox and its relay
 //! larder doctor                 check the configured store and print its settings
 //! larder settings               print the effective settings (secrets redacted)
 //! ```
@@ -13,6 +14,7 @@
 
 mod events;
 mod migrate;
+mod outbox;
 mod settings_view;
 mod store;
 
@@ -66,6 +68,9 @@ enum Command {
     /// the running service's ProjectionRunner does the replay, the read model is not
     /// cleared)
     Projections(events::ProjectionsArgs),
+    /// The transactional outbox: counters and partition leases (`status`), dead letters
+    /// (`dead`, `replay`, `skip`), retention (`purge`) and a relay process (`relay`)
+    Outbox(outbox::OutboxArgs),
     /// Connect to the store, run a round trip, and report the backend, its capabilities
     /// and durability settings. Exits non-zero when the store is unreachable or not
     /// initialised (`larder migrate up` initialises it); creates and changes nothing.
@@ -243,6 +248,10 @@ async fn main() -> ExitCode {
         },
         Command::Projections(args) => match settings(&cli) {
             Ok(s) => events::run_projections(args, &s, cli.json).await,
+            Err(e) => Err(e),
+        },
+        Command::Outbox(args) => match settings(&cli) {
+            Ok(s) => outbox::run(args, &s, cli.json).await,
             Err(e) => Err(e),
         },
         Command::Doctor => doctor(&cli).await.map(|()| ExitCode::SUCCESS),

@@ -1226,7 +1226,7 @@ impl OutboxTransaction for MemoryTx {
     }
 
     fn counts(&mut self) -> BoxFuture<'_, Result<OutboxCounts>> {
-        ready((|| {
+        ready({
             let mut c = OutboxCounts::default();
             let mut dead_keys: std::collections::HashSet<&str> = Default::default();
             for r in self.ob().rows.values() {
@@ -1254,7 +1254,7 @@ impl OutboxTransaction for MemoryTx {
                 }
             }
             Ok(c)
-        })())
+        })
     }
 
     fn list<'a>(

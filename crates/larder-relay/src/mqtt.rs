@@ -281,7 +281,11 @@ impl MqttSink {
             format!("larder-relay-{}", &id[..12])
         });
         Ok(MqttSink {
-            host: u.host_str().unwrap_or_default().trim_matches(['[', ']']).to_owned(),
+            host: u
+                .host_str()
+                .unwrap_or_default()
+                .trim_matches(['[', ']'])
+                .to_owned(),
             port: u.port().unwrap_or(1883),
             credentials,
             client_id,

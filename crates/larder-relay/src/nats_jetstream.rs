@@ -8,9 +8,9 @@ use std::time::Duration;
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::{ConnectErrorKind, HeaderMap, HeaderName, HeaderValue};
+use larder_core::Result;
 use larder_core::backend::BoxFuture;
 use larder_core::outbox::{Outgoing, Sink, SinkError};
-use larder_core::Result;
 use tokio::sync::Mutex;
 
 use crate::url::SinkUrl;
@@ -50,7 +50,7 @@ impl NatsOptions {
     ///
     /// # Errors
     ///
-    /// [`Error::Configuration`] for a URL that is not `nats://host…`, an unknown
+    /// [`Error::Configuration`](larder_core::Error::Configuration) for a URL that is not `nats://host…`, an unknown
     /// parameter or a malformed value.
     pub fn from_url(url: impl Into<SinkUrl>) -> Result<NatsOptions> {
         let url = url.into();
@@ -164,7 +164,7 @@ impl NatsSink {
     ///
     /// # Errors
     ///
-    /// [`Error::Configuration`] for a URL that is not `nats://host…`.
+    /// [`Error::Configuration`](larder_core::Error::Configuration) for a URL that is not `nats://host…`.
     pub fn new(opts: NatsOptions) -> Result<NatsSink> {
         let u = opts.url.parse_as("nats")?;
         let auth = match (u.username(), u.password()) {
@@ -276,7 +276,9 @@ impl NatsSink {
         for (name, value) in m.headers {
             // `Nats-…` headers steer JetStream (expected sequence, TTL, rollups): a
             // message header must not forge them.
-            let reserved = name.len() >= 5 && name[..5].eq_ignore_ascii_case("nats-");
+            let reserved = name
+                .get(..5)
+                .is_some_and(|p| p.eq_ignore_ascii_case("nats-"));
             if !is_token(name) || reserved {
                 return Err(SinkError::Poison(format!(
                     "header `{}` cannot be a nats header: use letters, digits and `-._~` \
@@ -309,9 +311,9 @@ impl NatsSink {
 /// wildcards.
 fn check_subject(subject: &str) -> std::result::Result<(), SinkError> {
     let ok = !subject.is_empty()
-        && subject.split('.').all(|t| {
-            !t.is_empty() && t != "*" && t != ">" && !t.chars().any(char::is_whitespace)
-        });
+        && subject
+            .split('.')
+            .all(|t| !t.is_empty() && t != "*" && t != ">" && !t.chars().any(char::is_whitespace));
     if ok {
         Ok(())
     } else {

@@ -118,7 +118,13 @@ impl AmqpOptions {
         if let Some(t) = p.take_millis("connect_timeout_ms")? {
             o.connect_timeout = t;
         }
-        for k in ["heartbeat", "channel_max", "frame_max", "connection_timeout", "auth_mechanism"] {
+        for k in [
+            "heartbeat",
+            "channel_max",
+            "frame_max",
+            "connection_timeout",
+            "auth_mechanism",
+        ] {
             p.take(k);
         }
         p.finish(PARAMS)?;
@@ -326,8 +332,7 @@ impl AmqpSink {
             ));
         }
         let connect = async {
-            let props = ConnectionProperties::default()
-                .with_connection_name("larder-relay".into());
+            let props = ConnectionProperties::default().with_connection_name("larder-relay".into());
             let conn = Connection::connect_uri(self.uri.clone(), props).await?;
             let channel = conn.create_channel().await?;
             channel
@@ -430,7 +435,8 @@ fn close(live: Option<Arc<Live>>) {
         tokio::spawn(async move {
             let _ = tokio::time::timeout(
                 Duration::from_secs(2),
-                live.conn.close(200, ShortString::from("larder-relay reconnects")),
+                live.conn
+                    .close(200, ShortString::from("larder-relay reconnects")),
             )
             .await;
         });

@@ -15,7 +15,13 @@ use tokio::sync::OnceCell;
 use crate::url::SinkUrl;
 use crate::util::{Params, Scrub, prefixed, show};
 
-const PARAMS: &[&str] = &["prefix", "maxlen", "timeout_ms", "connect_timeout_ms", "protocol"];
+const PARAMS: &[&str] = &[
+    "prefix",
+    "maxlen",
+    "timeout_ms",
+    "connect_timeout_ms",
+    "protocol",
+];
 
 /// Options of a [`RedisSink`].
 #[derive(Debug, Clone)]

@@ -80,6 +80,16 @@ impl SinkUrl {
 
     /// Parses the URL for a sink of `scheme`, refusing shapes that could hide a password
     /// where no client would look for one.
+    #[cfg_attr(
+        not(any(
+            feature = "redis",
+            feature = "nats",
+            feature = "amqp",
+            feature = "mqtt",
+            feature = "http"
+        )),
+        allow(dead_code)
+    )]
     pub(crate) fn parse_as(&self, what: &str) -> Result<url::Url> {
         let bad = |why: &str| {
             Error::Configuration(format!(
@@ -93,7 +103,8 @@ impl SinkUrl {
                  (`%40`, `%2F`, `%3A`)",
             ));
         }
-        let u = url::Url::parse(&self.0).map_err(|e| bad(&format!("does not parse ({e}): fix it")))?;
+        let u =
+            url::Url::parse(&self.0).map_err(|e| bad(&format!("does not parse ({e}): fix it")))?;
         if !u.has_host() || u.host_str().is_some_and(str::is_empty) {
             return Err(bad("has no host: write it as `scheme://host:port`"));
         }
@@ -195,7 +206,10 @@ fn redact(s: &str) -> String {
     if scheme.eq_ignore_ascii_case("file") && !rest.starts_with("//") {
         return s.to_owned();
     }
-    let valid_scheme = scheme.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+    let valid_scheme = scheme
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic())
         && scheme
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
@@ -223,9 +237,10 @@ fn redact(s: &str) -> String {
         let pairs: Vec<(String, String)> = u
             .query_pairs()
             .map(|(k, v)| {
-                let plain = v
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/' | ':' | '~' | '{' | '}'));
+                let plain = v.chars().all(|c| {
+                    c.is_ascii_alphanumeric()
+                        || matches!(c, '.' | '_' | '-' | '/' | ':' | '~' | '{' | '}')
+                });
                 let v = if v.is_empty() || (shown(&k) && plain) {
                     v.into_owned()
                 } else {
@@ -271,11 +286,11 @@ fn feature_off(scheme: &str, feature: &str) -> Error {
 /// | --- | --- | --- |
 /// | `stdout` | [`StdoutSink`]: JSON lines on standard output | — |
 /// | `file:PATH` | [`JsonLinesSink`]: JSON lines appended to `PATH`, synced per batch | — |
-/// | `redis://[user:pass@]host[:port][/db]` | [`RedisSink`](crate::RedisSink) | `redis` |
-/// | `nats://[user:pass@ or token@]host[:port]` | [`NatsSink`](crate::NatsSink) | `nats` |
-/// | `amqp://user:pass@host[:port][/vhost]` | [`AmqpSink`](crate::AmqpSink) | `amqp` |
-/// | `mqtt://[user:pass@]host[:port]` | [`MqttSink`](crate::MqttSink) | `mqtt` |
-/// | `http://…`, `https://…` | [`HttpSink`](crate::HttpSink) (webhook) | `http`, `https` |
+/// | `redis://[user:pass@]host[:port][/db]` | `RedisSink` | `redis` |
+/// | `nats://[user:pass@ or token@]host[:port]` | `NatsSink` | `nats` |
+/// | `amqp://user:pass@host[:port][/vhost]` | `AmqpSink` | `amqp` |
+/// | `mqtt://[user:pass@]host[:port]` | `MqttSink` | `mqtt` |
+/// | `http://…`, `https://…` | `HttpSink` (webhook) | `http`, `https` |
 ///
 /// Query parameters configure the sink; each sink's options type lists its own
 /// (`RedisOptions::from_url`, …). Common to the brokers: `timeout_ms` (how long a publish
@@ -442,7 +457,9 @@ mod tests {
 
     #[test]
     fn unknown_schemes_are_configuration_errors() {
-        let e = sink_from_url("kafka://u:hunter2@b:9092").err().map(|e| e.to_string());
+        let e = sink_from_url("kafka://u:hunter2@b:9092")
+            .err()
+            .map(|e| e.to_string());
         let e = e.unwrap_or_default();
         assert!(e.contains("unknown sink scheme"), "{e}");
         assert!(!e.contains("hunter2"), "{e}");
@@ -480,13 +497,22 @@ mod tests {
         std::fs::remove_dir_all(&dir).ok();
     }
 
-    #[cfg(all(feature = "redis", feature = "nats", feature = "amqp", feature = "mqtt", feature = "http"))]
+    #[cfg(all(
+        feature = "redis",
+        feature = "nats",
+        feature = "amqp",
+        feature = "mqtt",
+        feature = "http"
+    ))]
     #[test]
     fn broker_urls_build_sinks_without_connecting() {
         for (url, system) in [
             ("redis://127.0.0.1:1/?maxlen=10&prefix=app.", "redis"),
             ("nats://127.0.0.1:1?timeout_ms=500", "nats"),
-            ("amqp://guest:guest@127.0.0.1:1/%2f?exchange=x&mandatory=false", "rabbitmq"),
+            (
+                "amqp://guest:guest@127.0.0.1:1/%2f?exchange=x&mandatory=false",
+                "rabbitmq",
+            ),
             ("mqtt://127.0.0.1:1?envelope=json&client_id=c1", "mqtt"),
             ("http://127.0.0.1:1/hook?topic_path=true&code=abc", "http"),
         ] {
@@ -494,7 +520,13 @@ mod tests {
         }
     }
 
-    #[cfg(all(feature = "redis", feature = "nats", feature = "amqp", feature = "mqtt", feature = "http"))]
+    #[cfg(all(
+        feature = "redis",
+        feature = "nats",
+        feature = "amqp",
+        feature = "mqtt",
+        feature = "http"
+    ))]
     #[test]
     fn bad_parameters_are_refused_without_showing_their_values() {
         for (url, needle) in [
@@ -513,7 +545,13 @@ mod tests {
         }
     }
 
-    #[cfg(all(feature = "redis", feature = "nats", feature = "amqp", feature = "mqtt", feature = "http"))]
+    #[cfg(all(
+        feature = "redis",
+        feature = "nats",
+        feature = "amqp",
+        feature = "mqtt",
+        feature = "http"
+    ))]
     #[test]
     fn sink_debug_never_shows_the_password() {
         for url in [
@@ -524,40 +562,39 @@ mod tests {
             "mqtt://app:hunter2@127.0.0.1:1",
             "http://app:hunter2@127.0.0.1:1/hook?token=hunter2",
         ] {
-            let sink = crate::url::debug_of(url);
+            let sink = debug_of(url);
             assert!(!sink.contains("hunter2"), "{url}: {sink}");
             assert!(sink.contains("***"), "{url}: {sink}");
         }
     }
-}
 
-/// The `Debug` of the sink `url` builds (tests).
-#[cfg(all(
-    test,
-    feature = "redis",
-    feature = "nats",
-    feature = "amqp",
-    feature = "mqtt",
-    feature = "http"
-))]
-fn debug_of(url: &str) -> String {
-    let u = SinkUrl::new(url);
-    let r = match u.scheme().as_str() {
-        "redis" => crate::RedisOptions::from_url(u)
-            .and_then(crate::RedisSink::new)
-            .map(|s| format!("{s:?}")),
-        "nats" => crate::NatsOptions::from_url(u)
-            .and_then(crate::NatsSink::new)
-            .map(|s| format!("{s:?}")),
-        "amqp" => crate::AmqpOptions::from_url(u)
-            .and_then(crate::AmqpSink::new)
-            .map(|s| format!("{s:?}")),
-        "mqtt" => crate::MqttOptions::from_url(u)
-            .and_then(crate::MqttSink::new)
-            .map(|s| format!("{s:?}")),
-        _ => crate::HttpOptions::from_url(u)
-            .and_then(crate::HttpSink::new)
-            .map(|s| format!("{s:?}")),
-    };
-    r.unwrap_or_else(|e| e.to_string())
+    /// The `Debug` of the sink `url` builds (tests).
+    #[cfg(all(
+        feature = "redis",
+        feature = "nats",
+        feature = "amqp",
+        feature = "mqtt",
+        feature = "http"
+    ))]
+    fn debug_of(url: &str) -> String {
+        let u = SinkUrl::new(url);
+        let r = match u.scheme().as_str() {
+            "redis" => crate::RedisOptions::from_url(u)
+                .and_then(crate::RedisSink::new)
+                .map(|s| format!("{s:?}")),
+            "nats" => crate::NatsOptions::from_url(u)
+                .and_then(crate::NatsSink::new)
+                .map(|s| format!("{s:?}")),
+            "amqp" => crate::AmqpOptions::from_url(u)
+                .and_then(crate::AmqpSink::new)
+                .map(|s| format!("{s:?}")),
+            "mqtt" => crate::MqttOptions::from_url(u)
+                .and_then(crate::MqttSink::new)
+                .map(|s| format!("{s:?}")),
+            _ => crate::HttpOptions::from_url(u)
+                .and_then(crate::HttpSink::new)
+                .map(|s| format!("{s:?}")),
+        };
+        r.unwrap_or_else(|e| e.to_string())
+    }
 }

@@ -191,9 +191,9 @@ impl Gate {
 /// accept): visible ASCII without separators.
 pub(crate) fn is_token(name: &str) -> bool {
     !name.is_empty()
-        && name.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-        })
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// A header value that every broker carries: no control characters but tab.
@@ -202,9 +202,7 @@ pub(crate) fn is_plain_value(v: &str) -> bool {
 }
 
 /// The `content-type` message header, if any (compared without case).
-pub(crate) fn content_type<'a>(
-    headers: &'a std::collections::BTreeMap<String, String>,
-) -> Option<&'a str> {
+pub(crate) fn content_type(headers: &std::collections::BTreeMap<String, String>) -> Option<&str> {
     headers
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))

@@ -290,7 +290,10 @@ impl HttpSink {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
-        let target = format!("webhook {}", crate::url::SinkUrl::new(base.as_str()).redacted());
+        let target = format!(
+            "webhook {}",
+            crate::url::SinkUrl::new(base.as_str()).redacted()
+        );
         Ok(HttpSink {
             opts,
             base,
@@ -331,7 +334,9 @@ impl HttpSink {
         })?;
         let mut req = Request::builder().method(Method::POST).uri(uri);
         let Some(h) = req.headers_mut() else {
-            return Err(SinkError::Poison("the webhook request could not be built".into()));
+            return Err(SinkError::Poison(
+                "the webhook request could not be built".into(),
+            ));
         };
         h.extend(self.fixed.clone());
         let poison = |name: &str, why: &str| {
@@ -343,18 +348,24 @@ impl HttpSink {
         let ct = content_type(m.headers).unwrap_or("application/octet-stream");
         h.insert(
             hyper::header::CONTENT_TYPE,
-            HeaderValue::from_str(ct).map_err(|_| poison("content-type", "is not a valid http header value"))?,
+            HeaderValue::from_bytes(ct.as_bytes())
+                .map_err(|_| poison("content-type", "is not a valid http header value"))?,
         );
         for (k, v) in m.headers {
             if k.eq_ignore_ascii_case("content-type") {
                 continue;
             }
             if RESERVED.iter().any(|r| r.eq_ignore_ascii_case(k)) {
-                return Err(poison(k, "is set by http or by larder and cannot come from a message"));
+                return Err(poison(
+                    k,
+                    "is set by http or by larder and cannot come from a message",
+                ));
             }
             let name = HeaderName::from_bytes(k.as_bytes())
                 .map_err(|_| poison(k, "is not a valid http header name"))?;
-            let value = HeaderValue::from_str(v)
+            // Bytes, not `from_str`: UTF-8 values (an actor's name) go as they are
+            // (RFC 9110 obs-text); only control characters are refused.
+            let value = HeaderValue::from_bytes(v.as_bytes())
                 .map_err(|_| poison(k, "has a value http cannot carry"))?;
             h.append(name, value);
         }
@@ -366,13 +377,13 @@ impl HttpSink {
         if let Some(k) = m.key {
             h.insert(
                 KEY_HEADER,
-                HeaderValue::from_str(k)
+                HeaderValue::from_bytes(k.as_bytes())
                     .map_err(|_| poison(KEY_HEADER, "cannot carry the message key"))?,
             );
         }
         h.insert(
             TOPIC_HEADER,
-            HeaderValue::from_str(m.topic)
+            HeaderValue::from_bytes(m.topic.as_bytes())
                 .map_err(|_| poison(TOPIC_HEADER, "cannot carry the topic"))?,
         );
         req.body(Full::new(Bytes::copy_from_slice(m.payload)))
@@ -455,7 +466,13 @@ impl Sink for HttpSink {
                         )));
                     }
                 };
-            classify(&self.target, status, location.as_deref(), &body, &self.scrub)
+            classify(
+                &self.target,
+                status,
+                location.as_deref(),
+                &body,
+                &self.scrub,
+            )
         })
     }
 }

@@ -717,38 +717,75 @@ pub async fn appended_events_are_enqueued_by_route(db: &TestDb) {
     let ev = |ty: &str, n: i64| EventData::new(ty, &serde_json::json!({ "n": n })).unwrap();
 
     let mut uow = db.store.begin().await.unwrap();
-    es.append(&mut uow, "order-1", ExpectedVersion::NoStream, vec![ev("Placed", 1)])
-        .await
-        .unwrap();
+    es.append(
+        &mut uow,
+        "order-1",
+        ExpectedVersion::NoStream,
+        vec![ev("Placed", 1)],
+    )
+    .await
+    .unwrap();
     uow.rollback().await.unwrap();
-    assert_eq!(counts(&ob).await.total(), 0, "a rolled-back append enqueues nothing");
+    assert_eq!(
+        counts(&ob).await.total(),
+        0,
+        "a rolled-back append enqueues nothing"
+    );
 
     let placed = ev("Placed", 1);
     let paid = ev("Paid", 2);
     let ids = [placed.id, paid.id];
     let mut uow = db.store.begin().await.unwrap();
-    es.append(&mut uow, "order-1", ExpectedVersion::NoStream, vec![placed.clone(), paid.clone()])
-        .await
-        .unwrap();
-    es.append(&mut uow, "misc-1", ExpectedVersion::Any, vec![ev("Noise", 3)])
-        .await
-        .unwrap();
-    es.append(&mut uow, "misc-2", ExpectedVersion::Any, vec![ev("Alert", 4)])
-        .await
-        .unwrap();
+    es.append(
+        &mut uow,
+        "order-1",
+        ExpectedVersion::NoStream,
+        vec![placed.clone(), paid.clone()],
+    )
+    .await
+    .unwrap();
+    es.append(
+        &mut uow,
+        "misc-1",
+        ExpectedVersion::Any,
+        vec![ev("Noise", 3)],
+    )
+    .await
+    .unwrap();
+    es.append(
+        &mut uow,
+        "misc-2",
+        ExpectedVersion::Any,
+        vec![ev("Alert", 4)],
+    )
+    .await
+    .unwrap();
     uow.commit().await.unwrap();
     // A retry of the first append (same ids): already appended, nothing enqueued again.
     let mut uow = db.store.begin().await.unwrap();
     let r = es
-        .append(&mut uow, "order-1", ExpectedVersion::NoStream, vec![placed, paid])
+        .append(
+            &mut uow,
+            "order-1",
+            ExpectedVersion::NoStream,
+            vec![placed, paid],
+        )
         .await
         .unwrap();
     assert!(r.already_appended);
     uow.commit().await.unwrap();
-    assert_eq!(counts(&ob).await.total(), 3, "two order events and the alert");
+    assert_eq!(
+        counts(&ob).await.total(),
+        3,
+        "two order events and the alert"
+    );
 
     let sink = MemorySink::new();
-    let r = relay(&db.store, "events").sink(sink.clone()).build().await.unwrap();
+    let r = relay(&db.store, "events")
+        .sink(sink.clone())
+        .build()
+        .await
+        .unwrap();
     drain(&r, &ob, 3).await;
     let got = sink.messages();
     let orders: Vec<_> = got.iter().filter(|m| m.topic == "orders").collect();

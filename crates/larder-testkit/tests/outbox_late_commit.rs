@@ -58,7 +58,11 @@ async fn d5_postgres_late_commit_is_neither_skipped_nor_overtaken() {
     );
 
     let sink = MemorySink::new();
-    let r = relay(&db.store, "d5").sink(sink.clone()).build().await.unwrap();
+    let r = relay(&db.store, "d5")
+        .sink(sink.clone())
+        .build()
+        .await
+        .unwrap();
     for _ in 0..5 {
         r.run_once().await.unwrap();
     }
@@ -70,7 +74,11 @@ async fn d5_postgres_late_commit_is_neither_skipped_nor_overtaken() {
     a.commit().await.unwrap();
     let t = Instant::now();
     while bodies(&sink, "k").len() < 2 {
-        assert!(t.elapsed() < Duration::from_secs(30), "not delivered: {:?}", bodies(&sink, "k"));
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "not delivered: {:?}",
+            bodies(&sink, "k")
+        );
         r.run_once().await.unwrap();
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -103,7 +111,11 @@ async fn d5_sqlite_a_second_writer_waits_so_commit_order_is_log_order() {
     a.commit().await.unwrap();
     b.await.unwrap();
     let sink = MemorySink::new();
-    let r = relay(&db.store, "d5").sink(sink.clone()).build().await.unwrap();
+    let r = relay(&db.store, "d5")
+        .sink(sink.clone())
+        .build()
+        .await
+        .unwrap();
     r.run_once().await.unwrap();
     assert_eq!(bodies(&sink, "k"), ["first", "second"]);
     db.finish().await;

@@ -113,7 +113,10 @@ async fn run(db: &TestDb, canary: bool) -> (Vec<String>, MemorySink, Arc<AtomicB
         // Wait for a dead letter, then delete it as a careless cleanup job would.
         let t = Instant::now();
         while counts(&ob).await.dead == 0 {
-            assert!(t.elapsed() < Duration::from_secs(30), "no dead letter to delete");
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "no dead letter to delete"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let mut uow = db.store.begin().await.unwrap();
@@ -130,7 +133,10 @@ async fn run(db: &TestDb, canary: bool) -> (Vec<String>, MemorySink, Arc<AtomicB
         if c.pending == 0 && c.total() >= progress.committed.load(Ordering::SeqCst).min(c.total()) {
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(60), "the relay did not settle: {c:?}");
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the relay did not settle: {c:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     stop.store(true, Ordering::SeqCst);
@@ -146,7 +152,10 @@ async fn delete_dead(uow: &mut larder::Uow, backend: &str) {
     let sql = "DELETE FROM _larder_outbox WHERE state = 2";
     match backend {
         "sqlite" => {
-            sqlx::query(sql).execute(uow.sqlite().unwrap()).await.unwrap();
+            sqlx::query(sql)
+                .execute(uow.sqlite().unwrap())
+                .await
+                .unwrap();
         }
         "postgresql" => {
             sqlx::query(sql)
@@ -176,10 +185,18 @@ async fn d3(db: TestDb) {
         m
     });
     let parked_expected: u64 = (0..TOTAL)
-        .filter(|i| poisoned_keys.get(&(i % KEYS)).is_some_and(|first| i > first))
+        .filter(|i| {
+            poisoned_keys
+                .get(&(i % KEYS))
+                .is_some_and(|first| i > first)
+        })
         .count() as u64;
     let c = counts(&ob).await;
-    assert_eq!(c.dead, poisoned_keys.len() as u64, "one dead letter per poisoned key: {c:?}");
+    assert_eq!(
+        c.dead,
+        poisoned_keys.len() as u64,
+        "one dead letter per poisoned key: {c:?}"
+    );
     assert_eq!(c.parked, parked_expected, "{c:?}");
     assert_eq!(c.delivered + c.dead + c.parked, TOTAL, "{c:?}");
     let mut uow = db.store.read().await.unwrap();
@@ -187,7 +204,10 @@ async fn d3(db: TestDb) {
     uow.commit().await.unwrap();
     for d in &dead {
         assert_eq!(d.attempts, 3, "{d:?}");
-        assert!(d.last_error.as_deref().unwrap().contains("rejects it"), "{d:?}");
+        assert!(
+            d.last_error.as_deref().unwrap().contains("rejects it"),
+            "{d:?}"
+        );
     }
 
     // Replay every dead letter with the consumer fixed: all delivered, in key order.
@@ -197,7 +217,11 @@ async fn d3(db: TestDb) {
         ob.replay(&mut uow, d.id).await.unwrap();
     }
     uow.commit().await.unwrap();
-    let r = relay(&db.store, "d3").sink(sink.clone()).build().await.unwrap();
+    let r = relay(&db.store, "d3")
+        .sink(sink.clone())
+        .build()
+        .await
+        .unwrap();
     larder_testkit::outbox::drain(&r, &ob, TOTAL).await;
     let c = counts(&ob).await;
     assert_eq!((c.delivered, c.dead, c.parked), (TOTAL, 0, 0), "{c:?}");

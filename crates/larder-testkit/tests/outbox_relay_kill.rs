@@ -25,10 +25,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use larder::outbox::{
-    JsonLinesSink, Message, Outbox, Outgoing, Relay, Sink, SinkError,
-};
 use larder::backend::BoxFuture;
+use larder::outbox::{JsonLinesSink, Message, Outbox, Outgoing, Relay, Sink, SinkError};
 use larder::{Store, StoreConfig};
 use larder_testkit::backends::{self, TestDb};
 
@@ -105,7 +103,10 @@ async fn relay_child() {
     let name = std::env::var("LARDER_RELAY_NAME").unwrap();
     let file = PathBuf::from(std::env::var("LARDER_RELAY_FILE").unwrap());
     let stop = PathBuf::from(std::env::var("LARDER_RELAY_STOP").unwrap());
-    let lease_ms: u64 = std::env::var("LARDER_RELAY_LEASE_MS").unwrap().parse().unwrap();
+    let lease_ms: u64 = std::env::var("LARDER_RELAY_LEASE_MS")
+        .unwrap()
+        .parse()
+        .unwrap();
     let db = open(&target).await;
     let sink = JsonLinesSink::open(&file).unwrap();
     let builder = Relay::builder(&db.store)
@@ -245,7 +246,11 @@ fn consumed(file: &Path) -> Vec<(String, String, u64)> {
             let v: serde_json::Value = serde_json::from_str(l).expect("whole JSON lines");
             let body = v["payload"].as_str().unwrap();
             let (k, seq) = body.split_once(':').unwrap();
-            (v["id"].as_str().unwrap().to_owned(), k.to_owned(), seq.parse().unwrap())
+            (
+                v["id"].as_str().unwrap().to_owned(),
+                k.to_owned(),
+                seq.parse().unwrap(),
+            )
         })
         .collect()
 }
@@ -324,10 +329,18 @@ async fn d1(db: TestDb, target: String) {
     let late = {
         let store = store.clone();
         tokio::spawn(async move {
-            enqueue(&store, 20, TOTAL / 2, TOTAL / 2 / 20, 10, Duration::from_millis(8)).await;
+            enqueue(
+                &store,
+                20,
+                TOTAL / 2,
+                TOTAL / 2 / 20,
+                10,
+                Duration::from_millis(8),
+            )
+            .await;
         })
     };
-    let mut kills = 0;
+    let mut kills: u64 = 0;
     for _ in 0..KILLS {
         let p = spawn(&target, "d1-relay", &file, &stop, 1_000);
         let after = 1 + next() % u64::from(BATCH * 2);
@@ -345,14 +358,23 @@ async fn d1(db: TestDb, target: String) {
     let p = spawn(&target, "d1-relay", &file, &stop, 1_000);
     let t = Instant::now();
     while delivered(&store).await < TOTAL {
-        assert!(t.elapsed() < Duration::from_secs(120), "{test}: not all delivered");
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "{test}: not all delivered"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     std::fs::write(&stop, b"stop").unwrap();
     p.wait(Duration::from_secs(30));
     let dups = check(&file, TOTAL, false, &test);
-    eprintln!("{test}: {kills} kills, {dups} duplicates (bound {})", kills as u64 * u64::from(BATCH));
-    assert!(dups <= kills as u64 * u64::from(BATCH), "{test}: {dups} duplicates");
+    eprintln!(
+        "{test}: {kills} kills, {dups} duplicates (bound {})",
+        kills * u64::from(BATCH)
+    );
+    assert!(
+        dups <= kills * u64::from(BATCH),
+        "{test}: {dups} duplicates"
+    );
     let _ = std::fs::remove_file(&file);
     let _ = std::fs::remove_file(&stop);
     db.finish().await;
@@ -406,14 +428,24 @@ async fn d2_postgres_four_relays_keep_key_order_and_take_over_a_killed_one() {
     enqueue(&store, 40, 2_000, 0, 20, Duration::from_millis(20)).await;
     let t = Instant::now();
     while delivered(&store).await < 2_000 {
-        assert!(t.elapsed() < Duration::from_secs(60), "{test}: not all delivered");
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "{test}: not all delivered"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let dups = check(&file, 2_000, true, test);
     assert_eq!(dups, 0, "{test}: duplicates without faults");
-    let held: HashSet<String> = owners(&store).await.into_iter().filter_map(|o| o.1).collect();
+    let held: HashSet<String> = owners(&store)
+        .await
+        .into_iter()
+        .filter_map(|o| o.1)
+        .collect();
     eprintln!("{test}: partitions held by {held:?}");
-    assert!(held.len() >= 2, "{test}: the relays share the partitions: {held:?}");
+    assert!(
+        held.len() >= 2,
+        "{test}: the relays share the partitions: {held:?}"
+    );
 
     // Kill r0 while 1,000 more flow.
     let more = {
@@ -460,7 +492,10 @@ async fn d2_postgres_four_relays_keep_key_order_and_take_over_a_killed_one() {
     more.await.unwrap();
     let t = Instant::now();
     while delivered(&store).await < 3_000 {
-        assert!(t.elapsed() < Duration::from_secs(60), "{test}: not all delivered after the kill");
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "{test}: not all delivered after the kill"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     std::fs::write(&stop, b"stop").unwrap();
@@ -491,7 +526,8 @@ async fn d1_canary_a_sink_that_acks_early_is_caught_losing_messages() {
     for _ in 0..5 {
         let p = spawn_with(&target, "d1-canary", &file, &stop, 1_000, true);
         let since = Instant::now();
-        while p.published.load(Ordering::Relaxed) < 30 && since.elapsed() < Duration::from_secs(30) {
+        while p.published.load(Ordering::Relaxed) < 30 && since.elapsed() < Duration::from_secs(30)
+        {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         p.kill();

@@ -106,11 +106,11 @@ pub use larder_derive::embed_migrations;
 pub mod events {
     pub use larder_core::events::{
         Aggregate, AppendResult, Checkpoint, DomainEvent, EventData, EventFilter, EventLimits,
-        EventRoutes, EventSourced, EventStore, EventStoreBuilder, EventTransaction, ExpectedVersion,
-        FailedEvent, HorizonHolder, LogStats, Metadata, NewEvent, Projection, ProjectionFailure,
-        ProjectionRetry, ProjectionRunner, ProjectionState, ProjectionStatus, ReadAll,
-        ReadAllBatch, ReadDirection, RebuildProgress, RecordedEvent, Snapshot, StoredCheckpoint,
-        StreamInfo, Subscription, Upcaster, category_of, now_micros,
+        EventRoutes, EventSourced, EventStore, EventStoreBuilder, EventTransaction,
+        ExpectedVersion, FailedEvent, HorizonHolder, LogStats, Metadata, NewEvent, Projection,
+        ProjectionFailure, ProjectionRetry, ProjectionRunner, ProjectionState, ProjectionStatus,
+        ReadAll, ReadAllBatch, ReadDirection, RebuildProgress, RecordedEvent, Snapshot,
+        StoredCheckpoint, StreamInfo, Subscription, Upcaster, category_of, now_micros,
     };
 }
 

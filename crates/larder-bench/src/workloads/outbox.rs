@@ -31,9 +31,8 @@ const LITE_DDL: &[&str] = &[
      state IN (1, 3)",
 ];
 
-const PG_DDL: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS bench_raw_outbox (LIKE _larder_outbox INCLUDING ALL)",
-];
+const PG_DDL: &[&str] =
+    &["CREATE TABLE IF NOT EXISTS bench_raw_outbox (LIKE _larder_outbox INCLUDING ALL)"];
 
 const LITE_INSERT: &str = "INSERT INTO bench_raw_outbox (id, topic, key, partition, payload, \
      headers, enqueued_at, due_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)";
@@ -64,7 +63,7 @@ async fn raw_enqueue(db: &Raw, c: &Customer) -> Result<()> {
     match db {
         Raw::Sqlite(pool) => {
             let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-            raw::insert_in(&mut *tx, c).await?;
+            raw::insert_in(&mut tx, c).await?;
             sqlx::query(LITE_INSERT)
                 .bind(id.to_string())
                 .bind("customers.created")
@@ -80,7 +79,7 @@ async fn raw_enqueue(db: &Raw, c: &Customer) -> Result<()> {
         }
         Raw::Pg(pool) => {
             let mut tx = pool.begin().await?;
-            raw::insert_in_pg(&mut *tx, c).await?;
+            raw::insert_in_pg(&mut tx, c).await?;
             sqlx::query(PG_INSERT)
                 .bind(id)
                 .bind("customers.created")
@@ -119,10 +118,15 @@ pub(crate) async fn o1(cx: &Ctx<'_>) -> Result<Vec<Metric>> {
         }
         let seed = 9_000 + u64::from(run);
         let entities: Vec<Customer> = (0..u64::try_from(n)?).map(|i| customer(seed, i)).collect();
-        let spent = interleaved(run, &entities, BLOCK, async |side, c: &Customer| match side {
-            Side::Larder => larder_enqueue(&db.store, &ob, c).await,
-            Side::Raw => raw_enqueue(&db.raw, c).await,
-        })
+        let spent = interleaved(
+            run,
+            &entities,
+            BLOCK,
+            async |side, c: &Customer| match side {
+                Side::Larder => larder_enqueue(&db.store, &ob, c).await,
+                Side::Raw => raw_enqueue(&db.raw, c).await,
+            },
+        )
         .await?;
         m.record(n, &spent);
         db.close().await;

@@ -612,7 +612,10 @@ impl EventStore {
                                 .with_header("content-type", "application/json")
                                 .with_header("larder-event-type", e.event_type.as_str())
                                 .with_header("larder-schema-version", e.schema_version.to_string())
-                                .with_header("larder-stream-version", (first + i as u64).to_string()),
+                                .with_header(
+                                    "larder-stream-version",
+                                    (first + i as u64).to_string(),
+                                ),
                         )
                     })
                     .collect();

@@ -121,7 +121,7 @@ impl Message {
     ) -> Result<Message> {
         let payload = serde_json::to_vec(value).map_err(|e| Error::Mapping {
             direction: "encode",
-            entity: "message payload".into(),
+            entity: "message payload",
             source: Box::new(e),
         })?;
         Ok(Message::new(topic, payload).with_header("content-type", "application/json"))
@@ -405,5 +405,6 @@ pub fn partition_of(key: Option<&str>, id: Uuid, partitions: u32) -> u32 {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    (h % u64::from(partitions.max(1))) as u32
+    // The remainder is below `partitions`, a u32.
+    u32::try_from(h % u64::from(partitions.max(1))).unwrap_or(0)
 }
