@@ -128,6 +128,26 @@ pub mod outbox {
 
 pub use larder_core::outbox::{Inbox, Message, Outbox, Relay};
 
+/// Broker sinks of the outbox relay (features `relay-redis`, `relay-nats`, `relay-amqp`,
+/// `relay-mqtt`, `relay-http`) and [`relay::sink_from_url`].
+#[cfg(any(
+    feature = "relay-redis",
+    feature = "relay-nats",
+    feature = "relay-amqp",
+    feature = "relay-mqtt",
+    feature = "relay-http"
+))]
+#[cfg_attr(docsrs, doc(cfg(any(
+    feature = "relay-redis",
+    feature = "relay-nats",
+    feature = "relay-amqp",
+    feature = "relay-mqtt",
+    feature = "relay-http"
+))))]
+pub mod relay {
+    pub use larder_relay::*;
+}
+
 /// Specifications: filters over registered fields, with a builder and a JSON form.
 pub mod spec {
     pub use larder_core::spec::{FieldExpr, Limits, MAX_BOUND_VALUES, Spec, escape_like, field};
