@@ -62,26 +62,22 @@ enum OutboxCommand {
     /// batch in flight is finished and the leases released). Counters go to stderr every
     /// --report seconds.
     Relay {
-        /// Where to publish (see below)
-        #[arg(
-            long,
-            env = "LARDER_OUTBOX_SINK",
-            default_value = "stdout",
-            hide_env_values = true
-        )]
-        sink: String,
+        /// Where to publish (see below) [default: outbox.sink of the settings
+        /// (LARDER_OUTBOX_SINK, the TOML file), else stdout]
+        #[arg(long)]
+        sink: Option<String>,
         /// This relay's name in the lease table [default: host, pid and a random suffix]
         #[arg(long)]
         name: Option<String>,
-        /// Messages per batch
-        #[arg(long, default_value_t = 256)]
-        batch_size: u32,
-        /// Failed attempts before a message is dead-lettered
-        #[arg(long, default_value_t = 10)]
-        max_attempts: u32,
-        /// Partition lease, seconds
-        #[arg(long, default_value_t = 10)]
-        lease_secs: u64,
+        /// Messages per batch [default: outbox.batch_size, 256]
+        #[arg(long)]
+        batch_size: Option<u32>,
+        /// Failed attempts before a message is dead-lettered [default: outbox.max_attempts, 10]
+        #[arg(long)]
+        max_attempts: Option<u32>,
+        /// Partition lease, seconds [default: outbox.lease_ms, 10 s]
+        #[arg(long)]
+        lease_secs: Option<u64>,
         /// Publish one batch and exit
         #[arg(long)]
         once: bool,
@@ -133,12 +129,17 @@ fn message_json(m: &StoredMessage) -> serde_json::Value {
 
 pub(crate) async fn run(args: &OutboxArgs, settings: &Settings, json: bool) -> Result<ExitCode> {
     let store = store::open_existing(settings).await?;
-    let r = command(args, &store, json).await;
+    let r = command(args, &store, settings, json).await;
     store.close().await;
     r
 }
 
-async fn command(args: &OutboxArgs, store: &larder::Store, json: bool) -> Result<ExitCode> {
+async fn command(
+    args: &OutboxArgs,
+    store: &larder::Store,
+    settings: &Settings,
+    json: bool,
+) -> Result<ExitCode> {
     let ob = Outbox::builder(store).prepare(false).open().await?;
     match &args.command {
         OutboxCommand::Status => {
@@ -269,12 +270,24 @@ async fn command(args: &OutboxArgs, store: &larder::Store, json: bool) -> Result
             once,
             report,
         } => {
-            let sink = sink_for(sink)?;
+            let spec = match (sink, &settings.outbox.sink) {
+                (Some(s), _) => s.clone(),
+                (None, Some(u)) => u.expose().to_owned(),
+                (None, None) => "stdout".to_owned(),
+            };
+            let sink = sink_for(&spec)?;
             let mut b = Relay::builder(store)
                 .sink_arc(sink)
-                .batch_size(*batch_size)
-                .max_attempts(*max_attempts)
-                .lease(Duration::from_secs(*lease_secs));
+                .settings(&settings.outbox);
+            if let Some(n) = batch_size {
+                b = b.batch_size(*n);
+            }
+            if let Some(n) = max_attempts {
+                b = b.max_attempts(*n);
+            }
+            if let Some(s) = lease_secs {
+                b = b.lease(Duration::from_secs(*s));
+            }
             if let Some(n) = name {
                 b = b.name(n.clone());
             }

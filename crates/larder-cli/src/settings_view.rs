@@ -108,6 +108,36 @@ const KEYS: &[Key] = &[
         env: "LARDER_RECORD_QUERY_TEXT",
         differs: |a, b| a.record_query_text != b.record_query_text,
     },
+    Key {
+        toml: "outbox.sink",
+        json: "outbox_sink",
+        env: "LARDER_OUTBOX_SINK",
+        differs: |a, b| a.outbox.sink != b.outbox.sink,
+    },
+    Key {
+        toml: "outbox.batch_size",
+        json: "outbox_batch_size",
+        env: "LARDER_OUTBOX_BATCH_SIZE",
+        differs: |a, b| a.outbox.batch_size != b.outbox.batch_size,
+    },
+    Key {
+        toml: "outbox.max_attempts",
+        json: "outbox_max_attempts",
+        env: "LARDER_OUTBOX_MAX_ATTEMPTS",
+        differs: |a, b| a.outbox.max_attempts != b.outbox.max_attempts,
+    },
+    Key {
+        toml: "outbox.lease_ms",
+        json: "outbox_lease_ms",
+        env: "LARDER_OUTBOX_LEASE_MS",
+        differs: |a, b| a.outbox.lease != b.outbox.lease,
+    },
+    Key {
+        toml: "outbox.poll_ms",
+        json: "outbox_poll_ms",
+        env: "LARDER_OUTBOX_POLL_MS",
+        differs: |a, b| a.outbox.poll_interval != b.outbox.poll_interval,
+    },
 ];
 
 /// Settings that differ from the defaults in every key: a key the file sets comes out
@@ -133,6 +163,11 @@ fn unlike_defaults() -> Settings {
         _ => SslMode::Disable,
     });
     s.postgres.ssl_root_cert = Some("\u{0}".into());
+    s.outbox.sink = Some(DatabaseUrl::new("\u{0}"));
+    s.outbox.batch_size = u32::MAX;
+    s.outbox.max_attempts = u32::MAX;
+    s.outbox.lease = Duration::MAX;
+    s.outbox.poll_interval = Duration::MAX;
     s
 }
 
@@ -183,6 +218,15 @@ fn text(s: &Settings, key: &str) -> String {
             .as_ref()
             .map_or_else(|| "none".to_owned(), |p| p.display().to_string()),
         "observability.record_query_text" => s.record_query_text.to_string(),
+        "outbox.sink" => s
+            .outbox
+            .sink
+            .as_ref()
+            .map_or_else(|| "stdout".to_owned(), DatabaseUrl::redacted),
+        "outbox.batch_size" => s.outbox.batch_size.to_string(),
+        "outbox.max_attempts" => s.outbox.max_attempts.to_string(),
+        "outbox.lease_ms" => ms(s.outbox.lease).to_string(),
+        "outbox.poll_ms" => ms(s.outbox.poll_interval).to_string(),
         _ => String::new(),
     }
 }
@@ -236,6 +280,11 @@ pub(crate) fn print(s: &Settings, url_flag: bool, config: Option<&Path>, json: b
                 "record_query_text": s.record_query_text,
                 "postgres_ssl_mode": s.postgres.ssl_mode.map(SslMode::as_str),
                 "postgres_ssl_root_cert": s.postgres.ssl_root_cert.as_ref().map(|p| p.display().to_string()),
+                "outbox_sink": s.outbox.sink.as_ref().map_or_else(|| "stdout".to_owned(), DatabaseUrl::redacted),
+                "outbox_batch_size": s.outbox.batch_size,
+                "outbox_max_attempts": s.outbox.max_attempts,
+                "outbox_lease_ms": ms(s.outbox.lease),
+                "outbox_poll_ms": ms(s.outbox.poll_interval),
                 "sources": sources,
             })
         );

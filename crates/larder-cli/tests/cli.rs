@@ -122,12 +122,13 @@ fn settings_print_a_table_of_key_value_and_source_with_the_password_redacted() {
             .arg("settings")
             .env("LARDER_DATABASE_URL", "postgres://u:hunter2@db/app")
             .env("LARDER_POOL_MAX_CONNECTIONS", "12")
+            .env("LARDER_OUTBOX_SINK", "amqp://relay:hunter3@mq:5672/%2f")
             .env_remove("LARDER_SQLITE_SYNCHRONOUS")
             .env_remove("LARDER_DEFAULT_DEADLINE_MS")
             .output()
             .unwrap(),
     );
-    assert!(!out.contains("hunter2"), "{out}");
+    assert!(!out.contains("hunter2") && !out.contains("hunter3"), "{out}");
     assert!(!out.contains("Settings {"), "Debug output: {out}");
     let mut lines = out.lines();
     let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
@@ -153,9 +154,14 @@ fn settings_print_a_table_of_key_value_and_source_with_the_password_redacted() {
     assert_eq!(row("database.default_deadline_ms"), "none default");
     assert_eq!(row("postgres.ssl_mode"), "the URL's, else prefer default");
     assert_eq!(
+        row("outbox.sink"),
+        "amqp://relay:***@mq:5672/%2f env LARDER_OUTBOX_SINK"
+    );
+    assert_eq!(row("outbox.batch_size"), "256 default");
+    assert_eq!(
         out.lines().count(),
-        12,
-        "a header and eleven settings: {out}"
+        17,
+        "a header and sixteen settings: {out}"
     );
 
     // The flag beats the environment, and says so.

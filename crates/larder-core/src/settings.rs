@@ -17,6 +17,11 @@
 //! | `LARDER_POSTGRES_SSL_ROOT_CERT` | PEM file of the CA(s) that `verify-ca`/`verify-full` trust (`sslrootcert`) | the URL's, else none |
 //! | `LARDER_RECORD_QUERY_TEXT` | record `db.query.text` on spans (`true`/`false`) | `false` |
 //! | `LARDER_MAX_PAGE_SIZE` | hard cap on page size | 1000 |
+//! | `LARDER_OUTBOX_SINK` | the outbox relay's sink: `stdout`, `file:PATH`, `redis://…`, `nats://…`, `amqp://…`, `mqtt://…`, `http(s)://…` (secrets redacted like the database URL) | `stdout` |
+//! | `LARDER_OUTBOX_BATCH_SIZE` | messages per relay batch | 256 |
+//! | `LARDER_OUTBOX_MAX_ATTEMPTS` | failed attempts before a dead letter | 10 |
+//! | `LARDER_OUTBOX_LEASE_MS` | relay partition lease | 10000 |
+//! | `LARDER_OUTBOX_POLL_MS` | relay poll interval when idle | 1000 |
 //!
 //! The TOML file uses the same names in sections:
 //!
@@ -36,6 +41,13 @@
 //!
 //! [observability]
 //! record_query_text = false
+//!
+//! [outbox]
+//! sink = "nats://relay:secret@127.0.0.1:4222"
+//! batch_size = 256
+//! max_attempts = 10
+//! lease_ms = 10000
+//! poll_ms = 1000
 //! ```
 //!
 //! The PostgreSQL TLS settings are an alternative to the URL's `sslmode`/`sslrootcert`
@@ -543,6 +555,37 @@ pub struct Settings {
     pub record_query_text: bool,
     /// Hard cap on page size.
     pub max_page_size: u32,
+    /// The outbox relay.
+    pub outbox: OutboxSettings,
+}
+
+/// The outbox relay's settings (`[outbox]`, `LARDER_OUTBOX_*`).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct OutboxSettings {
+    /// The sink (`None`: stdout). A URL's password and secret query values never appear
+    /// in `Debug` or `Display` (the same redaction as [`DatabaseUrl`]).
+    pub sink: Option<DatabaseUrl>,
+    /// Messages per batch.
+    pub batch_size: u32,
+    /// Failed attempts before a message is dead-lettered.
+    pub max_attempts: u32,
+    /// Partition lease.
+    pub lease: Duration,
+    /// Poll interval when idle.
+    pub poll_interval: Duration,
+}
+
+impl Default for OutboxSettings {
+    fn default() -> Self {
+        OutboxSettings {
+            sink: None,
+            batch_size: 256,
+            max_attempts: 10,
+            lease: Duration::from_secs(10),
+            poll_interval: Duration::from_secs(1),
+        }
+    }
 }
 
 impl Default for Settings {
@@ -557,6 +600,7 @@ impl Default for Settings {
             postgres: PostgresSettings::default(),
             record_query_text: false,
             max_page_size: crate::spec::Limits::default().max_page_size,
+            outbox: OutboxSettings::default(),
         }
     }
 }
@@ -572,6 +616,27 @@ struct FileSettings {
     postgres: FilePostgres,
     #[serde(default)]
     observability: FileObservability,
+    #[serde(default)]
+    outbox: FileOutbox,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileOutbox {
+    sink: Option<String>,
+    batch_size: Option<u32>,
+    max_attempts: Option<u32>,
+    lease_ms: Option<u64>,
+    poll_ms: Option<u64>,
+}
+
+// Hand-written so that a sink URL with a password never reaches a log through `{:?}`.
+impl fmt::Debug for FileOutbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileOutbox")
+            .field("sink", &self.sink.as_deref().map(redact_url))
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Default, Deserialize)]
@@ -684,6 +749,21 @@ impl Settings {
         if let Some(b) = f.observability.record_query_text {
             self.record_query_text = b;
         }
+        if let Some(u) = f.outbox.sink {
+            self.outbox.sink = Some(DatabaseUrl::new(u));
+        }
+        if let Some(n) = f.outbox.batch_size {
+            self.outbox.batch_size = n;
+        }
+        if let Some(n) = f.outbox.max_attempts {
+            self.outbox.max_attempts = n;
+        }
+        if let Some(ms) = f.outbox.lease_ms {
+            self.outbox.lease = Duration::from_millis(ms);
+        }
+        if let Some(ms) = f.outbox.poll_ms {
+            self.outbox.poll_interval = Duration::from_millis(ms);
+        }
         Ok(())
     }
 
@@ -765,6 +845,21 @@ impl Settings {
                 ));
             }
             self.postgres.ssl_root_cert = Some(PathBuf::from(v));
+        }
+        if let Some(v) = get("LARDER_OUTBOX_SINK") {
+            self.outbox.sink = Some(DatabaseUrl::new(v));
+        }
+        if let Some(v) = get("LARDER_OUTBOX_BATCH_SIZE") {
+            self.outbox.batch_size = num("LARDER_OUTBOX_BATCH_SIZE", &v)?;
+        }
+        if let Some(v) = get("LARDER_OUTBOX_MAX_ATTEMPTS") {
+            self.outbox.max_attempts = num("LARDER_OUTBOX_MAX_ATTEMPTS", &v)?;
+        }
+        if let Some(v) = get("LARDER_OUTBOX_LEASE_MS") {
+            self.outbox.lease = Duration::from_millis(num("LARDER_OUTBOX_LEASE_MS", &v)?);
+        }
+        if let Some(v) = get("LARDER_OUTBOX_POLL_MS") {
+            self.outbox.poll_interval = Duration::from_millis(num("LARDER_OUTBOX_POLL_MS", &v)?);
         }
         if let Some(v) = get("LARDER_RECORD_QUERY_TEXT") {
             self.record_query_text = matches!(

@@ -137,13 +137,16 @@ pub use larder_core::outbox::{Inbox, Message, Outbox, Relay};
     feature = "relay-mqtt",
     feature = "relay-http"
 ))]
-#[cfg_attr(docsrs, doc(cfg(any(
-    feature = "relay-redis",
-    feature = "relay-nats",
-    feature = "relay-amqp",
-    feature = "relay-mqtt",
-    feature = "relay-http"
-))))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(any(
+        feature = "relay-redis",
+        feature = "relay-nats",
+        feature = "relay-amqp",
+        feature = "relay-mqtt",
+        feature = "relay-http"
+    )))
+)]
 pub mod relay {
     pub use larder_relay::*;
 }
@@ -161,7 +164,8 @@ pub mod query {
 /// Settings and secret-safe URLs.
 pub mod settings {
     pub use larder_core::settings::{
-        DatabaseUrl, PostgresSettings, Settings, SqliteSettings, SslMode, Synchronous, redact_url,
+        DatabaseUrl, OutboxSettings, PostgresSettings, Settings, SqliteSettings, SslMode,
+        Synchronous, redact_url,
     };
 }
 

@@ -249,6 +249,15 @@ impl RelayBuilder {
         self
     }
 
+    /// Applies the `[outbox]` settings (batch size, max attempts, lease, poll interval;
+    /// the sink URL is built by `larder::relay::sink_from_url`).
+    pub fn settings(self, s: &crate::settings::OutboxSettings) -> Self {
+        self.batch_size(s.batch_size)
+            .max_attempts(s.max_attempts)
+            .lease(s.lease)
+            .poll_interval(s.poll_interval)
+    }
+
     /// Builds the relay, making larder's tables ready.
     pub async fn build(self) -> Result<Relay> {
         check_consumer(&self.name)?;
