@@ -302,3 +302,96 @@ async fn database_errors_carry_their_status_code() {
     assert_eq!(get.fields["error.type"], "transaction_aborted");
     pg.finish().await;
 }
+
+async fn exercise_outbox(store: &larder::Store, system: &str, spans: &Spans) {
+    use larder::outbox::{MemorySink, Message, Outbox, Relay};
+    let ob = Outbox::open(store).await.unwrap();
+    let relay = Relay::builder(store)
+        .name("spans")
+        .sink(MemorySink::new())
+        .build()
+        .await
+        .unwrap();
+    spans.clear();
+    let mut uow = store
+        .begin_with(
+            UowOptions::default()
+                .with_actor("carol")
+                .with_correlation_id("req-9"),
+        )
+        .await
+        .unwrap();
+    let id = ob
+        .enqueue(
+            &mut uow,
+            Message::new("orders.placed", "{}").with_key("o-1"),
+        )
+        .await
+        .unwrap();
+    uow.commit().await.unwrap();
+    relay.run_once().await.unwrap();
+    let all = spans.all();
+    let find = |name: &str| {
+        all.iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| {
+                panic!(
+                    "{system}: no span {name} in {:?}",
+                    all.iter().map(|c| c.name).collect::<Vec<_>>()
+                )
+            })
+            .clone()
+    };
+    let e = find("larder.outbox.enqueue");
+    assert_eq!(e.fields["db.system.name"], system, "{e:?}");
+    assert_eq!(e.fields["db.collection.name"], "_larder_outbox", "{e:?}");
+    assert_eq!(
+        e.fields["messaging.destination.name"], "orders.placed",
+        "{e:?}"
+    );
+    assert_eq!(e.fields["messaging.message.id"], id.to_string(), "{e:?}");
+    assert_eq!(e.fields["larder.actor"], "carol", "{e:?}");
+    assert_eq!(e.fields["larder.rows_affected"], "1", "{e:?}");
+    let b = find("larder.relay.batch");
+    assert_eq!(b.fields["messaging.system"], "memory", "{b:?}");
+    assert_eq!(b.fields["messaging.batch.message_count"], "1", "{b:?}");
+    let p = find("larder.relay.publish");
+    assert_eq!(
+        p.fields["messaging.destination.name"], "orders.placed",
+        "{p:?}"
+    );
+    assert_eq!(p.fields["messaging.message.id"], id.to_string(), "{p:?}");
+    for name in [
+        "larder.relay.lease",
+        "larder.relay.fetch",
+        "larder.relay.mark",
+    ] {
+        let s = find(name);
+        assert_eq!(s.fields["db.system.name"], system, "{s:?}");
+    }
+    assert_eq!(
+        find("larder.relay.fetch").fields["db.response.returned_rows"],
+        "1"
+    );
+    assert_eq!(
+        find("larder.relay.mark").fields["larder.rows_affected"],
+        "1"
+    );
+}
+
+#[tokio::test]
+async fn every_outbox_and_relay_operation_is_a_span_with_messaging_attributes() {
+    let spans = Spans::default();
+    let subscriber = tracing_subscriber::registry().with(spans.clone());
+    let _g = tracing::subscriber::set_default(subscriber);
+
+    let mem = backends::memory("observability::ob_memory").await.unwrap();
+    exercise_outbox(&mem.store, "memory", &spans).await;
+    let lite = backends::sqlite("observability::ob_sqlite").await.unwrap();
+    exercise_outbox(&lite.store, "sqlite", &spans).await;
+    lite.finish().await;
+    if let Some(pg) = backends::postgres("observability::ob_postgres").await {
+        exercise_outbox(&pg.store, "postgresql", &spans).await;
+        pg.finish().await;
+    }
+}
