@@ -128,7 +128,10 @@ fn settings_print_a_table_of_key_value_and_source_with_the_password_redacted() {
             .output()
             .unwrap(),
     );
-    assert!(!out.contains("hunter2") && !out.contains("hunter3"), "{out}");
+    assert!(
+        !out.contains("hunter2") && !out.contains("hunter3"),
+        "{out}"
+    );
     assert!(!out.contains("Settings {"), "Debug output: {out}");
     let mut lines = out.lines();
     let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
