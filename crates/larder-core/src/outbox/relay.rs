@@ -833,7 +833,8 @@ impl Relay {
                         Some(jittered_backoff(
                             Duration::from_millis(100),
                             outages,
-                            Duration::from_secs(10),
+                            // Capped low: a broker that is back is used within seconds.
+                            Duration::from_secs(5),
                         ))
                     } else {
                         outages = 0;
