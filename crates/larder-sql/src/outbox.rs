@@ -168,12 +168,17 @@ impl<D: LogDialect> OutboxTransaction for SqlTx<D> {
         limit: u32,
     ) -> BoxFuture<'a, Result<Vec<StoredMessage>>> {
         Box::pin(async move {
+            // The blocking condition is written as the partial index's own predicate
+            // (`state = 2 OR (state = 0 AND attempts > 0)`) AND the rest, so that SQLite's
+            // planner uses `_larder_outbox_blocking_idx` (it does not prove the implication
+            // from the equivalent `state = 2 OR (state = 0 AND attempts > 0 AND due_at > $1)`
+            // and scanned every pending row per candidate: 0.7 s per fetch at 20,000 pending).
             let sql = format!(
                 "SELECT {COLUMNS} FROM _larder_outbox o WHERE o.state = 0 AND o.due_at <= $1 \
                  AND o.partition IN ({}){} AND (o.key IS NULL OR NOT EXISTS (SELECT 1 FROM \
                  _larder_outbox b WHERE b.key = o.key AND (b.state = 2 OR (b.state = 0 AND \
-                 b.attempts > 0 AND b.due_at > $1)) AND (b.tx, b.position) < (o.tx, \
-                 o.position))) ORDER BY o.tx, o.position LIMIT $2",
+                 b.attempts > 0)) AND (b.state = 2 OR b.due_at > $1) AND (b.tx, b.position) \
+                 < (o.tx, o.position))) ORDER BY o.tx, o.position LIMIT $2",
                 placeholders(3, partitions.len()),
                 D::OUTBOX_HORIZON,
             );

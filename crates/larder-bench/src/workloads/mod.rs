@@ -10,6 +10,7 @@ use crate::measure::Metric;
 pub(crate) mod events;
 mod migrations;
 mod outbox;
+mod relay;
 mod w5;
 mod w6;
 mod w7;
@@ -163,6 +164,16 @@ pub(crate) const REGISTRY: &[Workload] = &[
         id: "o1",
         title: "outbox: insert an entity and enqueue a message, one unit of work each",
         run: |cx| Box::pin(outbox::o1(cx)),
+    },
+    Workload {
+        id: "o2",
+        title: "outbox relay throughput: 20,000 committed messages to Redis Streams, NATS JetStream, RabbitMQ (1 and 4 relays) vs the broker client alone",
+        run: |cx| Box::pin(relay::o2(cx)),
+    },
+    Workload {
+        id: "o3",
+        title: "outbox end-to-end latency: commit → Redis Streams consumer, relay woken by in-process signal / LISTEN/NOTIFY",
+        run: |cx| Box::pin(relay::o3(cx)),
     },
     Workload {
         id: "migrations",
