@@ -566,12 +566,16 @@ pub async fn bad_outbox_input_is_typed(db: &TestDb) {
 /// that stops renewing loses its partitions to the others after the lease.
 pub async fn relays_split_partitions_and_take_over_a_silent_ones(db: &TestDb) {
     let sink = MemorySink::new();
+    // A lease long enough that a loaded machine finishes the steps below inside it.
+    let lease = Duration::from_secs(3);
     let a = relay(&db.store, "a")
+        .lease(lease)
         .sink(sink.clone())
         .build()
         .await
         .unwrap();
     let b = relay(&db.store, "b")
+        .lease(lease)
         .sink(sink.clone())
         .build()
         .await
@@ -594,7 +598,7 @@ pub async fn relays_split_partitions_and_take_over_a_silent_ones(db: &TestDb) {
         "disjoint: {pa:?} {pb:?}"
     );
     // a goes silent: after its lease, b holds everything.
-    tokio::time::sleep(Duration::from_millis(450)).await;
+    tokio::time::sleep(lease + Duration::from_millis(100)).await;
     let pb = b.lease().await.unwrap();
     assert_eq!(pb.len(), total, "{pb:?}");
     // b shuts down gracefully: a gets everything at once.
