@@ -159,43 +159,17 @@ pub(crate) async fn insert_in_pg(conn: &mut sqlx::PgConnection, c: &Customer) ->
 
 /// W5 insert: one transaction, one `INSERT … ON CONFLICT DO NOTHING`, commit.
 pub(crate) async fn insert(raw: &Raw, c: &Customer) -> Result<()> {
-    let body = serde_json::to_string(c)?;
-    let n = match raw {
+    match raw {
         Raw::Sqlite(pool) => {
             let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-            let r = sqlx::query(lite::INSERT)
-                .bind(c.id.hyphenated().to_string())
-                .bind(1_i64)
-                .bind(body)
-                .bind(c.age)
-                .bind(c.active)
-                .bind(c.balance_cents)
-                .bind(c.country.as_str())
-                .bind(c.score)
-                .execute(&mut *tx)
-                .await?;
+            insert_in(&mut tx, c).await?;
             tx.commit().await?;
-            r.rows_affected()
         }
         Raw::Pg(pool) => {
             let mut tx = pool.begin().await?;
-            let r = sqlx::query(pg::INSERT)
-                .bind(c.id)
-                .bind(1_i64)
-                .bind(body)
-                .bind(c.age)
-                .bind(c.active)
-                .bind(c.balance_cents)
-                .bind(c.country.as_str())
-                .bind(c.score)
-                .execute(&mut *tx)
-                .await?;
+            insert_in_pg(&mut tx, c).await?;
             tx.commit().await?;
-            r.rows_affected()
         }
-    };
-    if n != 1 {
-        bail!("raw insert: id {} already exists", c.id);
     }
     Ok(())
 }
