@@ -69,7 +69,7 @@ enum OutboxCommand {
         /// This relay's name in the lease table [default: host, pid and a random suffix]
         #[arg(long)]
         name: Option<String>,
-        /// Messages per batch [default: outbox.batch_size, 256]
+        /// Messages per batch [default: outbox.batch_size, 512]
         #[arg(long)]
         batch_size: Option<u32>,
         /// Failed attempts before a message is dead-lettered [default: outbox.max_attempts, 10]

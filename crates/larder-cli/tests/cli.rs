@@ -160,7 +160,7 @@ fn settings_print_a_table_of_key_value_and_source_with_the_password_redacted() {
         row("outbox.sink"),
         "amqp://relay:***@mq:5672/%2f env LARDER_OUTBOX_SINK"
     );
-    assert_eq!(row("outbox.batch_size"), "256 default");
+    assert_eq!(row("outbox.batch_size"), "512 default");
     assert_eq!(
         out.lines().count(),
         17,

@@ -1005,7 +1005,8 @@ impl OutboxTransaction for MemoryTx {
                     attempts: 0,
                     last_error: None,
                     enqueued_at_micros: m.enqueued_at_micros,
-                    due_at_micros: m.enqueued_at_micros,
+                    // Due at once (see the SQL backend: never attempted, never held).
+                    due_at_micros: 0,
                     done_at_micros: None,
                 };
                 self.put_row(seq, Some(row))?;
@@ -1051,6 +1052,22 @@ impl OutboxTransaction for MemoryTx {
                 }
             }
             Ok(out)
+        })())
+    }
+
+    fn delete_delivered<'a>(&'a mut self, ids: &'a [Uuid]) -> BoxFuture<'a, Result<u64>> {
+        ready((|| {
+            self.check("outbox.mark")?;
+            let mut n = 0;
+            for id in ids {
+                if let Some((seq, r)) = self.row_of(*id)
+                    && r.state == MessageState::Pending
+                {
+                    self.put_row(seq, None)?;
+                    n += 1;
+                }
+            }
+            Ok(n)
         })())
     }
 
@@ -1304,7 +1321,7 @@ impl OutboxTransaction for MemoryTx {
             r.state = to;
             if to == MessageState::Pending {
                 r.attempts = 0;
-                r.due_at_micros = now_micros;
+                r.due_at_micros = 0;
                 r.done_at_micros = None;
             } else {
                 r.done_at_micros = Some(now_micros);

@@ -18,7 +18,7 @@
 //! | `LARDER_RECORD_QUERY_TEXT` | record `db.query.text` on spans (`true`/`false`) | `false` |
 //! | `LARDER_MAX_PAGE_SIZE` | hard cap on page size | 1000 |
 //! | `LARDER_OUTBOX_SINK` | the outbox relay's sink: `stdout`, `file:PATH`, `redis://…`, `nats://…`, `amqp://…`, `mqtt://…`, `http(s)://…` (secrets redacted like the database URL) | `stdout` |
-//! | `LARDER_OUTBOX_BATCH_SIZE` | messages per relay batch | 256 |
+//! | `LARDER_OUTBOX_BATCH_SIZE` | messages a relay publishes before they are recorded | 512 |
 //! | `LARDER_OUTBOX_MAX_ATTEMPTS` | failed attempts before a dead letter | 10 |
 //! | `LARDER_OUTBOX_LEASE_MS` | relay partition lease | 10000 |
 //! | `LARDER_OUTBOX_POLL_MS` | relay poll interval when idle | 1000 |
@@ -44,7 +44,7 @@
 //!
 //! [outbox]
 //! sink = "nats://relay:secret@127.0.0.1:4222"
-//! batch_size = 256
+//! batch_size = 512
 //! max_attempts = 10
 //! lease_ms = 10000
 //! poll_ms = 1000
@@ -580,7 +580,7 @@ impl Default for OutboxSettings {
     fn default() -> Self {
         OutboxSettings {
             sink: None,
-            batch_size: 256,
+            batch_size: 512,
             max_attempts: 10,
             lease: Duration::from_secs(10),
             poll_interval: Duration::from_secs(1),

@@ -195,6 +195,12 @@ impl LogDialect for Pg {
     const OUTBOX_HORIZON: &'static str =
         " AND o.tx < pg_snapshot_xmin(pg_current_snapshot())::text::bigint";
     const OUTBOX_PARTITIONS: u32 = 16;
+    const RELAXED_COMMIT: Option<&'static str> = Some("SET LOCAL synchronous_commit = off");
+    // Without fresh statistics (a new table, or a burst after statistics saw few pending
+    // rows) the planner estimates one ready row, scans every pending row through a bitmap,
+    // runs the per-key check on each and sorts: 18 ms at 20,000 pending instead of 0.5 ms
+    // walking the pending index in order and stopping at the limit.
+    const OUTBOX_FETCH_PLAN: Option<&'static str> = Some("SET LOCAL enable_bitmapscan = off");
 
     fn append<'a>(
         tx: &'a mut SqlTx<Pg>,

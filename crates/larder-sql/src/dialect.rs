@@ -254,6 +254,14 @@ pub trait LogDialect: SqlDialect {
     const OUTBOX_HORIZON: &'static str = "";
     /// Rows of `_larder_outbox_partitions` the dialect's migration creates.
     const OUTBOX_PARTITIONS: u32 = 1;
+    /// A statement that lets the current transaction's commit return before it is durable
+    /// (the relay's records: losing one in a server crash only republishes messages);
+    /// `None` where the dialect has no per-transaction setting.
+    const RELAXED_COMMIT: Option<&'static str> = None;
+    /// A statement run in the relay's fetch transaction before the fetch, where the
+    /// planner needs to be kept on the pending index's order (`None`: the fetch runs
+    /// alone).
+    const OUTBOX_FETCH_PLAN: Option<&'static str> = None;
 
     /// See [`EventTransaction::append`](larder_core::events::EventTransaction::append).
     fn append<'a>(

@@ -121,7 +121,10 @@ impl<D: LogDialect> OutboxTransaction for SqlTx<D> {
                         V::Bytes(Some(m.payload.clone())),
                         V::String(m.headers.clone()),
                         int(m.enqueued_at_micros),
-                        int(m.enqueued_at_micros),
+                        // Due at once, whatever the producer's clock says: a message
+                        // that was never attempted must not wait for the relay's clock
+                        // to catch up (a later message of its key would overtake it).
+                        int(0),
                     ]);
                 }
                 // A stored id is skipped (no error, so the transaction stays usable) and
@@ -184,6 +187,10 @@ impl<D: LogDialect> OutboxTransaction for SqlTx<D> {
             );
             let mut values = vec![int(now_micros), int(i64::from(limit))];
             values.extend(partitions.iter().map(|p| int(i64::from(*p))));
+            if let Some(setup) = D::OUTBOX_FETCH_PLAN {
+                self.execute(built(setup.into(), vec![]), "outbox.fetch", Kind::EventRead)
+                    .await?;
+            }
             self.ob_rows(built(sql, values), "outbox.fetch", Kind::EventRead)
                 .await
         })
@@ -198,12 +205,34 @@ impl<D: LogDialect> OutboxTransaction for SqlTx<D> {
             let mut n = 0;
             for chunk in ids.chunks(CHUNK) {
                 let sql = format!(
-                    "UPDATE _larder_outbox SET state = 1, done_at = $1 WHERE state = 0 AND id \
-                     IN ({})",
+                    // `state + 0`: not the pending index's predicate, so the planner looks
+                    // the rows up by id even without statistics (it otherwise scans every
+                    // pending row through that index and filters the ids: 10 ms at
+                    // 20,000 pending instead of 3 ms).
+                    "UPDATE _larder_outbox SET state = 1, done_at = $1 WHERE state + 0 = 0 AND \
+                     id IN ({})",
                     placeholders(2, chunk.len())
                 );
                 let mut values = vec![int(now_micros)];
                 values.extend(chunk.iter().map(|u| uuid(*u)));
+                n += self
+                    .execute(built(sql, values), "outbox.mark", Kind::Event)
+                    .await?;
+            }
+            Ok(n)
+        })
+    }
+
+    fn delete_delivered<'a>(&'a mut self, ids: &'a [Uuid]) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(async move {
+            let mut n = 0;
+            for chunk in ids.chunks(CHUNK) {
+                // `state + 0`: looked up by id, as in `mark_delivered`.
+                let sql = format!(
+                    "DELETE FROM _larder_outbox WHERE state + 0 = 0 AND id IN ({})",
+                    placeholders(1, chunk.len())
+                );
+                let values = chunk.iter().map(|u| uuid(*u)).collect();
                 n += self
                     .execute(built(sql, values), "outbox.mark", Kind::Event)
                     .await?;
@@ -235,6 +264,16 @@ impl<D: LogDialect> OutboxTransaction for SqlTx<D> {
                     V::BigInt(f.dead.then_some(now_micros)),
                 ];
                 self.execute(built(sql.into(), values), "outbox.mark", Kind::Event)
+                    .await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn relax_durability(&mut self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            if let Some(sql) = D::RELAXED_COMMIT {
+                self.execute(built(sql.into(), vec![]), "outbox.mark", Kind::Event)
                     .await?;
             }
             Ok(())
@@ -457,7 +496,7 @@ impl<D: LogDialect> OutboxTransaction for SqlTx<D> {
     ) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
             let sql = if to == MessageState::Pending {
-                "UPDATE _larder_outbox SET state = $3, attempts = 0, due_at = $4, done_at = \
+                "UPDATE _larder_outbox SET state = $3, attempts = 0, due_at = 0, done_at = \
                  NULL WHERE id = $1 AND state = $2"
             } else {
                 "UPDATE _larder_outbox SET state = $3, done_at = $4 WHERE id = $1 AND state = $2"
@@ -467,7 +506,10 @@ impl<D: LogDialect> OutboxTransaction for SqlTx<D> {
             } else {
                 "outbox.replay"
             };
-            let values = vec![uuid(id), int(from.code()), int(to.code()), int(now_micros)];
+            let mut values = vec![uuid(id), int(from.code()), int(to.code())];
+            if to != MessageState::Pending {
+                values.push(int(now_micros));
+            }
             let n = self
                 .execute(built(sql.into(), values), op, Kind::Event)
                 .await?;

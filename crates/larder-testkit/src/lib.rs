@@ -144,6 +144,8 @@ macro_rules! outbox_conformance {
                 bad_outbox_input_is_typed,
                 relays_split_partitions_and_take_over_a_silent_ones,
                 relay_run_wakes_on_commit_and_shuts_down_gracefully,
+                relay_run_pipelines_a_backlog_once_in_key_order,
+                a_relay_keeping_nothing_deletes_what_it_delivered,
                 purge_removes_old_done_messages_in_bounded_batches,
                 appended_events_are_enqueued_by_route,
             );

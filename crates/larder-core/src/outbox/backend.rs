@@ -73,12 +73,25 @@ pub trait OutboxTransaction: Send {
         now_micros: i64,
     ) -> BoxFuture<'a, Result<u64>>;
 
+    /// Deletes pending messages that were delivered (a relay that keeps delivered messages
+    /// for no time: cheaper than marking them); returns how many were pending.
+    fn delete_delivered<'a>(&'a mut self, ids: &'a [Uuid]) -> BoxFuture<'a, Result<u64>>;
+
     /// Records failed attempts of pending messages.
     fn mark_failed<'a>(
         &'a mut self,
         failures: &'a [Failure],
         now_micros: i64,
     ) -> BoxFuture<'a, Result<()>>;
+
+    /// Lets this transaction's commit return before it is durable where the backend has a
+    /// per-transaction setting for it (PostgreSQL: `synchronous_commit = off` for this
+    /// transaction only; elsewhere nothing). The relay's records use it: a record lost in a
+    /// server crash only means its messages are published again, which at-least-once
+    /// delivery allows; a committed record is still atomic and never half applied.
+    fn relax_durability(&mut self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
 
     /// Records that `relay` is alive and returns how many relays were seen since
     /// `live_after_micros` (itself included); forgets relays not seen since then.

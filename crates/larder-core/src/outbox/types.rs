@@ -326,7 +326,8 @@ pub struct StoredMessage {
     pub last_error: Option<String>,
     /// When it was enqueued, microseconds since the Unix epoch.
     pub enqueued_at_micros: i64,
-    /// When it may be tried again (after a failure), microseconds since the Unix epoch.
+    /// When it may be tried again after a failure, microseconds since the Unix epoch; 0
+    /// for a message never attempted or replayed (due at once, whatever the clocks say).
     pub due_at_micros: i64,
     /// When it was delivered, dead-lettered or skipped.
     pub done_at_micros: Option<i64>,
