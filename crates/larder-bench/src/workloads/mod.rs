@@ -146,6 +146,11 @@ pub(crate) const REGISTRY: &[Workload] = &[
         run: |cx| Box::pin(w6::run(cx)),
     },
     Workload {
+        id: "w6c",
+        title: "event store: 8, 16 and 32 writers on shared streams, retries counted (PostgreSQL)",
+        run: |cx| Box::pin(w6::contended(cx)),
+    },
+    Workload {
         id: "w7",
         title: "find: two-field specification + order + page of 50",
         run: |cx| Box::pin(w7::run(cx)),

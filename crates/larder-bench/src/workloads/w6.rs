@@ -163,3 +163,146 @@ pub(crate) async fn run(cx: &Ctx<'_>) -> Result<Vec<Metric>> {
     off.note = Some(note);
     Ok(vec![on, off])
 }
+
+/// W6c: shared streams under contention, the writers' counts of the issue.
+const W6C_WRITERS: [usize; 3] = [8, 16, 32];
+/// W6c: the streams every writer appends to.
+const W6C_STREAMS: usize = 4;
+
+/// W6c (PostgreSQL only): `writers` tasks append single events with `ExpectedVersion::Any`
+/// to [`W6C_STREAMS`] streams they all share, each append in `Store::transaction_with`
+/// (up to 1,000 retries), counting the attempts: every retry is a unit of work refused as
+/// retryable — "an older transaction would append after a younger one" (the stream row's
+/// `last_tx` check) or a serialization failure. Raw: the W6 baseline, plain `INSERT`s on
+/// the writers' own streams (no stream row, nothing to wait for).
+pub(crate) async fn contended(cx: &Ctx<'_>) -> Result<Vec<Metric>> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use larder::events::{EventData, ExpectedVersion};
+    use larder::{TransactionOptions, UowOptions};
+
+    if cx.target.kind != Kind::Postgres {
+        println!("  W6c is PostgreSQL only: skipped");
+        return Ok(Vec::new());
+    }
+    let total = cx.sizes.w6_events.max(W6C_WRITERS[2]) * 2;
+    let mut out = Vec::new();
+    let mut notes = Vec::new();
+    for writers in W6C_WRITERS {
+        let per = total / writers;
+        let mut m = Metric::new(
+            format!("W6c {writers} writers, {W6C_STREAMS} shared streams"),
+            "events/s",
+            0.8,
+        );
+        let mut retries_per_1000 = Vec::new();
+        for run in 0..cx.runs {
+            let (db, es) = open(cx, &[]).await?;
+            let mut spent = Spent::default();
+            let mut sides = [Side::Larder, Side::Raw];
+            sides.rotate_left(run as usize % 2);
+            for side in sides {
+                raw_events::truncate_all(&db.raw).await?;
+                if side == Side::Raw {
+                    let (lat, wall, cpu) = phase(concurrent(None, &db.raw, writers, per)).await?;
+                    spent.add(side, wall, cpu);
+                    spent.latencies[side.index()] = lat;
+                    continue;
+                }
+                let attempts = Arc::new(AtomicU64::new(0));
+                let most = Arc::new(AtomicU64::new(0));
+                // The default policy (3 retries) gives up under this contention (seen:
+                // "serialization failure (retryable)" after 3 retries); count how many a
+                // unit of work needs instead.
+                let policy = TransactionOptions {
+                    max_retries: 1_000,
+                    ..TransactionOptions::default()
+                };
+                let streams: Vec<String> = (0..W6C_STREAMS as u64)
+                    .map(|i| stream_id(66_000 + u64::from(run), i))
+                    .collect();
+                let (lat, wall, cpu) = phase(async {
+                    let mut tasks = Vec::with_capacity(writers);
+                    for w in 0..writers {
+                        let es = es.clone();
+                        let attempts = attempts.clone();
+                        let most = most.clone();
+                        let policy = policy.clone();
+                        let streams = streams.clone();
+                        tasks.push(tokio::spawn(async move {
+                            let mut lat = Vec::with_capacity(per);
+                            for k in 0..per {
+                                let stream = streams[(w + k) % streams.len()].clone();
+                                let e = item_added(&stream, (w * per + k) as u64);
+                                let data = EventData::new(crate::data::ITEM_ADDED, &e)?;
+                                let t0 = Instant::now();
+                                let mine = AtomicU64::new(0);
+                                es.store()
+                                    .transaction_with(UowOptions::default(), &policy, |uow| {
+                                        let es = es.clone();
+                                        let stream = stream.clone();
+                                        let data = data.clone();
+                                        attempts.fetch_add(1, Ordering::Relaxed);
+                                        mine.fetch_add(1, Ordering::Relaxed);
+                                        Box::pin(async move {
+                                            es.append(uow, &stream, ExpectedVersion::Any, [data])
+                                                .await?;
+                                            Ok::<_, larder::Error>(())
+                                        })
+                                    })
+                                    .await?;
+                                lat.push(t0.elapsed());
+                                most.fetch_max(mine.into_inner(), Ordering::Relaxed);
+                            }
+                            anyhow::Ok(lat)
+                        }));
+                    }
+                    let mut all = Vec::with_capacity(writers * per);
+                    for t in tasks {
+                        all.extend(t.await.context("W6c writer task")??);
+                    }
+                    anyhow::Ok(all)
+                })
+                .await?;
+                let done = writers * per;
+                ensure!(lat.len() == done, "W6c: {} appends done", lat.len());
+                let (n, _) = larder_events::read_log(&es, es.store(), 1_000).await?;
+                ensure!(
+                    n == done as u64,
+                    "W6c: read_all returned {n} of {done} events"
+                );
+                let tries = attempts.load(Ordering::Relaxed);
+                #[allow(clippy::cast_precision_loss)]
+                retries_per_1000.push((
+                    (tries - done as u64) as f64 * 1000.0 / done as f64,
+                    most.load(Ordering::Relaxed),
+                ));
+                spent.add(side, wall, cpu);
+                spent.latencies[side.index()] = lat;
+            }
+            m.record(writers * per, &spent);
+            db.close().await;
+        }
+        notes.push(format!(
+            "{writers} writers: retries per 1,000 appends (most attempts of one append) {}",
+            retries_per_1000
+                .iter()
+                .map(|(r, most)| format!("{r:.1} ({most})"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
+        out.push(m);
+    }
+    if let Some(last) = out.last_mut() {
+        last.note = Some(format!(
+            "W6c: {total} single-event appends per measurement, `ExpectedVersion::Any` on \
+             {W6C_STREAMS} streams every writer shares, each in `Store::transaction_with` (default backoff, up \
+             to 1,000 retries: the default 3 run out here); raw = the W6 baseline (plain INSERTs, own streams). \
+             Every larder phase is read back with read_all (all events present). Retries \
+             (units of work run again after a retryable refusal), per run: {}.",
+            notes.join("; ")
+        ));
+    }
+    Ok(out)
+}
