@@ -1020,16 +1020,18 @@ impl OutboxTransaction for MemoryTx {
         partitions: &'a [u32],
         now_micros: i64,
         limit: u32,
+        exclude: &'a [Uuid],
     ) -> BoxFuture<'a, Result<Vec<StoredMessage>>> {
         ready((|| {
             self.check("outbox.fetch")?;
+            let exclude: std::collections::HashSet<&Uuid> = exclude.iter().collect();
             let mut blocked: std::collections::HashSet<&str> = Default::default();
             let mut out = Vec::new();
             for r in self.ob().rows.values() {
                 if out.len() >= limit as usize {
                     break;
                 }
-                if !partitions.contains(&r.partition) {
+                if !partitions.contains(&r.partition) || exclude.contains(&r.id.0) {
                     continue;
                 }
                 let key = r.key.as_deref();

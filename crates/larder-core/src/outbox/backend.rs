@@ -58,12 +58,15 @@ pub trait OutboxTransaction: Send {
     /// Stores messages.
     fn enqueue<'a>(&'a mut self, messages: &'a [NewMessage]) -> BoxFuture<'a, Result<()>>;
 
-    /// Ready messages of `partitions` (see the contract), at most `limit`.
+    /// Ready messages of `partitions` (see the contract), at most `limit`, leaving out
+    /// the messages `exclude` names (a relay's half that is published and still being
+    /// recorded: they count as delivered and hold nothing back).
     fn fetch_ready<'a>(
         &'a mut self,
         partitions: &'a [u32],
         now_micros: i64,
         limit: u32,
+        exclude: &'a [Uuid],
     ) -> BoxFuture<'a, Result<Vec<StoredMessage>>>;
 
     /// Marks pending messages delivered; returns how many were pending.

@@ -1,7 +1,7 @@
 //! The relay: publishes committed outbox messages through a [`Sink`], at least once, in
 //! per-key order, sharing the work with any number of other relays.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
@@ -567,7 +567,7 @@ impl Relay {
     /// Publishes one batch of ready messages of `partitions` and records the outcomes.
     async fn batch(&self, partitions: &[u32]) -> Result<BatchReport> {
         let (report, judged) = self
-            .fetch_and_publish(partitions, self.inner.batch_size, &HashSet::new())
+            .fetch_and_publish(partitions, self.inner.batch_size, &[])
             .await?;
         self.record(&report, &judged).await?;
         Ok(report)
@@ -580,19 +580,14 @@ impl Relay {
         &self,
         partitions: &[u32],
         limit: u32,
-        exclude: &HashSet<Uuid>,
+        exclude: &[Uuid],
     ) -> Result<(BatchReport, Judged)> {
         let i = &self.inner;
         let mut report = BatchReport::default();
         if partitions.is_empty() {
             return Ok((report, Judged::default()));
         }
-        let extra = u32::try_from(exclude.len()).unwrap_or(u32::MAX);
-        let mut messages = self.fetch(partitions, limit.saturating_add(extra)).await?;
-        if !exclude.is_empty() {
-            messages.retain(|m| !exclude.contains(&m.id.0));
-        }
-        messages.truncate(limit as usize);
+        let messages = self.fetch(partitions, limit, exclude).await?;
         report.fetched = messages.len();
         if messages.is_empty() {
             return Ok((report, Judged::default()));
@@ -686,7 +681,12 @@ impl Relay {
         Ok(())
     }
 
-    async fn fetch(&self, partitions: &[u32], limit: u32) -> Result<Vec<StoredMessage>> {
+    async fn fetch(
+        &self,
+        partitions: &[u32],
+        limit: u32,
+        exclude: &[Uuid],
+    ) -> Result<Vec<StoredMessage>> {
         let mut uow = self.store().read().await?;
         let span = storage_span!(
             &uow,
@@ -699,7 +699,7 @@ impl Relay {
         let deadline = uow.deadline();
         let r = uow
             .call_outbox("outbox.fetch", deadline, &span, |tx| {
-                tx.fetch_ready(partitions, now, limit)
+                tx.fetch_ready(partitions, now, limit, exclude)
             })
             .await;
         uow.finish_op(
@@ -912,20 +912,16 @@ impl Relay {
                         // record commits: leave its messages out of this fetch. It was
                         // clean (no failure, no outage), so no key is held back that the
                         // database does not know of yet.
-                        let exclude: HashSet<Uuid> = prev.delivered.iter().copied().collect();
                         let (recorded, next) = tokio::join!(
                             self.record(&prev_report, &prev),
-                            self.fetch_and_publish(&parts, limit, &exclude)
+                            self.fetch_and_publish(&parts, limit, &prev.delivered)
                         );
                         // A failed record leaves the previous half pending: it is
                         // published again (at least once), and so is this half.
                         recorded?;
                         next?
                     }
-                    None => {
-                        self.fetch_and_publish(&parts, limit, &HashSet::new())
-                            .await?
-                    }
+                    None => self.fetch_and_publish(&parts, limit, &[]).await?,
                 };
                 if pipelined && report.fetched >= limit as usize && judged.clean(&report) {
                     unrecorded = Some((report, judged));
