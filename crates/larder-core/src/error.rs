@@ -153,6 +153,20 @@ pub enum Error {
     #[error("invalid message: {}", ol(.0))]
     InvalidMessage(String),
 
+    /// A blob key broke one of [`BlobKey`](crate::blob::BlobKey)'s rules; nothing was
+    /// stored or read.
+    #[error("invalid blob key `{}`: {reason}; keys are relative `/`-separated segments", ol(.key))]
+    InvalidBlobKey {
+        /// The key (at most 200 characters of it).
+        key: String,
+        /// The rule it broke.
+        reason: &'static str,
+    },
+
+    /// A byte range outside a blob, or reversed.
+    #[error("invalid range: {}", ol(.0))]
+    InvalidRange(String),
+
     /// An outbox operation on a message id the outbox does not hold in the required state
     /// (replaying a message that is not a dead letter, an unknown id).
     #[error("no {state} message `{id}` in the outbox; list them with `larder outbox dead`")]
@@ -315,6 +329,8 @@ impl Error {
             Error::InvalidEvent(_) => "invalid_event",
             Error::InvalidMessage(_) => "invalid_message",
             Error::UnknownMessage { .. } => "unknown_message",
+            Error::InvalidBlobKey { .. } => "invalid_blob_key",
+            Error::InvalidRange(_) => "invalid_range",
             Error::UnknownEventType { .. } => "unknown_event_type",
             Error::LimitExceeded { .. } => "limit_exceeded",
             Error::Unsupported { .. } => "unsupported",

@@ -11,6 +11,7 @@
 
 pub mod audit;
 pub mod backend;
+pub mod blob;
 pub mod deadline;
 pub mod entity;
 pub mod error;

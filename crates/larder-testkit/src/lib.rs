@@ -19,6 +19,7 @@
 #![deny(rustdoc::broken_intra_doc_links)]
 
 pub mod backends;
+pub mod blob;
 pub mod entities;
 pub mod events;
 pub mod outbox;
@@ -151,6 +152,39 @@ macro_rules! outbox_conformance {
             );
         }
     };
+}
+
+/// Stamps the blob conformance rules for one blob backend of [`blob`]:
+/// `larder_testkit::blob_conformance!(memory);`, `blob_conformance!(filesystem);`.
+#[macro_export]
+macro_rules! blob_conformance {
+    ($backend:ident) => {
+        mod $backend {
+            $crate::__stamp_blob_rules!($backend;
+                put_get_head_round_trip,
+                overwrite_replaces_and_if_absent_refuses,
+                ranges_read_exactly_their_bytes,
+                list_by_prefix_in_pages,
+                delete_is_idempotent,
+                copy_duplicates_a_blob,
+                bad_metadata_is_refused_before_storing,
+                concurrent_overwrites_are_atomic,
+                hostile_keys_never_reach_the_store,
+            );
+        }
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __stamp_blob_rules {
+    ($backend:ident; $($rule:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $rule() {
+            let target = $crate::blob::$backend().await;
+            $crate::blob::$rule(&target).await;
+        }
+    )*};
 }
 
 #[doc(hidden)]

@@ -118,6 +118,12 @@ pub use larder_core::events::{
     DomainEvent, EventData, EventSourced, EventStore, ExpectedVersion, Projection, ProjectionRunner,
 };
 
+/// Blobs: validated keys, a store with larder's policy (SHA-256, limits, spans, deadlines)
+/// over memory or the local filesystem.
+pub mod blob {
+    pub use larder_core::blob::*;
+}
+
 /// The transactional outbox (messages committed with the business data), its relay
 /// (at-least-once, per-key order, dead letters that park their key, shared by any number
 /// of relays) and the inbox (idempotent consumers). See [`Outbox`] and [`Relay`]; broker

@@ -1,0 +1,390 @@
+//! The local filesystem blob backend (the embedded default).
+//!
+//! A blob is one file at `root/<key>`: an 8-byte magic `LARDERB1`, the record's length
+//! (u32, little endian), the record as JSON, then the content — one file, so replacing a
+//! blob (content and record together) is one `rename`. Writes go to a temporary file in
+//! `root/.larder-tmp/`, are fsynced, then renamed (or hard-linked, for "only if absent":
+//! `link` fails on an existing name, atomically) into place, and the folder is fsynced.
+//! Every path component below the root is checked with `symlink_metadata` before use: a
+//! symbolic link inside the root is refused, never followed. (A link swapped in between the
+//! check and the open is outside this backend's threat model: whoever can write the root
+//! can write the blobs.)
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::{Blob, BlobBackend, BlobKey, BlobMeta, RESERVED_PREFIX};
+use crate::backend::BoxFuture;
+use crate::error::{Error, Result};
+
+const MAGIC: &[u8; 8] = b"LARDERB1";
+const TMP: &str = ".larder-tmp";
+/// The longest record a file may claim (keys, content type and metadata are bounded far
+/// below this).
+const MAX_RECORD: u32 = 64 * 1024;
+
+/// Blobs in a folder.
+#[derive(Debug, Clone)]
+pub struct FsBlobs {
+    root: Arc<PathBuf>,
+}
+
+fn io_err(what: &str, e: &io::Error) -> Error {
+    Error::backend("filesystem", format!("{what}: {e}"))
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::backend("filesystem", format!("blob worker thread failed: {e}")))?
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    // Makes a rename or an unlink in `dir` durable (no-op where folders cannot be opened).
+    match File::open(dir) {
+        Ok(d) => d
+            .sync_all()
+            .map_err(|e| io_err("fsync of the blob folder", &e)),
+        Err(_) => Ok(()),
+    }
+}
+
+impl FsBlobs {
+    /// Opens (creating it if missing) the store in `root`.
+    pub async fn open(root: impl Into<PathBuf>) -> Result<FsBlobs> {
+        let root = root.into();
+        let root = blocking(move || {
+            fs::create_dir_all(root.join(TMP))
+                .map_err(|e| io_err(&format!("cannot create `{}`", root.display()), &e))?;
+            root.canonicalize()
+                .map_err(|e| io_err(&format!("cannot resolve `{}`", root.display()), &e))
+        })
+        .await?;
+        Ok(FsBlobs {
+            root: Arc::new(root),
+        })
+    }
+
+    /// The root folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+}
+
+/// The path of `key`, refusing symbolic links on the way (components that do not exist
+/// yet are plain names).
+fn resolve(root: &Path, key: &BlobKey) -> Result<PathBuf> {
+    let mut p = root.to_path_buf();
+    for seg in key.segments() {
+        p.push(seg);
+        match fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(Error::backend(
+                    "filesystem",
+                    format!(
+                        "refusing to follow the symbolic link at `{}` inside the blob root; \
+                         remove it",
+                        p.strip_prefix(root).unwrap_or(&p).display()
+                    ),
+                ));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // Nothing further down exists; the remaining components are plain names.
+                for rest in key
+                    .segments()
+                    .skip(p.components().count() - root.components().count())
+                {
+                    p.push(rest);
+                }
+                return Ok(p);
+            }
+            Err(e) => return Err(io_err("cannot inspect a blob path", &e)),
+        }
+    }
+    Ok(p)
+}
+
+fn folder_clash(key: &BlobKey) -> Error {
+    tracing::debug!(key = %key, "filesystem blob key clashes with a folder");
+    Error::Unsupported {
+        operation: "a blob key that is also a folder of other keys (or under a blob key)",
+        backend: "filesystem",
+    }
+}
+
+fn read_record(f: &mut File) -> Result<(BlobMeta, u64)> {
+    let mut head = [0u8; 12];
+    f.read_exact(&mut head)
+        .map_err(|e| io_err("cannot read a blob's header", &e))?;
+    if &head[..8] != MAGIC {
+        return Err(Error::backend(
+            "filesystem",
+            "a file in the blob root is not a larder blob (bad magic)",
+        ));
+    }
+    let n = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
+    if n > MAX_RECORD {
+        return Err(Error::backend("filesystem", "a blob's record is too long"));
+    }
+    let mut rec = vec![0u8; n as usize];
+    f.read_exact(&mut rec)
+        .map_err(|e| io_err("cannot read a blob's record", &e))?;
+    let meta: BlobMeta = serde_json::from_slice(&rec)
+        .map_err(|e| Error::backend("filesystem", format!("a blob's record is damaged: {e}")))?;
+    Ok((meta, 12 + u64::from(n)))
+}
+
+fn open_blob(root: &Path, key: &BlobKey) -> Result<Option<File>> {
+    let p = resolve(root, key)?;
+    match fs::symlink_metadata(&p) {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => return Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err("cannot inspect a blob", &e)),
+    }
+    match File::open(&p) {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err("cannot open a blob", &e)),
+    }
+}
+
+fn put_blocking(
+    root: &Path,
+    key: &BlobKey,
+    content: &[u8],
+    meta: &BlobMeta,
+    if_absent: bool,
+) -> Result<()> {
+    let target = resolve(root, key)?;
+    let parent = target.parent().unwrap_or(root).to_path_buf();
+    // Create the folders one by one, refusing a blob where a folder must be.
+    let mut dir = root.to_path_buf();
+    let segs: Vec<&str> = key.segments().collect();
+    for seg in &segs[..segs.len() - 1] {
+        dir.push(seg);
+        match fs::symlink_metadata(&dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(folder_clash(key)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::create_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io_err("cannot create a blob folder", &e)),
+            },
+            Err(e) => return Err(io_err("cannot inspect a blob folder", &e)),
+        }
+    }
+    if fs::symlink_metadata(&target).is_ok_and(|m| m.is_dir()) {
+        return Err(folder_clash(key));
+    }
+    let record =
+        serde_json::to_vec(meta).map_err(|e| Error::backend("filesystem", e.to_string()))?;
+    let len = u32::try_from(record.len())
+        .ok()
+        .filter(|n| *n <= MAX_RECORD)
+        .ok_or_else(|| Error::backend("filesystem", "a blob's record is too long"))?;
+    let tmp = root.join(TMP).join(format!("{}", uuid::Uuid::new_v4()));
+    let write = || -> io::Result<()> {
+        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        f.write_all(MAGIC)?;
+        f.write_all(&len.to_le_bytes())?;
+        f.write_all(&record)?;
+        f.write_all(content)?;
+        f.sync_all()
+    };
+    if let Err(e) = write() {
+        let _ = fs::remove_file(&tmp);
+        return Err(io_err("cannot write a blob", &e));
+    }
+    let placed = if if_absent {
+        // `link` refuses an existing name atomically.
+        let r = fs::hard_link(&tmp, &target);
+        let _ = fs::remove_file(&tmp);
+        match r {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(Error::AlreadyExists {
+                    entity: "blob",
+                    id: key.as_str().to_owned(),
+                });
+            }
+            Err(e) => Err(e),
+        }
+    } else {
+        let r = fs::rename(&tmp, &target);
+        if r.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        r
+    };
+    placed.map_err(|e| io_err("cannot move a blob into place", &e))?;
+    sync_dir(&parent)
+}
+
+fn get_blocking(root: &Path, key: &BlobKey, range: Option<Range<u64>>) -> Result<Option<Blob>> {
+    let Some(mut f) = open_blob(root, key)? else {
+        return Ok(None);
+    };
+    let (meta, offset) = read_record(&mut f)?;
+    let (start, end) = match range {
+        None => (0, meta.size),
+        Some(r) => {
+            if r.end > meta.size || r.start > r.end {
+                return Err(Error::InvalidRange(format!(
+                    "{}..{} is outside the blob's {} bytes",
+                    r.start, r.end, meta.size
+                )));
+            }
+            (r.start, r.end)
+        }
+    };
+    f.seek(SeekFrom::Start(offset + start))
+        .map_err(|e| io_err("cannot read a blob", &e))?;
+    let n = usize::try_from(end - start)
+        .map_err(|_| Error::backend("filesystem", "blob range too large for memory"))?;
+    let mut buf = vec![0u8; n];
+    f.read_exact(&mut buf)
+        .map_err(|e| io_err("a blob is shorter than its record says", &e))?;
+    Ok(Some(Blob {
+        meta,
+        content: Bytes::from(buf),
+    }))
+}
+
+/// Every key below `dir` (relative to `root`), unsorted; skips larder's folders.
+fn walk(root: &Path, dir: &Path, prefix: &str, out: &mut Vec<String>) -> Result<()> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err("cannot list a blob folder", &e)),
+    };
+    for entry in rd {
+        let entry = entry.map_err(|e| io_err("cannot list a blob folder", &e))?;
+        let ft = entry
+            .file_type()
+            .map_err(|e| io_err("cannot list a blob folder", &e))?;
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        let rel = match dir.strip_prefix(root) {
+            Ok(r) if r.as_os_str().is_empty() => name.clone(),
+            Ok(r) => format!("{}/{name}", r.to_string_lossy()),
+            Err(_) => continue,
+        };
+        if dir == root && name.starts_with(RESERVED_PREFIX) {
+            continue;
+        }
+        // Prune folders that cannot hold a key with the prefix.
+        let could_match = |k: &str| k.starts_with(prefix) || prefix.starts_with(k);
+        if ft.is_dir() {
+            if could_match(&format!("{rel}/")) {
+                walk(root, &entry.path(), prefix, out)?;
+            }
+        } else if ft.is_file() && rel.starts_with(prefix) {
+            out.push(rel);
+        }
+    }
+    Ok(())
+}
+
+impl BlobBackend for FsBlobs {
+    fn system(&self) -> &'static str {
+        "filesystem"
+    }
+
+    fn put<'a>(
+        &'a self,
+        key: &'a BlobKey,
+        content: Bytes,
+        meta: &'a BlobMeta,
+        if_absent: bool,
+    ) -> BoxFuture<'a, Result<()>> {
+        let (root, key, meta) = (self.root.clone(), key.clone(), meta.clone());
+        Box::pin(blocking(move || {
+            put_blocking(&root, &key, &content, &meta, if_absent)
+        }))
+    }
+
+    fn get<'a>(
+        &'a self,
+        key: &'a BlobKey,
+        range: Option<Range<u64>>,
+    ) -> BoxFuture<'a, Result<Option<Blob>>> {
+        let (root, key) = (self.root.clone(), key.clone());
+        Box::pin(blocking(move || get_blocking(&root, &key, range)))
+    }
+
+    fn head<'a>(&'a self, key: &'a BlobKey) -> BoxFuture<'a, Result<Option<BlobMeta>>> {
+        let (root, key) = (self.root.clone(), key.clone());
+        Box::pin(blocking(move || {
+            let Some(mut f) = open_blob(&root, &key)? else {
+                return Ok(None);
+            };
+            Ok(Some(read_record(&mut f)?.0))
+        }))
+    }
+
+    fn list<'a>(
+        &'a self,
+        prefix: &'a str,
+        after: Option<&'a BlobKey>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<BlobMeta>>> {
+        let (root, prefix, after) = (
+            self.root.clone(),
+            prefix.to_owned(),
+            after.map(|a| a.as_str().to_owned()),
+        );
+        Box::pin(blocking(move || {
+            let mut keys = Vec::new();
+            walk(&root, &root, &prefix, &mut keys)?;
+            keys.sort_unstable();
+            let mut out = Vec::new();
+            for k in keys {
+                if after.as_deref().is_some_and(|a| k.as_str() <= a) {
+                    continue;
+                }
+                let Ok(key) = BlobKey::new(k) else {
+                    // A file someone put there by hand under a name larder would refuse.
+                    continue;
+                };
+                if let Some(mut f) = open_blob(&root, &key)? {
+                    out.push(read_record(&mut f)?.0);
+                }
+                if out.len() == limit {
+                    break;
+                }
+            }
+            Ok(out)
+        }))
+    }
+
+    fn delete<'a>(&'a self, key: &'a BlobKey) -> BoxFuture<'a, Result<bool>> {
+        let (root, key) = (self.root.clone(), key.clone());
+        Box::pin(blocking(move || {
+            let p = resolve(&root, &key)?;
+            if fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
+                return Ok(false);
+            }
+            match fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+                Err(e) => return Err(io_err("cannot delete a blob", &e)),
+            }
+            let parent = p.parent().unwrap_or(&root).to_path_buf();
+            sync_dir(&parent)?;
+            // Empty folders go with their last blob (object stores have no folders).
+            let mut dir = parent;
+            while dir != *root && fs::remove_dir(&dir).is_ok() {
+                dir = dir.parent().unwrap_or(&root).to_path_buf();
+            }
+            Ok(true)
+        }))
+    }
+}

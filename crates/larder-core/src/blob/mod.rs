@@ -1,0 +1,493 @@
+//! Blobs: binary objects beside the SQL data (STORES.md, category 3: outside SQL,
+//! coordinated with the unit of work).
+//!
+//! - [`BlobKey`]: validated keys (no traversal on any backend, never a silent rewrite).
+//! - [`Blobs`]: the policy layer every backend shares — size and SHA-256 computed once,
+//!   metadata limits, a span per operation (`larder.blob.*`, with the key's first segment
+//!   and the size, never the content), a deadline on every call, typed errors.
+//! - [`BlobBackend`]: the small primitives a backend implements. In this crate: memory
+//!   ([`MemoryBlobs`], the reference model) and the local filesystem ([`FsBlobs`], the
+//!   embedded default: temp file, fsync, rename, fsync of the folder; symbolic links inside
+//!   the root are never followed).
+//!
+//! ```
+//! # async fn demo() -> larder_core::Result<()> {
+//! use larder_core::blob::{BlobKey, Blobs, PutOptions};
+//!
+//! let blobs = Blobs::memory();
+//! let key = BlobKey::new("invoices/2026/inv-1.pdf")?;
+//! let meta = blobs
+//!     .put(&key, b"%PDF-1.7 ...".to_vec(), PutOptions::new().content_type("application/pdf"))
+//!     .await?;
+//! assert_eq!(meta.size, 12);
+//! let blob = blobs.get(&key).await?;
+//! assert_eq!(blob.meta.sha256, meta.sha256);
+//! assert!(BlobKey::new("../etc/passwd").is_err());
+//! # Ok(()) }
+//! ```
+
+mod fs;
+mod key;
+mod memory;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tracing::Instrument;
+
+pub use fs::FsBlobs;
+pub use key::{BlobKey, MAX_KEY_BYTES, RESERVED_PREFIX};
+pub use memory::MemoryBlobs;
+
+use crate::backend::BoxFuture;
+use crate::error::{Error, Result};
+use crate::events::now_micros;
+
+/// Most user metadata entries per blob.
+pub const MAX_METADATA_ENTRIES: usize = 32;
+/// Most bytes of user metadata per blob (names and values).
+pub const MAX_METADATA_BYTES: usize = 2048;
+
+/// What is recorded about a blob.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct BlobMeta {
+    /// The key.
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// SHA-256 of the content, lowercase hex.
+    pub sha256: String,
+    /// Content type, when one was given.
+    pub content_type: Option<String>,
+    /// User metadata.
+    pub metadata: BTreeMap<String, String>,
+    /// When it was stored, microseconds since the Unix epoch.
+    pub created_micros: i64,
+}
+
+/// A blob read whole or in part.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Blob {
+    /// Its record.
+    pub meta: BlobMeta,
+    /// The bytes read (the whole content, or the range asked for).
+    pub content: Bytes,
+}
+
+/// Options of [`Blobs::put`].
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct PutOptions {
+    /// Content type (e.g. `application/pdf`).
+    pub content_type: Option<String>,
+    /// User metadata (names: ASCII letters, digits, `-`, `_`; values: printable).
+    pub metadata: BTreeMap<String, String>,
+    /// Store only if no blob has the key ([`Error::AlreadyExists`] otherwise).
+    pub if_absent: bool,
+}
+
+impl PutOptions {
+    /// No content type, no metadata, overwrite.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the content type.
+    #[must_use]
+    pub fn content_type(mut self, t: impl Into<String>) -> Self {
+        self.content_type = Some(t.into());
+        self
+    }
+
+    /// Adds a metadata entry.
+    #[must_use]
+    pub fn metadata(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.insert(name.into(), value.into());
+        self
+    }
+
+    /// Fails with [`Error::AlreadyExists`] instead of overwriting.
+    #[must_use]
+    pub fn if_absent(mut self) -> Self {
+        self.if_absent = true;
+        self
+    }
+}
+
+/// A page of [`Blobs::list`].
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct BlobPage {
+    /// Blobs in key order.
+    pub blobs: Vec<BlobMeta>,
+    /// Pass as `after` for the next page (`None`: this was the last).
+    pub next: Option<BlobKey>,
+}
+
+/// The primitives a blob backend implements; [`Blobs`] adds the policy.
+///
+/// # Contract
+/// - Keys are validated [`BlobKey`]s; `meta` is complete (size and hash computed by the
+///   caller from `content`).
+/// - `put` is atomic: a reader sees the old blob or the new one, whole, never a mix or a
+///   partial file; with `if_absent` it refuses an existing key with
+///   [`Error::AlreadyExists`] (entity `blob`) and leaves it unchanged.
+/// - `get` returns `None` for a missing key; `range` is already checked against the size
+///   by the caller only when it knows it: a backend returns [`Error::InvalidRange`] for a
+///   range past the end.
+/// - `list` returns keys that start with `prefix` (a plain string prefix), after `after`
+///   (exclusive), in byte order of the key, at most `limit`, never larder's reserved keys.
+/// - `delete` returns whether the key existed.
+pub trait BlobBackend: Send + Sync + fmt::Debug + 'static {
+    /// The system's name for spans (`memory`, `filesystem`, `s3`, `azure`).
+    fn system(&self) -> &'static str;
+
+    /// Stores `content` under `key` with `meta`.
+    fn put<'a>(
+        &'a self,
+        key: &'a BlobKey,
+        content: Bytes,
+        meta: &'a BlobMeta,
+        if_absent: bool,
+    ) -> BoxFuture<'a, Result<()>>;
+
+    /// Reads a blob, or `range` of it.
+    fn get<'a>(
+        &'a self,
+        key: &'a BlobKey,
+        range: Option<Range<u64>>,
+    ) -> BoxFuture<'a, Result<Option<Blob>>>;
+
+    /// Reads a blob's record.
+    fn head<'a>(&'a self, key: &'a BlobKey) -> BoxFuture<'a, Result<Option<BlobMeta>>>;
+
+    /// Lists records (see the contract).
+    fn list<'a>(
+        &'a self,
+        prefix: &'a str,
+        after: Option<&'a BlobKey>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<BlobMeta>>>;
+
+    /// Deletes a blob; returns whether it existed.
+    fn delete<'a>(&'a self, key: &'a BlobKey) -> BoxFuture<'a, Result<bool>>;
+}
+
+/// The blob store: a backend with larder's policy (see the module docs).
+#[derive(Clone)]
+pub struct Blobs {
+    backend: Arc<dyn BlobBackend>,
+    timeout: Duration,
+}
+
+impl fmt::Debug for Blobs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Blobs")
+            .field("backend", &self.backend)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+fn check_metadata(opts: &PutOptions) -> Result<()> {
+    if opts.metadata.len() > MAX_METADATA_ENTRIES {
+        return Err(Error::LimitExceeded {
+            what: "blob metadata entries",
+            actual: opts.metadata.len() as u64,
+            limit: MAX_METADATA_ENTRIES as u64,
+        });
+    }
+    let bytes: usize = opts.metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if bytes > MAX_METADATA_BYTES {
+        return Err(Error::LimitExceeded {
+            what: "blob metadata bytes",
+            actual: bytes as u64,
+            limit: MAX_METADATA_BYTES as u64,
+        });
+    }
+    for (k, v) in &opts.metadata {
+        if k.is_empty()
+            || !k
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(Error::InvalidQuery(format!(
+                "blob metadata name `{k}`: use ASCII letters, digits, `-` and `_`"
+            )));
+        }
+        if v.chars().any(char::is_control) {
+            return Err(Error::InvalidQuery(format!(
+                "blob metadata `{k}` has a control character in its value"
+            )));
+        }
+    }
+    if let Some(t) = &opts.content_type
+        && (t.is_empty() || t.len() > 255 || t.chars().any(|c| c.is_control()))
+    {
+        return Err(Error::InvalidQuery(
+            "content type: 1 to 255 characters, no control characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Lowercase hex SHA-256 of `content`.
+pub fn sha256_hex(content: &[u8]) -> String {
+    let d = Sha256::digest(content);
+    let mut s = String::with_capacity(64);
+    for b in d {
+        use std::fmt::Write as _;
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+macro_rules! blob_span {
+    ($name:literal, $op:literal, $system:expr, $key:expr) => {
+        tracing::info_span!(
+            $name,
+            otel.kind = "client",
+            larder.blob.system = $system,
+            larder.blob.operation = $op,
+            larder.blob.prefix = $key,
+            larder.blob.size = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+            error.message = tracing::field::Empty,
+        )
+    };
+}
+
+impl Blobs {
+    /// A store over `backend`, with a 60 s deadline per call.
+    pub fn new(backend: impl BlobBackend) -> Blobs {
+        Blobs::from_arc(Arc::new(backend))
+    }
+
+    /// [`Blobs::new`] for a shared backend.
+    pub fn from_arc(backend: Arc<dyn BlobBackend>) -> Blobs {
+        Blobs {
+            backend,
+            timeout: Duration::from_secs(60),
+        }
+    }
+
+    /// An in-memory store (tests, examples).
+    pub fn memory() -> Blobs {
+        Blobs::new(MemoryBlobs::default())
+    }
+
+    /// A store in the folder `root` (created if missing).
+    pub async fn filesystem(root: impl Into<std::path::PathBuf>) -> Result<Blobs> {
+        Ok(Blobs::new(FsBlobs::open(root).await?))
+    }
+
+    /// The deadline of every call (default 60 s): a call that takes longer fails with
+    /// [`Error::DeadlineExceeded`].
+    #[must_use]
+    pub fn with_timeout(mut self, d: Duration) -> Blobs {
+        self.timeout = d;
+        self
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &Arc<dyn BlobBackend> {
+        &self.backend
+    }
+
+    async fn bounded<T>(
+        &self,
+        op: &'static str,
+        span: tracing::Span,
+        f: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let r = match tokio::time::timeout(self.timeout, f.instrument(span.clone())).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::DeadlineExceeded { operation: op }),
+        };
+        if let Err(e) = &r {
+            span.record("error.type", e.kind());
+            span.record("error.message", tracing::field::display(e));
+        }
+        r
+    }
+
+    /// Stores `content` under `key` (atomically: readers see the old blob or the new one).
+    pub async fn put(
+        &self,
+        key: &BlobKey,
+        content: impl Into<Bytes>,
+        opts: PutOptions,
+    ) -> Result<BlobMeta> {
+        let content: Bytes = content.into();
+        let span = blob_span!("larder.blob.put", "put", self.backend.system(), key.top());
+        span.record("larder.blob.size", content.len() as u64);
+        check_metadata(&opts)?;
+        let meta = BlobMeta {
+            key: key.as_str().to_owned(),
+            size: content.len() as u64,
+            sha256: sha256_hex(&content),
+            content_type: opts.content_type,
+            metadata: opts.metadata,
+            created_micros: now_micros(),
+        };
+        let m = &meta;
+        self.bounded("blob.put", span, async move {
+            self.backend.put(key, content, m, opts.if_absent).await
+        })
+        .await?;
+        Ok(meta)
+    }
+
+    /// Reads a whole blob ([`Error::NotFound`] if there is none).
+    pub async fn get(&self, key: &BlobKey) -> Result<Blob> {
+        let span = blob_span!("larder.blob.get", "get", self.backend.system(), key.top());
+        let s = span.clone();
+        self.bounded("blob.get", span, async move {
+            let b = self
+                .backend
+                .get(key, None)
+                .await?
+                .ok_or_else(|| not_found(key))?;
+            s.record("larder.blob.size", b.content.len() as u64);
+            Ok(b)
+        })
+        .await
+    }
+
+    /// Reads `range` of a blob: `start..end` in bytes, `end` at most the size
+    /// ([`Error::InvalidRange`] otherwise; an empty range is allowed).
+    pub async fn get_range(&self, key: &BlobKey, range: Range<u64>) -> Result<Blob> {
+        let span = blob_span!(
+            "larder.blob.get",
+            "get_range",
+            self.backend.system(),
+            key.top()
+        );
+        if range.start > range.end {
+            return Err(Error::InvalidRange(format!(
+                "{}..{} is reversed",
+                range.start, range.end
+            )));
+        }
+        let s = span.clone();
+        self.bounded("blob.get", span, async move {
+            let b = self
+                .backend
+                .get(key, Some(range))
+                .await?
+                .ok_or_else(|| not_found(key))?;
+            s.record("larder.blob.size", b.content.len() as u64);
+            Ok(b)
+        })
+        .await
+    }
+
+    /// A blob's record, or `None`.
+    pub async fn head(&self, key: &BlobKey) -> Result<Option<BlobMeta>> {
+        let span = blob_span!("larder.blob.head", "head", self.backend.system(), key.top());
+        self.bounded("blob.head", span, self.backend.head(key))
+            .await
+    }
+
+    /// Records of the blobs whose key starts with `prefix`, after `after`, at most `limit`
+    /// (1 to 1,000) per page.
+    pub async fn list(
+        &self,
+        prefix: &str,
+        after: Option<&BlobKey>,
+        limit: usize,
+    ) -> Result<BlobPage> {
+        let span = blob_span!("larder.blob.list", "list", self.backend.system(), prefix);
+        if !(1..=1000).contains(&limit) {
+            return Err(Error::InvalidQuery(format!(
+                "a blob page holds 1 to 1,000 records, not {limit}"
+            )));
+        }
+        if prefix.chars().any(char::is_control) || prefix.starts_with('/') {
+            return Err(Error::InvalidQuery(
+                "a blob prefix is relative and has no control characters".into(),
+            ));
+        }
+        self.bounded("blob.list", span, async move {
+            let blobs = self.backend.list(prefix, after, limit).await?;
+            let next = if blobs.len() == limit {
+                blobs
+                    .last()
+                    .map(|m| BlobKey::new(m.key.clone()))
+                    .transpose()?
+            } else {
+                None
+            };
+            Ok(BlobPage { blobs, next })
+        })
+        .await
+    }
+
+    /// Deletes a blob; returns whether it existed.
+    pub async fn delete(&self, key: &BlobKey) -> Result<bool> {
+        let span = blob_span!(
+            "larder.blob.delete",
+            "delete",
+            self.backend.system(),
+            key.top()
+        );
+        self.bounded("blob.delete", span, self.backend.delete(key))
+            .await
+    }
+
+    /// Copies a blob to `to` (overwriting it), with its content type and metadata.
+    pub async fn copy(&self, from: &BlobKey, to: &BlobKey) -> Result<BlobMeta> {
+        let span = blob_span!("larder.blob.copy", "copy", self.backend.system(), to.top());
+        self.bounded("blob.copy", span, async move {
+            let b = self
+                .backend
+                .get(from, None)
+                .await?
+                .ok_or_else(|| not_found(from))?;
+            let meta = BlobMeta {
+                key: to.as_str().to_owned(),
+                created_micros: now_micros(),
+                ..b.meta
+            };
+            self.backend.put(to, b.content, &meta, false).await?;
+            Ok(meta)
+        })
+        .await
+    }
+}
+
+fn not_found(key: &BlobKey) -> Error {
+    Error::NotFound {
+        entity: "blob",
+        id: key.as_str().to_owned(),
+    }
+}
+
+/// Cuts `range` out of `content` (backends that hold whole blobs), refusing a range past
+/// the end.
+pub(crate) fn slice(content: &Bytes, range: Option<Range<u64>>) -> Result<Bytes> {
+    let Some(r) = range else {
+        return Ok(content.clone());
+    };
+    let size = content.len() as u64;
+    if r.end > size || r.start > r.end {
+        return Err(Error::InvalidRange(format!(
+            "{}..{} is outside the blob's {size} bytes",
+            r.start, r.end
+        )));
+    }
+    let (s, e) = (
+        usize::try_from(r.start).unwrap_or(usize::MAX),
+        usize::try_from(r.end).unwrap_or(usize::MAX),
+    );
+    Ok(content.slice(s..e))
+}
