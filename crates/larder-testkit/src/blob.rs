@@ -86,7 +86,7 @@ pub async fn put_get_head_round_trip(t: &BlobTarget) {
             PutOptions::new()
                 .content_type("application/pdf")
                 .metadata("owner", "ana")
-                .metadata("x-trace", "t-1"),
+                .metadata("x_trace", "t-1"),
         )
         .await
         .unwrap();
@@ -157,7 +157,14 @@ pub async fn ranges_read_exactly_their_bytes(t: &BlobTarget) {
     let k = key("r");
     let data: Vec<u8> = (0..100u8).collect();
     b.put(&k, data.clone(), PutOptions::new()).await.unwrap();
-    for (s, e) in [(0usize, 100usize), (10, 20), (99, 100), (0, 0), (100, 100), (50, 51)] {
+    for (s, e) in [
+        (0usize, 100usize),
+        (10, 20),
+        (99, 100),
+        (0, 0),
+        (100, 100),
+        (50, 51),
+    ] {
         let got = b.get_range(&k, s as u64..e as u64).await.unwrap();
         assert_eq!(&got.content[..], &data[s..e], "{s}..{e}");
         assert_eq!(got.meta.size, 100);
@@ -288,6 +295,11 @@ pub async fn bad_metadata_is_refused_before_storing(t: &BlobTarget) {
             "limit_exceeded",
         ),
         (PutOptions::new().metadata("bad name", "v"), "invalid_query"),
+        (PutOptions::new().metadata("Upper", "v"), "invalid_query"),
+        (
+            PutOptions::new().metadata("with-dash", "v"),
+            "invalid_query",
+        ),
         (
             PutOptions::new().metadata("ok", "line\nbreak"),
             "invalid_query",
@@ -452,4 +464,30 @@ pub async fn hostile_keys_never_reach_the_store(t: &BlobTarget) {
     }
     assert!(rules.len() >= 8, "rules exercised: {rules:?}");
     assert!(t.blobs.list("", None, 1000).await.unwrap().blobs.is_empty());
+}
+
+/// Every rule in turn, each on a fresh target from `fresh` — for backends whose server one
+/// test starts once (S3, Azure). Prints each rule's name before it runs.
+pub async fn all_rules<F, Fut>(mut fresh: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = BlobTarget>,
+{
+    macro_rules! each {
+        ($($rule:ident),* $(,)?) => {$(
+            eprintln!("blob rule: {}", stringify!($rule));
+            $rule(&fresh().await).await;
+        )*};
+    }
+    each!(
+        put_get_head_round_trip,
+        overwrite_replaces_and_if_absent_refuses,
+        ranges_read_exactly_their_bytes,
+        list_by_prefix_in_pages,
+        delete_is_idempotent,
+        copy_duplicates_a_blob,
+        bad_metadata_is_refused_before_storing,
+        concurrent_overwrites_are_atomic,
+        hostile_keys_never_reach_the_store,
+    );
 }

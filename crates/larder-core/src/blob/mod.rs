@@ -73,6 +73,20 @@ pub struct BlobMeta {
     pub created_micros: i64,
 }
 
+impl BlobMeta {
+    /// An empty record of `key` (backends fill in what they read back).
+    pub fn default_for(key: &str) -> BlobMeta {
+        BlobMeta {
+            key: key.to_owned(),
+            size: 0,
+            sha256: String::new(),
+            content_type: None,
+            metadata: BTreeMap::new(),
+            created_micros: 0,
+        }
+    }
+}
+
 /// A blob read whole or in part.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -83,13 +97,22 @@ pub struct Blob {
     pub content: Bytes,
 }
 
+impl Blob {
+    /// A blob of `meta` holding `content`.
+    pub fn new(meta: BlobMeta, content: Bytes) -> Blob {
+        Blob { meta, content }
+    }
+}
+
 /// Options of [`Blobs::put`].
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct PutOptions {
     /// Content type (e.g. `application/pdf`).
     pub content_type: Option<String>,
-    /// User metadata (names: ASCII letters, digits, `-`, `_`; values: printable).
+    /// User metadata (names: a lowercase ASCII letter, then lowercase letters, digits and
+    /// `_`, at most 64 — what S3 keeps (it lowercases) and Azure accepts (identifiers);
+    /// values: no control characters).
     pub metadata: BTreeMap<String, String>,
     /// Store only if no blob has the key ([`Error::AlreadyExists`] otherwise).
     pub if_absent: bool,
@@ -215,13 +238,15 @@ fn check_metadata(opts: &PutOptions) -> Result<()> {
         });
     }
     for (k, v) in &opts.metadata {
-        if k.is_empty()
-            || !k
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
+        let good = k.len() <= 64
+            && k.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+            && k.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !good {
             return Err(Error::InvalidQuery(format!(
-                "blob metadata name `{k}`: use ASCII letters, digits, `-` and `_`"
+                "blob metadata name `{}`: start with a lowercase ASCII letter, then use \
+                 lowercase letters, digits and `_` (at most 64)",
+                crate::error::one_line(k)
             )));
         }
         if v.chars().any(char::is_control) {
