@@ -120,7 +120,7 @@ pub use larder_core::events::{
 
 /// Blobs: validated keys, a store with larder's policy (SHA-256, limits, spans, deadlines)
 /// over memory or the local filesystem; S3 and Azure Blob with the features `blob-s3` and
-/// `blob-azure` ([`blob::blobs_from_url`]).
+/// `blob-azure` (`larder::blob::blobs_from_url`).
 pub mod blob {
     #[cfg(any(feature = "blob-s3", feature = "blob-azure"))]
     pub use larder_blob::{ObjectStoreBlobs, blobs_from_url, redact};
