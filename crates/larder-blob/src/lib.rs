@@ -296,46 +296,11 @@ impl BlobBackend for ObjectStoreBlobs {
     }
 }
 
-/// The query parameters whose values [`redact`] hides.
-fn secret(name: &str) -> bool {
-    let n = name.to_ascii_lowercase();
-    [
-        "secret",
-        "key",
-        "token",
-        "password",
-        "sig",
-        "sas",
-        "credential",
-    ]
-    .iter()
-    .any(|s| n.contains(s))
-}
-
-/// `url` with its password and secret query values replaced by `***` (for logs, errors and
-/// `larder settings`).
+/// `url` with its password and every query value that is not known to be harmless
+/// (`region`, `endpoint`, `account`, …) replaced by `***`, failing closed — the same
+/// redaction as the database URL (`larder_core::settings::redact_url`).
 pub fn redact(url: &str) -> String {
-    let Ok(mut u) = url::Url::parse(url) else {
-        return "<unparseable blob URL>".into();
-    };
-    if u.password().is_some() {
-        let _ = u.set_password(Some("***"));
-    }
-    let pairs: Vec<(String, String)> = u
-        .query_pairs()
-        .map(|(k, v)| {
-            let v = if secret(&k) {
-                "***".into()
-            } else {
-                v.into_owned()
-            };
-            (k.into_owned(), v)
-        })
-        .collect();
-    if !pairs.is_empty() {
-        u.query_pairs_mut().clear().extend_pairs(pairs);
-    }
-    u.to_string()
+    larder_core::settings::redact_url(url)
 }
 
 fn config(msg: impl Into<String>) -> Error {
@@ -343,7 +308,8 @@ fn config(msg: impl Into<String>) -> Error {
 }
 
 /// Builds a blob store from a URL:
-/// - `file:///var/lib/app/blobs` — the local filesystem (the embedded default);
+/// - `file:///var/lib/app/blobs` or a plain folder path — the local filesystem (the
+///   embedded default);
 /// - `memory:` — in memory (tests);
 /// - `s3://bucket?region=…&endpoint=http://127.0.0.1:9000&access_key_id=…&secret_access_key=…`
 ///   (feature `s3`; anything not given comes from the `AWS_*` environment variables, as
@@ -354,8 +320,14 @@ fn config(msg: impl Into<String>) -> Error {
 /// Errors name the URL with its secrets redacted.
 pub async fn blobs_from_url(url: &str) -> Result<Blobs> {
     let shown = redact(url);
-    let u = url::Url::parse(url)
-        .map_err(|e| config(format!("blob URL `{shown}` is not a URL: {e}")))?;
+    let u = match url::Url::parse(url) {
+        Ok(u) if u.scheme().len() > 1 => u,
+        // A plain folder path (`larder-blobs`, `./var/blobs`, `C:\blobs`).
+        Ok(_) | Err(url::ParseError::RelativeUrlWithoutBase) => {
+            return Blobs::filesystem(url).await;
+        }
+        Err(e) => return Err(config(format!("blob URL `{shown}` is not a URL: {e}"))),
+    };
     let q: BTreeMap<String, String> = u
         .query_pairs()
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
@@ -467,7 +439,10 @@ mod tests {
     #[test]
     fn secrets_never_show() {
         let r = redact("s3://b?region=x&access_key_id=AKIA&secret_access_key=SEKRIT&token=T");
-        assert!(!r.contains("SEKRIT") && !r.contains("=T"), "{r}");
+        assert!(
+            !r.contains("SEKRIT") && !r.contains("=T") && !r.contains("AKIA"),
+            "{r}"
+        );
         assert!(r.contains("region=x"), "{r}");
         let r = redact("azure://c?account=dev&access_key=Zm9v");
         assert!(!r.contains("Zm9v"), "{r}");

@@ -5,6 +5,7 @@
 //! larder events stats|read|tail     inspect and follow the event store's global log
 //! larder projections status|rebuild  projection checkpoints: lag, reset for a replay
 //! larder outbox status|dead|replay|skip|purge|relay   the transactional outbox and its relay
+//! larder blobs ls|put|get|rm|du  the blob store (folder, S3, Azure) the settings name
 //! larder doctor                 check the configured store and print its settings
 //! larder settings               print the effective settings (secrets redacted)
 //! ```
@@ -12,6 +13,7 @@
 //! Every command reads `--database-url`, else `LARDER_DATABASE_URL`, else the TOML file
 //! named by `--config` / `LARDER_CONFIG`, else `sqlite://larder.db`.
 
+mod blobs;
 mod events;
 mod migrate;
 mod outbox;
@@ -71,6 +73,9 @@ enum Command {
     /// The transactional outbox: counters and partition leases (`status`), dead letters
     /// (`dead`, `replay`, `skip`), retention (`purge`) and a relay process (`relay`)
     Outbox(outbox::OutboxArgs),
+    /// The blob store: list (`ls`), copy in and out (`put`, `get`), delete (`rm`) and usage
+    /// by prefix (`du`)
+    Blobs(blobs::BlobsArgs),
     /// Connect to the store, run a round trip, and report the backend, its capabilities
     /// and durability settings. Exits non-zero when the store is unreachable or not
     /// initialised (`larder migrate up` initialises it); creates and changes nothing.
@@ -252,6 +257,12 @@ async fn main() -> ExitCode {
         },
         Command::Outbox(args) => match settings(&cli) {
             Ok(s) => outbox::run(args, &s, cli.json).await,
+            Err(e) => Err(e),
+        },
+        Command::Blobs(args) => match settings(&cli) {
+            Ok(s) => blobs::run(args, &s, cli.json)
+                .await
+                .map(|()| ExitCode::SUCCESS),
             Err(e) => Err(e),
         },
         Command::Doctor => doctor(&cli).await.map(|()| ExitCode::SUCCESS),

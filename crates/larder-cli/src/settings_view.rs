@@ -109,6 +109,12 @@ const KEYS: &[Key] = &[
         differs: |a, b| a.record_query_text != b.record_query_text,
     },
     Key {
+        toml: "blob.url",
+        json: "blob_url",
+        env: "LARDER_BLOB_URL",
+        differs: |a, b| a.blob_url != b.blob_url,
+    },
+    Key {
         toml: "outbox.sink",
         json: "outbox_sink",
         env: "LARDER_OUTBOX_SINK",
@@ -164,6 +170,7 @@ fn unlike_defaults() -> Settings {
     });
     s.postgres.ssl_root_cert = Some("\u{0}".into());
     s.outbox.sink = Some(DatabaseUrl::new("\u{0}"));
+    s.blob_url = Some(DatabaseUrl::new("\u{0}"));
     s.outbox.batch_size = u32::MAX;
     s.outbox.max_attempts = u32::MAX;
     s.outbox.lease = Duration::MAX;
@@ -218,6 +225,10 @@ fn text(s: &Settings, key: &str) -> String {
             .as_ref()
             .map_or_else(|| "none".to_owned(), |p| p.display().to_string()),
         "observability.record_query_text" => s.record_query_text.to_string(),
+        "blob.url" => s
+            .blob_url
+            .as_ref()
+            .map_or_else(|| "larder-blobs".to_owned(), DatabaseUrl::redacted),
         "outbox.sink" => s
             .outbox
             .sink
@@ -280,6 +291,7 @@ pub(crate) fn print(s: &Settings, url_flag: bool, config: Option<&Path>, json: b
                 "record_query_text": s.record_query_text,
                 "postgres_ssl_mode": s.postgres.ssl_mode.map(SslMode::as_str),
                 "postgres_ssl_root_cert": s.postgres.ssl_root_cert.as_ref().map(|p| p.display().to_string()),
+                "blob_url": s.blob_url.as_ref().map_or_else(|| "larder-blobs".to_owned(), DatabaseUrl::redacted),
                 "outbox_sink": s.outbox.sink.as_ref().map_or_else(|| "stdout".to_owned(), DatabaseUrl::redacted),
                 "outbox_batch_size": s.outbox.batch_size,
                 "outbox_max_attempts": s.outbox.max_attempts,

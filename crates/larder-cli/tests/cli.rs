@@ -161,10 +161,11 @@ fn settings_print_a_table_of_key_value_and_source_with_the_password_redacted() {
         "amqp://relay:***@mq:5672/%2f env LARDER_OUTBOX_SINK"
     );
     assert_eq!(row("outbox.batch_size"), "512 default");
+    assert_eq!(row("blob.url"), "larder-blobs default");
     assert_eq!(
         out.lines().count(),
-        17,
-        "a header and sixteen settings: {out}"
+        18,
+        "a header and seventeen settings: {out}"
     );
 
     // The flag beats the environment, and says so.

@@ -17,6 +17,7 @@
 //! | `LARDER_POSTGRES_SSL_ROOT_CERT` | PEM file of the CA(s) that `verify-ca`/`verify-full` trust (`sslrootcert`) | the URL's, else none |
 //! | `LARDER_RECORD_QUERY_TEXT` | record `db.query.text` on spans (`true`/`false`) | `false` |
 //! | `LARDER_MAX_PAGE_SIZE` | hard cap on page size | 1000 |
+//! | `LARDER_BLOB_URL` | the blob store: a folder path or `file:///…`, `s3://bucket?…`, `azure://container?…`, `memory:` (secrets redacted) | `larder-blobs` |
 //! | `LARDER_OUTBOX_SINK` | the outbox relay's sink: `stdout`, `file:PATH`, `redis://…`, `nats://…`, `amqp://…`, `mqtt://…`, `http(s)://…` (secrets redacted like the database URL) | `stdout` |
 //! | `LARDER_OUTBOX_BATCH_SIZE` | messages a relay publishes before they are recorded | 512 |
 //! | `LARDER_OUTBOX_MAX_ATTEMPTS` | failed attempts before a dead letter | 10 |
@@ -240,7 +241,12 @@ impl UrlRules {
 
 /// Query parameters whose values [`redact_url`] shows: they configure the connection and
 /// never carry a secret. Compared without case; every other value is redacted.
-const SHOWN_PARAMS: [&str; 21] = [
+const SHOWN_PARAMS: [&str; 25] = [
+    // Blob store URLs (s3://, azure://): where, never who.
+    "region",
+    "endpoint",
+    "account",
+    "emulator",
     "sslmode",
     "ssl-mode",
     "sslrootcert",
@@ -557,6 +563,10 @@ pub struct Settings {
     pub max_page_size: u32,
     /// The outbox relay.
     pub outbox: OutboxSettings,
+    /// The blob store (`[blob] url`, `LARDER_BLOB_URL`): `file:///…` or a plain folder
+    /// path, `s3://bucket?…`, `azure://container?…`, `memory:` (`None`: the folder
+    /// `larder-blobs`). Redacted like the database URL.
+    pub blob_url: Option<DatabaseUrl>,
 }
 
 /// The outbox relay's settings (`[outbox]`, `LARDER_OUTBOX_*`).
@@ -601,6 +611,7 @@ impl Default for Settings {
             record_query_text: false,
             max_page_size: crate::spec::Limits::default().max_page_size,
             outbox: OutboxSettings::default(),
+            blob_url: None,
         }
     }
 }
@@ -618,6 +629,23 @@ struct FileSettings {
     observability: FileObservability,
     #[serde(default)]
     outbox: FileOutbox,
+    #[serde(default)]
+    blob: FileBlob,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileBlob {
+    url: Option<String>,
+}
+
+// Hand-written so that a URL with a secret never reaches a log through `{:?}`.
+impl fmt::Debug for FileBlob {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileBlob")
+            .field("url", &self.url.as_deref().map(redact_url))
+            .finish()
+    }
 }
 
 #[derive(Default, Deserialize)]
@@ -752,6 +780,9 @@ impl Settings {
         if let Some(u) = f.outbox.sink {
             self.outbox.sink = Some(DatabaseUrl::new(u));
         }
+        if let Some(u) = f.blob.url {
+            self.blob_url = Some(DatabaseUrl::new(u));
+        }
         if let Some(n) = f.outbox.batch_size {
             self.outbox.batch_size = n;
         }
@@ -848,6 +879,9 @@ impl Settings {
         }
         if let Some(v) = get("LARDER_OUTBOX_SINK") {
             self.outbox.sink = Some(DatabaseUrl::new(v));
+        }
+        if let Some(v) = get("LARDER_BLOB_URL") {
+            self.blob_url = Some(DatabaseUrl::new(v));
         }
         if let Some(v) = get("LARDER_OUTBOX_BATCH_SIZE") {
             self.outbox.batch_size = num("LARDER_OUTBOX_BATCH_SIZE", &v)?;

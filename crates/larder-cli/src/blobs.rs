@@ -1,0 +1,219 @@
+//! `larder blobs …`: list, copy in and out, delete, and usage of the blob store that the
+//! settings name (`[blob] url`, `LARDER_BLOB_URL`, or `--url`).
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use larder::Settings;
+use larder::blob::{BlobKey, BlobMeta, Blobs, PutOptions};
+
+use crate::events::rfc3339;
+
+/// `larder blobs …`
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Stores (--url or LARDER_BLOB_URL): a folder path or file:///PATH, \
+s3://BUCKET?region=…&endpoint=…, azure://CONTAINER?account=…&access_key=…, memory:.\n\
+Examples:\n  larder blobs ls invoices/\n  larder blobs put invoices/1.pdf ./1.pdf \
+--content-type application/pdf\n  larder blobs get invoices/1.pdf ./copy.pdf\n  larder blobs du --json"
+)]
+pub(crate) struct BlobsArgs {
+    /// The blob store [default: blob.url of the settings, else the folder `larder-blobs`]
+    #[arg(long, global = true)]
+    url: Option<String>,
+    #[command(subcommand)]
+    command: BlobsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum BlobsCommand {
+    /// List blobs whose key starts with PREFIX: key, size, content type, stored at
+    Ls {
+        /// Key prefix (a plain string prefix: `inv` matches `invoices/…`)
+        #[arg(default_value = "")]
+        prefix: String,
+        /// Print at most this many
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
+    /// Store FILE under KEY (replacing a blob there, atomically, unless --if-absent)
+    Put {
+        /// The key (`/`-separated segments; `..`, absolute paths and the like are refused)
+        key: String,
+        /// The file to read
+        file: PathBuf,
+        /// Content type to record
+        #[arg(long)]
+        content_type: Option<String>,
+        /// Fail if a blob has the key
+        #[arg(long)]
+        if_absent: bool,
+    },
+    /// Write the blob KEY to FILE (or to stdout)
+    Get {
+        /// The key
+        key: String,
+        /// Where to write [default: stdout]
+        file: Option<PathBuf>,
+    },
+    /// Delete the blob KEY
+    Rm {
+        /// The key
+        key: String,
+    },
+    /// Storage usage by first key segment under PREFIX: blobs and bytes
+    Du {
+        /// Key prefix
+        #[arg(default_value = "")]
+        prefix: String,
+    },
+}
+
+fn key(s: &str) -> Result<BlobKey> {
+    Ok(BlobKey::new(s)?)
+}
+
+fn meta_json(m: &BlobMeta) -> serde_json::Value {
+    serde_json::json!({
+        "key": m.key,
+        "size": m.size,
+        "sha256": m.sha256,
+        "content_type": m.content_type,
+        "metadata": m.metadata,
+        "created": rfc3339(m.created_micros),
+    })
+}
+
+/// Every record under `prefix`, page by page, at most `limit`.
+async fn all(blobs: &Blobs, prefix: &str, limit: usize) -> Result<Vec<BlobMeta>> {
+    let mut out = Vec::new();
+    let mut after = None;
+    while out.len() < limit {
+        let page = blobs
+            .list(prefix, after.as_ref(), (limit - out.len()).min(1000))
+            .await?;
+        out.extend(page.blobs);
+        match page.next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    Ok(out)
+}
+
+pub(crate) async fn run(args: &BlobsArgs, settings: &Settings, json: bool) -> Result<()> {
+    let url = args.url.clone().unwrap_or_else(|| {
+        settings
+            .blob_url
+            .as_ref()
+            .map_or_else(|| "larder-blobs".to_owned(), |u| u.expose().to_owned())
+    });
+    let blobs = larder::blob::blobs_from_url(&url)
+        .await
+        .with_context(|| format!("opening the blob store {}", larder::blob::redact(&url)))?;
+    match &args.command {
+        BlobsCommand::Ls { prefix, limit } => {
+            let list = all(&blobs, prefix, *limit).await?;
+            if json {
+                let v: Vec<_> = list.iter().map(meta_json).collect();
+                println!("{}", serde_json::Value::Array(v));
+            } else {
+                for m in &list {
+                    println!(
+                        "{}\t{}\t{}\t{}",
+                        m.key,
+                        m.size,
+                        m.content_type.as_deref().unwrap_or("-"),
+                        rfc3339(m.created_micros)
+                    );
+                }
+                eprintln!("{} blob(s)", list.len());
+            }
+        }
+        BlobsCommand::Put {
+            key: k,
+            file,
+            content_type,
+            if_absent,
+        } => {
+            let k = key(k)?;
+            let content = tokio::fs::read(file)
+                .await
+                .with_context(|| format!("reading {}", file.display()))?;
+            let mut opts = PutOptions::new();
+            if let Some(t) = content_type {
+                opts = opts.content_type(t.clone());
+            }
+            if *if_absent {
+                opts = opts.if_absent();
+            }
+            let m = blobs.put(&k, content, opts).await?;
+            if json {
+                println!("{}", meta_json(&m));
+            } else {
+                println!("stored {} ({} bytes, sha256 {})", m.key, m.size, m.sha256);
+            }
+        }
+        BlobsCommand::Get { key: k, file } => {
+            let b = blobs.get(&key(k)?).await?;
+            match file {
+                Some(f) => {
+                    tokio::fs::write(f, &b.content)
+                        .await
+                        .with_context(|| format!("writing {}", f.display()))?;
+                    if json {
+                        println!("{}", meta_json(&b.meta));
+                    } else {
+                        eprintln!("wrote {} bytes to {}", b.content.len(), f.display());
+                    }
+                }
+                None => {
+                    if json {
+                        bail!("--json with `get` needs a FILE: the content goes there");
+                    }
+                    std::io::stdout().lock().write_all(&b.content)?;
+                }
+            }
+        }
+        BlobsCommand::Rm { key: k } => {
+            let existed = blobs.delete(&key(k)?).await?;
+            if json {
+                println!("{}", serde_json::json!({ "key": k, "deleted": existed }));
+            } else if existed {
+                println!("deleted {k}");
+            } else {
+                println!("no blob {k}");
+            }
+        }
+        BlobsCommand::Du { prefix } => {
+            let list = all(&blobs, prefix, usize::MAX).await?;
+            let mut by: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+            for m in &list {
+                let top = m.key.split('/').next().unwrap_or_default().to_owned();
+                let e = by.entry(top).or_default();
+                e.0 += 1;
+                e.1 += m.size;
+            }
+            let total = (list.len() as u64, list.iter().map(|m| m.size).sum::<u64>());
+            if json {
+                let rows: Vec<_> = by
+                    .iter()
+                    .map(|(k, (n, b))| serde_json::json!({"prefix": k, "blobs": n, "bytes": b}))
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::json!({"by_prefix": rows, "blobs": total.0, "bytes": total.1})
+                );
+            } else {
+                for (k, (n, b)) in &by {
+                    println!("{k}\t{n}\t{b}");
+                }
+                println!("total\t{}\t{}", total.0, total.1);
+            }
+        }
+    }
+    Ok(())
+}
