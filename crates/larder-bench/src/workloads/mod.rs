@@ -7,6 +7,7 @@ use futures_util::future::LocalBoxFuture;
 use crate::backends::Target;
 use crate::measure::Metric;
 
+mod blob;
 pub(crate) mod events;
 mod migrations;
 mod outbox;
@@ -164,6 +165,11 @@ pub(crate) const REGISTRY: &[Workload] = &[
         id: "w8e",
         title: "event store: replay the log through a projection (and stream_all)",
         run: |cx| Box::pin(w8e::run(cx)),
+    },
+    Workload {
+        id: "b1",
+        title: "blobs: put and get of 1 KiB and 64 MiB objects, larder vs object_store (filesystem)",
+        run: |cx| Box::pin(blob::b1(cx)),
     },
     Workload {
         id: "o1",
