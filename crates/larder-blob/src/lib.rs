@@ -19,7 +19,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use larder_core::backend::BoxFuture;
-use larder_core::blob::{Blob, BlobBackend, BlobKey, BlobMeta, Blobs, RESERVED_PREFIX};
+use larder_core::blob::{
+    Blob, BlobBackend, BlobKey, BlobMeta, Blobs, RESERVED_PREFIX, check_range,
+};
 use larder_core::{Error, Result};
 use object_store::path::Path;
 use object_store::{
@@ -212,12 +214,7 @@ impl BlobBackend for ObjectStoreBlobs {
                 let Some(meta) = self.head_of(key).await? else {
                     return Ok(None);
                 };
-                if r.end > meta.size || r.start > r.end {
-                    return Err(Error::InvalidRange(format!(
-                        "{}..{} is outside the blob's {} bytes",
-                        r.start, r.end, meta.size
-                    )));
-                }
+                check_range(r, meta.size)?;
                 if r.start == r.end {
                     return Ok(Some(Blob::new(meta, Bytes::new())));
                 }

@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use larder::Settings;
 use larder::blob::{BlobKey, BlobMeta, Blobs, PutOptions};
+use larder::settings::DEFAULT_BLOB_URL;
 
 use crate::events::rfc3339;
 
@@ -109,7 +110,7 @@ pub(crate) async fn run(args: &BlobsArgs, settings: &Settings, json: bool) -> Re
         settings
             .blob_url
             .as_ref()
-            .map_or_else(|| "larder-blobs".to_owned(), |u| u.expose().to_owned())
+            .map_or_else(|| DEFAULT_BLOB_URL.to_owned(), |u| u.expose().to_owned())
     });
     let blobs = larder::blob::blobs_from_url(&url)
         .await

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use larder::settings::{DatabaseUrl, Settings, SslMode, Synchronous};
+use larder::settings::{DEFAULT_BLOB_URL, DatabaseUrl, Settings, SslMode, Synchronous};
 
 /// Where a value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -228,7 +228,7 @@ fn text(s: &Settings, key: &str) -> String {
         "blob.url" => s
             .blob_url
             .as_ref()
-            .map_or_else(|| "larder-blobs".to_owned(), DatabaseUrl::redacted),
+            .map_or_else(|| DEFAULT_BLOB_URL.to_owned(), DatabaseUrl::redacted),
         "outbox.sink" => s
             .outbox
             .sink
@@ -291,7 +291,7 @@ pub(crate) fn print(s: &Settings, url_flag: bool, config: Option<&Path>, json: b
                 "record_query_text": s.record_query_text,
                 "postgres_ssl_mode": s.postgres.ssl_mode.map(SslMode::as_str),
                 "postgres_ssl_root_cert": s.postgres.ssl_root_cert.as_ref().map(|p| p.display().to_string()),
-                "blob_url": s.blob_url.as_ref().map_or_else(|| "larder-blobs".to_owned(), DatabaseUrl::redacted),
+                "blob_url": s.blob_url.as_ref().map_or_else(|| DEFAULT_BLOB_URL.to_owned(), DatabaseUrl::redacted),
                 "outbox_sink": s.outbox.sink.as_ref().map_or_else(|| "stdout".to_owned(), DatabaseUrl::redacted),
                 "outbox_batch_size": s.outbox.batch_size,
                 "outbox_max_attempts": s.outbox.max_attempts,

@@ -564,10 +564,14 @@ pub struct Settings {
     /// The outbox relay.
     pub outbox: OutboxSettings,
     /// The blob store (`[blob] url`, `LARDER_BLOB_URL`): `file:///…` or a plain folder
-    /// path, `s3://bucket?…`, `azure://container?…`, `memory:` (`None`: the folder
-    /// `larder-blobs`). Redacted like the database URL.
+    /// path, `s3://bucket?…`, `azure://container?…`, `memory:` (`None`:
+    /// [`DEFAULT_BLOB_URL`]). Redacted like the database URL.
     pub blob_url: Option<DatabaseUrl>,
 }
+
+/// The blob store when no `[blob] url` / `LARDER_BLOB_URL` is set: the folder
+/// `larder-blobs` in the working directory.
+pub const DEFAULT_BLOB_URL: &str = "larder-blobs";
 
 /// The outbox relay's settings (`[outbox]`, `LARDER_OUTBOX_*`).
 #[derive(Debug, Clone, PartialEq)]

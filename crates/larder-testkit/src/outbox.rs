@@ -59,6 +59,24 @@ pub async fn drain(relay: &Relay, ob: &Outbox, enqueued: u64) {
     panic!("the relay did not settle");
 }
 
+/// Runs `relay` in a task until the returned sender fires (or is dropped).
+fn spawn_run(
+    relay: &Relay,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<larder::Result<()>>,
+) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let r = relay.clone();
+    let runner = tokio::spawn(async move {
+        r.run(async move {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    (stop, runner)
+}
+
 async fn enqueue(ob: &Outbox, msgs: Vec<Message>) -> Vec<MessageId> {
     let mut uow = ob.store().begin().await.unwrap();
     let ids = ob.enqueue_all(&mut uow, msgs).await.unwrap();
@@ -620,16 +638,7 @@ pub async fn relay_run_wakes_on_commit_and_shuts_down_gracefully(db: &TestDb) {
         .build()
         .await
         .unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let runner = {
-        let r = r.clone();
-        tokio::spawn(async move {
-            r.run(async move {
-                let _ = stopped.await;
-            })
-            .await
-        })
-    };
+    let (stop, runner) = spawn_run(&r);
     // Let the first (idle) round finish so the next wake-up must come from the commit.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let t = std::time::Instant::now();
@@ -689,16 +698,7 @@ pub async fn relay_run_pipelines_a_backlog_once_in_key_order(db: &TestDb) {
         .build()
         .await
         .unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let runner = {
-        let r = r.clone();
-        tokio::spawn(async move {
-            r.run(async move {
-                let _ = stopped.await;
-            })
-            .await
-        })
-    };
+    let (stop, runner) = spawn_run(&r);
     let t = std::time::Instant::now();
     let mut worst = 0u64;
     loop {
@@ -763,16 +763,7 @@ pub async fn a_relay_keeping_nothing_deletes_what_it_delivered(db: &TestDb) {
         .unwrap();
     // One batch by `run_once`, the rest by the pipelined `run`.
     assert_eq!(r.run_once().await.unwrap().fetched, 64);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let runner = {
-        let r = r.clone();
-        tokio::spawn(async move {
-            r.run(async move {
-                let _ = stopped.await;
-            })
-            .await
-        })
-    };
+    let (stop, runner) = spawn_run(&r);
     let t = std::time::Instant::now();
     loop {
         let c = counts(&ob).await;

@@ -173,8 +173,8 @@ pub mod query {
 /// Settings and secret-safe URLs.
 pub mod settings {
     pub use larder_core::settings::{
-        DatabaseUrl, OutboxSettings, PostgresSettings, Settings, SqliteSettings, SslMode,
-        Synchronous, redact_url,
+        DEFAULT_BLOB_URL, DatabaseUrl, OutboxSettings, PostgresSettings, Settings, SqliteSettings,
+        SslMode, Synchronous, redact_url,
     };
 }
 

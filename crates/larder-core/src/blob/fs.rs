@@ -235,12 +235,7 @@ fn get_blocking(root: &Path, key: &BlobKey, range: Option<Range<u64>>) -> Result
     let (start, end) = match range {
         None => (0, meta.size),
         Some(r) => {
-            if r.end > meta.size || r.start > r.end {
-                return Err(Error::InvalidRange(format!(
-                    "{}..{} is outside the blob's {} bytes",
-                    r.start, r.end, meta.size
-                )));
-            }
+            super::check_range(&r, meta.size)?;
             (r.start, r.end)
         }
     };

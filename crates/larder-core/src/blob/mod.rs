@@ -497,19 +497,25 @@ fn not_found(key: &BlobKey) -> Error {
     }
 }
 
-/// Cuts `range` out of `content` (backends that hold whole blobs), refusing a range past
-/// the end.
-pub(crate) fn slice(content: &Bytes, range: Option<Range<u64>>) -> Result<Bytes> {
-    let Some(r) = range else {
-        return Ok(content.clone());
-    };
-    let size = content.len() as u64;
+/// Refuses a range that is reversed or ends past `size` (every backend's rule; an empty
+/// range inside the blob is allowed).
+pub fn check_range(r: &Range<u64>, size: u64) -> Result<()> {
     if r.end > size || r.start > r.end {
         return Err(Error::InvalidRange(format!(
             "{}..{} is outside the blob's {size} bytes",
             r.start, r.end
         )));
     }
+    Ok(())
+}
+
+/// Cuts `range` out of `content` (backends that hold whole blobs), refusing a range past
+/// the end.
+pub(crate) fn slice(content: &Bytes, range: Option<Range<u64>>) -> Result<Bytes> {
+    let Some(r) = range else {
+        return Ok(content.clone());
+    };
+    check_range(&r, content.len() as u64)?;
     let (s, e) = (
         usize::try_from(r.start).unwrap_or(usize::MAX),
         usize::try_from(r.end).unwrap_or(usize::MAX),
