@@ -258,13 +258,15 @@ impl BlobBackend for ObjectStoreBlobs {
             while let Some(item) = stream.next().await {
                 let m = item.map_err(|e| self.err("list", e))?;
                 let name = m.location.as_ref();
-                if !name.starts_with(prefix) || name.starts_with(RESERVED_PREFIX) {
+                let hidden =
+                    name.starts_with(RESERVED_PREFIX) && !prefix.starts_with(RESERVED_PREFIX);
+                if !name.starts_with(prefix) || hidden {
                     continue;
                 }
                 if after.is_some_and(|a| name <= a.as_str()) {
                     continue;
                 }
-                let Ok(key) = BlobKey::new(name) else {
+                let Ok(key) = BlobKey::new(name).or_else(|_| BlobKey::managed(name)) else {
                     continue;
                 };
                 // The listing carries no user metadata: one HEAD per listed blob.

@@ -263,6 +263,12 @@ pub trait Transaction: Send {
         None
     }
 
+    /// The blob reference primitives in this transaction (`None`: the backend keeps no
+    /// blob references).
+    fn blob_refs(&mut self) -> Option<&mut dyn crate::blob::BlobRefTransaction> {
+        None
+    }
+
     /// The backend's own transaction type, for `larder-postgres`/`larder-sqlite` extension
     /// traits that hand out the driver connection (raw SQL inside the same transaction).
     fn as_any_mut(&mut self) -> &mut dyn Any;

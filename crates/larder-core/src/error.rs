@@ -167,6 +167,25 @@ pub enum Error {
     #[error("invalid range: {}", ol(.0))]
     InvalidRange(String),
 
+    /// The upload staged for a blob was deleted by the sweep before its unit of work
+    /// recorded it (the upload took longer than the sweep's grace period). Nothing was
+    /// recorded: stage it again, or give the sweep a longer grace period.
+    #[error("the upload staged for blob `{}` was swept before it was recorded; stage it again or lengthen the sweep's grace period", ol(.key))]
+    BlobSwept {
+        /// The key.
+        key: String,
+    },
+
+    /// A committed blob reference whose object is missing from the blob store (deleted
+    /// behind larder's back, or a store restored from an older backup).
+    #[error("blob `{}` is recorded but its object `{}` is missing from the blob store; restore the object or delete the reference", ol(.key), ol(.object))]
+    BlobMissing {
+        /// The key.
+        key: String,
+        /// The stored object it points at.
+        object: String,
+    },
+
     /// An outbox operation on a message id the outbox does not hold in the required state
     /// (replaying a message that is not a dead letter, an unknown id).
     #[error("no {state} message `{id}` in the outbox; list them with `larder outbox dead`")]
@@ -331,6 +350,8 @@ impl Error {
             Error::UnknownMessage { .. } => "unknown_message",
             Error::InvalidBlobKey { .. } => "invalid_blob_key",
             Error::InvalidRange(_) => "invalid_range",
+            Error::BlobSwept { .. } => "blob_swept",
+            Error::BlobMissing { .. } => "blob_missing",
             Error::UnknownEventType { .. } => "unknown_event_type",
             Error::LimitExceeded { .. } => "limit_exceeded",
             Error::Unsupported { .. } => "unsupported",

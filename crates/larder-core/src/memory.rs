@@ -20,6 +20,7 @@ use std::time::Duration;
 use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
 
 use crate::backend::{Backend, BeginOptions, BoxFuture, BoxStream, Capabilities, Transaction};
+use crate::blob::{BlobRef, BlobRefTransaction};
 use crate::deadline::Deadline;
 use crate::entity::{EntityDef, Record};
 use crate::error::{Error, Result, TransientKind};
@@ -65,6 +66,21 @@ struct State {
     defs: HashMap<String, EntityDef>,
     log: EventLog,
     outbox: OutboxMem,
+    blobs: BlobRefsMem,
+}
+
+/// Blob references and the objects they hold.
+#[derive(Debug, Default)]
+struct BlobRefsMem {
+    refs: BTreeMap<String, BlobRef>,
+    objects: BTreeMap<String, BlobObject>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct BlobObject {
+    refs: u64,
+    claimed: bool,
+    created_micros: i64,
 }
 
 /// Partitions of the memory backend's outbox.
@@ -241,6 +257,14 @@ enum Undo {
         key: (String, Uuid),
         before: Option<i64>,
     },
+    BlobRef {
+        key: String,
+        before: Option<BlobRef>,
+    },
+    BlobObject {
+        object: String,
+        before: Option<BlobObject>,
+    },
 }
 
 struct MemoryTx {
@@ -372,6 +396,22 @@ impl MemoryTx {
                         }
                         None => {
                             g.outbox.inbox.remove(&key);
+                        }
+                    },
+                    Undo::BlobRef { key, before } => match before {
+                        Some(b) => {
+                            g.blobs.refs.insert(key, b);
+                        }
+                        None => {
+                            g.blobs.refs.remove(&key);
+                        }
+                    },
+                    Undo::BlobObject { object, before } => match before {
+                        Some(b) => {
+                            g.blobs.objects.insert(object, b);
+                        }
+                        None => {
+                            g.blobs.objects.remove(&object);
                         }
                     },
                 }
@@ -648,6 +688,10 @@ impl Transaction for MemoryTx {
     }
 
     fn outbox(&mut self) -> Option<&mut dyn OutboxTransaction> {
+        Some(self)
+    }
+
+    fn blob_refs(&mut self) -> Option<&mut dyn BlobRefTransaction> {
         Some(self)
     }
 
@@ -1391,6 +1435,212 @@ impl OutboxTransaction for MemoryTx {
                 });
             }
             Ok(keys.len() as u64)
+        })())
+    }
+}
+
+impl MemoryTx {
+    fn set_blob_ref(&mut self, key: &str, r: Option<BlobRef>) -> Result<Option<BlobRef>> {
+        let refs = &mut self.state_mut()?.blobs.refs;
+        let before = match r {
+            Some(r) => refs.insert(key.to_owned(), r),
+            None => refs.remove(key),
+        };
+        self.undo.push(Undo::BlobRef {
+            key: key.to_owned(),
+            before: before.clone(),
+        });
+        Ok(before)
+    }
+
+    fn set_blob_object(&mut self, object: &str, o: Option<BlobObject>) -> Result<()> {
+        let objects = &mut self.state_mut()?.blobs.objects;
+        let before = match o {
+            Some(o) => objects.insert(object.to_owned(), o),
+            None => objects.remove(object),
+        };
+        self.undo.push(Undo::BlobObject {
+            object: object.to_owned(),
+            before,
+        });
+        Ok(())
+    }
+}
+
+impl BlobRefTransaction for MemoryTx {
+    fn acquire<'a>(
+        &'a mut self,
+        object: &'a str,
+        create: Option<(u64, i64)>,
+    ) -> BoxFuture<'a, Result<Option<u64>>> {
+        ready((|| {
+            self.check("blob.acquire")?;
+            self.state_mut()?;
+            let next = match (self.state().blobs.objects.get(object), create) {
+                (Some(o), _) if o.claimed => return Ok(None),
+                (Some(o), _) => BlobObject {
+                    refs: o.refs + 1,
+                    ..*o
+                },
+                (None, Some((_, now))) => BlobObject {
+                    refs: 1,
+                    claimed: false,
+                    created_micros: now,
+                },
+                (None, None) => return Ok(None),
+            };
+            self.set_blob_object(object, Some(next))?;
+            Ok(Some(next.refs))
+        })())
+    }
+
+    fn release<'a>(&'a mut self, object: &'a str) -> BoxFuture<'a, Result<()>> {
+        ready((|| {
+            self.state_mut()?;
+            if let Some(o) = self.state().blobs.objects.get(object).copied()
+                && o.refs > 0
+            {
+                let next = BlobObject {
+                    refs: o.refs - 1,
+                    ..o
+                };
+                self.set_blob_object(object, Some(next))?;
+            }
+            Ok(())
+        })())
+    }
+
+    fn claim<'a>(&'a mut self, object: &'a str, now_micros: i64) -> BoxFuture<'a, Result<bool>> {
+        ready((|| {
+            self.check("blob.claim")?;
+            self.state_mut()?;
+            let next = match self.state().blobs.objects.get(object).copied() {
+                Some(o) if o.refs > 0 => return Ok(false),
+                Some(o) if o.claimed => return Ok(true),
+                Some(o) => BlobObject { claimed: true, ..o },
+                None => BlobObject {
+                    refs: 0,
+                    claimed: true,
+                    created_micros: now_micros,
+                },
+            };
+            self.set_blob_object(object, Some(next))?;
+            Ok(true)
+        })())
+    }
+
+    fn forget<'a>(&'a mut self, object: &'a str) -> BoxFuture<'a, Result<()>> {
+        ready((|| {
+            self.state_mut()?;
+            if self
+                .state()
+                .blobs
+                .objects
+                .get(object)
+                .is_some_and(|o| o.claimed)
+            {
+                self.set_blob_object(object, None)?;
+            }
+            Ok(())
+        })())
+    }
+
+    fn unreferenced<'a>(
+        &'a mut self,
+        before_micros: i64,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Vec<String>>> {
+        ready(Ok(self
+            .state()
+            .blobs
+            .objects
+            .iter()
+            .filter(|(_, o)| o.refs == 0 && o.created_micros < before_micros)
+            .take(limit as usize)
+            .map(|(k, _)| k.clone())
+            .collect()))
+    }
+
+    fn put_ref<'a>(
+        &'a mut self,
+        r: &'a BlobRef,
+        replace: bool,
+    ) -> BoxFuture<'a, Result<Option<String>>> {
+        ready((|| {
+            self.check("blob.put_ref")?;
+            self.state_mut()?;
+            if !replace && self.state().blobs.refs.contains_key(&r.key) {
+                return Err(Error::AlreadyExists {
+                    entity: "blob",
+                    id: r.key.clone(),
+                });
+            }
+            Ok(self
+                .set_blob_ref(&r.key, Some(r.clone()))?
+                .map(|b| b.object))
+        })())
+    }
+
+    fn delete_ref<'a>(&'a mut self, key: &'a str) -> BoxFuture<'a, Result<Option<String>>> {
+        ready((|| {
+            self.check("blob.delete_ref")?;
+            self.state_mut()?;
+            if !self.state().blobs.refs.contains_key(key) {
+                return Ok(None);
+            }
+            Ok(self.set_blob_ref(key, None)?.map(|b| b.object))
+        })())
+    }
+
+    fn get_ref<'a>(&'a mut self, key: &'a str) -> BoxFuture<'a, Result<Option<BlobRef>>> {
+        ready((|| {
+            self.check("blob.get_ref")?;
+            Ok(self.state().blobs.refs.get(key).cloned())
+        })())
+    }
+
+    fn list_refs<'a>(
+        &'a mut self,
+        prefix: &'a str,
+        after: Option<&'a str>,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Vec<BlobRef>>> {
+        ready((|| {
+            self.check("blob.list_refs")?;
+            let start = match after {
+                Some(a) if a >= prefix => std::ops::Bound::Excluded(a),
+                _ => std::ops::Bound::Included(prefix),
+            };
+            Ok(self
+                .state()
+                .blobs
+                .refs
+                .range::<str, _>((start, std::ops::Bound::Unbounded))
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .take(limit as usize)
+                .map(|(_, r)| r.clone())
+                .collect())
+        })())
+    }
+
+    fn usage<'a>(&'a mut self, prefix: &'a str) -> BoxFuture<'a, Result<(u64, u64)>> {
+        ready((|| {
+            self.check("blob.usage")?;
+            let (mut n, mut bytes) = (0u64, 0u64);
+            for (_, r) in self
+                .state()
+                .blobs
+                .refs
+                .range::<str, _>((
+                    std::ops::Bound::Included(prefix),
+                    std::ops::Bound::Unbounded,
+                ))
+                .take_while(|(k, _)| k.starts_with(prefix))
+            {
+                n += 1;
+                bytes += r.size;
+            }
+            Ok((n, bytes))
         })())
     }
 }

@@ -148,6 +148,8 @@ struct StoreInner {
     backend: Arc<dyn Backend>,
     config: StoreConfig,
     signals: Signals,
+    /// The attachments `uow.blobs()` uses (the first ones opened on this store).
+    blobs: std::sync::OnceLock<Arc<crate::blob::AttachCore>>,
 }
 
 /// In-process wake-ups: the log advanced (a unit of work that appended committed), a
@@ -202,6 +204,7 @@ impl Store {
                 backend,
                 config,
                 signals: Signals::new(),
+                blobs: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -233,6 +236,21 @@ impl Store {
 
     pub(crate) fn signals(&self) -> &Signals {
         &self.inner.signals
+    }
+
+    /// Makes `core` the store's attachments unless it has some; returns the ones it has.
+    pub(crate) fn attach_blobs(
+        &self,
+        core: Arc<crate::blob::AttachCore>,
+    ) -> Arc<crate::blob::AttachCore> {
+        self.inner.blobs.get_or_init(|| core).clone()
+    }
+
+    /// The attachments opened on this store first
+    /// ([`Attachments::open`](crate::blob::Attachments::open)), if any.
+    pub fn attachments(&self) -> Option<crate::blob::Attachments> {
+        let core = self.inner.blobs.get()?.clone();
+        Some(crate::blob::Attachments::from_core(core, self.clone()))
     }
 
     /// Creates `T`'s table and indexes if they are missing (idempotent). For production
@@ -506,6 +524,20 @@ impl Uow {
         Repo::new(self)
     }
 
+    /// The store's blobs in this unit of work: staged uploads recorded with the
+    /// transaction (see [`Attachments`](crate::blob::Attachments)).
+    /// [`Error::Configuration`] until attachments are opened on the store.
+    pub fn blobs(&mut self) -> Result<crate::blob::UowBlobs<'_>> {
+        let att = self.store.attachments().ok_or_else(|| {
+            Error::Configuration(
+                "no blob store is attached to this store: open one with \
+                 `Attachments::open(&store, blobs)` first"
+                    .into(),
+            )
+        })?;
+        Ok(crate::blob::UowBlobs::new(self, att))
+    }
+
     /// The store this unit of work belongs to.
     pub fn store(&self) -> &Store {
         &self.store
@@ -733,6 +765,28 @@ impl Uow {
             None => Box::pin(async move {
                 Err(Error::Unsupported {
                     operation: "outbox",
+                    backend,
+                })
+            }),
+        })
+        .await
+    }
+
+    /// [`Uow::call`] on the transaction's blob reference primitives
+    /// ([`Error::Unsupported`] on a backend without them).
+    pub(crate) async fn call_blob_refs<'a, R>(
+        &'a mut self,
+        op: &'static str,
+        deadline: Option<Deadline>,
+        span: &tracing::Span,
+        f: impl FnOnce(&'a mut dyn crate::blob::BlobRefTransaction) -> BoxFuture<'a, Result<R>>,
+    ) -> Result<R> {
+        let backend = self.store.backend_name();
+        self.call(op, deadline, span, move |tx| match tx.blob_refs() {
+            Some(b) => f(b),
+            None => Box::pin(async move {
+                Err(Error::Unsupported {
+                    operation: "blob references",
                     backend,
                 })
             }),

@@ -22,6 +22,7 @@
 //! - [`migrate`]: migration sources, the runner, and [`SqlMigrationDriver`] for any dialect.
 #![deny(rustdoc::broken_intra_doc_links)]
 
+pub mod blobrefs;
 pub mod compile;
 pub mod ddl;
 pub mod dialect;

@@ -683,6 +683,10 @@ impl<D: LogDialect> Transaction for SqlTx<D> {
         Some(self)
     }
 
+    fn blob_refs(&mut self) -> Option<&mut dyn larder_core::blob::BlobRefTransaction> {
+        Some(self)
+    }
+
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
     }

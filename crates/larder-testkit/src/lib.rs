@@ -18,6 +18,7 @@
 //! other clients) and how to undo it.
 #![deny(rustdoc::broken_intra_doc_links)]
 
+pub mod attachments;
 pub mod backends;
 pub mod blob;
 pub mod entities;
@@ -149,6 +150,24 @@ macro_rules! outbox_conformance {
                 a_relay_keeping_nothing_deletes_what_it_delivered,
                 purge_removes_old_done_messages_in_bounded_batches,
                 appended_events_are_enqueued_by_route,
+            );
+        }
+    };
+}
+
+/// Stamps the attachment rules (blobs in the unit of work) for a backend:
+/// `larder_testkit::attachments_conformance!(sqlite);`
+#[macro_export]
+macro_rules! attachments_conformance {
+    ($backend:ident) => {
+        mod $backend {
+            $crate::__stamp_rules!($backend, attachments;
+                staged_blobs_commit_and_roll_back_with_the_unit_of_work,
+                delete_and_overwrite_take_effect_after_commit,
+                sweep_removes_only_unreferenced_objects,
+                a_swept_upload_is_never_recorded,
+                content_addressed_mode_stores_identical_content_once,
+                bad_attachment_input_is_typed,
             );
         }
     };

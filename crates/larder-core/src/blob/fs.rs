@@ -272,7 +272,12 @@ fn walk(root: &Path, dir: &Path, prefix: &str, out: &mut Vec<String>) -> Result<
             Ok(r) => format!("{}/{name}", r.to_string_lossy()),
             Err(_) => continue,
         };
-        if dir == root && name.starts_with(RESERVED_PREFIX) {
+        // larder's folders are listed only when asked for by name (the sweep), and its
+        // temporary files never.
+        if dir == root
+            && (name == TMP
+                || (name.starts_with(RESERVED_PREFIX) && !prefix.starts_with(RESERVED_PREFIX)))
+        {
             continue;
         }
         // Prune folders that cannot hold a key with the prefix.
@@ -345,7 +350,7 @@ impl BlobBackend for FsBlobs {
                 if after.as_deref().is_some_and(|a| k.as_str() <= a) {
                     continue;
                 }
-                let Ok(key) = BlobKey::new(k) else {
+                let Ok(key) = BlobKey::new(k.clone()).or_else(|_| BlobKey::managed(k)) else {
                     // A file someone put there by hand under a name larder would refuse.
                     continue;
                 };

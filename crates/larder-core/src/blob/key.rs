@@ -70,10 +70,33 @@ fn encoded_danger(s: &str) -> bool {
     })
 }
 
+/// The folders of objects larder manages for [`Attachments`](super::Attachments): one
+/// object per staged upload, and one per content hash in content-addressed mode.
+pub const MANAGED_PREFIXES: [&str; 2] = [".larder-objects/", ".larder-cas/"];
+
 impl BlobKey {
     /// Validates `key` (see the type's rules).
     pub fn new(key: impl Into<String>) -> Result<BlobKey> {
+        Self::checked(key.into(), false)
+    }
+
+    /// A key in one of larder's managed folders ([`MANAGED_PREFIXES`]), for backends that
+    /// list them back and for the sweep. Every other rule applies; [`Blobs`](super::Blobs)'s
+    /// own calls refuse such keys, so callers cannot overwrite managed objects.
+    pub fn managed(key: impl Into<String>) -> Result<BlobKey> {
         let key = key.into();
+        if !MANAGED_PREFIXES.iter().any(|p| key.starts_with(p)) {
+            return Err(invalid(&key, "is not in a folder larder manages"));
+        }
+        Self::checked(key, true)
+    }
+
+    /// Whether the key is in larder's reserved area (only [`BlobKey::managed`] makes one).
+    pub fn is_reserved(&self) -> bool {
+        self.0.starts_with(RESERVED_PREFIX)
+    }
+
+    fn checked(key: String, managed: bool) -> Result<BlobKey> {
         if key.is_empty() {
             return Err(invalid(&key, "is empty"));
         }
@@ -114,7 +137,7 @@ impl BlobKey {
             if seg.chars().all(dot_like) {
                 return Err(invalid(&key, "has a `.` or `..` segment"));
             }
-            if i == 0 && seg.starts_with(RESERVED_PREFIX) {
+            if i == 0 && seg.starts_with(RESERVED_PREFIX) && !managed {
                 return Err(invalid(
                     &key,
                     "starts with `.larder`, which larder reserves",

@@ -86,7 +86,9 @@ impl BlobBackend for MemoryBlobs {
             ))
             .skip_while(|(k, _)| !k.starts_with(prefix) && k.as_str() < prefix)
             .take_while(|(k, _)| k.starts_with(prefix))
-            .filter(|(k, _)| !k.starts_with(super::RESERVED_PREFIX))
+            .filter(|(k, _)| {
+                !k.starts_with(super::RESERVED_PREFIX) || prefix.starts_with(super::RESERVED_PREFIX)
+            })
             .take(limit)
             .map(|(_, (meta, _))| meta.clone())
             .collect()

@@ -26,9 +26,11 @@
 //! # Ok(()) }
 //! ```
 
+mod attach;
 mod fs;
 mod key;
 mod memory;
+mod refs;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -42,9 +44,14 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
+pub(crate) use attach::AttachCore;
+pub use attach::{
+    Attachments, AttachmentsBuilder, BlobUsage, Staged, SweepOptions, SweepReport, UowBlobs,
+};
 pub use fs::FsBlobs;
-pub use key::{BlobKey, MAX_KEY_BYTES, RESERVED_PREFIX};
+pub use key::{BlobKey, MANAGED_PREFIXES, MAX_KEY_BYTES, RESERVED_PREFIX};
 pub use memory::MemoryBlobs;
+pub use refs::{BlobRef, BlobRefTransaction, decode_metadata, encode_metadata};
 
 use crate::backend::BoxFuture;
 use crate::error::{Error, Result};
@@ -168,7 +175,9 @@ pub struct BlobPage {
 ///   by the caller only when it knows it: a backend returns [`Error::InvalidRange`] for a
 ///   range past the end.
 /// - `list` returns keys that start with `prefix` (a plain string prefix), after `after`
-///   (exclusive), in byte order of the key, at most `limit`, never larder's reserved keys.
+///   (exclusive), in byte order of the key, at most `limit`, never larder's reserved keys
+///   unless `prefix` itself starts with [`RESERVED_PREFIX`] (the sweep lists the managed
+///   folders that way), and never a backend's temporary files.
 /// - `delete` returns whether the key existed.
 pub trait BlobBackend: Send + Sync + fmt::Debug + 'static {
     /// The system's name for spans (`memory`, `filesystem`, `s3`, `azure`).
@@ -355,6 +364,7 @@ impl Blobs {
         let content: Bytes = content.into();
         let span = blob_span!("larder.blob.put", "put", self.backend.system(), key.top());
         span.record("larder.blob.size", content.len() as u64);
+        public(key)?;
         check_metadata(&opts)?;
         let meta = BlobMeta {
             key: key.as_str().to_owned(),
@@ -375,6 +385,7 @@ impl Blobs {
     /// Reads a whole blob ([`Error::NotFound`] if there is none).
     pub async fn get(&self, key: &BlobKey) -> Result<Blob> {
         let span = blob_span!("larder.blob.get", "get", self.backend.system(), key.top());
+        public(key)?;
         let s = span.clone();
         self.bounded("blob.get", span, async move {
             let b = self
@@ -397,6 +408,7 @@ impl Blobs {
             self.backend.system(),
             key.top()
         );
+        public(key)?;
         if range.start > range.end {
             return Err(Error::InvalidRange(format!(
                 "{}..{} is reversed",
@@ -419,6 +431,7 @@ impl Blobs {
     /// A blob's record, or `None`.
     pub async fn head(&self, key: &BlobKey) -> Result<Option<BlobMeta>> {
         let span = blob_span!("larder.blob.head", "head", self.backend.system(), key.top());
+        public(key)?;
         self.bounded("blob.head", span, self.backend.head(key))
             .await
     }
@@ -437,9 +450,12 @@ impl Blobs {
                 "a blob page holds 1 to 1,000 records, not {limit}"
             )));
         }
-        if prefix.chars().any(char::is_control) || prefix.starts_with('/') {
+        if prefix.chars().any(char::is_control)
+            || prefix.starts_with('/')
+            || prefix.starts_with(RESERVED_PREFIX)
+        {
             return Err(Error::InvalidQuery(
-                "a blob prefix is relative and has no control characters".into(),
+                "a blob prefix is relative, has no control characters and does not start with `.larder`".into(),
             ));
         }
         self.bounded("blob.list", span, async move {
@@ -465,6 +481,7 @@ impl Blobs {
             self.backend.system(),
             key.top()
         );
+        public(key)?;
         self.bounded("blob.delete", span, self.backend.delete(key))
             .await
     }
@@ -472,6 +489,8 @@ impl Blobs {
     /// Copies a blob to `to` (overwriting it), with its content type and metadata.
     pub async fn copy(&self, from: &BlobKey, to: &BlobKey) -> Result<BlobMeta> {
         let span = blob_span!("larder.blob.copy", "copy", self.backend.system(), to.top());
+        public(from)?;
+        public(to)?;
         self.bounded("blob.copy", span, async move {
             let b = self
                 .backend
@@ -488,6 +507,99 @@ impl Blobs {
         })
         .await
     }
+}
+
+// The calls `Attachments` makes on managed objects: the same span, deadline and record as
+// the public calls, without the reserved-key check.
+impl Blobs {
+    fn describe(key: &BlobKey, content: &[u8], opts: PutOptions) -> Result<BlobMeta> {
+        check_metadata(&opts)?;
+        Ok(BlobMeta {
+            key: key.as_str().to_owned(),
+            size: content.len() as u64,
+            sha256: sha256_hex(content),
+            content_type: opts.content_type,
+            metadata: opts.metadata,
+            created_micros: now_micros(),
+        })
+    }
+
+    async fn put_object(
+        &self,
+        object: &BlobKey,
+        content: Bytes,
+        meta: &BlobMeta,
+        if_absent: bool,
+    ) -> Result<()> {
+        let span = blob_span!(
+            "larder.blob.put",
+            "put",
+            self.backend.system(),
+            object.top()
+        );
+        span.record("larder.blob.size", content.len() as u64);
+        self.bounded(
+            "blob.put",
+            span,
+            self.backend.put(object, content, meta, if_absent),
+        )
+        .await
+    }
+
+    async fn get_object(
+        &self,
+        object: &BlobKey,
+        range: Option<Range<u64>>,
+    ) -> Result<Option<Blob>> {
+        let span = blob_span!(
+            "larder.blob.get",
+            "get",
+            self.backend.system(),
+            object.top()
+        );
+        let s = span.clone();
+        self.bounded("blob.get", span, async move {
+            let b = self.backend.get(object, range).await?;
+            if let Some(b) = &b {
+                s.record("larder.blob.size", b.content.len() as u64);
+            }
+            Ok(b)
+        })
+        .await
+    }
+
+    async fn delete_object(&self, object: &BlobKey) -> Result<bool> {
+        let span = blob_span!(
+            "larder.blob.delete",
+            "delete",
+            self.backend.system(),
+            object.top()
+        );
+        self.bounded("blob.delete", span, self.backend.delete(object))
+            .await
+    }
+
+    async fn list_objects(
+        &self,
+        prefix: &'static str,
+        after: Option<&BlobKey>,
+        limit: usize,
+    ) -> Result<Vec<BlobMeta>> {
+        let span = blob_span!("larder.blob.list", "list", self.backend.system(), prefix);
+        self.bounded("blob.list", span, self.backend.list(prefix, after, limit))
+            .await
+    }
+}
+
+/// [`Blobs`]' own calls leave larder's managed objects alone.
+fn public(key: &BlobKey) -> Result<()> {
+    if key.is_reserved() {
+        return Err(Error::InvalidBlobKey {
+            key: key.as_str().chars().take(200).collect(),
+            reason: "is in larder's managed area: use Attachments to read it",
+        });
+    }
+    Ok(())
 }
 
 fn not_found(key: &BlobKey) -> Error {

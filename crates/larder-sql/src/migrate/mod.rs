@@ -52,7 +52,7 @@ use crate::compile::Dialect;
 
 /// larder's own module (`larder`) for `dialect`: the tables larder itself needs
 /// (`_larder_meta`; the event store's log, streams, snapshots and checkpoints; the outbox,
-/// its partition leases and the inbox).
+/// its partition leases and the inbox; blob references).
 pub fn builtin(dialect: Dialect) -> Module {
     const COMMON: &[(&str, &str)] = &[
         (
@@ -83,6 +83,14 @@ pub fn builtin(dialect: Dialect) -> Module {
             "20261201000000_outbox.down.sql",
             include_str!("../../builtin/postgres/20261201000000_outbox.down.sql"),
         ),
+        (
+            "20261202000000_blob_refs.sql",
+            include_str!("../../builtin/postgres/20261202000000_blob_refs.sql"),
+        ),
+        (
+            "20261202000000_blob_refs.down.sql",
+            include_str!("../../builtin/postgres/20261202000000_blob_refs.down.sql"),
+        ),
     ];
     const SQLITE: &[(&str, &str)] = &[
         COMMON[0],
@@ -102,6 +110,14 @@ pub fn builtin(dialect: Dialect) -> Module {
         (
             "20261201000000_outbox.down.sql",
             include_str!("../../builtin/sqlite/20261201000000_outbox.down.sql"),
+        ),
+        (
+            "20261202000000_blob_refs.sql",
+            include_str!("../../builtin/sqlite/20261202000000_blob_refs.sql"),
+        ),
+        (
+            "20261202000000_blob_refs.down.sql",
+            include_str!("../../builtin/sqlite/20261202000000_blob_refs.down.sql"),
         ),
     ];
     let files = match dialect {
