@@ -113,24 +113,28 @@ pub async fn check_consistent(
             ));
         }
     }
-    drop(uow);
     if swept {
-        // One object per reference, or per distinct content when content-addressed.
-        let distinct: BTreeSet<&String> = refs.values().map(|v| &v.1).collect();
-        let want = if att.is_content_addressed() {
-            distinct.len()
-        } else {
-            refs.len()
-        };
-        let objs = objects(att.blobs()).await;
-        if objs.len() != want {
+        // Exactly the objects the references point at.
+        let mut held = BTreeSet::new();
+        for k in refs.keys() {
+            let r = att
+                .reference(&mut uow, &key(k))
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("`{k}` vanished"))?;
+            held.insert(r.object);
+        }
+        let objs: BTreeSet<String> = objects(att.blobs()).await.into_keys().collect();
+        if objs != held {
             return Err(format!(
-                "after the sweep the store holds {} objects for {} references ({} distinct \
-                 contents): {:?}",
+                "after the sweep the store holds {} objects for {} references: {} orphans \
+                 {:?}, {} missing {:?}",
                 objs.len(),
                 refs.len(),
-                distinct.len(),
-                objs.keys().collect::<Vec<_>>()
+                objs.difference(&held).count(),
+                objs.difference(&held).collect::<Vec<_>>(),
+                held.difference(&objs).count(),
+                held.difference(&objs).collect::<Vec<_>>(),
             ));
         }
     }

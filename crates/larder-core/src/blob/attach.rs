@@ -313,12 +313,22 @@ impl Attachments {
         let content: Bytes = content.into();
         let meta = Blobs::describe(key, &content, opts)?;
         let object = self.object_for(&meta)?;
+        self.put_staged(key, content, meta, object).await
+    }
+
+    async fn put_staged(
+        &self,
+        key: &BlobKey,
+        content: Bytes,
+        meta: BlobMeta,
+        object: BlobKey,
+    ) -> Result<Staged> {
         let stored = BlobMeta {
             key: object.as_str().to_owned(),
             ..meta.clone()
         };
         // A fresh name is never taken; a content-addressed one holds the same bytes.
-        let fresh = !self.core.content_addressed;
+        let fresh = object.as_str().starts_with(OBJECTS);
         self.core
             .blobs
             .put_object(&object, content, &stored, fresh)
@@ -346,22 +356,36 @@ impl Attachments {
                 operation: "blob.stage",
             });
         }
+        refuse_reserved(key)?;
         let content: Bytes = content.into();
         let if_absent = opts.if_absent;
+        let meta = Blobs::describe(key, &content, opts)?;
         if self.core.content_addressed {
-            // Identical content already stored: take a reference, upload nothing.
-            refuse_reserved(key)?;
-            let meta = Blobs::describe(key, &content, opts.clone())?;
             let staged = Staged {
                 key: key.clone(),
                 object: self.object_for(&meta)?,
-                meta,
+                meta: meta.clone(),
             };
+            // Identical content already stored: take a reference, upload nothing.
             if let Some(meta) = self.link(uow, &staged, false, if_absent).await? {
                 return Ok(meta);
             }
+            let staged = self
+                .put_staged(key, content.clone(), meta.clone(), staged.object)
+                .await?;
+            match self.link(uow, &staged, true, if_absent).await {
+                Ok(Some(meta)) => return Ok(meta),
+                // The object's last reference just went and it is being deleted: store
+                // this content under a fresh name instead (correct, only not shared).
+                Ok(None) | Err(Error::BlobSwept { .. }) => {}
+                Err(e) => {
+                    self.discard(&staged);
+                    return Err(e);
+                }
+            }
         }
-        let staged = self.upload(key, content, opts).await?;
+        let object = BlobKey::managed(format!("{OBJECTS}{}", Uuid::now_v7().simple()))?;
+        let staged = self.put_staged(key, content, meta, object).await?;
         self.attach_with(uow, staged, if_absent).await
     }
 
@@ -482,6 +506,19 @@ impl Attachments {
             u64::from(r.is_some())
         });
         Ok(r?.map(|r| r.meta()))
+    }
+
+    /// The stored reference of `key` in `uow`, with the name of the object it points at
+    /// (operations and checks; [`head`](Attachments::head) is the caller's view).
+    pub async fn reference(&self, uow: &mut Uow, key: &BlobKey) -> Result<Option<BlobRef>> {
+        refuse_reserved(key)?;
+        let span = att_span!(uow, "larder.blob.head", "head", key.top());
+        let k = key.as_str();
+        let r = run!(uow, span, "blob.head", |tx| tx.get_ref(k));
+        uow.finish_op(&span, "blob.head", Some(TABLE), None, &r, |r| {
+            u64::from(r.is_some())
+        });
+        r
     }
 
     /// Reads `key` as `uow` sees it ([`Error::NotFound`] when it has no reference).
@@ -638,7 +675,7 @@ impl Attachments {
         let me = self.clone();
         let object = staged.object.clone();
         self.spawn(async move {
-            let r = if me.core.content_addressed {
+            let r = if object.as_str().starts_with(CAS) {
                 me.collect(object.as_str()).await.map(|_| ())
             } else {
                 me.core.blobs.delete_object(&object).await.map(|_| ())

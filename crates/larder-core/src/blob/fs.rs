@@ -155,16 +155,8 @@ fn open_blob(root: &Path, key: &BlobKey) -> Result<Option<File>> {
     }
 }
 
-fn put_blocking(
-    root: &Path,
-    key: &BlobKey,
-    content: &[u8],
-    meta: &BlobMeta,
-    if_absent: bool,
-) -> Result<()> {
-    let target = resolve(root, key)?;
-    let parent = target.parent().unwrap_or(root).to_path_buf();
-    // Create the folders one by one, refusing a blob where a folder must be.
+/// Creates the folders of `key` one by one, refusing a blob where a folder must be.
+fn make_folders(root: &Path, key: &BlobKey) -> Result<()> {
     let mut dir = root.to_path_buf();
     let segs: Vec<&str> = key.segments().collect();
     for seg in &segs[..segs.len() - 1] {
@@ -180,6 +172,18 @@ fn put_blocking(
             Err(e) => return Err(io_err("cannot inspect a blob folder", &e)),
         }
     }
+    Ok(())
+}
+
+fn put_blocking(
+    root: &Path,
+    key: &BlobKey,
+    content: &[u8],
+    meta: &BlobMeta,
+    if_absent: bool,
+) -> Result<()> {
+    let target = resolve(root, key)?;
+    let parent = target.parent().unwrap_or(root).to_path_buf();
     if fs::symlink_metadata(&target).is_ok_and(|m| m.is_dir()) {
         return Err(folder_clash(key));
     }
@@ -202,27 +206,35 @@ fn put_blocking(
         let _ = fs::remove_file(&tmp);
         return Err(io_err("cannot write a blob", &e));
     }
-    let placed = if if_absent {
-        // `link` refuses an existing name atomically.
-        let r = fs::hard_link(&tmp, &target);
-        let _ = fs::remove_file(&tmp);
-        match r {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                return Err(Error::AlreadyExists {
-                    entity: "blob",
-                    id: key.as_str().to_owned(),
-                });
-            }
-            Err(e) => Err(e),
-        }
-    } else {
-        let r = fs::rename(&tmp, &target);
-        if r.is_err() {
+    // A concurrent delete of the folder's last blob removes the folder: make it again.
+    let mut attempts = 0;
+    let placed = loop {
+        attempts += 1;
+        if let Err(e) = make_folders(root, key) {
             let _ = fs::remove_file(&tmp);
+            return Err(e);
         }
-        r
+        let r = if if_absent {
+            // `link` refuses an existing name atomically.
+            fs::hard_link(&tmp, &target)
+        } else {
+            fs::rename(&tmp, &target)
+        };
+        match r {
+            Err(e) if e.kind() == io::ErrorKind::NotFound && attempts < 10 => continue,
+            other => break other,
+        }
     };
+    let _ = fs::remove_file(&tmp);
+    if let Err(e) = &placed
+        && if_absent
+        && e.kind() == io::ErrorKind::AlreadyExists
+    {
+        return Err(Error::AlreadyExists {
+            entity: "blob",
+            id: key.as_str().to_owned(),
+        });
+    }
     placed.map_err(|e| io_err("cannot move a blob into place", &e))?;
     sync_dir(&parent)
 }
