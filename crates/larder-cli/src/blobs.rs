@@ -1,5 +1,7 @@
 //! `larder blobs …`: list, copy in and out, delete, and usage of the blob store that the
-//! settings name (`[blob] url`, `LARDER_BLOB_URL`, or `--url`).
+//! settings name (`[blob] url`, `LARDER_BLOB_URL`, or `--url`); with `--attached`, of the
+//! blobs recorded in the database (`Attachments`: staged in units of work); `sweep`
+//! deletes the uploads no committed reference holds.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -8,7 +10,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use larder::Settings;
-use larder::blob::{BlobKey, BlobMeta, Blobs, PutOptions};
+use larder::blob::{Attachments, BlobKey, BlobMeta, Blobs, PutOptions, SweepOptions};
 use larder::settings::DEFAULT_BLOB_URL;
 
 use crate::events::rfc3339;
@@ -18,13 +20,20 @@ use crate::events::rfc3339;
 #[command(
     after_help = "Stores (--url or LARDER_BLOB_URL): a folder path or file:///PATH, \
 s3://BUCKET?region=…&endpoint=…, azure://CONTAINER?account=…&access_key=…, memory:.\n\
+With --attached the commands act on the blobs recorded in the database \
+(--database-url): `put` stages in a unit of work, `rm` deletes the reference and then the object.\n\
 Examples:\n  larder blobs ls invoices/\n  larder blobs put invoices/1.pdf ./1.pdf \
---content-type application/pdf\n  larder blobs get invoices/1.pdf ./copy.pdf\n  larder blobs du --json"
+--content-type application/pdf\n  larder blobs get invoices/1.pdf ./copy.pdf\n  larder blobs du --json\n  \
+larder blobs --attached ls invoices/\n  larder blobs sweep --dry-run --grace 10m"
 )]
 pub(crate) struct BlobsArgs {
     /// The blob store [default: blob.url of the settings, else the folder `larder-blobs`]
     #[arg(long, global = true)]
     url: Option<String>,
+    /// Act on the blobs recorded in the database (staged in units of work), not on the
+    /// store's raw keys
+    #[arg(long, global = true)]
+    attached: bool,
     #[command(subcommand)]
     command: BlobsCommand,
 }
@@ -71,6 +80,31 @@ enum BlobsCommand {
         #[arg(default_value = "")]
         prefix: String,
     },
+    /// Delete uploads that no committed reference in the database holds (older than the
+    /// grace period): what crashes and rolled-back units of work left behind
+    Sweep {
+        /// Report what would be deleted, delete nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Leave objects younger than this alone (`90s`, `10m`, `1h`, `2d`)
+        #[arg(long, default_value = "1h", value_parser = parse_grace)]
+        grace: std::time::Duration,
+    },
+}
+
+fn parse_grace(s: &str) -> std::result::Result<std::time::Duration, String> {
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("`{s}`: a number and a unit (s, m, h, d), e.g. `10m`"))?;
+    let secs = match unit {
+        "s" | "" => n,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
+        "d" => n.saturating_mul(86_400),
+        _ => return Err(format!("`{s}`: the unit is one of s, m, h, d")),
+    };
+    Ok(std::time::Duration::from_secs(secs))
 }
 
 fn key(s: &str) -> Result<BlobKey> {
@@ -115,24 +149,19 @@ pub(crate) async fn run(args: &BlobsArgs, settings: &Settings, json: bool) -> Re
     let blobs = larder::blob::blobs_from_url(&url)
         .await
         .with_context(|| format!("opening the blob store {}", larder::blob::redact(&url)))?;
+    if args.attached || matches!(args.command, BlobsCommand::Sweep { .. }) {
+        let store = crate::store::open_existing(settings).await?;
+        let att = Attachments::builder(&store, blobs)
+            .prepare(false)
+            .open()
+            .await?;
+        let r = attached(args, &att, json).await;
+        store.close().await;
+        return r;
+    }
     match &args.command {
         BlobsCommand::Ls { prefix, limit } => {
-            let list = all(&blobs, prefix, *limit).await?;
-            if json {
-                let v: Vec<_> = list.iter().map(meta_json).collect();
-                println!("{}", serde_json::Value::Array(v));
-            } else {
-                for m in &list {
-                    println!(
-                        "{}\t{}\t{}\t{}",
-                        m.key,
-                        m.size,
-                        m.content_type.as_deref().unwrap_or("-"),
-                        rfc3339(m.created_micros)
-                    );
-                }
-                eprintln!("{} blob(s)", list.len());
-            }
+            print_list(&all(&blobs, prefix, *limit).await?, json);
         }
         BlobsCommand::Put {
             key: k,
@@ -179,6 +208,7 @@ pub(crate) async fn run(args: &BlobsArgs, settings: &Settings, json: bool) -> Re
                 }
             }
         }
+        BlobsCommand::Sweep { .. } => unreachable!("sweep runs on the attached blobs"),
         BlobsCommand::Rm { key: k } => {
             let existed = blobs.delete(&key(k)?).await?;
             if json {
@@ -191,28 +221,181 @@ pub(crate) async fn run(args: &BlobsArgs, settings: &Settings, json: bool) -> Re
         }
         BlobsCommand::Du { prefix } => {
             let list = all(&blobs, prefix, usize::MAX).await?;
-            let mut by: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-            for m in &list {
-                let top = m.key.split('/').next().unwrap_or_default().to_owned();
-                let e = by.entry(top).or_default();
-                e.0 += 1;
-                e.1 += m.size;
+            print_usage(&list, json);
+        }
+    }
+    Ok(())
+}
+
+/// Blobs and bytes by first key segment, and the total.
+fn print_usage(list: &[BlobMeta], json: bool) {
+    let mut by: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for m in list {
+        let top = m.key.split('/').next().unwrap_or_default().to_owned();
+        let e = by.entry(top).or_default();
+        e.0 += 1;
+        e.1 += m.size;
+    }
+    let total = (list.len() as u64, list.iter().map(|m| m.size).sum::<u64>());
+    if json {
+        let rows: Vec<_> = by
+            .iter()
+            .map(|(k, (n, b))| serde_json::json!({"prefix": k, "blobs": n, "bytes": b}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"by_prefix": rows, "blobs": total.0, "bytes": total.1})
+        );
+    } else {
+        for (k, (n, b)) in &by {
+            println!("{k}\t{n}\t{b}");
+        }
+        println!("total\t{}\t{}", total.0, total.1);
+    }
+}
+
+/// Every reference under `prefix`, page by page, at most `limit`.
+async fn all_attached(att: &Attachments, prefix: &str, limit: usize) -> Result<Vec<BlobMeta>> {
+    let mut uow = att.store().read().await?;
+    let mut out = Vec::new();
+    let mut after = None;
+    while out.len() < limit {
+        let page = att
+            .list(
+                &mut uow,
+                prefix,
+                after.as_ref(),
+                (limit - out.len()).min(1000),
+            )
+            .await?;
+        out.extend(page.blobs);
+        match page.next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    Ok(out)
+}
+
+fn print_list(list: &[BlobMeta], json: bool) {
+    if json {
+        let v: Vec<_> = list.iter().map(meta_json).collect();
+        println!("{}", serde_json::Value::Array(v));
+    } else {
+        for m in list {
+            println!(
+                "{}\t{}\t{}\t{}",
+                m.key,
+                m.size,
+                m.content_type.as_deref().unwrap_or("-"),
+                rfc3339(m.created_micros)
+            );
+        }
+        eprintln!("{} blob(s)", list.len());
+    }
+}
+
+/// The commands on the blobs recorded in the database.
+async fn attached(args: &BlobsArgs, att: &Attachments, json: bool) -> Result<()> {
+    let store = att.store();
+    match &args.command {
+        BlobsCommand::Ls { prefix, limit } => {
+            print_list(&all_attached(att, prefix, *limit).await?, json);
+        }
+        BlobsCommand::Put {
+            key: k,
+            file,
+            content_type,
+            if_absent,
+        } => {
+            let k = key(k)?;
+            let content = tokio::fs::read(file)
+                .await
+                .with_context(|| format!("reading {}", file.display()))?;
+            let mut opts = PutOptions::new();
+            if let Some(t) = content_type {
+                opts = opts.content_type(t.clone());
             }
-            let total = (list.len() as u64, list.iter().map(|m| m.size).sum::<u64>());
+            if *if_absent {
+                opts = opts.if_absent();
+            }
+            // Uploaded before the unit of work opens (SQLite has one writer), recorded in it.
+            let staged = att.upload(&k, content, opts).await?;
+            let mut uow = store.begin().await?;
+            let m = if *if_absent {
+                att.attach_new(&mut uow, staged).await?
+            } else {
+                att.attach(&mut uow, staged).await?
+            };
+            uow.commit().await?;
+            att.settled().await;
             if json {
-                let rows: Vec<_> = by
-                    .iter()
-                    .map(|(k, (n, b))| serde_json::json!({"prefix": k, "blobs": n, "bytes": b}))
-                    .collect();
+                println!("{}", meta_json(&m));
+            } else {
+                println!("stored {} ({} bytes, sha256 {})", m.key, m.size, m.sha256);
+            }
+        }
+        BlobsCommand::Get { key: k, file } => {
+            let mut uow = store.read().await?;
+            let b = att.get(&mut uow, &key(k)?).await?;
+            drop(uow);
+            match file {
+                Some(f) => {
+                    tokio::fs::write(f, &b.content)
+                        .await
+                        .with_context(|| format!("writing {}", f.display()))?;
+                    if json {
+                        println!("{}", meta_json(&b.meta));
+                    } else {
+                        eprintln!("wrote {} bytes to {}", b.content.len(), f.display());
+                    }
+                }
+                None => {
+                    if json {
+                        bail!("--json with `get` needs a FILE: the content goes there");
+                    }
+                    std::io::stdout().lock().write_all(&b.content)?;
+                }
+            }
+        }
+        BlobsCommand::Rm { key: k } => {
+            let mut uow = store.begin().await?;
+            let existed = att.delete(&mut uow, &key(k)?).await?;
+            uow.commit().await?;
+            att.settled().await;
+            if json {
+                println!("{}", serde_json::json!({ "key": k, "deleted": existed }));
+            } else if existed {
+                println!("deleted {k}");
+            } else {
+                println!("no blob {k}");
+            }
+        }
+        BlobsCommand::Du { prefix } => {
+            print_usage(&all_attached(att, prefix, usize::MAX).await?, json);
+        }
+        BlobsCommand::Sweep { dry_run, grace } => {
+            let r = att
+                .sweep(SweepOptions::default().grace(*grace).dry_run(*dry_run))
+                .await?;
+            if json {
                 println!(
                     "{}",
-                    serde_json::json!({"by_prefix": rows, "blobs": total.0, "bytes": total.1})
+                    serde_json::json!({
+                        "scanned": r.scanned,
+                        "swept": r.swept,
+                        "bytes": r.bytes,
+                        "kept": r.kept,
+                        "stale_records": r.stale_records,
+                        "dry_run": r.dry_run,
+                    })
                 );
             } else {
-                for (k, (n, b)) in &by {
-                    println!("{k}\t{n}\t{b}");
-                }
-                println!("total\t{}\t{}", total.0, total.1);
+                let verb = if r.dry_run { "would delete" } else { "deleted" };
+                println!(
+                    "{verb} {} unreferenced object(s), {} bytes; kept {} of {} scanned; {} stale record(s)",
+                    r.swept, r.bytes, r.kept, r.scanned, r.stale_records
+                );
             }
         }
     }

@@ -138,3 +138,97 @@ fn the_blob_url_setting_is_used_and_redacted() {
     assert!(dir.join("larder-blobs/k").exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--attached`: blobs recorded in the database (staged in a unit of work), and `sweep`
+/// removing an upload nothing references; a store that was never initialised is refused.
+#[test]
+fn attached_blobs_and_the_sweep() {
+    let dir = std::env::temp_dir().join(format!("larder-blobs-att-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = format!("sqlite://{}", dir.join("app.db").display());
+    let store = dir.join("store");
+    let url = format!("file://{}", store.display());
+    let run = |args: &[&str]| {
+        larder(&dir)
+            .args(["--json", "--database-url", &db, "blobs", "--url", &url])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let refused = run(&["--attached", "ls"]);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("larder migrate up"),
+        "{}",
+        text(&refused)
+    );
+    let up = larder(&dir)
+        .args(["migrate", "up", "--database-url", &db])
+        .output()
+        .unwrap();
+    assert!(up.status.success(), "{}", text(&up));
+
+    let src = dir.join("in.bin");
+    std::fs::write(&src, vec![9u8; 4096]).unwrap();
+    let put = ok_json(&run(&[
+        "--attached",
+        "put",
+        "docs/a.bin",
+        src.to_str().unwrap(),
+    ]));
+    assert_eq!(put["size"], 4096);
+    ok_json(&run(&[
+        "--attached",
+        "put",
+        "docs/b.bin",
+        src.to_str().unwrap(),
+    ]));
+    let ls = ok_json(&run(&["--attached", "ls", "docs/"]));
+    assert_eq!(ls.as_array().unwrap().len(), 2, "{ls}");
+    // The raw view hides larder's managed objects.
+    let raw = ok_json(&run(&["ls"]));
+    assert_eq!(raw.as_array().unwrap().len(), 0, "{raw}");
+    let du = ok_json(&run(&["--attached", "du"]));
+    assert_eq!(
+        (du["blobs"].as_u64(), du["bytes"].as_u64()),
+        (Some(2), Some(8192))
+    );
+    let out = dir.join("out.bin");
+    let got = ok_json(&run(&[
+        "--attached",
+        "get",
+        "docs/a.bin",
+        out.to_str().unwrap(),
+    ]));
+    assert_eq!(got["sha256"], put["sha256"]);
+    assert_eq!(std::fs::read(&out).unwrap(), vec![9u8; 4096]);
+    let rm = ok_json(&run(&["--attached", "rm", "docs/b.bin"]));
+    assert_eq!(rm["deleted"], true);
+
+    // An orphan: a copy of a stored object under a managed name nothing references.
+    let objects = store.join(".larder-objects");
+    let first = std::fs::read_dir(&objects)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::copy(&first, objects.join("orphan")).unwrap();
+    let young = ok_json(&run(&["sweep"]));
+    assert_eq!(young["swept"], 0, "{young}");
+    let dry = ok_json(&run(&["sweep", "--dry-run", "--grace", "0s"]));
+    assert_eq!(
+        (dry["swept"].as_u64(), dry["dry_run"].as_bool()),
+        (Some(1), Some(true))
+    );
+    assert!(objects.join("orphan").exists());
+    let done = ok_json(&run(&["sweep", "--grace", "0s"]));
+    assert_eq!(done["swept"], 1, "{done}");
+    assert!(!objects.join("orphan").exists());
+    let got = run(&["--attached", "get", "docs/a.bin", out.to_str().unwrap()]);
+    assert!(got.status.success(), "{}", text(&got));
+    let bad = run(&["sweep", "--grace", "ten"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
+    let _ = std::fs::remove_dir_all(&dir);
+}

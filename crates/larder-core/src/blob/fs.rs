@@ -118,7 +118,9 @@ fn folder_clash(key: &BlobKey) -> Error {
     }
 }
 
-fn read_record(f: &mut File) -> Result<(BlobMeta, u64)> {
+/// The record of the blob file `f` holding `key` (the key is where the file is, whatever
+/// the record says: a file copied or renamed by hand is the blob of its new name).
+fn read_record(f: &mut File, key: &BlobKey) -> Result<(BlobMeta, u64)> {
     let mut head = [0u8; 12];
     f.read_exact(&mut head)
         .map_err(|e| io_err("cannot read a blob's header", &e))?;
@@ -135,8 +137,9 @@ fn read_record(f: &mut File) -> Result<(BlobMeta, u64)> {
     let mut rec = vec![0u8; n as usize];
     f.read_exact(&mut rec)
         .map_err(|e| io_err("cannot read a blob's record", &e))?;
-    let meta: BlobMeta = serde_json::from_slice(&rec)
+    let mut meta: BlobMeta = serde_json::from_slice(&rec)
         .map_err(|e| Error::backend("filesystem", format!("a blob's record is damaged: {e}")))?;
+    key.as_str().clone_into(&mut meta.key);
     Ok((meta, 12 + u64::from(n)))
 }
 
@@ -243,7 +246,7 @@ fn get_blocking(root: &Path, key: &BlobKey, range: Option<Range<u64>>) -> Result
     let Some(mut f) = open_blob(root, key)? else {
         return Ok(None);
     };
-    let (meta, offset) = read_record(&mut f)?;
+    let (meta, offset) = read_record(&mut f, key)?;
     let (start, end) = match range {
         None => (0, meta.size),
         Some(r) => {
@@ -338,7 +341,7 @@ impl BlobBackend for FsBlobs {
             let Some(mut f) = open_blob(&root, &key)? else {
                 return Ok(None);
             };
-            Ok(Some(read_record(&mut f)?.0))
+            Ok(Some(read_record(&mut f, &key)?.0))
         }))
     }
 
@@ -367,7 +370,7 @@ impl BlobBackend for FsBlobs {
                     continue;
                 };
                 if let Some(mut f) = open_blob(&root, &key)? {
-                    out.push(read_record(&mut f)?.0);
+                    out.push(read_record(&mut f, &key)?.0);
                 }
                 if out.len() == limit {
                     break;
