@@ -14,13 +14,16 @@
 //! It shows: entities stored as a document and as mapped columns, a unit of work spanning
 //! two repositories, specification queries with ordering and keyset pagination, streaming,
 //! an optimistic-concurrency conflict resolved by retrying, and an event-sourced cart whose
-//! projection keeps an SQL read model (read-your-writes with `wait_for`).
+//! projection keeps an SQL read model (read-your-writes with `wait_for`), and an invoice
+//! attached to each order: the file is staged in the order's unit of work, so a committed
+//! order always has its invoice and a rejected one leaves no file behind.
 
 use std::sync::Arc;
 
 use anyhow::{Context, Result, ensure};
 use std::time::Duration;
 
+use larder::blob::{Attachments, BlobKey, Blobs, PutOptions};
 use larder::events::{Aggregate, EventFilter, RecordedEvent};
 use larder::outbox::{Message, Outbox, Relay, StdoutSink};
 use larder::{
@@ -104,6 +107,7 @@ fn line(sku: &str, qty: i64, price_cents: i64) -> Line {
 async fn place_order(
     uow: &mut Uow,
     outbox: &Outbox,
+    attachments: &Attachments,
     customer_id: Uuid,
     lines: Vec<Line>,
 ) -> Result<Order> {
@@ -140,6 +144,22 @@ async fn place_order(
         customer.credit_limit_cents
     );
     uow.repo::<Order>().insert(&order).await?;
+    // The invoice, a file beside the row: uploaded now, recorded in this transaction, so
+    // it is live exactly when the order is (a rollback deletes the upload).
+    let invoice = order
+        .lines
+        .iter()
+        .map(|l| format!("{} x {} at {} cents\n", l.qty, l.sku, l.price_cents))
+        .collect::<String>()
+        + &format!("total {} cents\n", order.total_cents);
+    attachments
+        .stage(
+            uow,
+            &BlobKey::new(format!("invoices/{}.txt", order.id))?,
+            invoice.into_bytes(),
+            PutOptions::new().content_type("text/plain"),
+        )
+        .await?;
     // The transactional outbox: the message commits with the order (never published for
     // a rejected order, never lost for a placed one); a relay publishes it after commit.
     let placed = serde_json::json!({ "order_id": order.id, "total_cents": order.total_cents });
@@ -201,12 +221,28 @@ pub(crate) async fn main() -> Result<()> {
         vec![line("espresso machine", 1, 39_000)], // over the limit: rolled back
     ];
     let outbox = Outbox::open(&store).await?;
+    // Invoices go to a folder of this database's own (`LARDER_BLOB_URL` may name another).
+    let blob_dir = match &settings.blob_url {
+        Some(u) => std::path::PathBuf::from(u.expose().trim_start_matches("file://")),
+        None => std::env::temp_dir().join(format!(
+            "larder-order-service-blobs-{}",
+            settings
+                .database_url
+                .expose()
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                .collect::<String>()
+        )),
+    };
+    let attachments = Attachments::open(&store, Blobs::filesystem(&blob_dir).await?).await?;
+    let mut placed = Vec::new();
     for basket in baskets {
         let mut uow = store.begin().await?;
-        match place_order(&mut uow, &outbox, ada_id, basket).await {
+        match place_order(&mut uow, &outbox, &attachments, ada_id, basket).await {
             Ok(order) => {
                 uow.commit().await?;
                 println!("placed order {} for {} cents", order.id, order.total_cents);
+                placed.push(order.id);
             }
             Err(e) => {
                 uow.rollback().await?;
@@ -214,6 +250,19 @@ pub(crate) async fn main() -> Result<()> {
             }
         }
     }
+
+    // Every committed order has its invoice.
+    let mut uow = store.read().await?;
+    for id in &placed {
+        let key = BlobKey::new(format!("invoices/{id}.txt"))?;
+        let invoice = uow.blobs()?.get(&key).await?;
+        ensure!(invoice.content.ends_with(b" cents\n"), "invoice of {id}");
+    }
+    drop(uow);
+    println!(
+        "{} invoice(s) attached in the orders' units of work",
+        placed.len()
+    );
 
     // # Step 4b: relay the outbox
     //
@@ -428,7 +477,18 @@ pub(crate) async fn main() -> Result<()> {
     let orders = uow.repo::<Order>().count(&Spec::all()).await?;
     let carts = uow.repo::<CartTotal>().count(&Spec::all()).await?;
     let log = events.stats(&mut uow).await?;
+    let invoices = attachments.usage(&mut uow, "invoices/").await?;
     uow.commit().await?;
+    // Uploads no committed row references (a crash between upload and commit) go after
+    // an hour's grace; `larder blobs sweep` does the same from the command line.
+    let swept = attachments.sweep(Default::default()).await?;
+    println!(
+        "{} invoice(s), {} bytes, in {}; the sweep removed {} orphan(s)",
+        invoices.blobs,
+        invoices.bytes,
+        blob_dir.display(),
+        swept.swept
+    );
     println!(
         "the database now holds {orders} order(s), {customers} customer(s), {carts} cart(s) \
          and {} event(s)",

@@ -183,6 +183,185 @@ pub async fn ranges_read_exactly_their_bytes(t: &BlobTarget) {
     ));
 }
 
+/// Streamed puts and gets: chunks (an empty one among them) make one blob with the right
+/// size and hash, readable whole or by range as a stream; a stream that fails halfway
+/// leaves no blob and the old one in place.
+pub async fn streamed_put_and_get_round_trip(t: &BlobTarget) {
+    use futures_util::StreamExt as _;
+    let b = &t.blobs;
+    let k = key("stream/one");
+    let chunks: Vec<Vec<u8>> = vec![
+        vec![1u8; 1000],
+        Vec::new(),
+        (0..=255u8).collect(),
+        vec![7u8; 70_000],
+    ];
+    let whole: Vec<u8> = chunks.concat();
+    let stream = futures_util::stream::iter(
+        chunks
+            .clone()
+            .into_iter()
+            .map(|c| Ok::<_, Error>(bytes::Bytes::from(c))),
+    );
+    let meta = b
+        .put_stream(
+            &k,
+            stream,
+            PutOptions::new()
+                .content_type("application/x-test")
+                .metadata("part", "1"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(meta.size, whole.len() as u64);
+    assert_eq!(meta.sha256, sha256_hex(&whole));
+    let got = b.get(&k).await.unwrap();
+    assert_eq!(&got.content[..], &whole[..]);
+    assert_eq!(got.meta.content_type.as_deref(), Some("application/x-test"));
+    assert_eq!(got.meta.metadata.get("part").map(String::as_str), Some("1"));
+    let collect = |s: larder::blob::ByteStream| async move {
+        let parts: Vec<bytes::Bytes> = s.map(|c| c.unwrap()).collect().await;
+        parts.concat()
+    };
+    let (m, s) = b.get_stream(&k, None).await.unwrap();
+    assert_eq!(m.size, whole.len() as u64);
+    assert_eq!(collect(s).await, whole);
+    let (_, s) = b.get_stream(&k, Some(900..1300)).await.unwrap();
+    assert_eq!(collect(s).await, &whole[900..1300]);
+    let (_, s) = b.get_stream(&k, Some(5..5)).await.unwrap();
+    assert!(collect(s).await.is_empty());
+    assert!(matches!(
+        b.get_stream(&k, Some(0..whole.len() as u64 + 1)).await,
+        Err(Error::InvalidRange(_))
+    ));
+    assert!(matches!(
+        b.get_stream(&key("stream/none"), None).await,
+        Err(Error::NotFound { .. })
+    ));
+    // A failing stream: nothing appears, the old blob stays.
+    let failing = futures_util::stream::iter(vec![
+        Ok(bytes::Bytes::from_static(b"partial")),
+        Err(Error::InvalidQuery("the source failed".into())),
+    ]);
+    let e = b
+        .put_stream(&k, failing, PutOptions::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::InvalidQuery(_)), "{e:?}");
+    assert_eq!(&b.get(&k).await.unwrap().content[..], &whole[..]);
+    let fresh = key("stream/fresh");
+    let failing = futures_util::stream::iter(vec![
+        Ok(bytes::Bytes::from_static(b"partial")),
+        Err(Error::InvalidQuery("the source failed".into())),
+    ]);
+    assert!(
+        b.put_stream(&fresh, failing, PutOptions::new())
+            .await
+            .is_err()
+    );
+    assert!(b.head(&fresh).await.unwrap().is_none());
+    let listed: Vec<String> = b
+        .list("stream/", None, 10)
+        .await
+        .unwrap()
+        .blobs
+        .into_iter()
+        .map(|m| m.key)
+        .collect();
+    assert_eq!(listed, ["stream/one"]);
+}
+
+/// A 20 MiB stream (over object stores: three parts of a multipart upload) arrives whole,
+/// with its size and hash, and reads back as a stream.
+pub async fn a_large_stream_goes_up_in_parts(t: &BlobTarget) {
+    use futures_util::StreamExt as _;
+    use sha2::Digest as _;
+    const MIB: usize = 1024 * 1024;
+    let chunk = |i: usize| -> bytes::Bytes {
+        bytes::Bytes::from(
+            (0..MIB)
+                .map(|j| ((i * 7 + j) % 253).to_le_bytes()[0])
+                .collect::<Vec<u8>>(),
+        )
+    };
+    let mut h = sha2::Sha256::new();
+    for i in 0..20 {
+        h.update(chunk(i));
+    }
+    let sha: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let k = key("large/parts.bin");
+    let stream = futures_util::stream::iter((0..20).map(move |i| Ok::<_, Error>(chunk(i))));
+    let meta = t
+        .blobs
+        .put_stream(&k, stream, PutOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        (meta.size, meta.sha256.as_str()),
+        ((20 * MIB) as u64, sha.as_str())
+    );
+    assert_eq!(
+        t.blobs.head(&k).await.unwrap().unwrap().size,
+        (20 * MIB) as u64
+    );
+    let (_, mut s) = t.blobs.get_stream(&k, None).await.unwrap();
+    let mut h = sha2::Sha256::new();
+    while let Some(c) = s.next().await {
+        h.update(c.unwrap());
+    }
+    let back: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(back, sha);
+}
+
+/// Attachments over this store (references in the memory backend): staged, rolled back,
+/// deleted after commit, orphans swept; every reference resolves and nothing else stays.
+pub async fn attachments_over_the_store_keep_their_rules(t: &BlobTarget) {
+    use larder::blob::Attachments;
+    let store = larder::Store::memory();
+    let att = Attachments::open(&store, t.blobs.clone()).await.unwrap();
+    let mut uow = store.begin().await.unwrap();
+    for k in ["att/1", "att/2", "att/3"] {
+        att.stage(&mut uow, &key(k), k.as_bytes().to_vec(), PutOptions::new())
+            .await
+            .unwrap();
+    }
+    uow.commit().await.unwrap();
+    let mut uow = store.begin().await.unwrap();
+    att.stage(&mut uow, &key("att/4"), b"no".to_vec(), PutOptions::new())
+        .await
+        .unwrap();
+    uow.rollback().await.unwrap();
+    let mut uow = store.begin().await.unwrap();
+    assert!(att.delete(&mut uow, &key("att/2")).await.unwrap());
+    att.stage(
+        &mut uow,
+        &key("att/3"),
+        b"replaced".to_vec(),
+        PutOptions::new(),
+    )
+    .await
+    .unwrap();
+    uow.commit().await.unwrap();
+    let _orphan = att
+        .upload(&key("att/lost"), b"lost".to_vec(), PutOptions::new())
+        .await
+        .unwrap();
+    let report = crate::attachments::sweep_now(&att).await;
+    assert_eq!(report.swept, 1, "{report:?}");
+    let mut r = store.read().await.unwrap();
+    assert_eq!(
+        &att.get(&mut r, &key("att/3")).await.unwrap().content[..],
+        b"replaced"
+    );
+    drop(r);
+    let mut model = std::collections::BTreeMap::new();
+    model.insert("att/1".to_owned(), sha256_hex(b"att/1"));
+    model.insert("att/3".to_owned(), sha256_hex(b"replaced"));
+    crate::attachments::check_consistent(&att, Some(&model), true)
+        .await
+        .unwrap();
+}
+
 /// `list` returns the keys with a prefix in key order, in pages that resume after the
 /// last key, and nothing of larder's own.
 pub async fn list_by_prefix_in_pages(t: &BlobTarget) {
@@ -489,5 +668,8 @@ where
         bad_metadata_is_refused_before_storing,
         concurrent_overwrites_are_atomic,
         hostile_keys_never_reach_the_store,
+        streamed_put_and_get_round_trip,
+        a_large_stream_goes_up_in_parts,
+        attachments_over_the_store_keep_their_rules,
     );
 }

@@ -189,6 +189,9 @@ macro_rules! blob_conformance {
                 bad_metadata_is_refused_before_storing,
                 concurrent_overwrites_are_atomic,
                 hostile_keys_never_reach_the_store,
+                streamed_put_and_get_round_trip,
+                a_large_stream_goes_up_in_parts,
+                attachments_over_the_store_keep_their_rules,
             );
         }
     };

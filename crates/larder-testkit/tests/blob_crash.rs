@@ -60,7 +60,9 @@ async fn blob_child() {
     for i in 0u64.. {
         let key = BlobKey::new(format!("k/{}", i % 16)).unwrap();
         let size = 1 + rng.index(64 * 1024);
-        let content: Vec<u8> = (0..size).map(|j| ((j as u64 ^ i) & 0xff).to_le_bytes()[0]).collect();
+        let content: Vec<u8> = (0..size)
+            .map(|j| ((j as u64 ^ i) & 0xff).to_le_bytes()[0])
+            .collect();
         if canary {
             // Record first, upload after commit: a kill in between dangles.
             let object =

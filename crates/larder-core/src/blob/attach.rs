@@ -316,6 +316,61 @@ impl Attachments {
         self.put_staged(key, content, meta, object).await
     }
 
+    /// [`upload`](Attachments::upload) from a stream of chunks, without holding the whole
+    /// content in memory ([`Blobs::put_stream`]). Streamed content always gets a fresh
+    /// object, also in content-addressed mode (its hash is known only at the end).
+    pub async fn upload_stream<S>(
+        &self,
+        key: &BlobKey,
+        content: S,
+        opts: PutOptions,
+    ) -> Result<Staged>
+    where
+        S: futures_core::Stream<Item = Result<Bytes>> + Send,
+    {
+        refuse_reserved(key)?;
+        let object = BlobKey::managed(format!("{OBJECTS}{}", Uuid::now_v7().simple()))?;
+        // The fresh name is unique: no conditional put needed (object stores cannot make
+        // a multipart upload conditional).
+        let opts = PutOptions {
+            if_absent: false,
+            ..opts
+        };
+        let mut meta = self
+            .core
+            .blobs
+            .put_stream_object(&object, content, opts)
+            .await?;
+        key.as_str().clone_into(&mut meta.key);
+        Ok(Staged {
+            key: key.clone(),
+            object,
+            meta,
+        })
+    }
+
+    /// [`stage`](Attachments::stage) from a stream of chunks (see
+    /// [`upload_stream`](Attachments::upload_stream)).
+    pub async fn stage_stream<S>(
+        &self,
+        uow: &mut Uow,
+        key: &BlobKey,
+        content: S,
+        opts: PutOptions,
+    ) -> Result<BlobMeta>
+    where
+        S: futures_core::Stream<Item = Result<Bytes>> + Send,
+    {
+        if uow.is_read_only() {
+            return Err(Error::ReadOnly {
+                operation: "blob.stage",
+            });
+        }
+        let if_absent = opts.if_absent;
+        let staged = self.upload_stream(key, content, opts).await?;
+        self.attach_with(uow, staged, if_absent).await
+    }
+
     async fn put_staged(
         &self,
         key: &BlobKey,
@@ -563,6 +618,34 @@ impl Attachments {
             })?;
         span.record("larder.blob.size", blob.content.len() as u64);
         Ok(Blob::new(r.meta(), blob.content))
+    }
+
+    /// Reads `key` (or `range` of it) as `uow` sees it, as a stream of chunks
+    /// ([`Blobs::get_stream`]).
+    pub async fn get_stream(
+        &self,
+        uow: &mut Uow,
+        key: &BlobKey,
+        range: Option<Range<u64>>,
+    ) -> Result<(BlobMeta, super::ByteStream)> {
+        let r = self
+            .reference(uow, key)
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                entity: "blob",
+                id: key.as_str().to_owned(),
+            })?;
+        let object = BlobKey::managed(r.object.clone())?;
+        let (_, stream) = self
+            .core
+            .blobs
+            .get_stream_object(&object, range)
+            .await?
+            .ok_or_else(|| Error::BlobMissing {
+                key: r.key.clone(),
+                object: r.object.clone(),
+            })?;
+        Ok((r.meta(), stream))
     }
 
     /// References whose key starts with `prefix`, after `after`, at most `limit` (1 to
@@ -885,6 +968,28 @@ impl<'u> UowBlobs<'u> {
     /// [`Attachments::attach`].
     pub async fn attach(&mut self, staged: Staged) -> Result<BlobMeta> {
         self.att.attach(self.uow, staged).await
+    }
+
+    /// [`Attachments::stage_stream`].
+    pub async fn stage_stream<S>(
+        &mut self,
+        key: &BlobKey,
+        content: S,
+        opts: PutOptions,
+    ) -> Result<BlobMeta>
+    where
+        S: futures_core::Stream<Item = Result<Bytes>> + Send,
+    {
+        self.att.stage_stream(self.uow, key, content, opts).await
+    }
+
+    /// [`Attachments::get_stream`].
+    pub async fn get_stream(
+        &mut self,
+        key: &BlobKey,
+        range: Option<Range<u64>>,
+    ) -> Result<(BlobMeta, super::ByteStream)> {
+        self.att.get_stream(self.uow, key, range).await
     }
 
     /// [`Attachments::get`].

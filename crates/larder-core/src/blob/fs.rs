@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{Blob, BlobBackend, BlobKey, BlobMeta, RESERVED_PREFIX};
+use super::{Blob, BlobBackend, BlobKey, BlobMeta, BlobWriter, ByteStream, RESERVED_PREFIX};
 use crate::backend::BoxFuture;
 use crate::error::{Error, Result};
 
@@ -27,6 +27,11 @@ const TMP: &str = ".larder-tmp";
 /// The longest record a file may claim (keys, content type and metadata are bounded far
 /// below this).
 const MAX_RECORD: u32 = 64 * 1024;
+/// The record room of a streamed blob, reserved before the content and filled (padded
+/// with spaces, which JSON ignores) once size and hash are known.
+const STREAM_RECORD: u32 = 16 * 1024;
+/// Bytes per chunk of a streamed read.
+const READ_CHUNK: u64 = 1024 * 1024;
 
 /// Blobs in a folder.
 #[derive(Debug, Clone)]
@@ -186,7 +191,6 @@ fn put_blocking(
     if_absent: bool,
 ) -> Result<()> {
     let target = resolve(root, key)?;
-    let parent = target.parent().unwrap_or(root).to_path_buf();
     if fs::symlink_metadata(&target).is_ok_and(|m| m.is_dir()) {
         return Err(folder_clash(key));
     }
@@ -209,26 +213,33 @@ fn put_blocking(
         let _ = fs::remove_file(&tmp);
         return Err(io_err("cannot write a blob", &e));
     }
+    place(root, key, &target, &tmp, if_absent)
+}
+
+/// Moves the synced temporary file `tmp` to `target` (refusing an existing blob when
+/// `if_absent`), then syncs the folder; the temporary file is gone afterwards.
+fn place(root: &Path, key: &BlobKey, target: &Path, tmp: &Path, if_absent: bool) -> Result<()> {
+    let parent = target.parent().unwrap_or(root).to_path_buf();
     // A concurrent delete of the folder's last blob removes the folder: make it again.
     let mut attempts = 0;
     let placed = loop {
         attempts += 1;
         if let Err(e) = make_folders(root, key) {
-            let _ = fs::remove_file(&tmp);
+            let _ = fs::remove_file(tmp);
             return Err(e);
         }
         let r = if if_absent {
             // `link` refuses an existing name atomically.
-            fs::hard_link(&tmp, &target)
+            fs::hard_link(tmp, target)
         } else {
-            fs::rename(&tmp, &target)
+            fs::rename(tmp, target)
         };
         match r {
             Err(e) if e.kind() == io::ErrorKind::NotFound && attempts < 10 => continue,
             other => break other,
         }
     };
-    let _ = fs::remove_file(&tmp);
+    let _ = fs::remove_file(tmp);
     if let Err(e) = &placed
         && if_absent
         && e.kind() == io::ErrorKind::AlreadyExists
@@ -308,9 +319,182 @@ fn walk(root: &Path, dir: &Path, prefix: &str, out: &mut Vec<String>) -> Result<
     Ok(())
 }
 
+/// A streamed upload: a temporary file with room for the record before the content.
+struct FsWriter {
+    root: Arc<PathBuf>,
+    key: BlobKey,
+    tmp: PathBuf,
+    file: Option<File>,
+    if_absent: bool,
+}
+
+impl Drop for FsWriter {
+    fn drop(&mut self) {
+        // Not finished: the temporary file goes (finish takes `file` first).
+        if self.file.is_some() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+impl BlobWriter for FsWriter {
+    fn write(&mut self, chunk: Bytes) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let mut f = self.file.take().ok_or(Error::Closed("blob writer"))?;
+            let (f, r) = tokio::task::spawn_blocking(move || {
+                let r = f.write_all(&chunk);
+                (f, r)
+            })
+            .await
+            .map_err(|e| Error::backend("filesystem", format!("blob worker thread failed: {e}")))?;
+            self.file = Some(f);
+            r.map_err(|e| io_err("cannot write a blob", &e))
+        })
+    }
+
+    fn finish<'a>(mut self: Box<Self>, meta: &'a BlobMeta) -> BoxFuture<'a, Result<()>>
+    where
+        Self: 'a,
+    {
+        Box::pin(async move {
+            let mut f = self.file.take().ok_or(Error::Closed("blob writer"))?;
+            let record = serde_json::to_vec(meta)
+                .map_err(|e| Error::backend("filesystem", e.to_string()))?;
+            if record.len() > STREAM_RECORD as usize {
+                let _ = fs::remove_file(&self.tmp);
+                return Err(Error::backend("filesystem", "a blob's record is too long"));
+            }
+            let (root, key, tmp, if_absent) = (
+                self.root.clone(),
+                self.key.clone(),
+                self.tmp.clone(),
+                self.if_absent,
+            );
+            blocking(move || {
+                let done = (|| -> io::Result<()> {
+                    f.seek(SeekFrom::Start(12))?;
+                    f.write_all(&record)?;
+                    f.sync_all()
+                })();
+                drop(f);
+                if let Err(e) = done {
+                    let _ = fs::remove_file(&tmp);
+                    return Err(io_err("cannot write a blob", &e));
+                }
+                let target = resolve(&root, &key)?;
+                if fs::symlink_metadata(&target).is_ok_and(|m| m.is_dir()) {
+                    let _ = fs::remove_file(&tmp);
+                    return Err(folder_clash(&key));
+                }
+                place(&root, &key, &target, &tmp, if_absent)
+            })
+            .await
+        })
+    }
+
+    fn abort<'a>(mut self: Box<Self>) -> BoxFuture<'a, Result<()>>
+    where
+        Self: 'a,
+    {
+        self.file = None;
+        let tmp = self.tmp.clone();
+        Box::pin(blocking(move || {
+            let _ = fs::remove_file(&tmp);
+            Ok(())
+        }))
+    }
+}
+
 impl BlobBackend for FsBlobs {
     fn system(&self) -> &'static str {
         "filesystem"
+    }
+
+    fn streams(&self) -> bool {
+        true
+    }
+
+    fn put_writer<'a>(
+        &'a self,
+        key: &'a BlobKey,
+        _meta: &'a BlobMeta,
+        if_absent: bool,
+    ) -> BoxFuture<'a, Result<Box<dyn BlobWriter + 'a>>> {
+        let (root, key) = (self.root.clone(), key.clone());
+        Box::pin(async move {
+            let tmp = root.join(TMP).join(format!("{}", uuid::Uuid::new_v4()));
+            let t = tmp.clone();
+            let file = blocking(move || {
+                let mut f = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&t)
+                    .map_err(|e| io_err("cannot write a blob", &e))?;
+                let mut head = Vec::with_capacity(12 + STREAM_RECORD as usize);
+                head.extend_from_slice(MAGIC);
+                head.extend_from_slice(&STREAM_RECORD.to_le_bytes());
+                head.resize(12 + STREAM_RECORD as usize, b' ');
+                f.write_all(&head)
+                    .map_err(|e| io_err("cannot write a blob", &e))?;
+                Ok(f)
+            })
+            .await?;
+            let w: Box<dyn BlobWriter + 'a> = Box::new(FsWriter {
+                root,
+                key,
+                tmp,
+                file: Some(file),
+                if_absent,
+            });
+            Ok(w)
+        })
+    }
+
+    fn get_stream<'a>(
+        &'a self,
+        key: &'a BlobKey,
+        range: Option<Range<u64>>,
+    ) -> BoxFuture<'a, Result<Option<(BlobMeta, ByteStream)>>> {
+        let (root, key) = (self.root.clone(), key.clone());
+        Box::pin(async move {
+            let opened = blocking(move || {
+                let Some(mut f) = open_blob(&root, &key)? else {
+                    return Ok(None);
+                };
+                let (meta, offset) = read_record(&mut f, &key)?;
+                let (start, end) = match &range {
+                    None => (0, meta.size),
+                    Some(r) => {
+                        super::check_range(r, meta.size)?;
+                        (r.start, r.end)
+                    }
+                };
+                f.seek(SeekFrom::Start(offset + start))
+                    .map_err(|e| io_err("cannot read a blob", &e))?;
+                Ok(Some((meta, f, end - start)))
+            })
+            .await?;
+            let Some((meta, file, left)) = opened else {
+                return Ok(None);
+            };
+            let chunks =
+                futures_util::stream::try_unfold((file, left), |(mut f, left)| async move {
+                    if left == 0 {
+                        return Ok(None);
+                    }
+                    let n = left.min(READ_CHUNK);
+                    let (f, buf) = blocking(move || {
+                        let mut buf = vec![0u8; usize::try_from(n).unwrap_or(0)];
+                        f.read_exact(&mut buf)
+                            .map_err(|e| io_err("a blob is shorter than its record says", &e))?;
+                        Ok((f, buf))
+                    })
+                    .await?;
+                    Ok(Some((Bytes::from(buf), (f, left - n))))
+                });
+            let s: ByteStream = Box::pin(chunks);
+            Ok(Some((meta, s)))
+        })
     }
 
     fn put<'a>(

@@ -212,6 +212,62 @@ pub trait BlobBackend: Send + Sync + fmt::Debug + 'static {
 
     /// Deletes a blob; returns whether it existed.
     fn delete<'a>(&'a self, key: &'a BlobKey) -> BoxFuture<'a, Result<bool>>;
+
+    /// Whether the backend streams ([`BlobBackend::put_writer`] and
+    /// [`BlobBackend::get_stream`]); when it does not, [`Blobs`] buffers streamed puts and
+    /// serves streamed gets from one read.
+    fn streams(&self) -> bool {
+        false
+    }
+
+    /// Starts a streamed upload of `key`: chunks are written as they come, and the blob
+    /// appears (atomically, as with `put`) only when the writer finishes. `meta` holds
+    /// everything but the size and the hash, which [`BlobWriter::finish`] brings.
+    fn put_writer<'a>(
+        &'a self,
+        key: &'a BlobKey,
+        meta: &'a BlobMeta,
+        if_absent: bool,
+    ) -> BoxFuture<'a, Result<Box<dyn BlobWriter + 'a>>> {
+        let _ = (key, meta, if_absent);
+        Box::pin(std::future::ready(Err(Error::Unsupported {
+            operation: "streamed blob puts",
+            backend: self.system(),
+        })))
+    }
+
+    /// Reads a blob, or `range` of it, as a stream of chunks (`None`: no blob).
+    fn get_stream<'a>(
+        &'a self,
+        key: &'a BlobKey,
+        range: Option<Range<u64>>,
+    ) -> BoxFuture<'a, Result<Option<(BlobMeta, ByteStream)>>> {
+        let _ = (key, range);
+        Box::pin(std::future::ready(Err(Error::Unsupported {
+            operation: "streamed blob gets",
+            backend: self.system(),
+        })))
+    }
+}
+
+/// Content as a stream of chunks.
+pub type ByteStream = std::pin::Pin<Box<dyn futures_core::Stream<Item = Result<Bytes>> + Send>>;
+
+/// A streamed upload in progress ([`BlobBackend::put_writer`]). Dropped without
+/// [`finish`](BlobWriter::finish), it leaves no blob.
+pub trait BlobWriter: Send {
+    /// Appends a chunk.
+    fn write(&mut self, chunk: Bytes) -> BoxFuture<'_, Result<()>>;
+
+    /// Makes the blob appear with `meta` (its size and hash now known).
+    fn finish<'a>(self: Box<Self>, meta: &'a BlobMeta) -> BoxFuture<'a, Result<()>>
+    where
+        Self: 'a;
+
+    /// Gives up: no blob appears.
+    fn abort<'a>(self: Box<Self>) -> BoxFuture<'a, Result<()>>
+    where
+        Self: 'a;
 }
 
 /// The blob store: a backend with larder's policy (see the module docs).
@@ -276,7 +332,10 @@ fn check_metadata(opts: &PutOptions) -> Result<()> {
 
 /// Lowercase hex SHA-256 of `content`.
 pub fn sha256_hex(content: &[u8]) -> String {
-    let d = Sha256::digest(content);
+    hex(&Sha256::digest(content))
+}
+
+fn hex(d: &[u8]) -> String {
     let mut s = String::with_capacity(64);
     for b in d {
         use std::fmt::Write as _;
@@ -380,6 +439,151 @@ impl Blobs {
         })
         .await?;
         Ok(meta)
+    }
+
+    /// Stores the chunks of `content` under `key` without holding the whole content in
+    /// memory (on backends that stream: the filesystem writes a temporary file, object
+    /// stores upload parts; memory buffers). Size and SHA-256 are computed on the way; the
+    /// blob appears atomically at the end, and not at all if the stream fails. The deadline
+    /// bounds each step (opening, every chunk, finishing), not the whole transfer.
+    ///
+    /// On S3 and Azure the object's own metadata has no hash for a streamed put (it is
+    /// written before the first part); the returned record has it, and
+    /// [`Attachments`] keep it in SQL.
+    pub async fn put_stream<S>(
+        &self,
+        key: &BlobKey,
+        content: S,
+        opts: PutOptions,
+    ) -> Result<BlobMeta>
+    where
+        S: futures_core::Stream<Item = Result<Bytes>> + Send,
+    {
+        public(key)?;
+        self.put_stream_object(key, content, opts).await
+    }
+
+    async fn put_stream_object<S>(
+        &self,
+        key: &BlobKey,
+        content: S,
+        opts: PutOptions,
+    ) -> Result<BlobMeta>
+    where
+        S: futures_core::Stream<Item = Result<Bytes>> + Send,
+    {
+        use futures_util::StreamExt as _;
+        let span = blob_span!(
+            "larder.blob.put",
+            "put_stream",
+            self.backend.system(),
+            key.top()
+        );
+        check_metadata(&opts)?;
+        let mut meta = BlobMeta {
+            key: key.as_str().to_owned(),
+            size: 0,
+            sha256: String::new(),
+            content_type: opts.content_type,
+            metadata: opts.metadata,
+            created_micros: now_micros(),
+        };
+        let mut content = std::pin::pin!(content);
+        let mut hasher = Sha256::new();
+        if !self.backend.streams() {
+            let mut buf = bytes::BytesMut::new();
+            while let Some(chunk) = content.next().await {
+                let chunk = chunk?;
+                hasher.update(&chunk);
+                buf.extend_from_slice(&chunk);
+            }
+            meta.size = buf.len() as u64;
+            meta.sha256 = hex(&hasher.finalize());
+            span.record("larder.blob.size", meta.size);
+            let m = &meta;
+            self.bounded("blob.put", span, async move {
+                self.backend.put(key, buf.freeze(), m, opts.if_absent).await
+            })
+            .await?;
+            return Ok(meta);
+        }
+        let s = span.clone();
+        let mut writer = self
+            .bounded(
+                "blob.put",
+                s.clone(),
+                self.backend.put_writer(key, &meta, opts.if_absent),
+            )
+            .await?;
+        let mut size = 0u64;
+        while let Some(chunk) = content.next().await {
+            let step = match chunk {
+                Ok(chunk) => {
+                    hasher.update(&chunk);
+                    size += chunk.len() as u64;
+                    self.bounded("blob.put", s.clone(), writer.write(chunk))
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = step {
+                let _ = writer.abort().await;
+                return Err(e);
+            }
+        }
+        let mut done = meta.clone();
+        done.size = size;
+        done.sha256 = hex(&hasher.finalize());
+        span.record("larder.blob.size", size);
+        self.bounded("blob.put", span, writer.finish(&done)).await?;
+        Ok(done)
+    }
+
+    /// Reads a blob (or `range` of it) as a stream of chunks, without holding it whole in
+    /// memory on backends that stream ([`Error::NotFound`] if there is none). The deadline
+    /// bounds opening the blob; reading the chunks is up to the caller.
+    pub async fn get_stream(
+        &self,
+        key: &BlobKey,
+        range: Option<Range<u64>>,
+    ) -> Result<(BlobMeta, ByteStream)> {
+        public(key)?;
+        self.get_stream_object(key, range)
+            .await?
+            .ok_or_else(|| not_found(key))
+    }
+
+    async fn get_stream_object(
+        &self,
+        key: &BlobKey,
+        range: Option<Range<u64>>,
+    ) -> Result<Option<(BlobMeta, ByteStream)>> {
+        let span = blob_span!(
+            "larder.blob.get",
+            "get_stream",
+            self.backend.system(),
+            key.top()
+        );
+        if let Some(r) = &range
+            && r.start > r.end
+        {
+            return Err(Error::InvalidRange(format!(
+                "{}..{} is reversed",
+                r.start, r.end
+            )));
+        }
+        self.bounded("blob.get", span, async move {
+            if self.backend.streams() {
+                return self.backend.get_stream(key, range).await;
+            }
+            Ok(self.backend.get(key, range).await?.map(|b| {
+                let one: ByteStream = Box::pin(futures_util::stream::once(std::future::ready(Ok(
+                    b.content,
+                ))));
+                (b.meta, one)
+            }))
+        })
+        .await
     }
 
     /// Reads a whole blob ([`Error::NotFound`] if there is none).
