@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo run --release -p larder-bench -- [--backend sqlite|postgres|all]
-//!     [--workload w1|w2|w3|w4|w5|w6|w6c|w7|b1|w8|w8e|o1|o2|o3|migrations|all] [--runs N] [--quick|--full]
+//!     [--workload w1|w2|w3|w4|w5|w6|w6c|w7|b1|b2|w8|w8e|o1|o2|o3|migrations|all] [--runs N] [--quick|--full]
 //! ```
 //!
 //! Every workload runs each side `N` times, alternating which side goes first, and reports

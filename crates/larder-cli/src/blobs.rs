@@ -107,6 +107,111 @@ fn parse_grace(s: &str) -> std::result::Result<std::time::Duration, String> {
     Ok(std::time::Duration::from_secs(secs))
 }
 
+/// Bytes per chunk when streaming a file in or out.
+const CHUNK: usize = 1 << 20;
+/// Transfers at least this big show a progress bar (on a terminal, without `--json`).
+const BAR_FROM: u64 = 8 << 20;
+
+fn bar(len: u64, json: bool, what: String) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal as _;
+    (!json && len >= BAR_FROM && std::io::stderr().is_terminal()).then(|| {
+        let b = indicatif::ProgressBar::new(len);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b.set_message(what);
+        b
+    })
+}
+
+/// `path` as a stream of chunks (constant memory), advancing a progress bar for big files.
+async fn file_stream(
+    path: &std::path::Path,
+    json: bool,
+) -> Result<impl futures_util::Stream<Item = larder::Result<bytes::Bytes>> + Send + use<>> {
+    use tokio::io::AsyncReadExt as _;
+    let f = tokio::fs::File::open(path)
+        .await
+        .with_context(|| format!("reading {}", path.display()))?;
+    let len = f.metadata().await?.len();
+    let bar = bar(len, json, format!("{}", path.display()));
+    let shown = path.display().to_string();
+    Ok(futures_util::stream::try_unfold(
+        (f, bar, shown),
+        |(mut f, bar, shown)| async move {
+            let mut buf = vec![0u8; CHUNK];
+            let n = f.read(&mut buf).await.map_err(|e| {
+                larder::Error::backend("filesystem", format!("reading {shown}: {e}"))
+            })?;
+            if n == 0 {
+                if let Some(b) = &bar {
+                    b.finish_and_clear();
+                }
+                return Ok(None);
+            }
+            buf.truncate(n);
+            if let Some(b) = &bar {
+                b.inc(n as u64);
+            }
+            Ok(Some((bytes::Bytes::from(buf), (f, bar, shown))))
+        },
+    ))
+}
+
+/// Writes a streamed blob to `file`, or to stdout; returns the bytes written.
+async fn write_out(
+    mut s: larder::blob::ByteStream,
+    size: u64,
+    file: Option<&std::path::Path>,
+    json: bool,
+) -> Result<u64> {
+    use futures_util::StreamExt as _;
+    use tokio::io::AsyncWriteExt as _;
+    let bar = bar(
+        size,
+        json,
+        file.map_or_else(|| "stdout".into(), |f| f.display().to_string()),
+    );
+    let mut out = match file {
+        Some(f) => Some(
+            tokio::fs::File::create(f)
+                .await
+                .with_context(|| format!("writing {}", f.display()))?,
+        ),
+        None => None,
+    };
+    let mut n = 0u64;
+    while let Some(chunk) = s.next().await {
+        let chunk = chunk?;
+        match (&mut out, file) {
+            (Some(o), Some(f)) => o
+                .write_all(&chunk)
+                .await
+                .with_context(|| format!("writing {}", f.display()))?,
+            _ => std::io::stdout().lock().write_all(&chunk)?,
+        }
+        n += chunk.len() as u64;
+        if let Some(b) = &bar {
+            b.inc(chunk.len() as u64);
+        }
+    }
+    if let (Some(mut o), Some(f)) = (out, file) {
+        o.flush()
+            .await
+            .with_context(|| format!("writing {}", f.display()))?;
+        o.sync_all()
+            .await
+            .with_context(|| format!("writing {}", f.display()))?;
+    }
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    Ok(n)
+}
+
 fn key(s: &str) -> Result<BlobKey> {
     Ok(BlobKey::new(s)?)
 }
@@ -170,9 +275,6 @@ pub(crate) async fn run(args: &BlobsArgs, settings: &Settings, json: bool) -> Re
             if_absent,
         } => {
             let k = key(k)?;
-            let content = tokio::fs::read(file)
-                .await
-                .with_context(|| format!("reading {}", file.display()))?;
             let mut opts = PutOptions::new();
             if let Some(t) = content_type {
                 opts = opts.content_type(t.clone());
@@ -180,7 +282,18 @@ pub(crate) async fn run(args: &BlobsArgs, settings: &Settings, json: bool) -> Re
             if *if_absent {
                 opts = opts.if_absent();
             }
-            let m = blobs.put(&k, content, opts).await?;
+            // Streamed (constant memory); object stores cannot make a multipart upload
+            // conditional, so `--if-absent` sends the file whole there.
+            let m = if *if_absent && blobs.backend().system() != "filesystem" {
+                let content = tokio::fs::read(file)
+                    .await
+                    .with_context(|| format!("reading {}", file.display()))?;
+                blobs.put(&k, content, opts).await?
+            } else {
+                blobs
+                    .put_stream(&k, file_stream(file, json).await?, opts)
+                    .await?
+            };
             if json {
                 println!("{}", meta_json(&m));
             } else {
@@ -188,25 +301,11 @@ pub(crate) async fn run(args: &BlobsArgs, settings: &Settings, json: bool) -> Re
             }
         }
         BlobsCommand::Get { key: k, file } => {
-            let b = blobs.get(&key(k)?).await?;
-            match file {
-                Some(f) => {
-                    tokio::fs::write(f, &b.content)
-                        .await
-                        .with_context(|| format!("writing {}", f.display()))?;
-                    if json {
-                        println!("{}", meta_json(&b.meta));
-                    } else {
-                        eprintln!("wrote {} bytes to {}", b.content.len(), f.display());
-                    }
-                }
-                None => {
-                    if json {
-                        bail!("--json with `get` needs a FILE: the content goes there");
-                    }
-                    std::io::stdout().lock().write_all(&b.content)?;
-                }
+            if json && file.is_none() {
+                bail!("--json with `get` needs a FILE: the content goes there");
             }
+            let (meta, s) = blobs.get_stream(&key(k)?, None).await?;
+            got(meta, s, file.as_deref(), json).await?;
         }
         BlobsCommand::Sweep { .. } => unreachable!("sweep runs on the attached blobs"),
         BlobsCommand::Rm { key: k } => {
@@ -222,6 +321,24 @@ pub(crate) async fn run(args: &BlobsArgs, settings: &Settings, json: bool) -> Re
         BlobsCommand::Du { prefix } => {
             let list = all(&blobs, prefix, usize::MAX).await?;
             print_usage(&list, json);
+        }
+    }
+    Ok(())
+}
+
+/// Writes a blob read as a stream to `file` (or stdout) and reports it.
+async fn got(
+    meta: BlobMeta,
+    s: larder::blob::ByteStream,
+    file: Option<&std::path::Path>,
+    json: bool,
+) -> Result<()> {
+    let n = write_out(s, meta.size, file, json).await?;
+    if let Some(f) = file {
+        if json {
+            println!("{}", meta_json(&meta));
+        } else {
+            eprintln!("wrote {n} bytes to {}", f.display());
         }
     }
     Ok(())
@@ -309,9 +426,7 @@ async fn attached(args: &BlobsArgs, att: &Attachments, json: bool) -> Result<()>
             if_absent,
         } => {
             let k = key(k)?;
-            let content = tokio::fs::read(file)
-                .await
-                .with_context(|| format!("reading {}", file.display()))?;
+            let content = file_stream(file, json).await?;
             let mut opts = PutOptions::new();
             if let Some(t) = content_type {
                 opts = opts.content_type(t.clone());
@@ -319,8 +434,9 @@ async fn attached(args: &BlobsArgs, att: &Attachments, json: bool) -> Result<()>
             if *if_absent {
                 opts = opts.if_absent();
             }
-            // Uploaded before the unit of work opens (SQLite has one writer), recorded in it.
-            let staged = att.upload(&k, content, opts).await?;
+            // Uploaded (streamed) before the unit of work opens (SQLite has one writer),
+            // recorded in it.
+            let staged = att.upload_stream(&k, content, opts).await?;
             let mut uow = store.begin().await?;
             let m = if *if_absent {
                 att.attach_new(&mut uow, staged).await?
@@ -336,27 +452,13 @@ async fn attached(args: &BlobsArgs, att: &Attachments, json: bool) -> Result<()>
             }
         }
         BlobsCommand::Get { key: k, file } => {
-            let mut uow = store.read().await?;
-            let b = att.get(&mut uow, &key(k)?).await?;
-            drop(uow);
-            match file {
-                Some(f) => {
-                    tokio::fs::write(f, &b.content)
-                        .await
-                        .with_context(|| format!("writing {}", f.display()))?;
-                    if json {
-                        println!("{}", meta_json(&b.meta));
-                    } else {
-                        eprintln!("wrote {} bytes to {}", b.content.len(), f.display());
-                    }
-                }
-                None => {
-                    if json {
-                        bail!("--json with `get` needs a FILE: the content goes there");
-                    }
-                    std::io::stdout().lock().write_all(&b.content)?;
-                }
+            if json && file.is_none() {
+                bail!("--json with `get` needs a FILE: the content goes there");
             }
+            let mut uow = store.read().await?;
+            let (meta, s) = att.get_stream(&mut uow, &key(k)?, None).await?;
+            drop(uow);
+            got(meta, s, file.as_deref(), json).await?;
         }
         BlobsCommand::Rm { key: k } => {
             let mut uow = store.begin().await?;

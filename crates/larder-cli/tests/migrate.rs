@@ -9,8 +9,8 @@ use std::process::{Command, Output};
 
 use sqlx::Row;
 
-/// Migrations of larder's built-in `larder` module (its bookkeeping and the event store).
-const BUILTIN: usize = 3;
+/// Migrations of larder's built-in `larder` module (bookkeeping, event store, outbox, blob references).
+const BUILTIN: usize = 4;
 
 fn larder(url: &str, dir: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_larder"));

@@ -20,8 +20,8 @@ async fn embedded_modules_apply_in_dependency_order() {
         .up(driver.as_mut(), None, &mut |_, _, _| {})
         .await
         .unwrap();
-    // larder's three built-in migrations (meta, event store, outbox) and the two modules' own.
-    assert_eq!(report.applied.len(), 5);
+    // larder's four built-in migrations (meta, event store, outbox, blob references) and the two modules' own.
+    assert_eq!(report.applied.len(), 6);
     let v = migrator.verify(driver.as_mut()).await.unwrap();
     assert!(v.problems.is_empty() && v.pending == 0, "{v:?}");
     drop(driver);

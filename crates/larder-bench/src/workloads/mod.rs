@@ -172,6 +172,11 @@ pub(crate) const REGISTRY: &[Workload] = &[
         run: |cx| Box::pin(blob::b1(cx)),
     },
     Workload {
+        id: "b2",
+        title: "blobs: put and get of 1 KiB and 16 MiB objects, larder vs the same object_store S3 client (moto)",
+        run: |cx| Box::pin(blob::b2(cx)),
+    },
+    Workload {
         id: "o1",
         title: "outbox: insert an entity and enqueue a message, one unit of work each",
         run: |cx| Box::pin(outbox::o1(cx)),

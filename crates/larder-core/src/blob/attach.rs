@@ -128,6 +128,7 @@ impl AttachmentsBuilder {
 ///
 /// let mut uow = store.read().await?;
 /// assert_eq!(&uow.blobs()?.get(&key).await?.content[..], b"%PDF-1.7");
+/// drop(uow);
 ///
 /// let mut uow = store.begin().await?;
 /// uow.blobs()?.stage(&BlobKey::new("tmp/x")?, b"x".to_vec(), PutOptions::new()).await?;

@@ -275,6 +275,7 @@ pub trait BlobWriter: Send {
 pub struct Blobs {
     backend: Arc<dyn BlobBackend>,
     timeout: Duration,
+    audit: Option<Arc<dyn crate::audit::AuditSink>>,
 }
 
 impl fmt::Debug for Blobs {
@@ -282,6 +283,7 @@ impl fmt::Debug for Blobs {
         f.debug_struct("Blobs")
             .field("backend", &self.backend)
             .field("timeout", &self.timeout)
+            .field("audit", &self.audit.is_some())
             .finish()
     }
 }
@@ -370,6 +372,7 @@ impl Blobs {
         Blobs {
             backend,
             timeout: Duration::from_secs(60),
+            audit: None,
         }
     }
 
@@ -389,6 +392,131 @@ impl Blobs {
     pub fn with_timeout(mut self, d: Duration) -> Blobs {
         self.timeout = d;
         self
+    }
+
+    /// Sends one audit record per call (operation `blob.put`, `blob.get`, …; collection
+    /// `blob`; the key as the entity id; the outcome) to `sink`. Blobs staged in a unit of
+    /// work are audited by the store's sink as part of it.
+    #[must_use]
+    pub fn with_audit(mut self, sink: Arc<dyn crate::audit::AuditSink>) -> Blobs {
+        self.audit = Some(sink);
+        self
+    }
+
+    fn audit<T>(&self, operation: &'static str, key: &str, r: &Result<T>, rows: u64) {
+        if let Some(sink) = &self.audit {
+            sink.record(crate::audit::AuditRecord {
+                at: std::time::SystemTime::now(),
+                actor: None,
+                correlation_id: None,
+                operation,
+                collection: Some("blob"),
+                entity_id: Some(key.to_owned()),
+                rows: if r.is_ok() { rows } else { 0 },
+                outcome: r.as_ref().map(|_| ()).map_err(Error::kind),
+            });
+        }
+    }
+
+    /// Stores `content` under `key` (atomically: readers see the old blob or the new one).
+    pub async fn put(
+        &self,
+        key: &BlobKey,
+        content: impl Into<Bytes>,
+        opts: PutOptions,
+    ) -> Result<BlobMeta> {
+        let r = self.put_unaudited(key, content, opts).await;
+        self.audit("blob.put", key.as_str(), &r, 1);
+        r
+    }
+
+    /// Stores the chunks of `content` under `key` without holding the whole content in
+    /// memory (on backends that stream: the filesystem writes a temporary file, object
+    /// stores upload parts; memory buffers). Size and SHA-256 are computed on the way; the
+    /// blob appears atomically at the end, and not at all if the stream fails. The deadline
+    /// bounds each step (opening, every chunk, finishing), not the whole transfer.
+    ///
+    /// On S3 and Azure the object's own metadata has no hash for a streamed put (it is
+    /// written before the first part); the returned record has it, and
+    /// [`Attachments`] keep it in SQL. A streamed put only if absent is refused there
+    /// ([`Error::Unsupported`]: multipart uploads cannot be conditional).
+    pub async fn put_stream<S>(
+        &self,
+        key: &BlobKey,
+        content: S,
+        opts: PutOptions,
+    ) -> Result<BlobMeta>
+    where
+        S: futures_core::Stream<Item = Result<Bytes>> + Send,
+    {
+        let r = self.put_stream_unaudited(key, content, opts).await;
+        self.audit("blob.put", key.as_str(), &r, 1);
+        r
+    }
+
+    /// Reads a whole blob ([`Error::NotFound`] if there is none).
+    pub async fn get(&self, key: &BlobKey) -> Result<Blob> {
+        let r = self.get_unaudited(key).await;
+        self.audit("blob.get", key.as_str(), &r, 1);
+        r
+    }
+
+    /// Reads `range` of a blob: `start..end` in bytes, `end` at most the size
+    /// ([`Error::InvalidRange`] otherwise; an empty range is allowed).
+    pub async fn get_range(&self, key: &BlobKey, range: Range<u64>) -> Result<Blob> {
+        let r = self.get_range_unaudited(key, range).await;
+        self.audit("blob.get", key.as_str(), &r, 1);
+        r
+    }
+
+    /// Reads a blob (or `range` of it) as a stream of chunks, without holding it whole in
+    /// memory on backends that stream ([`Error::NotFound`] if there is none). The deadline
+    /// bounds opening the blob; reading the chunks is up to the caller.
+    pub async fn get_stream(
+        &self,
+        key: &BlobKey,
+        range: Option<Range<u64>>,
+    ) -> Result<(BlobMeta, ByteStream)> {
+        let r = self.get_stream_unaudited(key, range).await;
+        self.audit("blob.get", key.as_str(), &r, 1);
+        r
+    }
+
+    /// A blob's record, or `None`.
+    pub async fn head(&self, key: &BlobKey) -> Result<Option<BlobMeta>> {
+        let r = self.head_unaudited(key).await;
+        let n = r.as_ref().map_or(0, |m| u64::from(m.is_some()));
+        self.audit("blob.head", key.as_str(), &r, n);
+        r
+    }
+
+    /// Records of the blobs whose key starts with `prefix`, after `after`, at most `limit`
+    /// (1 to 1,000) per page.
+    pub async fn list(
+        &self,
+        prefix: &str,
+        after: Option<&BlobKey>,
+        limit: usize,
+    ) -> Result<BlobPage> {
+        let r = self.list_unaudited(prefix, after, limit).await;
+        let n = r.as_ref().map_or(0, |p| p.blobs.len() as u64);
+        self.audit("blob.list", prefix, &r, n);
+        r
+    }
+
+    /// Deletes a blob; returns whether it existed.
+    pub async fn delete(&self, key: &BlobKey) -> Result<bool> {
+        let r = self.delete_unaudited(key).await;
+        let n = r.as_ref().map_or(0, |d| u64::from(*d));
+        self.audit("blob.delete", key.as_str(), &r, n);
+        r
+    }
+
+    /// Copies a blob to `to` (overwriting it), with its content type and metadata.
+    pub async fn copy(&self, from: &BlobKey, to: &BlobKey) -> Result<BlobMeta> {
+        let r = self.copy_unaudited(from, to).await;
+        self.audit("blob.copy", to.as_str(), &r, 1);
+        r
     }
 
     /// The backend.
@@ -414,7 +542,7 @@ impl Blobs {
     }
 
     /// Stores `content` under `key` (atomically: readers see the old blob or the new one).
-    pub async fn put(
+    async fn put_unaudited(
         &self,
         key: &BlobKey,
         content: impl Into<Bytes>,
@@ -450,7 +578,7 @@ impl Blobs {
     /// On S3 and Azure the object's own metadata has no hash for a streamed put (it is
     /// written before the first part); the returned record has it, and
     /// [`Attachments`] keep it in SQL.
-    pub async fn put_stream<S>(
+    async fn put_stream_unaudited<S>(
         &self,
         key: &BlobKey,
         content: S,
@@ -542,7 +670,7 @@ impl Blobs {
     /// Reads a blob (or `range` of it) as a stream of chunks, without holding it whole in
     /// memory on backends that stream ([`Error::NotFound`] if there is none). The deadline
     /// bounds opening the blob; reading the chunks is up to the caller.
-    pub async fn get_stream(
+    async fn get_stream_unaudited(
         &self,
         key: &BlobKey,
         range: Option<Range<u64>>,
@@ -587,7 +715,7 @@ impl Blobs {
     }
 
     /// Reads a whole blob ([`Error::NotFound`] if there is none).
-    pub async fn get(&self, key: &BlobKey) -> Result<Blob> {
+    async fn get_unaudited(&self, key: &BlobKey) -> Result<Blob> {
         let span = blob_span!("larder.blob.get", "get", self.backend.system(), key.top());
         public(key)?;
         let s = span.clone();
@@ -605,7 +733,7 @@ impl Blobs {
 
     /// Reads `range` of a blob: `start..end` in bytes, `end` at most the size
     /// ([`Error::InvalidRange`] otherwise; an empty range is allowed).
-    pub async fn get_range(&self, key: &BlobKey, range: Range<u64>) -> Result<Blob> {
+    async fn get_range_unaudited(&self, key: &BlobKey, range: Range<u64>) -> Result<Blob> {
         let span = blob_span!(
             "larder.blob.get",
             "get_range",
@@ -633,7 +761,7 @@ impl Blobs {
     }
 
     /// A blob's record, or `None`.
-    pub async fn head(&self, key: &BlobKey) -> Result<Option<BlobMeta>> {
+    async fn head_unaudited(&self, key: &BlobKey) -> Result<Option<BlobMeta>> {
         let span = blob_span!("larder.blob.head", "head", self.backend.system(), key.top());
         public(key)?;
         self.bounded("blob.head", span, self.backend.head(key))
@@ -642,7 +770,7 @@ impl Blobs {
 
     /// Records of the blobs whose key starts with `prefix`, after `after`, at most `limit`
     /// (1 to 1,000) per page.
-    pub async fn list(
+    async fn list_unaudited(
         &self,
         prefix: &str,
         after: Option<&BlobKey>,
@@ -678,7 +806,7 @@ impl Blobs {
     }
 
     /// Deletes a blob; returns whether it existed.
-    pub async fn delete(&self, key: &BlobKey) -> Result<bool> {
+    async fn delete_unaudited(&self, key: &BlobKey) -> Result<bool> {
         let span = blob_span!(
             "larder.blob.delete",
             "delete",
@@ -691,7 +819,7 @@ impl Blobs {
     }
 
     /// Copies a blob to `to` (overwriting it), with its content type and metadata.
-    pub async fn copy(&self, from: &BlobKey, to: &BlobKey) -> Result<BlobMeta> {
+    async fn copy_unaudited(&self, from: &BlobKey, to: &BlobKey) -> Result<BlobMeta> {
         let span = blob_span!("larder.blob.copy", "copy", self.backend.system(), to.top());
         public(from)?;
         public(to)?;

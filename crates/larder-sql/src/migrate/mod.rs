@@ -406,7 +406,7 @@ mod builtin_tests {
         for d in [Dialect::Postgres, Dialect::Sqlite] {
             let m = builtin(d);
             assert_eq!(m.name, "larder");
-            assert_eq!(m.migrations.len(), 3);
+            assert_eq!(m.migrations.len(), 4);
             assert!(m.migrations.iter().all(|m| m.down.is_some()));
         }
     }
