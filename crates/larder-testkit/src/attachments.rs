@@ -307,6 +307,37 @@ pub async fn sweep_removes_only_unreferenced_objects(db: &TestDb) {
     let again = sweep_now(&att).await;
     assert_eq!(again.swept, 0, "{again:?}");
     check_consistent(&att, None, true).await.unwrap();
+
+    // The background sweeper finds a new orphan on its own and stops on shutdown.
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let sweeper = {
+        let att = att.clone();
+        tokio::spawn(async move {
+            att.sweep_every(
+                Duration::from_millis(20),
+                SweepOptions::default().grace(Duration::ZERO),
+                async move {
+                    let _ = stopped.await;
+                },
+            )
+            .await;
+        })
+    };
+    let _late = att
+        .upload(&key("lost/2"), vec![2u8; 10], PutOptions::new())
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while objects(att.blobs()).await.len() > 1 {
+        assert!(std::time::Instant::now() < deadline, "the sweeper never swept");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(5), sweeper)
+        .await
+        .expect("the sweeper stops on shutdown")
+        .unwrap();
+    check_consistent(&att, None, true).await.unwrap();
 }
 
 /// An upload the sweep deleted is never recorded (typed error, nothing committed); a

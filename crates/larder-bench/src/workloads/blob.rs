@@ -27,6 +27,7 @@ const LARGE_OPS: usize = 4;
 struct Sides {
     larder: Blobs,
     raw: Arc<LocalFileSystem>,
+    raw_root: std::path::PathBuf,
     _dir: larder_testkit::blob::TempRoot,
 }
 
@@ -39,6 +40,7 @@ async fn sides() -> Result<Sides> {
     Ok(Sides {
         larder,
         raw,
+        raw_root,
         _dir: dir,
     })
 }
@@ -107,6 +109,11 @@ pub(crate) async fn b1(cx: &Ctx<'_>) -> Result<Vec<Metric>> {
         ("64 MiB", LARGE, LARGE_OPS, "MB/s"),
     ] {
         let mut put = Metric::new(format!("B1 put {label} (filesystem)"), unit, 0.9);
+        let mut durable = Metric::new(
+            format!("B1 put {label} (filesystem, raw also hashes and fsyncs)"),
+            unit,
+            0.9,
+        );
         let mut get = Metric::new(format!("B1 get {label} (filesystem)"), unit, 0.9);
         let content = Bytes::from(
             (0..size)
@@ -136,6 +143,37 @@ pub(crate) async fn b1(cx: &Ctx<'_>) -> Result<Vec<Metric>> {
             })
             .await?;
             put.record(ops, &spent);
+            // The same work on the raw side: hash the content, put it, fsync the file and
+            // its folder.
+            let spent = interleaved(run, &items, block, async |side, i| {
+                let name = format!("b1d/{run}/{i}");
+                match side {
+                    Side::Larder => {
+                        s.larder
+                            .put(&BlobKey::new(name)?, content.clone(), PutOptions::new())
+                            .await?;
+                    }
+                    Side::Raw => {
+                        let sha = larder::blob::sha256_hex(&content);
+                        anyhow::ensure!(sha.len() == 64, "hash");
+                        s.raw
+                            .put(&Path::from(name.clone()), PutPayload::from(content.clone()))
+                            .await?;
+                        let file = s.raw_root.join(&name);
+                        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                            std::fs::File::open(&file)?.sync_all()?;
+                            if let Some(dir) = file.parent() {
+                                std::fs::File::open(dir)?.sync_all()?;
+                            }
+                            Ok(())
+                        })
+                        .await??;
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+            durable.record(ops, &spent);
             let spent = interleaved(run, &items, block, async |side, i| {
                 let name = format!("b1/{run}/{i}");
                 let n = match side {
@@ -150,12 +188,14 @@ pub(crate) async fn b1(cx: &Ctx<'_>) -> Result<Vec<Metric>> {
         }
         if size == LARGE {
             mb_per_s(&mut put);
+            mb_per_s(&mut durable);
             mb_per_s(&mut get);
             if can_rss && let Some(peak) = rss::peak_mib() {
                 get.push_rss(Side::Larder, peak);
             }
         }
         out.push(put);
+        out.push(durable);
         out.push(get);
     }
     out.push(staged(cx).await?);

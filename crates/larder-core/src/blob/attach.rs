@@ -9,7 +9,7 @@
 //! 2. **commit** makes the new reference live: the key resolves through its row, so there
 //!    is no copy or rename to do, and nothing to lose between commit and a rename;
 //! 3. **rollback** (explicit, on error, on drop) deletes the staged upload right away;
-//!    a crash leaves it for the sweep;
+//!    a crash, or a savepoint that rolls back, leaves it for the sweep;
 //! 4. **delete** (and overwrite) drops the reference in the transaction; the object is
 //!    deleted after commit, once no reference holds it;
 //! 5. the **sweep** claims objects no reference holds (older than a grace period, so
@@ -698,6 +698,10 @@ impl Attachments {
 
     /// Deletes `key` in `uow`: the reference goes with the transaction, the object after
     /// commit. Returns whether the key had a blob.
+    ///
+    /// A reader whose unit of work still sees the old reference (a snapshot taken before
+    /// the delete committed: SQLite read transactions, PostgreSQL `REPEATABLE READ`) may
+    /// find the object gone ([`Error::BlobMissing`]); read blobs in short units of work.
     pub async fn delete(&self, uow: &mut Uow, key: &BlobKey) -> Result<bool> {
         refuse_reserved(key)?;
         if uow.is_read_only() {
