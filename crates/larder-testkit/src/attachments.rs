@@ -329,7 +329,10 @@ pub async fn sweep_removes_only_unreferenced_objects(db: &TestDb) {
         .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while objects(att.blobs()).await.len() > 1 {
-        assert!(std::time::Instant::now() < deadline, "the sweeper never swept");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sweeper never swept"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let _ = stop.send(());
