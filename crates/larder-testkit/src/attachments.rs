@@ -525,8 +525,8 @@ pub async fn bad_attachment_input_is_typed(db: &TestDb) {
 
 /// U1: random stage / delete / overwrite sequences, each committed or rolled back (or
 /// dropped). After each one every committed reference resolves to content with its
-/// recorded hash and size and matches the model; every 50 sequences and at the end the
-/// sweep leaves exactly the referenced objects. `sequences` is 1,000 in CI on SQLite and
+/// recorded hash and size and matches the model, and then the sweep leaves exactly the
+/// referenced objects. `sequences` is 1,000 in CI on SQLite and
 /// PostgreSQL.
 pub async fn random_sequences_keep_references_and_objects_consistent(
     db: &TestDb,
@@ -573,12 +573,14 @@ pub async fn random_sequences_keep_references_and_objects_consistent(
                 model = pending;
             }
         }
-        let swept = seq % 50 == 49 || seq + 1 == sequences;
-        if swept {
-            sweep_now(&att).await;
-        }
-        if let Err(e) = check_consistent(&att, Some(&model), swept).await {
+        // Every committed reference resolves and matches the model; then the sweep
+        // leaves exactly the referenced objects.
+        if let Err(e) = check_consistent(&att, Some(&model), false).await {
             panic!("sequence {seq} (seed {seed}): {e}");
+        }
+        sweep_now(&att).await;
+        if let Err(e) = check_consistent(&att, Some(&model), true).await {
+            panic!("sequence {seq} (seed {seed}), after the sweep: {e}");
         }
     }
 }

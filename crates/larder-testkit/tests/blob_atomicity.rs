@@ -2,8 +2,8 @@
 //! 1,000 random stage / overwrite / delete sequences, each committed, rolled back or
 //! dropped (SQLite and PostgreSQL; the memory reference too), in both naming modes. After
 //! every sequence each committed reference resolves to content with its recorded size and
-//! SHA-256 and matches the model; every 50 sequences and at the end the sweep leaves
-//! exactly the referenced objects.
+//! SHA-256 and matches the model, and then the sweep leaves exactly the referenced
+//! objects.
 //!
 //! Canaries: the checker must catch a referenced object deleted behind larder's back (a
 //! dangling reference) and an orphan the sweep has not removed.
