@@ -238,12 +238,9 @@ impl Store {
         &self.inner.signals
     }
 
-    /// Makes `core` the store's attachments unless it has some; returns the ones it has.
-    pub(crate) fn attach_blobs(
-        &self,
-        core: Arc<crate::blob::AttachCore>,
-    ) -> Arc<crate::blob::AttachCore> {
-        self.inner.blobs.get_or_init(|| core).clone()
+    /// Makes `core` the store's attachments unless it has some.
+    pub(crate) fn attach_blobs(&self, core: Arc<crate::blob::AttachCore>) {
+        let _ = self.inner.blobs.set(core);
     }
 
     /// The attachments opened on this store first

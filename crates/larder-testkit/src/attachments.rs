@@ -516,6 +516,35 @@ pub async fn bad_attachment_input_is_typed(db: &TestDb) {
     );
     check_consistent(&att, None, true).await.unwrap();
 
+    // A second attachments handle on the same store uses its own blob store; the unit of
+    // work's `blobs()` keeps the first.
+    let other_root = TempRoot::new("att-other");
+    let other = Attachments::open(
+        store,
+        Blobs::filesystem(other_root.path().join("store"))
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let mut uow = store.begin().await.unwrap();
+    other
+        .stage(&mut uow, &key("second/x"), b"2".to_vec(), PutOptions::new())
+        .await
+        .unwrap();
+    uow.commit().await.unwrap();
+    assert_eq!(objects(other.blobs()).await.len(), 1);
+    assert!(
+        !objects(att.blobs()).await.contains_key(
+            &other
+                .reference(&mut store.read().await.unwrap(), &key("second/x"))
+                .await
+                .unwrap()
+                .unwrap()
+                .object
+        )
+    );
+
     let bare = Store::memory();
     let mut uow = bare.begin().await.unwrap();
     let e = uow.blobs().unwrap_err();

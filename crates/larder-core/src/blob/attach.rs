@@ -84,7 +84,8 @@ impl AttachmentsBuilder {
     }
 
     /// Opens the attachments and makes them the store's (`uow.blobs()`), unless the store
-    /// has some already.
+    /// has some already (then `uow.blobs()` keeps using the first; the returned handle
+    /// always uses these).
     pub async fn open(self) -> Result<Attachments> {
         if self.prepare {
             let span = tracing::info_span!(
@@ -104,7 +105,9 @@ impl AttachmentsBuilder {
             content_addressed: self.content_addressed,
             cleanups: Cleanups::default(),
         });
-        let core = self.store.attach_blobs(core);
+        // `uow.blobs()` uses the first attachments opened on the store; these ones are
+        // used as configured through the returned handle either way.
+        self.store.attach_blobs(core.clone());
         Ok(Attachments {
             core,
             store: self.store,
@@ -113,6 +116,10 @@ impl AttachmentsBuilder {
 }
 
 /// Blobs whose references live in SQL, in the unit of work: cheap to clone.
+///
+/// The references of every `Attachments` opened on one store share one table, so one key
+/// space: give each blob store its own key prefix (`invoices/…` on S3, `avatars/…` on
+/// the filesystem) and read a key through the handle that staged it.
 ///
 /// ```
 /// use larder_core::blob::{Attachments, BlobKey, Blobs, PutOptions};
