@@ -266,7 +266,7 @@ fn create_bucket(port: u16, bucket: &str) -> Result<()> {
 
 /// B2: the same object store client (S3 on a local moto server) used through larder's
 /// `Blobs` and directly: larder adds the SHA-256, the record as metadata headers, and a
-/// HEAD before ranged reads (none here). 1 KiB (ops/s) and 16 MiB (MB/s) objects.
+/// HEAD before ranged reads (none here). 1 KiB (ops/s) and 64 MiB (MB/s) objects.
 pub(crate) async fn b2(cx: &Ctx<'_>) -> Result<Vec<Metric>> {
     use object_store::aws::AmazonS3Builder;
     if cx.target.kind != Kind::Sqlite {
@@ -284,11 +284,11 @@ pub(crate) async fn b2(cx: &Ctx<'_>) -> Result<Vec<Metric>> {
         "s3://warmup?region=us-east-1&endpoint={endpoint}&access_key_id=t&secret_access_key=t"
     ))
     .await?;
-    const MID: usize = 16 << 20;
+    const MID: usize = 64 << 20;
     let mut out = Vec::new();
     for (label, size, ops, unit) in [
         ("1 KiB", SMALL, 200usize, "ops/s"),
-        ("16 MiB", MID, 3, "MB/s"),
+        ("64 MiB", MID, 3, "MB/s"),
     ] {
         let mut put = Metric::new(format!("B2 put {label} (S3 on moto)"), unit, 0.9);
         let mut get = Metric::new(format!("B2 get {label} (S3 on moto)"), unit, 0.9);

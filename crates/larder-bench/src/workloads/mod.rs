@@ -173,7 +173,7 @@ pub(crate) const REGISTRY: &[Workload] = &[
     },
     Workload {
         id: "b2",
-        title: "blobs: put and get of 1 KiB and 16 MiB objects, larder vs the same object_store S3 client (moto)",
+        title: "blobs: put and get of 1 KiB and 64 MiB objects, larder vs the same object_store S3 client (moto)",
         run: |cx| Box::pin(blob::b2(cx)),
     },
     Workload {
