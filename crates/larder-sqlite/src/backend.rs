@@ -69,19 +69,33 @@ impl SqliteBackend {
         if !url.contains(":memory:") && !url.contains("mode=memory") {
             opts = opts.journal_mode(SqliteJournalMode::Wal);
         }
-        let pool = SqlitePoolOptions::new()
-            .max_connections(
-                settings
-                    .max_connections
-                    .unwrap_or(DEFAULT_MAX_CONNECTIONS)
-                    .max(1),
-            )
-            .min_connections(settings.min_connections)
-            .acquire_timeout(settings.acquire_timeout)
-            .idle_timeout(Some(Duration::from_secs(600)))
-            .connect_with(opts)
-            .await
-            .map_err(|e| map(e, "connect"))?;
+        // Switching a file to WAL takes an exclusive lock, and SQLite answers SQLITE_BUSY
+        // at once (without its busy handler) when another process opens the same fresh
+        // file at that moment: retry for up to the busy timeout, as the handler would.
+        let give_up = std::time::Instant::now() + settings.sqlite.busy_timeout;
+        let mut pause = Duration::from_millis(5);
+        let pool = loop {
+            let r = SqlitePoolOptions::new()
+                .max_connections(
+                    settings
+                        .max_connections
+                        .unwrap_or(DEFAULT_MAX_CONNECTIONS)
+                        .max(1),
+                )
+                .min_connections(settings.min_connections)
+                .acquire_timeout(settings.acquire_timeout)
+                .idle_timeout(Some(Duration::from_secs(600)))
+                .connect_with(opts.clone())
+                .await
+                .map_err(|e| map(e, "connect"));
+            match r {
+                Err(Error::Transient { .. }) if std::time::Instant::now() < give_up => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
+                other => break other?,
+            }
+        };
         if double_quoted_strings_enabled(&pool).await {
             // Built without `LIBSQLITE3_FLAGS=-DSQLITE_DQS=0` (see the crate docs): a
             // column missing from a table would read as a string literal. Registration
