@@ -73,10 +73,6 @@ fn decode<D: LogDialect>(r: &RowOf<D>, op: &'static str) -> Result<BlobRef> {
 }
 
 impl<D: LogDialect> SqlTx<D> {
-    async fn first_int(&mut self, b: Built, op: &'static str, kind: Kind) -> Result<Option<i64>> {
-        self.fetch_int(b, op, kind).await
-    }
-
     async fn first_text(
         &mut self,
         b: Built,
@@ -113,7 +109,7 @@ impl<D: LogDialect> BlobRefTransaction for SqlTx<D> {
                     vec![text(object)],
                 ),
             };
-            let n = self.first_int(b, op, Kind::Write).await?;
+            let n = self.fetch_int(b, op, Kind::Write).await?;
             Ok(n.map(|n| u64::try_from(n).unwrap_or(0)))
         })
     }

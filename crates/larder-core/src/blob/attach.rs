@@ -254,16 +254,6 @@ macro_rules! run {
     }};
 }
 
-fn refuse_reserved(key: &BlobKey) -> Result<()> {
-    if key.is_reserved() {
-        return Err(Error::InvalidBlobKey {
-            key: key.as_str().chars().take(200).collect(),
-            reason: "is in larder's managed area",
-        });
-    }
-    Ok(())
-}
-
 impl Attachments {
     /// Opens attachments of `store` kept in `blobs` (one object per stage), making
     /// larder's tables ready.
@@ -317,7 +307,7 @@ impl Attachments {
         content: impl Into<Bytes>,
         opts: PutOptions,
     ) -> Result<Staged> {
-        refuse_reserved(key)?;
+        super::public(key)?;
         let content: Bytes = content.into();
         let meta = Blobs::describe(key, &content, opts)?;
         let object = self.object_for(&meta)?;
@@ -336,7 +326,7 @@ impl Attachments {
     where
         S: futures_core::Stream<Item = Result<Bytes>> + Send,
     {
-        refuse_reserved(key)?;
+        super::public(key)?;
         let object = BlobKey::managed(format!("{OBJECTS}{}", Uuid::now_v7().simple()))?;
         // The fresh name is unique: no conditional put needed (object stores cannot make
         // a multipart upload conditional).
@@ -419,7 +409,7 @@ impl Attachments {
                 operation: "blob.stage",
             });
         }
-        refuse_reserved(key)?;
+        super::public(key)?;
         let content: Bytes = content.into();
         let if_absent = opts.if_absent;
         let meta = Blobs::describe(key, &content, opts)?;
@@ -561,20 +551,13 @@ impl Attachments {
 
     /// The reference of `key` in `uow`.
     pub async fn head(&self, uow: &mut Uow, key: &BlobKey) -> Result<Option<BlobMeta>> {
-        refuse_reserved(key)?;
-        let span = att_span!(uow, "larder.blob.head", "head", key.top());
-        let k = key.as_str();
-        let r = run!(uow, span, "blob.head", |tx| tx.get_ref(k));
-        uow.finish_op(&span, "blob.head", Some(TABLE), None, &r, |r| {
-            u64::from(r.is_some())
-        });
-        Ok(r?.map(|r| r.meta()))
+        Ok(self.reference(uow, key).await?.map(|r| r.meta()))
     }
 
     /// The stored reference of `key` in `uow`, with the name of the object it points at
     /// (operations and checks; [`head`](Attachments::head) is the caller's view).
     pub async fn reference(&self, uow: &mut Uow, key: &BlobKey) -> Result<Option<BlobRef>> {
-        refuse_reserved(key)?;
+        super::public(key)?;
         let span = att_span!(uow, "larder.blob.head", "head", key.top());
         let k = key.as_str();
         let r = run!(uow, span, "blob.head", |tx| tx.get_ref(k));
@@ -595,7 +578,7 @@ impl Attachments {
     }
 
     async fn read(&self, uow: &mut Uow, key: &BlobKey, range: Option<Range<u64>>) -> Result<Blob> {
-        refuse_reserved(key)?;
+        super::public(key)?;
         if let Some(r) = &range
             && r.start > r.end
         {
@@ -610,10 +593,7 @@ impl Attachments {
         uow.finish_op(&span, "blob.get", Some(TABLE), None, &r, |r| {
             u64::from(r.is_some())
         });
-        let r = r?.ok_or_else(|| Error::NotFound {
-            entity: "blob",
-            id: key.as_str().to_owned(),
-        })?;
+        let r = r?.ok_or_else(|| super::not_found(key))?;
         let object = BlobKey::managed(r.object.clone())?;
         let blob = self
             .core
@@ -639,10 +619,7 @@ impl Attachments {
         let r = self
             .reference(uow, key)
             .await?
-            .ok_or_else(|| Error::NotFound {
-                entity: "blob",
-                id: key.as_str().to_owned(),
-            })?;
+            .ok_or_else(|| super::not_found(key))?;
         let object = BlobKey::managed(r.object.clone())?;
         let (_, stream) = self
             .core
@@ -710,7 +687,7 @@ impl Attachments {
     /// the delete committed: SQLite read transactions, PostgreSQL `REPEATABLE READ`) may
     /// find the object gone ([`Error::BlobMissing`]); read blobs in short units of work.
     pub async fn delete(&self, uow: &mut Uow, key: &BlobKey) -> Result<bool> {
-        refuse_reserved(key)?;
+        super::public(key)?;
         if uow.is_read_only() {
             return Err(Error::ReadOnly {
                 operation: "blob.delete",

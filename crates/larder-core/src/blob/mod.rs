@@ -923,12 +923,13 @@ impl Blobs {
     }
 }
 
-/// [`Blobs`]' own calls leave larder's managed objects alone.
+/// Callers' keys leave larder's managed objects alone ([`Blobs`]' and
+/// [`Attachments`]' own calls).
 fn public(key: &BlobKey) -> Result<()> {
     if key.is_reserved() {
         return Err(Error::InvalidBlobKey {
             key: key.as_str().chars().take(200).collect(),
-            reason: "is in larder's managed area: use Attachments to read it",
+            reason: "is in larder's managed area",
         });
     }
     Ok(())
