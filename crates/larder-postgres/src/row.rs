@@ -2,7 +2,7 @@
 
 use larder_core::Result;
 use sqlx::postgres::{PgArguments, PgRow, Postgres};
-use sqlx::{Arguments, Row, ValueRef as _};
+use sqlx::{Arguments, Column as _, Row};
 
 use crate::error::BACKEND;
 
@@ -22,30 +22,54 @@ impl larder_sql::SqlRow<crate::uow::Pg> for PgRow {
     larder_sql::native_columns!(text: String, boolean: bool, float: f64);
 
     fn text_ref(&self, i: usize) -> Result<Option<&str>, sqlx::Error> {
-        self.try_get(i)
+        match oid_of(self, i) {
+            Some(TEXT | VARCHAR) => self.try_get_unchecked(i),
+            _ => self.try_get(i),
+        }
     }
 
     fn bytes_ref(&self, i: usize) -> Result<Option<&[u8]>, sqlx::Error> {
-        self.try_get(i)
+        match oid_of(self, i) {
+            Some(BYTEA) => self.try_get_unchecked(i),
+            _ => self.try_get(i),
+        }
     }
 
     fn int(&self, i: usize) -> Result<Option<i64>, sqlx::Error> {
         // Only event schema versions and a few catalog columns are narrower than BIGINT.
-        let ty = self.try_get_raw(i)?.type_info().into_owned();
-        if <i64 as sqlx::Type<Postgres>>::compatible(&ty) {
-            self.try_get(i)
-        } else if <i32 as sqlx::Type<Postgres>>::compatible(&ty) {
-            Ok(self.try_get::<Option<i32>, _>(i)?.map(i64::from))
-        } else {
-            Ok(self.try_get::<Option<i16>, _>(i)?.map(i64::from))
+        // The column's type is known from the statement's description: decoding by it
+        // skips sqlx's per-value compatibility check (a hot path of every event read).
+        match oid_of(self, i) {
+            Some(INT8) => self.try_get_unchecked(i),
+            Some(INT4) => Ok(self.try_get_unchecked::<Option<i32>, _>(i)?.map(i64::from)),
+            Some(INT2) => Ok(self.try_get_unchecked::<Option<i16>, _>(i)?.map(i64::from)),
+            _ => self.try_get(i),
         }
     }
 
     fn uuid(&self, i: usize) -> Result<Option<uuid::Uuid>, larder_core::BoxError> {
-        Ok(self.try_get(i)?)
+        match oid_of(self, i) {
+            Some(UUID) => Ok(self.try_get_unchecked(i)?),
+            _ => Ok(self.try_get(i)?),
+        }
     }
 
     fn json(&self, i: usize) -> Result<Option<serde_json::Value>, larder_core::BoxError> {
         Ok(self.try_get(i)?)
     }
+}
+
+// Type oids of the columns decoded without sqlx's compatibility check (pg_type.dat).
+const INT8: u32 = 20;
+const INT2: u32 = 21;
+const INT4: u32 = 23;
+const TEXT: u32 = 25;
+const BYTEA: u32 = 17;
+const VARCHAR: u32 = 1043;
+const UUID: u32 = 2950;
+
+/// The type oid of column `i` as the server described it (`None`: out of range, or a
+/// type known only by name).
+fn oid_of(row: &PgRow, i: usize) -> Option<u32> {
+    row.columns().get(i)?.type_info().oid().map(|o| o.0)
 }

@@ -1571,3 +1571,45 @@ pub async fn a_failing_projection_stops_alone_with_the_failing_event_in_its_stat
     task.await.unwrap().unwrap();
     assert_eq!(count_of(&db.store, "healthy").await, 11);
 }
+
+/// Issue 10: adaptive batches stay between their bounds, a failed batch is retried at half
+/// its size (`larder.batch_size` on the batch spans), and every event is still applied
+/// exactly once.
+pub async fn adaptive_batches_shrink_after_a_failure_and_apply_every_event_once(db: &TestDb) {
+    db.store.register::<Counter>().await.unwrap();
+    let es = events(db).await;
+    for i in 0..20 {
+        append(&es, "ad-1", ExpectedVersion::Any, vec![ev("A", i)]).await;
+    }
+    let flaky = Flaky::new("adaptive", 5, false, 1);
+    let runner = ProjectionRunner::new(&es)
+        .adaptive_batches(1, 4)
+        .with_retry(fast_retries())
+        .with(flaky);
+    let (handled, spans) = batch_spans(runner.catch_up()).await;
+    assert_eq!(handled.unwrap(), 20);
+    assert_eq!(
+        count_of(&db.store, "adaptive").await,
+        20,
+        "applied exactly once"
+    );
+    let size = |f: &std::collections::HashMap<String, String>| -> u32 {
+        f.get("larder.batch_size")
+            .expect("batch size")
+            .parse()
+            .unwrap()
+    };
+    assert!(
+        spans.iter().all(|f| (1..=4).contains(&size(f))),
+        "{spans:?}"
+    );
+    let failed = spans
+        .iter()
+        .position(|f| f.contains_key("error.type"))
+        .expect("one failed batch");
+    let (at_failure, retried) = (size(&spans[failed]), size(&spans[failed + 1]));
+    assert!(
+        retried <= (at_failure / 2).max(1),
+        "a batch of {at_failure} failed, retried with {retried}: {spans:?}"
+    );
+}

@@ -125,6 +125,7 @@ macro_rules! events_conformance {
                 projections_retry_transient_failures_while_others_keep_up,
                 a_failing_projection_stops_alone_with_the_failing_event_in_its_status,
                 concurrent_runners_with_read_ahead_apply_every_event_once,
+                adaptive_batches_shrink_after_a_failure_and_apply_every_event_once,
             );
         }
     };

@@ -17,7 +17,8 @@ use crate::{larder_events, raw_events};
 const PER_STREAM: usize = 100;
 /// Streams appended per loading unit of work (10,000 events per commit).
 const STREAMS_PER_UOW: usize = 100;
-/// Page size of every reader, and the projection runner's batch size.
+/// Page size of `stream_all` and of the raw reader (the projection runner sizes its own
+/// batches).
 const PAGE: u32 = 1_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,7 +79,8 @@ pub(crate) async fn run(cx: &Ctx<'_>) -> Result<Vec<Metric>> {
                     Phase::Projection => {
                         let (projection, total) =
                             larder_events::SumQty::new(format!("w8e_sum_{run}"));
-                        let runner = ProjectionRunner::new(&es).with(projection).batch_size(PAGE);
+                        // The runner's default batching (adaptive, 100..5,000 events).
+                        let runner = ProjectionRunner::new(&es).with(projection);
                         let n = runner.catch_up().await?;
                         Ok((n, total.load(std::sync::atomic::Ordering::Relaxed)))
                     }
@@ -120,9 +122,9 @@ pub(crate) async fn run(cx: &Ctx<'_>) -> Result<Vec<Metric>> {
         }
     }
     stream.note = Some(format!(
-        "W8-events: {events} events ({PER_STREAM} per stream), pages of {PAGE} everywhere. \
+        "W8-events: {events} events ({PER_STREAM} per stream), pages of {PAGE} for stream_all and raw. \
          `projection replay` = `ProjectionRunner::catch_up` with a projection summing `qty` \
-         (each batch of {PAGE} is a write unit of work: claim the checkpoint row, read_all, \
+         (default adaptive batches, 500 growing to 5,000; each batch is a write unit of work: claim the checkpoint row, read_all, \
          handle, save the checkpoint, commit); `stream_all` = `EventStore::stream_all` (one \
          read-only unit of work per page, no checkpoint); raw = keyset pages `WHERE position \
          > $1 ORDER BY position LIMIT {PAGE}` decoded into the struct and summed, no \

@@ -347,6 +347,50 @@ pub struct RebuildProgress {
     pub total: u64,
 }
 
+/// How big a [`ProjectionRunner`]'s batches are: fixed (`first == min == max`) or adaptive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Batching {
+    first: u32,
+    min: u32,
+    max: u32,
+}
+
+/// A full batch faster than this doubles the next one.
+const GROW_UNDER: Duration = Duration::from_millis(50);
+/// A batch slower than this halves the next one.
+const SHRINK_OVER: Duration = Duration::from_millis(400);
+
+impl Batching {
+    fn cursor(self) -> Cursor {
+        Cursor {
+            size: self.first,
+            ahead: None,
+        }
+    }
+
+    /// After a committed batch of `n` events that took `took`.
+    fn adapt(self, cursor: &mut Cursor, n: usize, took: Duration) {
+        if took > SHRINK_OVER {
+            cursor.size = (cursor.size / 2).max(self.min);
+        } else if took < GROW_UNDER && n >= cursor.size as usize {
+            cursor.size = cursor.size.saturating_mul(2).min(self.max);
+        }
+    }
+
+    /// After a failed batch: smaller, and read again.
+    fn shrink(self, cursor: &mut Cursor) {
+        cursor.size = (cursor.size / 2).max(self.min);
+        cursor.ahead = None;
+    }
+}
+
+/// Where one projection's loop is: its batch size, and the page read ahead (the checkpoint
+/// it was read after, and the page).
+struct Cursor {
+    size: u32,
+    ahead: Option<(Checkpoint, ReadAll)>,
+}
+
 /// Runs projections side by side.
 ///
 /// Each step of a projection is one unit of work: claim the checkpoint (a row lock, so two
@@ -385,7 +429,7 @@ pub struct RebuildProgress {
 pub struct ProjectionRunner {
     events: EventStore,
     projections: Vec<Arc<dyn DynProjection>>,
-    batch: u32,
+    batching: Batching,
     retry: ProjectionRetry,
     health: Arc<Mutex<HashMap<String, Health>>>,
 }
@@ -401,20 +445,26 @@ impl fmt::Debug for ProjectionRunner {
                     .map(|p| p.name())
                     .collect::<Vec<_>>(),
             )
-            .field("batch", &self.batch)
+            .field("batching", &self.batching)
             .field("retry", &self.retry)
             .finish_non_exhaustive()
     }
 }
 
 impl ProjectionRunner {
-    /// A runner over `events` with no projections yet; batches of 500 events; retries
-    /// from the store's [`TransactionOptions`] (see the failure policy).
+    /// A runner over `events` with no projections yet; adaptive batches (500 events at
+    /// first, between 100 and 5,000: see [`adaptive_batches`](Self::adaptive_batches));
+    /// retries from the store's [`TransactionOptions`] (see the failure policy).
     pub fn new(events: &EventStore) -> ProjectionRunner {
+        let cap = events.limits().max_read.max(1);
         ProjectionRunner {
             events: events.clone(),
             projections: Vec::new(),
-            batch: 500,
+            batching: Batching {
+                first: 500.min(cap),
+                min: 100.min(cap),
+                max: 5_000.min(cap),
+            },
             retry: ProjectionRetry::from(&events.store().config().transaction),
             health: Arc::default(),
         }
@@ -434,10 +484,37 @@ impl ProjectionRunner {
         self
     }
 
-    /// Events per unit of work (default 500; capped by the event store's read limit).
+    /// A fixed number of events per unit of work (capped by the event store's read
+    /// limit), instead of adaptive batches.
     #[must_use]
     pub fn batch_size(mut self, n: u32) -> Self {
-        self.batch = n.clamp(1, self.events.limits().max_read);
+        let n = n.clamp(1, self.events.limits().max_read.max(1));
+        self.batching = Batching {
+            first: n,
+            min: n,
+            max: n,
+        };
+        self
+    }
+
+    /// Adaptive batches between `min` and `max` events per unit of work (capped by the
+    /// event store's read limit; the default is 100..5,000). Each projection starts at
+    /// 500 (within the bounds); a full batch that took less than 50 ms doubles the next
+    /// one (a commit's fixed cost — its WAL flush — is then shared by more events), a
+    /// batch that took more than 400 ms halves it (a slow handler holds its transaction
+    /// and locks for less time), and a failed batch halves it before the retry (a batch
+    /// too big for a deadline or a lock timeout gets smaller). The size in use is the
+    /// `larder.batch_size` field of the `larder.projection.batch` span.
+    #[must_use]
+    pub fn adaptive_batches(mut self, min: u32, max: u32) -> Self {
+        let cap = self.events.limits().max_read.max(1);
+        let min = min.clamp(1, cap);
+        let max = max.clamp(min, cap);
+        self.batching = Batching {
+            first: 500.clamp(min, max),
+            min,
+            max,
+        };
         self
     }
 
@@ -483,14 +560,14 @@ impl ProjectionRunner {
     async fn step(
         &self,
         p: &dyn DynProjection,
-        ahead: &mut Option<(Checkpoint, ReadAll)>,
+        cursor: &mut Cursor,
     ) -> Result<(usize, bool), StepError> {
         let es = &self.events;
         let mut uow = es.store().begin().await?;
         let cp = es.claim_checkpoint(&mut uow, p.name()).await?;
-        let batch = match ahead.take() {
+        let batch = match cursor.ahead.take() {
             Some((at, page)) if at == cp => page,
-            _ => es.read_all(&mut uow, cp, self.batch, &p.filter()).await?,
+            _ => es.read_all(&mut uow, cp, cursor.size, &p.filter()).await?,
         };
         if let Err(e) = p.handle_batch(&mut uow, &batch.events).await {
             return Err(StepError {
@@ -507,19 +584,27 @@ impl ProjectionRunner {
         if batch.end_of_log {
             uow.commit().await?;
         } else {
-            let (committed, next) =
-                futures_util::future::join(uow.commit(), self.read_ahead(p, batch.next)).await;
+            let (committed, next) = futures_util::future::join(
+                uow.commit(),
+                self.read_ahead(p, batch.next, cursor.size),
+            )
+            .await;
             committed?;
-            *ahead = next.ok().map(|page| (batch.next, page));
+            cursor.ahead = next.ok().map(|page| (batch.next, page));
         }
         Ok((batch.events.len(), batch.end_of_log))
     }
 
     /// The batch after `from`, in a read-only unit of work of its own (see `step`).
-    async fn read_ahead(&self, p: &dyn DynProjection, from: Checkpoint) -> Result<ReadAll> {
+    async fn read_ahead(
+        &self,
+        p: &dyn DynProjection,
+        from: Checkpoint,
+        size: u32,
+    ) -> Result<ReadAll> {
         let es = &self.events;
         let mut uow = es.store().read().await?;
-        let page = es.read_all(&mut uow, from, self.batch, &p.filter()).await?;
+        let page = es.read_all(&mut uow, from, size, &p.filter()).await?;
         uow.commit().await?;
         Ok(page)
     }
@@ -535,7 +620,7 @@ impl ProjectionRunner {
     async fn step_retrying(
         &self,
         p: &dyn DynProjection,
-        ahead: &mut Option<(Checkpoint, ReadAll)>,
+        cursor: &mut Cursor,
     ) -> Result<(usize, bool)> {
         let (mut failed, mut failed_transient) = (0u32, 0u32);
         loop {
@@ -545,16 +630,20 @@ impl ProjectionRunner {
                 larder.projection = p.name(),
                 larder.events = tracing::field::Empty,
                 larder.attempt = attempt,
+                larder.batch_size = cursor.size,
                 error.type = tracing::field::Empty,
                 error.message = tracing::field::Empty,
             );
-            let e = match self.step(p, ahead).instrument(span.clone()).await {
+            let started = Instant::now();
+            let e = match self.step(p, cursor).instrument(span.clone()).await {
                 Ok((n, end)) => {
                     span.record("larder.events", n);
+                    self.batching.adapt(cursor, n, started.elapsed());
                     return Ok((n, end));
                 }
                 Err(e) => e,
             };
+            self.batching.shrink(cursor);
             let transient = e.error.is_transient();
             if transient {
                 failed_transient += 1;
@@ -629,9 +718,9 @@ impl ProjectionRunner {
         let mut first_error = None;
         for p in &self.projections {
             self.update(p.name(), |h| h.state = ProjectionState::Running);
-            let mut ahead = None;
+            let mut cursor = self.batching.cursor();
             let r = loop {
-                match self.step_retrying(p.as_ref(), &mut ahead).await {
+                match self.step_retrying(p.as_ref(), &mut cursor).await {
                     Ok((n, end)) => {
                         total += n as u64;
                         if end {
@@ -682,10 +771,10 @@ impl ProjectionRunner {
     async fn follow(&self, p: Arc<dyn DynProjection>) -> Result<()> {
         self.update(p.name(), |h| h.state = ProjectionState::Running);
         let mut waker = LogWaker::new(&self.events).await;
-        let mut ahead = None;
+        let mut cursor = self.batching.cursor();
         loop {
             waker.mark_seen();
-            let (_, end) = self.step_retrying(p.as_ref(), &mut ahead).await?;
+            let (_, end) = self.step_retrying(p.as_ref(), &mut cursor).await?;
             if end {
                 waker.wait().await;
             }
@@ -716,9 +805,9 @@ impl ProjectionRunner {
         let started = Instant::now();
         let mut done = 0u64;
         self.update(p.name(), |h| h.state = ProjectionState::Running);
-        let mut ahead = None;
+        let mut cursor = self.batching.cursor();
         loop {
-            let (n, end) = self.step_retrying(p.as_ref(), &mut ahead).await?;
+            let (n, end) = self.step_retrying(p.as_ref(), &mut cursor).await?;
             done += n as u64;
             progress(RebuildProgress {
                 done: done.min(total.max(done)),
@@ -776,5 +865,72 @@ impl ProjectionRunner {
         }
         uow.commit().await?;
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod batching_tests {
+    use super::*;
+
+    const ADAPTIVE: Batching = Batching {
+        first: 500,
+        min: 100,
+        max: 5_000,
+    };
+
+    #[test]
+    fn full_fast_batches_grow_to_the_maximum() {
+        let mut c = ADAPTIVE.cursor();
+        let mut sizes = Vec::new();
+        for _ in 0..6 {
+            let n = c.size as usize;
+            ADAPTIVE.adapt(&mut c, n, Duration::from_millis(5));
+            sizes.push(c.size);
+        }
+        assert_eq!(sizes, [1_000, 2_000, 4_000, 5_000, 5_000, 5_000]);
+    }
+
+    #[test]
+    fn partial_or_middling_batches_keep_their_size() {
+        let mut c = ADAPTIVE.cursor();
+        ADAPTIVE.adapt(&mut c, 499, Duration::from_millis(1));
+        assert_eq!(c.size, 500, "the end of the log is no reason to grow");
+        ADAPTIVE.adapt(&mut c, 500, Duration::from_millis(100));
+        assert_eq!(c.size, 500, "between the thresholds");
+    }
+
+    #[test]
+    fn slow_or_failed_batches_shrink_to_the_minimum() {
+        let mut c = ADAPTIVE.cursor();
+        ADAPTIVE.adapt(&mut c, 500, Duration::from_secs(1));
+        assert_eq!(c.size, 250);
+        c.ahead = Some((
+            Checkpoint::START,
+            ReadAll {
+                events: Vec::new(),
+                next: Checkpoint::START,
+                end_of_log: true,
+            },
+        ));
+        ADAPTIVE.shrink(&mut c);
+        assert_eq!(c.size, 125);
+        assert!(c.ahead.is_none(), "a failed batch reads again");
+        ADAPTIVE.shrink(&mut c);
+        ADAPTIVE.shrink(&mut c);
+        assert_eq!(c.size, 100);
+    }
+
+    #[test]
+    fn a_fixed_size_never_changes() {
+        let fixed = Batching {
+            first: 7,
+            min: 7,
+            max: 7,
+        };
+        let mut c = fixed.cursor();
+        fixed.adapt(&mut c, 7, Duration::ZERO);
+        fixed.shrink(&mut c);
+        fixed.adapt(&mut c, 7, Duration::from_secs(9));
+        assert_eq!(c.size, 7);
     }
 }

@@ -6,7 +6,6 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures_util::StreamExt;
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -16,7 +15,7 @@ use super::types::{
     AppendResult, Checkpoint, EventData, EventFilter, EventRef, ExpectedVersion, HorizonHolder,
     ReadAll, ReadAllEnd, ReadDirection, RecordedEvent, Snapshot, StreamInfo,
 };
-use crate::backend::BoxStream;
+use crate::backend::{BoxFuture, BoxStream};
 use crate::deadline::Deadline;
 use crate::error::{Error, Result, shown};
 use crate::uow::{Store, Uow};
@@ -814,8 +813,10 @@ impl EventStore {
     }
 
     /// The whole log after `after` as a stream, in constant memory: pages of `page`
-    /// events, each read in its own short read-only unit of work. Ends at the readable end
-    /// of the log as it was when the last page was read.
+    /// events, each read in its own short read-only unit of work. The next page is read
+    /// while the caller consumes the current one (at most two pages are held). Ends at the
+    /// readable end of the log as it was when the last page was read; a failed read ends
+    /// the stream with its error after the events read before it.
     pub fn stream_all(
         &self,
         after: Checkpoint,
@@ -823,29 +824,17 @@ impl EventStore {
         page: u32,
     ) -> BoxStream<'static, Result<RecordedEvent>> {
         let es = self.clone();
-        let pages = futures_util::stream::try_unfold(Some(after), move |state| {
+        let read: ReadPage<RecordedEvent> = Box::new(move |cp| {
             let es = es.clone();
             let filter = filter.clone();
-            async move {
-                let Some(cp) = state else { return Ok(None) };
+            Box::pin(async move {
                 let mut uow = es.inner.store.read().await?;
                 let batch = es.read_all(&mut uow, cp, page, &filter).await?;
                 uow.commit().await?;
-                let next = if batch.end_of_log {
-                    None
-                } else {
-                    Some(batch.next)
-                };
-                if batch.events.is_empty() && next.is_none() {
-                    return Ok(None);
-                }
-                Ok(Some((
-                    futures_util::stream::iter(batch.events.into_iter().map(Ok)),
-                    next,
-                )))
-            }
+                Ok((batch.events, (!batch.end_of_log).then_some(batch.next)))
+            })
         });
-        futures_util::TryStreamExt::try_flatten(pages).boxed()
+        Box::pin(PagesAhead::new(read, after))
     }
 
     /// Catches up from `after`, then follows the log live: see [`Subscription`].
@@ -1112,5 +1101,128 @@ fn conflict(stream: &str, expected: ExpectedVersion, actual: Option<u64>) -> Err
         id: shown(stream),
         expected,
         actual,
+    }
+}
+
+/// Reads the page after a checkpoint: its items and where the next page starts (`None`:
+/// this page reached the end).
+type ReadPage<T> = Box<dyn Fn(Checkpoint) -> BoxFuture<'static, Result<Page<T>>> + Send>;
+
+/// A page's items and where the next page starts (`None`: the end).
+type Page<T> = (Vec<T>, Option<Checkpoint>);
+
+/// [`EventStore::stream_all`]'s stream: yields the current page's items while the next
+/// page is being read (at most two pages held). A failed read is yielded after the items
+/// read before it, and ends the stream.
+struct PagesAhead<T> {
+    read: ReadPage<T>,
+    /// Items of the current page not yet yielded.
+    buffered: std::vec::IntoIter<T>,
+    /// The read of the next page, in flight.
+    next: Option<BoxFuture<'static, Result<Page<T>>>>,
+    /// The next page (or its error), read and waiting for `buffered` to drain.
+    ready: Option<Result<Page<T>>>,
+}
+
+impl<T> PagesAhead<T> {
+    fn new(read: ReadPage<T>, after: Checkpoint) -> Self {
+        let next = Some(read(after));
+        PagesAhead {
+            read,
+            buffered: Vec::new().into_iter(),
+            next,
+            ready: None,
+        }
+    }
+}
+
+impl<T: Unpin> futures_util::Stream for PagesAhead<T> {
+    type Item = Result<T>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        loop {
+            if this.ready.is_none()
+                && let Some(read) = this.next.as_mut()
+                && let Poll::Ready(page) = read.as_mut().poll(cx)
+            {
+                this.next = None;
+                this.ready = Some(page);
+            }
+            if let Some(item) = this.buffered.next() {
+                return Poll::Ready(Some(Ok(item)));
+            }
+            match this.ready.take() {
+                Some(Ok((items, next))) => {
+                    if let Some(cp) = next {
+                        this.next = Some((this.read)(cp));
+                    }
+                    this.buffered = items.into_iter();
+                }
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None if this.next.is_none() => return Poll::Ready(None),
+                None => return Poll::Pending,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod pages_ahead_tests {
+    use super::*;
+    use futures_util::StreamExt;
+    use std::sync::Mutex;
+
+    /// Pages of 3 numbers after checkpoint n (position n+1..=n+3) up to 9; the read after
+    /// `fail_after` fails. Records every read started.
+    fn pages(fail_after: Option<u64>, log: Arc<Mutex<Vec<u64>>>) -> ReadPage<u64> {
+        Box::new(move |cp| {
+            let log = log.clone();
+            let at = cp.position();
+            Box::pin(async move {
+                log.lock().unwrap().push(at);
+                tokio::task::yield_now().await;
+                if Some(at) == fail_after {
+                    return Err(Error::Closed("the store was closed"));
+                }
+                let items: Vec<u64> = (at + 1..=(at + 3).min(9)).collect();
+                let end = at + 3 >= 9;
+                Ok((items, (!end).then(|| Checkpoint::new(0, at + 3))))
+            })
+        })
+    }
+
+    #[tokio::test]
+    async fn yields_every_page_in_order_and_reads_one_ahead() {
+        let log = Arc::default();
+        let mut s = PagesAhead::new(pages(None, Arc::clone(&log)), Checkpoint::START);
+        assert_eq!(s.next().await.unwrap().unwrap(), 1);
+        // The first item was handed out while the second page was already being read.
+        assert_eq!(*log.lock().unwrap(), vec![0, 3]);
+        let mut rest = Vec::new();
+        while let Some(x) = s.next().await {
+            rest.push(x.unwrap());
+        }
+        assert_eq!(rest, (2..=9).collect::<Vec<_>>());
+        assert_eq!(*log.lock().unwrap(), vec![0, 3, 6], "no read after the end");
+        assert!(s.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_failed_read_comes_after_the_items_before_it_and_ends_the_stream() {
+        let log = Arc::default();
+        let s = PagesAhead::new(pages(Some(6), Arc::clone(&log)), Checkpoint::START);
+        let out: Vec<_> = s.collect().await;
+        let ok: Vec<u64> = out
+            .iter()
+            .filter_map(|r| r.as_ref().ok().copied())
+            .collect();
+        assert_eq!(ok, (1..=6).collect::<Vec<_>>());
+        assert_eq!(out.len(), 7);
+        assert!(matches!(out[6], Err(Error::Closed(_))), "{:?}", out[6]);
     }
 }

@@ -444,6 +444,15 @@ impl ProjectionRunner {
         }
     }
 
+    /// See [`crate::ProjectionRunner::adaptive_batches`].
+    #[must_use]
+    pub fn adaptive_batches(self, min: u32, max: u32) -> Self {
+        ProjectionRunner {
+            rt: self.rt,
+            inner: self.inner.adaptive_batches(min, max),
+        }
+    }
+
     /// The projections' names.
     pub fn names(&self) -> Vec<&str> {
         self.inner.names()
