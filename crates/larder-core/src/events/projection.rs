@@ -361,6 +361,18 @@ const GROW_UNDER: Duration = Duration::from_millis(50);
 const SHRINK_OVER: Duration = Duration::from_millis(400);
 
 impl Batching {
+    /// Adaptive between `min` and `max` (both capped by `cap`, the read limit), from 500.
+    fn adaptive(min: u32, max: u32, cap: u32) -> Batching {
+        let cap = cap.max(1);
+        let min = min.clamp(1, cap);
+        let max = max.clamp(min, cap);
+        Batching {
+            first: 500.clamp(min, max),
+            min,
+            max,
+        }
+    }
+
     fn cursor(self) -> Cursor {
         Cursor {
             size: self.first,
@@ -371,7 +383,7 @@ impl Batching {
     /// After a committed batch of `n` events that took `took`.
     fn adapt(self, cursor: &mut Cursor, n: usize, took: Duration) {
         if took > SHRINK_OVER {
-            cursor.size = (cursor.size / 2).max(self.min);
+            self.halve(cursor);
         } else if took < GROW_UNDER && n >= cursor.size as usize {
             cursor.size = cursor.size.saturating_mul(2).min(self.max);
         }
@@ -379,8 +391,12 @@ impl Batching {
 
     /// After a failed batch: smaller, and read again.
     fn shrink(self, cursor: &mut Cursor) {
-        cursor.size = (cursor.size / 2).max(self.min);
+        self.halve(cursor);
         cursor.ahead = None;
+    }
+
+    fn halve(self, cursor: &mut Cursor) {
+        cursor.size = (cursor.size / 2).max(self.min);
     }
 }
 
@@ -456,15 +472,10 @@ impl ProjectionRunner {
     /// first, between 100 and 5,000: see [`adaptive_batches`](Self::adaptive_batches));
     /// retries from the store's [`TransactionOptions`] (see the failure policy).
     pub fn new(events: &EventStore) -> ProjectionRunner {
-        let cap = events.limits().max_read.max(1);
         ProjectionRunner {
             events: events.clone(),
             projections: Vec::new(),
-            batching: Batching {
-                first: 500.min(cap),
-                min: 100.min(cap),
-                max: 5_000.min(cap),
-            },
+            batching: Batching::adaptive(100, 5_000, events.limits().max_read),
             retry: ProjectionRetry::from(&events.store().config().transaction),
             health: Arc::default(),
         }
@@ -507,14 +518,7 @@ impl ProjectionRunner {
     /// `larder.batch_size` field of the `larder.projection.batch` span.
     #[must_use]
     pub fn adaptive_batches(mut self, min: u32, max: u32) -> Self {
-        let cap = self.events.limits().max_read.max(1);
-        let min = min.clamp(1, cap);
-        let max = max.clamp(min, cap);
-        self.batching = Batching {
-            first: 500.clamp(min, max),
-            min,
-            max,
-        };
+        self.batching = Batching::adaptive(min, max, self.events.limits().max_read);
         self
     }
 
@@ -602,11 +606,7 @@ impl ProjectionRunner {
         from: Checkpoint,
         size: u32,
     ) -> Result<ReadAll> {
-        let es = &self.events;
-        let mut uow = es.store().read().await?;
-        let page = es.read_all(&mut uow, from, size, &p.filter()).await?;
-        uow.commit().await?;
-        Ok(page)
+        self.events.read_page(from, size, &p.filter()).await
     }
 
     fn update(&self, name: &str, f: impl FnOnce(&mut Health)) {

@@ -828,13 +828,24 @@ impl EventStore {
             let es = es.clone();
             let filter = filter.clone();
             Box::pin(async move {
-                let mut uow = es.inner.store.read().await?;
-                let batch = es.read_all(&mut uow, cp, page, &filter).await?;
-                uow.commit().await?;
+                let batch = es.read_page(cp, page, &filter).await?;
                 Ok((batch.events, (!batch.end_of_log).then_some(batch.next)))
             })
         });
         Box::pin(PagesAhead::new(read, after))
+    }
+
+    /// One page of [`EventStore::read_all`] in a read-only unit of work of its own.
+    pub(crate) async fn read_page(
+        &self,
+        after: Checkpoint,
+        limit: u32,
+        filter: &EventFilter,
+    ) -> Result<ReadAll> {
+        let mut uow = self.inner.store.read().await?;
+        let page = self.read_all(&mut uow, after, limit, filter).await?;
+        uow.commit().await?;
+        Ok(page)
     }
 
     /// Catches up from `after`, then follows the log live: see [`Subscription`].

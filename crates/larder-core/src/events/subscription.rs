@@ -166,14 +166,7 @@ async fn follow(
     let mut waker = LogWaker::new(&events).await;
     loop {
         waker.mark_seen();
-        let batch = async {
-            let mut uow = events.store().read().await?;
-            let b = events.read_all(&mut uow, cp, page, &filter).await?;
-            uow.commit().await?;
-            Ok(b)
-        }
-        .await;
-        let batch = match batch {
+        let batch = match events.read_page(cp, page, &filter).await {
             Ok(b) => b,
             Err(e) => {
                 if tx.send(Err(e)).await.is_err() {
