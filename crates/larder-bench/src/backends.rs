@@ -24,7 +24,8 @@ pub(crate) const PG_SCHEMA: &str = "larder_bench";
 /// PostgreSQL: what `fresh()` drops besides the entity tables.
 const EVENT_TABLES_DROP: &str = "DROP TABLE IF EXISTS larder_events, larder_streams, \
      larder_snapshots, larder_checkpoints, raw_events, _larder_migrations, _larder_outbox, \
-     _larder_outbox_partitions, _larder_outbox_relays, _larder_inbox, bench_raw_outbox";
+     _larder_outbox_partitions, _larder_outbox_relays, _larder_inbox, bench_raw_outbox, \
+     _larder_blob_refs, _larder_blob_objects";
 
 /// larder's default pool sizes (`Settings::max_connections = None`), mirrored by the raw
 /// pools so both sides have the same pool shape.
