@@ -31,10 +31,6 @@ pub struct PgBackend {
 
 const DEFAULT_MAX_CONNECTIONS: u32 = 8;
 
-/// A pooled connection idle for at least this long is pinged before it is handed out by
-/// `acquire` (see `connect_with`).
-const PING_IDLE_AFTER: Duration = Duration::from_millis(500);
-
 /// The shortest time between two `NOTIFY larder_events` of one backend.
 const NOTIFY_INTERVAL: Duration = Duration::from_millis(5);
 
@@ -113,21 +109,6 @@ impl PgBackend {
             .min_connections(settings.min_connections)
             .acquire_timeout(settings.acquire_timeout)
             .idle_timeout(Some(Duration::from_secs(600)))
-            // No `ping` round trip per acquire for a connection used within the last
-            // `PING_IDLE_AFTER` (HikariCP's `aliveBypassWindowMs` has the same idea): a
-            // writing `begin` checks its connection with `BEGIN` anyway and tries another
-            // when the server had closed it; a lazy read's first statement does not, so a
-            // connection idle for longer is pinged first.
-            .test_before_acquire(false)
-            .before_acquire(|conn, meta| {
-                Box::pin(async move {
-                    if meta.idle_for >= PING_IDLE_AFTER {
-                        use sqlx::Connection;
-                        conn.ping().await?;
-                    }
-                    Ok(true)
-                })
-            })
             // `larder` unless the URL or the caller named the application.
             .connect_lazy_with(if opts.get_application_name().is_some() {
                 opts
@@ -378,8 +359,8 @@ impl Backend for PgBackend {
                 None => begin.to_owned(),
                 Some(ms) => format!("{begin}; SET LOCAL statement_timeout = {ms}"),
             };
-            // An idle connection is taken without a health check (no `ping` round trip):
-            // `BEGIN` is the check. It is safe to send again on another connection, so a
+            // An idle connection is taken without sqlx's health check (`try_acquire` skips
+            // the `ping` round trip that `acquire` sends): `BEGIN` is the check. It is safe to send again on another connection, so a
             // connection the server closed while it sat in the pool (a restart, an idle
             // timeout, `pg_terminate_backend`) is dropped and the next one tried — every
             // pooled connection may be dead after a restart, hence the bound.
