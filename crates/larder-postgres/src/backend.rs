@@ -256,9 +256,8 @@ async fn unless_unavailable<T>(
     if let Either::Left((r, _)) = select(acquire.as_mut(), patience).await {
         return r;
     }
-    // The slow path lives in its own allocation: a connect future (TLS state included) is
-    // tens of kilobytes, and inline it would be copied on every `begin` (measured with
-    // callgrind: ~47,000 instructions of `memcpy` per unit of work).
+    // The slow path lives in its own allocation: its connect future (TLS state included)
+    // is large, and inline it would make every `begin`'s future larger to move.
     Box::pin(probe_while(pool, gate, acquire)).await
 }
 
@@ -360,10 +359,11 @@ impl Backend for PgBackend {
                 Some(ms) => format!("{begin}; SET LOCAL statement_timeout = {ms}"),
             };
             // An idle connection is taken without sqlx's health check (`try_acquire` skips
-            // the `ping` round trip that `acquire` sends): `BEGIN` is the check. It is safe to send again on another connection, so a
-            // connection the server closed while it sat in the pool (a restart, an idle
-            // timeout, `pg_terminate_backend`) is dropped and the next one tried — every
-            // pooled connection may be dead after a restart, hence the bound.
+            // the `ping` round trip that `acquire` sends): `BEGIN` is the check. It is safe
+            // to send again on another connection, so a connection the server closed while
+            // it sat in the pool (a restart, an idle timeout, `pg_terminate_backend`) is
+            // dropped and the next one tried — every pooled connection may be dead after a
+            // restart, hence the bound.
             let mut attempts = self.sql.pool.options().get_max_connections() + 1;
             let conn = loop {
                 let mut conn = match self.sql.pool.try_acquire() {

@@ -61,16 +61,24 @@ async fn terminate_sessions(schema: &str) -> i64 {
     killed
 }
 
+/// A store whose `n` pooled connections the server has just closed.
+async fn stale(test: &str, n: usize) -> Option<backends::TestDb> {
+    let db = backends::postgres(test).await?;
+    db.store.register::<Counter>().await.unwrap();
+    warm(&db.store, n, "warm").await;
+    let killed = terminate_sessions(db.pg_schema.as_deref().unwrap()).await;
+    assert!(
+        killed >= n as i64,
+        "the pool held {n} connections, {killed} ended"
+    );
+    Some(db)
+}
+
 #[tokio::test]
 async fn writes_right_after_the_server_closed_every_pooled_connection_succeed() {
-    let Some(db) = backends::postgres("pg_stale::writes").await else {
+    let Some(db) = stale("pg_stale::writes", 4).await else {
         return;
     };
-    db.store.register::<Counter>().await.unwrap();
-    warm(&db.store, 4, "warm").await;
-    let schema = db.pg_schema.clone().unwrap();
-    let killed = terminate_sessions(&schema).await;
-    assert!(killed >= 4, "the pool held 4 connections, {killed} ended");
     // Every idle connection is dead now; each unit of work must still begin, write and
     // commit (no ping guards these acquires: the connections were used a moment ago).
     for i in 0..6 {
@@ -97,13 +105,9 @@ async fn writes_right_after_the_server_closed_every_pooled_connection_succeed() 
 
 #[tokio::test]
 async fn a_lazy_read_pings_its_connection_first() {
-    let Some(db) = backends::postgres("pg_stale::lazy_read").await else {
+    let Some(db) = stale("pg_stale::lazy_read", 3).await else {
         return;
     };
-    db.store.register::<Counter>().await.unwrap();
-    warm(&db.store, 3, "warm").await;
-    let schema = db.pg_schema.clone().unwrap();
-    assert!(terminate_sessions(&schema).await >= 3);
     // The acquire pings, finds the connection dead and opens a new one, so the first read
     // (sent without BEGIN) does not fail.
     tokio::time::sleep(Duration::from_millis(700)).await;
