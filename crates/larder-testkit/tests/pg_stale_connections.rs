@@ -11,7 +11,7 @@ use larder_testkit::backends;
 use larder_testkit::entities::Counter;
 
 /// Opens `n` units of work at once (so the pool holds `n` connections) and commits them.
-async fn warm(store: &Store, n: usize, tag: &str) {
+async fn warm(store: &Store, n: i64, tag: &str) {
     let mut uows = Vec::new();
     for _ in 0..n {
         uows.push(store.begin().await.unwrap());
@@ -62,15 +62,12 @@ async fn terminate_sessions(schema: &str) -> i64 {
 }
 
 /// A store whose `n` pooled connections the server has just closed.
-async fn stale(test: &str, n: usize) -> Option<backends::TestDb> {
+async fn stale(test: &str, n: i64) -> Option<backends::TestDb> {
     let db = backends::postgres(test).await?;
     db.store.register::<Counter>().await.unwrap();
     warm(&db.store, n, "warm").await;
     let killed = terminate_sessions(db.pg_schema.as_deref().unwrap()).await;
-    assert!(
-        killed >= n as i64,
-        "the pool held {n} connections, {killed} ended"
-    );
+    assert!(killed >= n, "the pool held {n} connections, {killed} ended");
     Some(db)
 }
 
