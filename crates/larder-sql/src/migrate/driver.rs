@@ -342,6 +342,21 @@ impl<D: SqlDialect> MigrationDriver for SqlMigrationDriver<D> {
         })
     }
 
+    fn begin_and_execute<'a>(&'a mut self, sql: &'a str) -> BoxFuture<'a, Result<()>> {
+        self.in_tx = true;
+        Box::pin(async move {
+            // `BEGIN` and the script as one multi-statement request (SQLite: one trip to
+            // sqlx's worker thread fewer; PostgreSQL: one simple-query message, where an
+            // explicit `BEGIN` keeps the transaction open after it).
+            let script = format!("{};\n{sql}", D::BEGIN_WRITE);
+            D::executor(&mut self.conn)
+                .execute(sqlx::raw_sql(AssertSqlSafe(script)))
+                .await
+                .map_err(|e| D::map(e, "migrate.execute"))?;
+            Ok(())
+        })
+    }
+
     fn find_row<'a>(
         &'a mut self,
         module: &'a str,

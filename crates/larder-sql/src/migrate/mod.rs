@@ -215,6 +215,16 @@ pub trait MigrationDriver: Send {
     /// Runs SQL: one statement, or a whole script of several (in or outside a transaction).
     fn execute<'a>(&'a mut self, sql: &'a str) -> BoxFuture<'a, larder_core::Result<()>>;
 
+    /// Begins the write transaction (as [`begin`](Self::begin)) and runs `sql` in it, in
+    /// one request where the driver can. Only called while the run lock is held. On an
+    /// error the caller rolls back, whether or not the transaction began.
+    fn begin_and_execute<'a>(&'a mut self, sql: &'a str) -> BoxFuture<'a, larder_core::Result<()>> {
+        Box::pin(async move {
+            self.begin().await?;
+            self.execute(sql).await
+        })
+    }
+
     /// The history row of a versioned migration (by module and version) or a repeatable
     /// one (by module and name), if any.
     fn find_row<'a>(

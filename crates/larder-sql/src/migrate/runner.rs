@@ -501,11 +501,17 @@ impl Migrator {
             name = %m.name,
             "applying migration"
         );
-        d.begin().await?;
-        // With a lock held for the whole run (PostgreSQL) the plan is still true; without
-        // one (SQLite) another migrator may have applied this meanwhile: re-check inside
-        // the write transaction.
-        if !d.holds_run_lock() {
+        // With a lock held for the whole run (PostgreSQL's advisory lock, SQLite's run
+        // lease) the plan is still true, and a transactional migration's `BEGIN` travels
+        // in the script's own request (one round trip fewer per migration). Without one,
+        // another migrator may have applied this meanwhile: re-check inside the write
+        // transaction first.
+        let run_lock = d.holds_run_lock();
+        let began = !run_lock || m.no_transaction;
+        if began {
+            d.begin().await?;
+        }
+        if !run_lock {
             match Self::already_applied(d, m).await {
                 Ok(true) => {
                     d.commit().await?;
@@ -536,7 +542,14 @@ impl Migrator {
         } else {
             // The whole script in one request; only if it fails are the statements re-run
             // one by one (in a transaction that is rolled back) to name the failing one.
-            if let Err(e) = d.execute(&m.up).await {
+            let ran = if began {
+                d.execute(&m.up).await
+            } else {
+                d.begin_and_execute(&m.up).await
+            };
+            if let Err(e) = ran {
+                // Also when `BEGIN` itself failed (nothing to roll back then):
+                // `locate_failure` begins again on its own and reports what fails.
                 let _ = d.rollback().await;
                 return Err(Self::locate_failure(d, step, report, e).await);
             }
