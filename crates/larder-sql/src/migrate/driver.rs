@@ -427,6 +427,64 @@ impl<D: SqlDialect> MigrationDriver for SqlMigrationDriver<D> {
         })
     }
 
+    fn record_and_commit<'a>(&'a mut self, r: &'a HistoryRow) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let Some((owner, _)) = self.lease.clone() else {
+                self.upsert_row(r).await?;
+                return self.commit().await;
+            };
+            // Under a run lease (SQLite): the history row and `COMMIT` in one request. The
+            // row's module is read from the lease row, so a lease another migrator took
+            // makes it NULL and the insert fail (NOT NULL) before `COMMIT` can run: the
+            // migration is never committed without its row.
+            self.renew_if_due().await?;
+            let values = vec![
+                s(&r.module),
+                V::BigInt(Some(r.version)),
+                s(&r.name),
+                s(r.kind.as_str()),
+                s(&r.checksum),
+                s(&r.applied_at),
+                V::BigInt(Some(r.execution_ms)),
+                V::Bool(Some(r.success)),
+                s(&owner),
+            ];
+            let args = D::bind(values)?;
+            let done = D::executor(&mut self.conn)
+                .execute(sqlx::query_with(
+                    AssertSqlSafe(
+                        "INSERT INTO _larder_migrations (module, version, name, kind, checksum, applied_at, execution_ms, success) \
+                         SELECT (SELECT $1 FROM _larder_migration_lock WHERE id = 1 AND owner = $9), \
+                         $2, $3, $4, $5, $6, $7, $8 WHERE true \
+                         ON CONFLICT (module, version, name) DO UPDATE SET kind = excluded.kind, \
+                         checksum = excluded.checksum, applied_at = excluded.applied_at, \
+                         execution_ms = excluded.execution_ms, success = excluded.success; COMMIT",
+                    ),
+                    args,
+                ))
+                .await;
+            match done {
+                Ok(_) => {
+                    self.in_tx = false;
+                    Ok(())
+                }
+                Err(e) => {
+                    let err = D::map(e, "migrate.history");
+                    let held = self
+                        .rows(
+                            "SELECT 1 FROM _larder_migration_lock WHERE id = 1 AND owner = $1",
+                            vec![s(&owner)],
+                        )
+                        .await;
+                    match held {
+                        Ok(rows) if rows.is_empty() => Err(lease_lost()),
+                        _ => Err(err),
+                    }
+                }
+            }
+        })
+    }
+
     fn delete_row<'a>(
         &'a mut self,
         module: &'a str,

@@ -238,6 +238,19 @@ pub trait MigrationDriver: Send {
     /// Inserts or replaces the history row of (module, version, name).
     fn upsert_row<'a>(&'a mut self, row: &'a HistoryRow) -> BoxFuture<'a, larder_core::Result<()>>;
 
+    /// [`upsert_row`](Self::upsert_row), then [`commit`](Self::commit), in one request
+    /// where the driver can. On an error the caller rolls back (the transaction may still
+    /// be open).
+    fn record_and_commit<'a>(
+        &'a mut self,
+        row: &'a HistoryRow,
+    ) -> BoxFuture<'a, larder_core::Result<()>> {
+        Box::pin(async move {
+            self.upsert_row(row).await?;
+            self.commit().await
+        })
+    }
+
     /// Deletes the history row of (module, version, name).
     fn delete_row<'a>(
         &'a mut self,

@@ -553,11 +553,10 @@ impl Migrator {
                 let _ = d.rollback().await;
                 return Err(Self::locate_failure(d, step, report, e).await);
             }
-            let recorded = match d.upsert_row(&Self::row(m, true, elapsed_ms(started))).await {
-                Ok(()) => d.commit().await,
-                Err(e) => Err(e),
-            };
-            if let Err(e) = recorded {
+            if let Err(e) = d
+                .record_and_commit(&Self::row(m, true, elapsed_ms(started)))
+                .await
+            {
                 let _ = d.rollback().await;
                 return Err(e.into());
             }
