@@ -561,6 +561,13 @@ pub async fn bad_event_input_is_typed(db: &TestDb) {
         vec![EventData::raw("A", "{not json")],
         Error::InvalidEvent(_)
     );
+    // A payload larder serialized, then changed through the public field: checked again.
+    let mut changed = ev("A", 1);
+    changed.payload.truncate(changed.payload.len() - 1);
+    bad!("s", vec![changed], Error::InvalidEvent(_));
+    let mut changed = ev("A", 1);
+    changed.payload = "{not json".into();
+    bad!("s", vec![changed], Error::InvalidEvent(_));
     bad!("s", vec![ev("", 1)], Error::InvalidEvent(_));
     let dup = ev("A", 1);
     bad!("s", vec![dup.clone(), dup], Error::InvalidEvent(_));

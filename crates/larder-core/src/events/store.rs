@@ -487,7 +487,9 @@ impl EventStore {
                     actual: e.payload.len() as u64,
                 });
             }
-            if serde_json::from_str::<serde::de::IgnoredAny>(&e.payload).is_err() {
+            if !e.serialized.matches(&e.payload)
+                && serde_json::from_str::<serde::de::IgnoredAny>(&e.payload).is_err()
+            {
                 return Err(Error::InvalidEvent(format!(
                     "payload of `{}` is not valid JSON",
                     shown(&e.event_type)

@@ -152,6 +152,43 @@ pub struct EventData {
     pub payload: String,
     /// Correlation/causation ids, actor, anything else.
     pub metadata: Metadata,
+    /// Set when larder serialized the payload itself (see [`Serialized`]).
+    pub(crate) serialized: Serialized,
+}
+
+/// A keyed fingerprint of a payload larder produced with `serde_json` (valid JSON by
+/// construction): while the payload is unchanged, the append need not parse it again to
+/// check it (≈ 2,300 instructions for a 200-byte payload against ≈ 250 for the
+/// fingerprint). A payload changed through the public field no longer matches and is
+/// checked like [`EventData::raw`]'s. The key is random per process, so a changed payload
+/// cannot be made to match. Never part of equality.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Serialized(Option<u64>);
+
+impl PartialEq for Serialized {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Serialized {
+    fn key() -> &'static std::hash::RandomState {
+        static KEY: std::sync::LazyLock<std::hash::RandomState> =
+            std::sync::LazyLock::new(std::hash::RandomState::new);
+        &KEY
+    }
+
+    /// The fingerprint of a payload `serde_json` just produced.
+    pub(crate) fn of(payload: &str) -> Serialized {
+        use std::hash::BuildHasher;
+        Serialized(Some(Self::key().hash_one(payload)))
+    }
+
+    /// Whether `payload` is still the one this fingerprint was taken of.
+    pub(crate) fn matches(self, payload: &str) -> bool {
+        use std::hash::BuildHasher;
+        self.0 == Some(Self::key().hash_one(payload))
+    }
 }
 
 impl EventData {
@@ -164,6 +201,7 @@ impl EventData {
             id: Uuid::now_v7(),
             event_type: event_type.into(),
             schema_version: 1,
+            serialized: Serialized::of(&payload),
             payload,
             metadata: Metadata::default(),
         })
@@ -184,6 +222,7 @@ impl EventData {
             schema_version: 1,
             payload: payload_json.into(),
             metadata: Metadata::default(),
+            serialized: Serialized::default(),
         }
     }
 
