@@ -245,7 +245,10 @@ impl Db {
         let mut uow = self.store.read().await?;
         let larder_side = match &self.raw {
             Raw::Sqlite(_) => {
-                let conn = uow.sqlite().context("larder's SQLite connection")?;
+                let conn = uow
+                    .sqlite_bounded()
+                    .await
+                    .context("larder's SQLite connection")?;
                 sqlite_durability(conn).await?
             }
             Raw::Pg(_) => {

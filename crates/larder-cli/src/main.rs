@@ -100,7 +100,10 @@ async fn durability(store: &larder::Store) -> Result<Vec<(String, String)>> {
     use larder::sqlite::SqliteUowExt;
     let mut uow = store.read().await?;
     let mut out = Vec::new();
-    if let Some(conn) = uow.sqlite() {
+    if store.backend_name() == "sqlite" {
+        // Inside the unit of work's transaction (a read-only one begins it with its first
+        // statement, so ask for the bounded connection, which begins it).
+        let conn = uow.sqlite_bounded().await?;
         for p in [
             "journal_mode",
             "synchronous",

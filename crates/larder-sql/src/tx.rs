@@ -63,6 +63,9 @@ pub struct SqlTx<D: SqlDialect> {
     begin_later: Option<&'static str>,
     /// A read already ran on its own, outside the transaction.
     ran_alone: bool,
+    /// `begin_later` travels in the first read's own request instead of running alone
+    /// before it (see [`SqlTx::begin_with_first_read`]).
+    merge_begin: bool,
 }
 
 impl<D: SqlDialect> std::fmt::Debug for SqlTx<D> {
@@ -126,6 +129,34 @@ impl<D: SqlDialect> SqlTx<D> {
             record_sql,
             begin_later: None,
             ran_alone: false,
+            merge_begin: false,
+        }
+    }
+
+    /// A transaction whose `begin` (`BEGIN`) is sent with its first read, as one
+    /// multi-statement request: the read runs inside the transaction as if `BEGIN` had run
+    /// first — the same snapshot for the whole unit of work — at one request fewer
+    /// (SQLite: a trip to sqlx's worker thread). Any other first statement (a write, a
+    /// savepoint, raw access) begins the transaction on its own first, and a unit of work
+    /// with no statement never begins. Only for drivers that run several statements of one
+    /// prepared query in order, binding `$n` across them (sqlx's SQLite driver).
+    /// `conn` must not be inside a transaction.
+    #[must_use]
+    pub fn begin_with_first_read(mut self, begin: &'static str) -> Self {
+        self.begin_later = Some(begin);
+        self.merge_begin = true;
+        self
+    }
+
+    /// After `arm` for a read: the statement to send, led by the deferred `BEGIN` when
+    /// it travels with this read (see [`SqlTx::begin_with_first_read`]).
+    fn led_by_begin(&mut self, sql: Arc<str>) -> Arc<str> {
+        if !self.merge_begin {
+            return sql;
+        }
+        match self.begin_later.take() {
+            Some(begin) => Arc::from(format!("{begin};\n{sql}")),
+            None => sql,
         }
     }
 
@@ -212,10 +243,15 @@ impl<D: SqlDialect> SqlTx<D> {
                 }),
             });
         }
-        self.begin_if_needed(alone_ok).await?;
-        if self.begin_later.is_some() {
-            // Runs on its own, without a deadline (a deadline begins the transaction).
-            return Ok(());
+        if self.merge_begin && alone_ok {
+            // A read: `BEGIN` goes with it (`led_by_begin`); the deadline is armed on the
+            // connection first.
+        } else {
+            self.begin_if_needed(alone_ok).await?;
+            if self.begin_later.is_some() {
+                // Runs on its own, without a deadline (a deadline begins the transaction).
+                return Ok(());
+            }
         }
         let deadline = self.deadline;
         let conn = self
@@ -258,7 +294,8 @@ impl<D: SqlDialect> SqlTx<D> {
         if self.record_sql {
             tracing::Span::current().record("db.query.text", &*b.sql);
         }
-        Ok((b.sql, D::bind(b.values)?))
+        let args = D::bind(b.values)?;
+        Ok((self.led_by_begin(b.sql), args))
     }
 
     /// Runs a statement with the deadline armed.
@@ -296,6 +333,7 @@ impl<D: SqlDialect> SqlTx<D> {
         persistent: bool,
     ) -> Result<Vec<RowOf<D>>> {
         self.arm(kind.reads()).await?;
+        let sql = self.led_by_begin(sql);
         self.fetch_unarmed(sql, args, op, kind, persistent).await
     }
 

@@ -215,17 +215,19 @@ impl Backend for SqliteBackend {
                 .acquire()
                 .await
                 .map_err(|e| map(e, "uow.begin"))?;
-            let begin = if opts.read_only {
-                "BEGIN"
+            let mut tx = if opts.read_only {
+                // A deferred read transaction: its `BEGIN` travels with the first read (one
+                // request to sqlx's worker thread fewer; the snapshot is the same, taken by
+                // that first read either way).
+                SqliteTransaction::new(tx, self.sql.record_query_text, LiteState::new(None))
+                    .begin_with_first_read("BEGIN")
             } else {
-                "BEGIN IMMEDIATE"
+                if let Err(e) = sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *tx).await {
+                    // A failed BEGIN leaves no transaction on the connection.
+                    return Err(map(e, "uow.begin"));
+                }
+                SqliteTransaction::new(tx, self.sql.record_query_text, LiteState::new(permit))
             };
-            if let Err(e) = sqlx::raw_sql(begin).execute(&mut *tx).await {
-                // A failed BEGIN leaves no transaction on the connection.
-                return Err(map(e, "uow.begin"));
-            }
-            let mut tx =
-                SqliteTransaction::new(tx, self.sql.record_query_text, LiteState::new(permit));
             tx.set_deadline(opts.deadline);
             Ok(Box::new(tx) as Box<dyn Transaction>)
         })

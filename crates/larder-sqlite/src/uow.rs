@@ -195,7 +195,9 @@ impl SqlDialect for Lite {
 /// let r = sqlx::query("SELECT 1").execute(conn).await.map_err(larder::sqlite::classify)?;
 /// ```
 pub trait SqliteUowExt {
-    /// The connection, or `None` if the unit of work is not on SQLite or has finished.
+    /// The connection, or `None` if the unit of work is not on SQLite or has finished —
+    /// or is read-only and has not run a statement yet (its `BEGIN` travels with its first
+    /// read: use [`sqlite_bounded`](SqliteUowExt::sqlite_bounded), which begins it).
     /// Statements run on it are not bounded by the unit of work's deadline.
     fn sqlite(&mut self) -> Option<&mut SqliteConnection>;
 

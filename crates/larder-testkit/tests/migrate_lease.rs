@@ -39,7 +39,7 @@ async fn tables(db: &TestDb) -> Vec<String> {
     let t = sqlx::query_scalar(
         "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 't_%' ORDER BY name",
     )
-    .fetch_all(uow.sqlite().unwrap())
+    .fetch_all(uow.sqlite_bounded().await.unwrap())
     .await
     .unwrap();
     uow.commit().await.unwrap();
