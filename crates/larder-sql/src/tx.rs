@@ -243,10 +243,9 @@ impl<D: SqlDialect> SqlTx<D> {
                 }),
             });
         }
-        if self.merge_begin && alone_ok {
-            // A read: `BEGIN` goes with it (`led_by_begin`); the deadline is armed on the
-            // connection first.
-        } else {
+        // A read of a `begin_with_first_read` transaction takes `BEGIN` with it
+        // (`led_by_begin`), after the deadline is armed on the connection below.
+        if !(self.merge_begin && alone_ok) {
             self.begin_if_needed(alone_ok).await?;
             if self.begin_later.is_some() {
                 // Runs on its own, without a deadline (a deadline begins the transaction).

@@ -242,6 +242,36 @@ impl<D: SqlDialect> Drop for SqlMigrationDriver<D> {
     }
 }
 
+/// The upsert of a history row: `$1..$8` from `$rows` (a `VALUES` list or a `SELECT`),
+/// then `$after`.
+macro_rules! history_upsert {
+    ($rows:literal, $after:literal) => {
+        concat!(
+            "INSERT INTO _larder_migrations (module, version, name, kind, checksum, \
+             applied_at, execution_ms, success) ",
+            $rows,
+            " ON CONFLICT (module, version, name) DO UPDATE SET kind = excluded.kind, \
+             checksum = excluded.checksum, applied_at = excluded.applied_at, \
+             execution_ms = excluded.execution_ms, success = excluded.success",
+            $after
+        )
+    };
+}
+
+/// The values `$1..$8` of [`history_upsert!`].
+fn history_values(r: &HistoryRow) -> Vec<V> {
+    vec![
+        s(&r.module),
+        V::BigInt(Some(r.version)),
+        s(&r.name),
+        s(r.kind.as_str()),
+        s(&r.checksum),
+        s(&r.applied_at),
+        V::BigInt(Some(r.execution_ms)),
+        V::Bool(Some(r.success)),
+    ]
+}
+
 fn s(v: &str) -> V {
     V::String(Some(v.to_owned()))
 }
@@ -382,24 +412,11 @@ impl<D: SqlDialect> MigrationDriver for SqlMigrationDriver<D> {
 
     fn upsert_row<'a>(&'a mut self, r: &'a HistoryRow) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            let mut values = vec![
-                s(&r.module),
-                V::BigInt(Some(r.version)),
-                s(&r.name),
-                s(r.kind.as_str()),
-                s(&r.checksum),
-                s(&r.applied_at),
-                V::BigInt(Some(r.execution_ms)),
-                V::Bool(Some(r.success)),
-            ];
+            let mut values = history_values(r);
             let Some((owner, _)) = self.lease.clone() else {
                 return self
                     .exec(
-                        "INSERT INTO _larder_migrations (module, version, name, kind, checksum, applied_at, execution_ms, success) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-                         ON CONFLICT (module, version, name) DO UPDATE SET kind = excluded.kind, \
-                         checksum = excluded.checksum, applied_at = excluded.applied_at, \
-                         execution_ms = excluded.execution_ms, success = excluded.success",
+                        history_upsert!("VALUES ($1, $2, $3, $4, $5, $6, $7, $8)", ""),
                         values,
                     )
                     .await
@@ -411,12 +428,11 @@ impl<D: SqlDialect> MigrationDriver for SqlMigrationDriver<D> {
             values.push(s(&owner));
             let n = self
                 .exec(
-                    "INSERT INTO _larder_migrations (module, version, name, kind, checksum, applied_at, execution_ms, success) \
-                     SELECT $1, $2, $3, $4, $5, $6, $7, $8 WHERE EXISTS (SELECT 1 FROM \
-                     _larder_migration_lock WHERE id = 1 AND owner = $9) \
-                     ON CONFLICT (module, version, name) DO UPDATE SET kind = excluded.kind, \
-                     checksum = excluded.checksum, applied_at = excluded.applied_at, \
-                     execution_ms = excluded.execution_ms, success = excluded.success",
+                    history_upsert!(
+                        "SELECT $1, $2, $3, $4, $5, $6, $7, $8 WHERE EXISTS (SELECT 1 FROM \
+                         _larder_migration_lock WHERE id = 1 AND owner = $9)",
+                        ""
+                    ),
                     values,
                 )
                 .await?;
@@ -438,28 +454,16 @@ impl<D: SqlDialect> MigrationDriver for SqlMigrationDriver<D> {
             // makes it NULL and the insert fail (NOT NULL) before `COMMIT` can run: the
             // migration is never committed without its row.
             self.renew_if_due().await?;
-            let values = vec![
-                s(&r.module),
-                V::BigInt(Some(r.version)),
-                s(&r.name),
-                s(r.kind.as_str()),
-                s(&r.checksum),
-                s(&r.applied_at),
-                V::BigInt(Some(r.execution_ms)),
-                V::Bool(Some(r.success)),
-                s(&owner),
-            ];
+            let mut values = history_values(r);
+            values.push(s(&owner));
             let args = D::bind(values)?;
             let done = D::executor(&mut self.conn)
                 .execute(sqlx::query_with(
-                    AssertSqlSafe(
-                        "INSERT INTO _larder_migrations (module, version, name, kind, checksum, applied_at, execution_ms, success) \
-                         SELECT (SELECT $1 FROM _larder_migration_lock WHERE id = 1 AND owner = $9), \
-                         $2, $3, $4, $5, $6, $7, $8 WHERE true \
-                         ON CONFLICT (module, version, name) DO UPDATE SET kind = excluded.kind, \
-                         checksum = excluded.checksum, applied_at = excluded.applied_at, \
-                         execution_ms = excluded.execution_ms, success = excluded.success; COMMIT",
-                    ),
+                    AssertSqlSafe(history_upsert!(
+                        "SELECT (SELECT $1 FROM _larder_migration_lock WHERE id = 1 AND \
+                         owner = $9), $2, $3, $4, $5, $6, $7, $8 WHERE true",
+                        "; COMMIT"
+                    )),
                     args,
                 ))
                 .await;
