@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use anyhow::{Result, ensure};
 use futures_util::StreamExt;
 use larder::events::{
-    Checkpoint, EventData, EventFilter, EventStore, ExpectedVersion, Projection, ReadDirection,
-    RecordedEvent,
+    BatchError, Checkpoint, EventData, EventFilter, EventPage, EventStore, ExpectedVersion,
+    Projection, ReadDirection, RecordedEvent,
 };
 use larder::{Store, Uow};
 
@@ -154,21 +154,41 @@ pub(crate) async fn stream_log(es: &EventStore, page: u32) -> Result<(u64, i64)>
     Ok((n, sum))
 }
 
-/// W8-events: a projection doing minimal work: it sums `qty` in memory.
+/// W8-events: `stream_all_pages` over the whole log, each event borrowed from its row:
+/// (events, sum of `qty`).
+pub(crate) async fn stream_log_pages(es: &EventStore, page: u32) -> Result<(u64, i64)> {
+    let mut s = es.stream_all_pages(Checkpoint::START, EventFilter::all(), page);
+    let mut n = 0_u64;
+    let mut sum = 0_i64;
+    while let Some(p) = s.next().await {
+        for e in p?.iter() {
+            n += 1;
+            sum = sum.wrapping_add(e?.payload_as::<ItemAdded>()?.qty);
+        }
+    }
+    Ok((n, sum))
+}
+
+/// W8-events: a projection doing minimal work: it sums `qty` in memory, reading each
+/// payload borrowed from its row (`handle_page`).
 #[derive(Debug)]
 pub(crate) struct SumQty {
     name: String,
     sum: Arc<AtomicI64>,
+    /// Whether pages are read borrowed (`handle_page`) or copied into owned events first
+    /// (the trait's default path).
+    borrowed: bool,
 }
 
 impl SumQty {
     /// A projection with its own checkpoint name; the sum is read through the handle.
-    pub(crate) fn new(name: String) -> (SumQty, Arc<AtomicI64>) {
+    pub(crate) fn new(name: String, borrowed: bool) -> (SumQty, Arc<AtomicI64>) {
         let sum = Arc::new(AtomicI64::new(0));
         (
             SumQty {
                 name,
                 sum: sum.clone(),
+                borrowed,
             },
             sum,
         )
@@ -183,6 +203,32 @@ impl Projection for SumQty {
     async fn handle(&self, _uow: &mut Uow, event: &RecordedEvent) -> larder::Result<()> {
         let e: ItemAdded = event.payload_as()?;
         self.sum.fetch_add(e.qty, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn handle_page(
+        &self,
+        _uow: &mut Uow,
+        page: &EventPage,
+    ) -> std::result::Result<(), BatchError> {
+        if !self.borrowed {
+            // What `Projection::handle_page` does by default.
+            let events = page.to_events()?;
+            for (i, e) in events.iter().enumerate() {
+                self.handle(_uow, e)
+                    .await
+                    .map_err(|e| BatchError::at(i, e))?;
+            }
+            return Ok(());
+        }
+        let mut sum = 0_i64;
+        for (i, e) in page.iter().enumerate() {
+            let e = e
+                .and_then(|e| e.payload_as::<ItemAdded>())
+                .map_err(|e| BatchError::at(i, e))?;
+            sum = sum.wrapping_add(e.qty);
+        }
+        self.sum.fetch_add(sum, Ordering::Relaxed);
         Ok(())
     }
 }

@@ -250,13 +250,30 @@ pub(crate) async fn phase<T>(
 ) -> anyhow::Result<(T, Duration, Option<Duration>)> {
     let c0 = cpu::process_time();
     let t0 = Instant::now();
-    let r = f.await?;
+    let r = Profiled(Box::pin(f)).await?;
     let wall = t0.elapsed();
     let cpu = match (c0, cpu::process_time()) {
         (Some(a), Some(b)) => Some(b.saturating_sub(a)),
         _ => None,
     };
     Ok((r, wall, cpu))
+}
+
+/// A timed phase's future behind a poll that is never inlined, so that a profiler can
+/// count exactly the phase: `valgrind --tool=callgrind --collect-atstart=no
+/// '--toggle-collect=<larder_bench::measure::Profiled*'`.
+struct Profiled<F>(std::pin::Pin<Box<F>>);
+
+impl<F: Future> Future for Profiled<F> {
+    type Output = F::Output;
+
+    #[inline(never)]
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        self.0.as_mut().poll(cx)
+    }
 }
 
 /// Runs `op` for every item on both sides, in interleaved blocks of `block` items

@@ -366,7 +366,19 @@ impl Backend for PgBackend {
             // restart, hence the bound.
             let mut attempts = self.sql.pool.options().get_max_connections() + 1;
             let conn = loop {
-                let mut conn = match self.sql.pool.try_acquire() {
+                let idle = match self.sql.pool.try_acquire() {
+                    Some(conn) => Some(conn),
+                    None => {
+                        // sqlx returns a released connection to the pool from a task it
+                        // spawns (`PoolConnection`'s drop): on a current-thread runtime that
+                        // task has not run yet when the next unit of work begins right after
+                        // a commit. Let it run, then look again — otherwise `acquire` waits
+                        // for that same connection and then pings it.
+                        tokio::task::yield_now().await;
+                        self.sql.pool.try_acquire()
+                    }
+                };
+                let mut conn = match idle {
                     Some(conn) => conn,
                     // Boxed: sqlx's acquire future is large, and inline it would be copied
                     // into this future's allocation on every `begin`.

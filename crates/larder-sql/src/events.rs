@@ -6,16 +6,16 @@ use std::sync::{Arc, OnceLock};
 
 use larder_core::backend::BoxFuture;
 use larder_core::events::{
-    Checkpoint, EventFilter, EventRef, EventTransaction, EventVisitor, ExpectedVersion,
-    HorizonHolder, LogStats, NewEvent, ReadAllBatch, ReadDirection, RecordedEvent, Snapshot,
-    StoredCheckpoint, VisitedBatch,
+    Checkpoint, EventFilter, EventRef, EventRows, EventTransaction, EventVisitor, ExpectedVersion,
+    HorizonHolder, LogStats, NewEvent, ReadAllBatch, ReadDirection, RecordedEvent, RowsBatch,
+    Snapshot, StoredCheckpoint, VisitedBatch,
 };
 use larder_core::{Error, Result};
 use sea_query::Value as V;
 use uuid::Uuid;
 
 use crate::compile::{Built, Dialect};
-use crate::dialect::{LogDialect, SqlDialect, SqlRow};
+use crate::dialect::{LogDialect, RowOf, SqlDialect, SqlRow};
 use crate::tx::{Kind, SqlTx};
 
 /// A statement text of dialect `D`, built once per dialect and process (statics in generic
@@ -83,6 +83,23 @@ pub fn decode_event<D: SqlDialect>(
     op: &'static str,
 ) -> Result<RecordedEvent> {
     decode_event_ref::<D>(r, at, op).map(|e| e.to_owned())
+}
+
+/// A page of the global log as the driver's rows (see
+/// [`EventTransaction::read_all_rows`]): each event is decoded when asked for.
+struct LogPageRows<D: SqlDialect> {
+    rows: Vec<RowOf<D>>,
+    at: usize,
+}
+
+impl<D: SqlDialect> EventRows for LogPageRows<D> {
+    fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    fn event(&self, i: usize) -> Result<EventRef<'_>> {
+        decode_event_ref::<D>(&self.rows[i], self.at, "events.read_all")
+    }
 }
 
 /// Decodes the columns of [`LogDialect::EVENT_COLUMNS`] starting at column `at`, borrowing
@@ -231,6 +248,41 @@ impl<D: LogDialect> EventTransaction for SqlTx<D> {
                 }
             }
             Ok(out)
+        })
+    }
+
+    fn read_all_rows<'a>(
+        &'a mut self,
+        after: Checkpoint,
+        limit: u32,
+        filter: &'a EventFilter,
+    ) -> BoxFuture<'a, Result<RowsBatch>> {
+        Box::pin(async move {
+            let op = "events.read_all";
+            let page = D::read_all_rows(self, after, limit, filter).await?;
+            let at = page.at;
+            let mut rows = page.rows;
+            // A row without a position carries no event (a page that only reports the head).
+            let mut bad = None;
+            rows.retain(|r| match SqlRow::<D>::int(r, at) {
+                Ok(position) => position.is_some(),
+                Err(e) => {
+                    bad.get_or_insert(e);
+                    true
+                }
+            });
+            if let Some(e) = bad {
+                return Err(D::map(e, op));
+            }
+            let last = match rows.last() {
+                Some(r) => Some(decode_event_ref::<D>(r, at, op)?.checkpoint),
+                None => None,
+            };
+            Ok(RowsBatch {
+                rows: Box::new(LogPageRows::<D> { rows, at }),
+                last,
+                head: page.head,
+            })
         })
     }
 

@@ -97,6 +97,26 @@ async fn read_all(
         .unwrap();
     uow.commit().await.unwrap();
     assert_eq!(seen, r.events, "read_all_each visits what read_all returns");
+    // So does a page kept as rows.
+    let mut uow = es.store().read().await.unwrap();
+    let page = es
+        .read_all_page(&mut uow, after, limit, filter)
+        .await
+        .unwrap();
+    uow.commit().await.unwrap();
+    assert_eq!(page.len(), r.events.len());
+    assert_eq!(
+        page.to_events().unwrap(),
+        r.events,
+        "read_all_page holds what read_all returns"
+    );
+    assert!(page.get(page.len()).is_none());
+    assert_eq!(page.end_of_log(), r.end_of_log);
+    if r.end_of_log {
+        assert!(page.next_checkpoint() >= r.next);
+    } else {
+        assert_eq!(page.next_checkpoint(), r.next);
+    }
     assert_eq!((end.count, end.end_of_log), (r.events.len(), r.end_of_log));
     if r.end_of_log {
         // At the end, `next` includes the readable head, which moves with every other
@@ -421,6 +441,17 @@ pub async fn read_all_pages_through_the_log_in_order(db: &TestDb) {
         .collect()
         .await;
     assert_eq!(streamed, seen);
+    // And by pages kept as rows (no empty page yielded).
+    let mut paged = Vec::new();
+    let mut pages = es.stream_all_pages(Checkpoint::START, EventFilter::all(), 3);
+    while let Some(page) = pages.next().await {
+        let page = page.unwrap();
+        assert!(!page.is_empty() && page.len() <= 3);
+        for e in page.iter() {
+            paged.push(n_of(&e.unwrap().to_owned()));
+        }
+    }
+    assert_eq!(paged, seen);
 }
 
 /// Filters by category and event type; the checkpoint moves past filtered-out events.
@@ -1618,5 +1649,119 @@ pub async fn adaptive_batches_shrink_after_a_failure_and_apply_every_event_once(
     assert!(
         retried <= (at_failure / 2).max(1),
         "a batch of {at_failure} failed, retried with {retried}: {spans:?}"
+    );
+}
+
+/// A projection taking borrowed pages (`handle_page`): one `Counter` write per page in the
+/// batch's unit of work, the payloads' `n` recorded in order; fails on `fail_on`.
+struct PageCount {
+    name: &'static str,
+    seen: Arc<std::sync::Mutex<Vec<i64>>>,
+    fail_on: Option<i64>,
+}
+
+impl Projection for PageCount {
+    fn name(&self) -> &str {
+        self.name
+    }
+    async fn handle(&self, _: &mut Uow, _: &RecordedEvent) -> Result<()> {
+        unreachable!("the runner hands pages to handle_page")
+    }
+    async fn handle_page(
+        &self,
+        uow: &mut Uow,
+        page: &larder::events::EventPage,
+    ) -> std::result::Result<(), larder::events::BatchError> {
+        use larder::events::BatchError;
+        let mut ns = Vec::with_capacity(page.len());
+        for (i, e) in page.iter().enumerate() {
+            let n = e
+                .and_then(|e| e.payload_as::<serde_json::Value>())
+                .map_err(|e| BatchError::at(i, e))?["n"]
+                .as_i64()
+                .unwrap();
+            if Some(n) == self.fail_on {
+                return Err(BatchError::at(
+                    i,
+                    Error::callback("projection", "poison event"),
+                ));
+            }
+            ns.push(n);
+        }
+        let id = self.name.to_owned();
+        let mut repo = uow.repo::<Counter>();
+        let added = i64::try_from(ns.len()).unwrap();
+        match repo.get(&id).await? {
+            Some(mut c) => {
+                c.value.count += added;
+                repo.save(&mut c).await?;
+            }
+            None => {
+                repo.insert(&Counter { id, count: added }).await?;
+            }
+        }
+        self.seen.lock().unwrap().extend(ns);
+        Ok(())
+    }
+}
+
+/// Issue 10: a projection that takes borrowed pages (`Projection::handle_page`) sees every
+/// event once and in log order, its SQL write committing with the checkpoint; a later
+/// catch-up hands it only the new events; a failure naming an event of the page stops it
+/// with that event in its status and the checkpoint before it.
+pub async fn projections_take_borrowed_pages(db: &TestDb) {
+    use larder::events::ProjectionState;
+    db.store.register::<Counter>().await.unwrap();
+    let es = events(db).await;
+    for i in 0..25 {
+        append(&es, "bp-1", ExpectedVersion::Any, vec![ev("A", i)]).await;
+    }
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let runner = ProjectionRunner::new(&es).batch_size(7).with(PageCount {
+        name: "paged",
+        seen: seen.clone(),
+        fail_on: None,
+    });
+    assert_eq!(runner.catch_up().await.unwrap(), 25);
+    assert_eq!(count_of(&db.store, "paged").await, 25);
+    for i in 25..30 {
+        append(&es, "bp-2", ExpectedVersion::Any, vec![ev("A", i)]).await;
+    }
+    assert_eq!(runner.catch_up().await.unwrap(), 5);
+    assert_eq!(count_of(&db.store, "paged").await, 30);
+    assert_eq!(*seen.lock().unwrap(), (0..30).collect::<Vec<_>>());
+
+    let poison = read_stream(&es, "bp-1").await.remove(12);
+    let failing = ProjectionRunner::new(&es)
+        .batch_size(10)
+        .with_retry(fast_retries().with_max_retries(0))
+        .with(PageCount {
+            name: "paged_poison",
+            seen: Arc::default(),
+            fail_on: Some(12),
+        });
+    let e = failing.catch_up().await.unwrap_err();
+    assert!(matches!(e, Error::Callback { .. }), "{e:?}");
+    assert_eq!(
+        count_of(&db.store, "paged_poison").await,
+        10,
+        "first page only"
+    );
+    let status = failing.status().await.unwrap();
+    let p = status_of(&status, "paged_poison");
+    assert_eq!(p.state, ProjectionState::Stopped);
+    assert!(p.checkpoint.expect("first page committed") < poison.checkpoint);
+    let failed = p
+        .last_error
+        .as_ref()
+        .and_then(|l| l.event.as_ref())
+        .expect("failing event in status");
+    assert_eq!(
+        (
+            failed.checkpoint,
+            failed.event_id,
+            failed.stream_id.as_str()
+        ),
+        (poison.checkpoint, poison.event_id, "bp-1")
     );
 }

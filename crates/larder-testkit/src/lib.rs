@@ -126,6 +126,7 @@ macro_rules! events_conformance {
                 a_failing_projection_stops_alone_with_the_failing_event_in_its_status,
                 concurrent_runners_with_read_ahead_apply_every_event_once,
                 adaptive_batches_shrink_after_a_failure_and_apply_every_event_once,
+                projections_take_borrowed_pages,
             );
         }
     };

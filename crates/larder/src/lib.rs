@@ -105,12 +105,14 @@ pub use larder_derive::embed_migrations;
 /// snapshots, upcasting, event-sourced aggregates and projections. See [`EventStore`].
 pub mod events {
     pub use larder_core::events::{
-        Aggregate, AppendResult, Checkpoint, DomainEvent, EventData, EventFilter, EventLimits,
-        EventRoutes, EventSourced, EventStore, EventStoreBuilder, EventTransaction,
-        ExpectedVersion, FailedEvent, HorizonHolder, LogStats, Metadata, NewEvent, Projection,
-        ProjectionFailure, ProjectionRetry, ProjectionRunner, ProjectionState, ProjectionStatus,
-        ReadAll, ReadAllBatch, ReadDirection, RebuildProgress, RecordedEvent, Snapshot,
-        StoredCheckpoint, StreamInfo, Subscription, Upcaster, category_of, now_micros,
+        Aggregate, AppendResult, BatchError, Checkpoint, DomainEvent, EventData, EventFilter,
+        EventLimits, EventPage, EventRef, EventRoutes, EventRows, EventSourced, EventStore,
+        EventStoreBuilder, EventTransaction, EventVisitor, ExpectedVersion, FailedEvent,
+        HorizonHolder, LogStats, Metadata, NewEvent, Projection, ProjectionFailure,
+        ProjectionRetry, ProjectionRunner, ProjectionState, ProjectionStatus, ReadAll,
+        ReadAllBatch, ReadAllEnd, ReadDirection, RebuildProgress, RecordedEvent, RowsBatch,
+        Snapshot, StoredCheckpoint, StreamInfo, Subscription, Upcaster, VisitedBatch, category_of,
+        now_micros,
     };
 }
 

@@ -24,8 +24,22 @@ const PAGE: u32 = 1_000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Projection,
+    ProjectionOwned,
     StreamAll,
+    StreamAllPages,
     Raw,
+}
+
+impl Phase {
+    fn id(self) -> &'static str {
+        match self {
+            Phase::Projection => "projection",
+            Phase::ProjectionOwned => "projection-owned",
+            Phase::StreamAll => "stream-all",
+            Phase::StreamAllPages => "stream-all-pages",
+            Phase::Raw => "raw",
+        }
+    }
 }
 
 /// Runs W8-events.
@@ -50,24 +64,41 @@ pub(crate) async fn run(cx: &Ctx<'_>) -> Result<Vec<Metric>> {
     let can_rss = rss::reset_peak();
     let mut proj = Metric::new("W8e projection replay", "events/s", 1.0);
     proj.rss_limit_mib = Some(64.0);
+    let mut proj_owned = Metric::new("W8e projection replay, owned events", "events/s", 1.0);
+    proj_owned.rss_limit_mib = Some(64.0);
     let mut stream = Metric::new("W8e stream_all", "events/s", 1.0);
     stream.rss_limit_mib = Some(64.0);
+    let mut pages = Metric::new("W8e stream_all_pages", "events/s", 1.0);
+    pages.rss_limit_mib = Some(64.0);
     let mut baselines = Vec::new();
     let sides = Side::order(0);
     for run in 0..cx.runs {
-        let mut phases = [Phase::Projection, Phase::Raw, Phase::StreamAll];
-        phases.rotate_left(run as usize % 3);
-        let mut spent_proj = Spent::default();
-        let mut spent_stream = Spent::default();
+        let mut phases = [
+            Phase::Projection,
+            Phase::Raw,
+            Phase::StreamAll,
+            Phase::ProjectionOwned,
+            Phase::StreamAllPages,
+        ];
+        let n_phases = phases.len();
+        phases.rotate_left(run as usize % n_phases);
+        // For profiling one phase (`callgrind --toggle-collect='larder_bench::measure::phase*'`):
+        // LARDER_BENCH_W8E_PHASES=projection,projection-owned,stream-all,stream-all-pages,raw
+        let only = std::env::var("LARDER_BENCH_W8E_PHASES").ok();
+        let mut spent = [(); 4].map(|()| Spent::default());
         let mut raw_rss = None;
-        let mut larder_rss = [None, None];
+        let mut larder_rss = [None; 4];
         for p in phases {
             let side = if p == Phase::Raw {
                 Side::Raw
             } else {
                 Side::Larder
             };
-            if !sides.contains(&side) {
+            if !sides.contains(&side)
+                || only
+                    .as_deref()
+                    .is_some_and(|o| !o.split(',').any(|x| x == p.id()))
+            {
                 continue;
             }
             rss::reset_peak();
@@ -76,15 +107,18 @@ pub(crate) async fn run(cx: &Ctx<'_>) -> Result<Vec<Metric>> {
             }
             let ((n, sum), wall, cpu) = phase(async {
                 match p {
-                    Phase::Projection => {
-                        let (projection, total) =
-                            larder_events::SumQty::new(format!("w8e_sum_{run}"));
+                    Phase::Projection | Phase::ProjectionOwned => {
+                        let (projection, total) = larder_events::SumQty::new(
+                            format!("w8e_sum_{run}_{p:?}"),
+                            p == Phase::Projection,
+                        );
                         // The runner's default batching (adaptive, 100..5,000 events).
                         let runner = ProjectionRunner::new(&es).with(projection);
                         let n = runner.catch_up().await?;
                         Ok((n, total.load(std::sync::atomic::Ordering::Relaxed)))
                     }
                     Phase::StreamAll => larder_events::stream_log(&es, PAGE).await,
+                    Phase::StreamAllPages => larder_events::stream_log_pages(&es, PAGE).await,
                     Phase::Raw => raw_events::read_log(&db.raw, i64::from(PAGE)).await,
                 }
             })
@@ -95,25 +129,28 @@ pub(crate) async fn run(cx: &Ctx<'_>) -> Result<Vec<Metric>> {
             );
             let peak = if can_rss { rss::peak_mib() } else { None };
             match p {
-                Phase::Projection => {
-                    spent_proj.add(side, wall, cpu);
-                    larder_rss[0] = peak;
-                }
-                Phase::StreamAll => {
-                    spent_stream.add(side, wall, cpu);
-                    larder_rss[1] = peak;
-                }
                 Phase::Raw => {
-                    spent_proj.add(side, wall, cpu);
-                    spent_stream.add(side, wall, cpu);
+                    for s in &mut spent {
+                        s.add(side, wall, cpu);
+                    }
                     raw_rss = peak;
+                }
+                larder => {
+                    let i = match larder {
+                        Phase::Projection => 0,
+                        Phase::ProjectionOwned => 1,
+                        Phase::StreamAll => 2,
+                        _ => 3,
+                    };
+                    spent[i].add(side, wall, cpu);
+                    larder_rss[i] = peak;
                 }
             }
         }
-        proj.record(events, &spent_proj);
-        stream.record(events, &spent_stream);
-        for (m, l) in [(&mut proj, larder_rss[0]), (&mut stream, larder_rss[1])] {
-            if let Some(l) = l {
+        let mut metrics = [&mut proj, &mut proj_owned, &mut stream, &mut pages];
+        for (i, m) in metrics.iter_mut().enumerate() {
+            m.record(events, &spent[i]);
+            if let Some(l) = larder_rss[i] {
                 m.push_rss(Side::Larder, l);
             }
             if let Some(r) = raw_rss {
@@ -124,14 +161,16 @@ pub(crate) async fn run(cx: &Ctx<'_>) -> Result<Vec<Metric>> {
     stream.note = Some(format!(
         "W8-events: {events} events ({PER_STREAM} per stream), pages of {PAGE} for stream_all and raw. \
          `projection replay` = `ProjectionRunner::catch_up` with a projection summing `qty` \
-         (default adaptive batches, 500 growing to 5,000; each batch is a write unit of work: claim the checkpoint row, read_all, \
+         from each payload borrowed from its row (`handle_page`; `owned events`: the default path, \
+         events copied first) (default adaptive batches, 500 growing to 5,000; each batch is a write unit of work: claim the checkpoint row, read_all, \
          handle, save the checkpoint, commit); `stream_all` = `EventStore::stream_all` (one \
-         read-only unit of work per page, no checkpoint); raw = keyset pages `WHERE position \
+         read-only unit of work per page, no checkpoint; `stream_all_pages`: the same \
+         pages kept as rows, events borrowed); raw = keyset pages `WHERE position \
          > $1 ORDER BY position LIMIT {PAGE}` decoded into the struct and summed, no \
          checkpoint stored. Peak RSS = VmHWM of the whole process after resetting it before \
          each phase; RSS at phase start ≈ {:.1} MiB.",
         median(&baselines)
     ));
     db.close().await;
-    Ok(vec![proj, stream])
+    Ok(vec![proj, proj_owned, stream, pages])
 }

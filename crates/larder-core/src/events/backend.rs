@@ -48,6 +48,53 @@ pub struct VisitedBatch {
     pub head: Option<Checkpoint>,
 }
 
+/// The events of one page of the global log, held as the backend read them (for SQL
+/// backends: the driver's rows). Each event is decoded when it is asked for, borrowing its
+/// text columns from the row (see [`EventPage`](crate::events::EventPage)).
+pub trait EventRows: Send + Sync {
+    /// How many events.
+    fn len(&self) -> usize;
+
+    /// Whether there are none.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The event at `i` (`i < len()`), decoded from its row.
+    fn event(&self, i: usize) -> Result<crate::events::EventRef<'_>>;
+}
+
+impl EventRows for Vec<RecordedEvent> {
+    fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    fn event(&self, i: usize) -> Result<crate::events::EventRef<'_>> {
+        Ok(self[i].as_ref())
+    }
+}
+
+/// What [`EventTransaction::read_all_rows`] returns: the page's events as rows, and what
+/// the store needs to resume after them.
+pub struct RowsBatch {
+    /// The matching events after the checkpoint, in log order (at most `limit`).
+    pub rows: Box<dyn EventRows>,
+    /// The checkpoint of the last event.
+    pub last: Option<Checkpoint>,
+    /// As [`ReadAllBatch::head`].
+    pub head: Option<Checkpoint>,
+}
+
+impl std::fmt::Debug for RowsBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RowsBatch")
+            .field("rows", &self.rows.len())
+            .field("last", &self.last)
+            .field("head", &self.head)
+            .finish()
+    }
+}
+
 /// The visitor of [`EventTransaction::read_all_each`].
 pub type EventVisitor<'v> = dyn FnMut(crate::events::EventRef<'_>) -> Result<()> + Send + 'v;
 
@@ -144,6 +191,24 @@ pub trait EventTransaction: Send {
                 count: batch.events.len(),
                 last: batch.events.last().map(|e| e.checkpoint),
                 head: batch.head,
+            })
+        })
+    }
+
+    /// [`EventTransaction::read_all`], keeping the page as rows that decode each event on
+    /// demand, borrowed ([`EventRows`]). The default reads owned events.
+    fn read_all_rows<'a>(
+        &'a mut self,
+        after: Checkpoint,
+        limit: u32,
+        filter: &'a EventFilter,
+    ) -> BoxFuture<'a, Result<RowsBatch>> {
+        Box::pin(async move {
+            let batch = self.read_all(after, limit, filter).await?;
+            Ok(RowsBatch {
+                last: batch.events.last().map(|e| e.checkpoint),
+                head: batch.head,
+                rows: Box::new(batch.events),
             })
         })
     }

@@ -41,8 +41,8 @@ mod types;
 
 pub use aggregate::{Aggregate, EventSourced};
 pub use backend::{
-    EventTransaction, EventVisitor, LogStats, NewEvent, ReadAllBatch, StoredCheckpoint,
-    VisitedBatch,
+    EventRows, EventTransaction, EventVisitor, LogStats, NewEvent, ReadAllBatch, RowsBatch,
+    StoredCheckpoint, VisitedBatch,
 };
 pub use projection::{
     BatchError, FailedEvent, Projection, ProjectionFailure, ProjectionRetry, ProjectionRunner,
@@ -51,7 +51,7 @@ pub use projection::{
 pub use store::{EventLimits, EventRoutes, EventStore, EventStoreBuilder, Upcaster, now_micros};
 pub use subscription::Subscription;
 pub use types::{
-    AppendResult, Checkpoint, DomainEvent, EventData, EventFilter, EventRef, ExpectedVersion,
-    HorizonHolder, Metadata, ReadAll, ReadAllEnd, ReadDirection, RecordedEvent, Snapshot,
-    StreamInfo, category_of,
+    AppendResult, Checkpoint, DomainEvent, EventData, EventFilter, EventPage, EventRef,
+    ExpectedVersion, HorizonHolder, Metadata, ReadAll, ReadAllEnd, ReadDirection, RecordedEvent,
+    Snapshot, StreamInfo, category_of,
 };

@@ -1,7 +1,6 @@
 //! Projections: read models fed from the global log, with their checkpoint committed in
 //! the same transaction as their writes.
 
-use crate::events::ReadAll;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
@@ -13,7 +12,7 @@ use uuid::Uuid;
 
 use super::store::{EventStore, now_micros};
 use super::subscription::LogWaker;
-use super::types::{Checkpoint, EventFilter, HorizonHolder, RecordedEvent};
+use super::types::{Checkpoint, EventFilter, EventPage, EventRef, HorizonHolder, RecordedEvent};
 use crate::backend::BoxFuture;
 use crate::error::{Error, Result};
 use crate::uow::{TransactionOptions, Uow, jittered_backoff};
@@ -83,6 +82,50 @@ pub trait Projection: Send + Sync + 'static {
         }
     }
 
+    /// Applies a page of events (in log order) kept as the driver's rows, inside the
+    /// batch's unit of work: each event is decoded when visited, borrowed from its row
+    /// ([`EventPage`], [`EventRef`]) — override it when the handler reads a few fields of
+    /// each event and does not keep them, to save copying every event into owned strings.
+    /// The runner calls this method; the default copies the events and calls
+    /// [`handle_batch`](Projection::handle_batch), so overriding `handle` or
+    /// `handle_batch` is enough otherwise.
+    ///
+    /// ```
+    /// use larder_core::events::{BatchError, EventPage, Projection, RecordedEvent};
+    /// use larder_core::{Result, Uow};
+    /// use std::sync::atomic::{AtomicI64, Ordering};
+    ///
+    /// #[derive(serde::Deserialize)]
+    /// struct ItemAdded { qty: i64 }
+    ///
+    /// struct Quantity(AtomicI64);
+    ///
+    /// impl Projection for Quantity {
+    ///     fn name(&self) -> &str { "quantity" }
+    ///     async fn handle(&self, _: &mut Uow, e: &RecordedEvent) -> Result<()> {
+    ///         self.0.fetch_add(e.payload_as::<ItemAdded>()?.qty, Ordering::Relaxed);
+    ///         Ok(())
+    ///     }
+    ///     async fn handle_page(&self, _: &mut Uow, page: &EventPage) -> Result<(), BatchError> {
+    ///         for (i, e) in page.iter().enumerate() {
+    ///             let qty = e.and_then(|e| e.payload_as::<ItemAdded>()).map_err(|e| BatchError::at(i, e))?.qty;
+    ///             self.0.fetch_add(qty, Ordering::Relaxed);
+    ///         }
+    ///         Ok(())
+    ///     }
+    /// }
+    /// ```
+    fn handle_page(
+        &self,
+        uow: &mut Uow,
+        page: &EventPage,
+    ) -> impl Future<Output = Result<(), BatchError>> + Send {
+        async move {
+            let events = page.to_events()?;
+            self.handle_batch(uow, &events).await
+        }
+    }
+
     /// Clears the read model before a rebuild (in the same unit of work that resets the
     /// checkpoint). Default: nothing to clear.
     fn reset(&self, uow: &mut Uow) -> impl Future<Output = Result<()>> + Send {
@@ -121,10 +164,10 @@ impl From<Error> for BatchError {
 trait DynProjection: Send + Sync {
     fn name(&self) -> &str;
     fn filter(&self) -> EventFilter;
-    fn handle_batch<'a>(
+    fn handle_page<'a>(
         &'a self,
         uow: &'a mut Uow,
-        events: &'a [RecordedEvent],
+        page: &'a EventPage,
     ) -> BoxFuture<'a, Result<(), BatchError>>;
     fn reset<'a>(&'a self, uow: &'a mut Uow) -> BoxFuture<'a, Result<()>>;
 }
@@ -136,12 +179,12 @@ impl<P: Projection> DynProjection for P {
     fn filter(&self) -> EventFilter {
         Projection::filter(self)
     }
-    fn handle_batch<'a>(
+    fn handle_page<'a>(
         &'a self,
         uow: &'a mut Uow,
-        events: &'a [RecordedEvent],
+        page: &'a EventPage,
     ) -> BoxFuture<'a, Result<(), BatchError>> {
-        Box::pin(Projection::handle_batch(self, uow, events))
+        Box::pin(Projection::handle_page(self, uow, page))
     }
     fn reset<'a>(&'a self, uow: &'a mut Uow) -> BoxFuture<'a, Result<()>> {
         Box::pin(Projection::reset(self, uow))
@@ -245,13 +288,13 @@ pub struct FailedEvent {
 }
 
 impl FailedEvent {
-    fn of(e: &RecordedEvent) -> FailedEvent {
+    fn of(e: EventRef<'_>) -> FailedEvent {
         FailedEvent {
             checkpoint: e.checkpoint,
             event_id: e.event_id,
-            stream_id: e.stream_id.clone(),
+            stream_id: e.stream_id.to_owned(),
             stream_version: e.stream_version,
-            event_type: e.event_type.clone(),
+            event_type: e.event_type.to_owned(),
         }
     }
 }
@@ -404,7 +447,7 @@ impl Batching {
 /// it was read after, and the page).
 struct Cursor {
     size: u32,
-    ahead: Option<(Checkpoint, ReadAll)>,
+    ahead: Option<(Checkpoint, EventPage)>,
 }
 
 /// Runs projections side by side.
@@ -571,32 +614,35 @@ impl ProjectionRunner {
         let cp = es.claim_checkpoint(&mut uow, p.name()).await?;
         let batch = match cursor.ahead.take() {
             Some((at, page)) if at == cp => page,
-            _ => es.read_all(&mut uow, cp, cursor.size, &p.filter()).await?,
+            _ => {
+                es.read_all_page(&mut uow, cp, cursor.size, &p.filter())
+                    .await?
+            }
         };
-        if let Err(e) = p.handle_batch(&mut uow, &batch.events).await {
+        if let Err(e) = p.handle_page(&mut uow, &batch).await {
             return Err(StepError {
                 event: e
                     .index
-                    .and_then(|i| batch.events.get(i))
+                    .and_then(|i| batch.get(i))
+                    .and_then(Result::ok)
                     .map(FailedEvent::of),
                 error: e.error,
             });
         }
-        if batch.next != cp {
-            es.save_checkpoint(&mut uow, p.name(), batch.next).await?;
+        let (next, end_of_log) = (batch.next_checkpoint(), batch.end_of_log());
+        if next != cp {
+            es.save_checkpoint(&mut uow, p.name(), next).await?;
         }
-        if batch.end_of_log {
+        if end_of_log {
             uow.commit().await?;
         } else {
-            let (committed, next) = futures_util::future::join(
-                uow.commit(),
-                self.read_ahead(p, batch.next, cursor.size),
-            )
-            .await;
+            let (committed, ahead) =
+                futures_util::future::join(uow.commit(), self.read_ahead(p, next, cursor.size))
+                    .await;
             committed?;
-            cursor.ahead = next.ok().map(|page| (batch.next, page));
+            cursor.ahead = ahead.ok().map(|page| (next, page));
         }
-        Ok((batch.events.len(), batch.end_of_log))
+        Ok((batch.len(), end_of_log))
     }
 
     /// The batch after `from`, in a read-only unit of work of its own (see `step`).
@@ -605,8 +651,8 @@ impl ProjectionRunner {
         p: &dyn DynProjection,
         from: Checkpoint,
         size: u32,
-    ) -> Result<ReadAll> {
-        self.events.read_page(from, size, &p.filter()).await
+    ) -> Result<EventPage> {
+        self.events.read_page_rows(from, size, &p.filter()).await
     }
 
     fn update(&self, name: &str, f: impl FnOnce(&mut Health)) {
@@ -906,11 +952,7 @@ mod batching_tests {
         assert_eq!(c.size, 250);
         c.ahead = Some((
             Checkpoint::START,
-            ReadAll {
-                events: Vec::new(),
-                next: Checkpoint::START,
-                end_of_log: true,
-            },
+            EventPage::new(Box::new(Vec::new()), Checkpoint::START, true),
         ));
         ADAPTIVE.shrink(&mut c);
         assert_eq!(c.size, 125);

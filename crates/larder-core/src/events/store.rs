@@ -12,8 +12,8 @@ use uuid::Uuid;
 use super::backend::{EventTransaction, LogStats, NewEvent, StoredCheckpoint};
 use super::subscription::Subscription;
 use super::types::{
-    AppendResult, Checkpoint, EventData, EventFilter, EventRef, ExpectedVersion, HorizonHolder,
-    ReadAll, ReadAllEnd, ReadDirection, RecordedEvent, Snapshot, StreamInfo,
+    AppendResult, Checkpoint, EventData, EventFilter, EventPage, EventRef, ExpectedVersion,
+    HorizonHolder, ReadAll, ReadAllEnd, ReadDirection, RecordedEvent, Snapshot, StreamInfo,
 };
 use crate::backend::{BoxFuture, BoxStream};
 use crate::deadline::Deadline;
@@ -756,6 +756,44 @@ impl EventStore {
         result
     }
 
+    /// [`EventStore::read_all`] keeping the page as the driver's rows: each event is
+    /// decoded when it is visited, borrowed ([`EventPage`]), with the same no-skip rule
+    /// and the same `next` checkpoint. For readers that use a few fields of each event (a
+    /// projection summing a payload field, an indexer) it saves copying every event into
+    /// owned strings. With upcasters registered, events are upcast (owned) first.
+    pub async fn read_all_page(
+        &self,
+        uow: &mut Uow,
+        after: Checkpoint,
+        limit: u32,
+        filter: &EventFilter,
+    ) -> Result<EventPage> {
+        if !self.inner.upcasters.is_empty() {
+            let page = self.read_all(uow, after, limit, filter).await?;
+            return Ok(EventPage::new(
+                Box::new(page.events),
+                page.next,
+                page.end_of_log,
+            ));
+        }
+        let span = ev_span!(uow, "larder.events.read_all", "read_all", None::<&str>);
+        let result = match self
+            .check_limit(limit)
+            .and_then(|()| self.check_filter(filter))
+        {
+            Err(e) => Err(e),
+            Ok(()) => run!(uow, span, "events.read_all", |tx| tx
+                .read_all_rows(after, limit, filter))
+            .map(|batch| {
+                let (next, end_of_log) =
+                    resume(after, limit, batch.rows.len(), batch.last, batch.head);
+                EventPage::new(batch.rows, next, end_of_log)
+            }),
+        };
+        finish(uow, &span, "events.read_all", &result, |r| r.len() as u64);
+        result
+    }
+
     /// A stream's metadata (`None`: it does not exist).
     pub async fn stream_info(&self, uow: &mut Uow, stream: &str) -> Result<Option<StreamInfo>> {
         let span = ev_span!(uow, "larder.events.stream_info", "stream_info", stream);
@@ -835,6 +873,56 @@ impl EventStore {
             })
         });
         Box::pin(PagesAhead::new(read, after))
+    }
+
+    /// [`EventStore::stream_all`] by pages kept as rows ([`EventPage`]: events decoded
+    /// when visited, borrowed), with the same read-ahead (the next page is read while the
+    /// current one is consumed; at most two pages held) and the same no-skip rule. Empty
+    /// pages are not yielded.
+    ///
+    /// ```ignore
+    /// let mut pages = es.stream_all_pages(Checkpoint::START, EventFilter::all(), 1_000);
+    /// while let Some(page) = pages.next().await {
+    ///     for e in page?.iter() {
+    ///         total += e?.payload_as::<ItemAdded>()?.qty;
+    ///     }
+    /// }
+    /// ```
+    pub fn stream_all_pages(
+        &self,
+        after: Checkpoint,
+        filter: EventFilter,
+        page: u32,
+    ) -> BoxStream<'static, Result<EventPage>> {
+        let es = self.clone();
+        let read: ReadPage<EventPage> = Box::new(move |cp| {
+            let es = es.clone();
+            let filter = filter.clone();
+            Box::pin(async move {
+                let batch = es.read_page_rows(cp, page, &filter).await?;
+                let next = (!batch.end_of_log()).then_some(batch.next_checkpoint());
+                let items = if batch.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![batch]
+                };
+                Ok((items, next))
+            })
+        });
+        Box::pin(PagesAhead::new(read, after))
+    }
+
+    /// One page of [`EventStore::read_all_page`] in a read-only unit of work of its own.
+    pub(crate) async fn read_page_rows(
+        &self,
+        after: Checkpoint,
+        limit: u32,
+        filter: &EventFilter,
+    ) -> Result<EventPage> {
+        let mut uow = self.inner.store.read().await?;
+        let page = self.read_all_page(&mut uow, after, limit, filter).await?;
+        uow.commit().await?;
+        Ok(page)
     }
 
     /// One page of [`EventStore::read_all`] in a read-only unit of work of its own.

@@ -550,6 +550,97 @@ pub struct ReadAllEnd {
     pub end_of_log: bool,
 }
 
+/// One page of the global log, kept as the rows the backend read: each event is decoded
+/// when it is visited, borrowed from its row ([`EventRef`]: ids, type, payload and
+/// metadata are not copied into owned `String`s). What
+/// [`EventStore::read_all_page`](crate::events::EventStore::read_all_page) and
+/// [`EventStore::stream_all_pages`](crate::events::EventStore::stream_all_pages) return
+/// and [`Projection::handle_page`](crate::events::Projection::handle_page) receives;
+/// [`EventPage::to_events`] gives the owned events.
+///
+/// ```ignore
+/// let page = es.read_all_page(&mut uow, after, 1_000, &EventFilter::all()).await?;
+/// for e in page.iter() {
+///     let e = e?;                              // a row that does not decode is an error
+///     total += e.payload_as::<ItemAdded>()?.qty;
+/// }
+/// let after = page.next_checkpoint();
+/// ```
+pub struct EventPage {
+    rows: Box<dyn crate::events::EventRows>,
+    next: Checkpoint,
+    end_of_log: bool,
+}
+
+impl EventPage {
+    pub(crate) fn new(
+        rows: Box<dyn crate::events::EventRows>,
+        next: Checkpoint,
+        end_of_log: bool,
+    ) -> EventPage {
+        EventPage {
+            rows,
+            next,
+            end_of_log,
+        }
+    }
+
+    /// How many events the page holds.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// The event at `i` (`None`: past the end), decoded from its row.
+    pub fn get(&self, i: usize) -> Option<Result<EventRef<'_>>> {
+        (i < self.rows.len()).then(|| self.rows.event(i))
+    }
+
+    /// The events in log order, each decoded from its row as it is reached.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = Result<EventRef<'_>>> + '_ {
+        (0..self.rows.len()).map(|i| self.rows.event(i))
+    }
+
+    /// Where to resume: past every event of the page, and past filtered-out events scanned
+    /// (as [`ReadAll::next`]).
+    pub fn next_checkpoint(&self) -> Checkpoint {
+        self.next
+    }
+
+    /// Whether the reader reached the readable end of the log (as [`ReadAll::end_of_log`]).
+    pub fn end_of_log(&self) -> bool {
+        self.end_of_log
+    }
+
+    /// The events copied into owned [`RecordedEvent`]s.
+    pub fn to_events(&self) -> Result<Vec<RecordedEvent>> {
+        self.iter().map(|e| e.map(|e| e.to_owned())).collect()
+    }
+
+    /// The page as an owned [`ReadAll`].
+    pub fn to_read_all(&self) -> Result<ReadAll> {
+        Ok(ReadAll {
+            events: self.to_events()?,
+            next: self.next,
+            end_of_log: self.end_of_log,
+        })
+    }
+}
+
+impl fmt::Debug for EventPage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventPage")
+            .field("events", &self.rows.len())
+            .field("next", &self.next)
+            .field("end_of_log", &self.end_of_log)
+            .finish()
+    }
+}
+
 /// A stream's metadata.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StreamInfo {
