@@ -85,10 +85,6 @@ impl SqliteBackend {
                 .min_connections(settings.min_connections)
                 .acquire_timeout(settings.acquire_timeout)
                 .idle_timeout(Some(Duration::from_secs(600)))
-                // No `ping` on every acquire: a SQLite connection lives in this process
-                // (nothing outside closes it while it sits in the pool), and sqlx's check
-                // is one more request to the connection's worker thread per unit of work.
-                .test_before_acquire(false)
                 .connect_with(opts.clone())
                 .await
                 .map_err(|e| map(e, "connect"));
